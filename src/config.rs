@@ -1,0 +1,603 @@
+//! `config.yml`: reading, defaults and validation.
+//!
+//! The file keeps the Go original's keys so an existing `/etc/repospanner/config.yml`
+//! works unchanged; keys we add (`storage.shards`, `limits.*`) have defaults and are
+//! listed, commented, in `deploy/config.example.yml`. Parsing is strict: an unknown
+//! key or a wrong type is an error naming the key. Each command then asks for the
+//! validated view it needs ([`Config::ca_dir`], [`Config::admin`], [`Config::serve`]),
+//! and that view checks the files it refers to, so a bad config fails before anything
+//! is written.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use repospanner_ca::{CertFacts, CertKind};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+
+/// Where `repospanner` looks for its configuration without `--config`.
+pub const DEFAULT_PATH: &str = "/etc/repospanner/config.yml";
+
+/// What is wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}` is required for this command but is not set")]
+    Missing { key: &'static str },
+    #[error("config key `{key}`: invalid value {value:?}: {reason}")]
+    Invalid {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("config key `{key}`: {path}: {reason}")]
+    File {
+        key: String,
+        path: PathBuf,
+        reason: String,
+    },
+}
+
+type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+/// The whole file, as written (all sections optional; commands validate what they use).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub ca: CaSection,
+    pub admin: AdminSection,
+    pub storage: StorageSection,
+    pub listen: ListenSection,
+    pub certificates: CertificatesSection,
+    pub checks: ChecksSection,
+    pub hooks: HooksSection,
+    pub silly: SillySection,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaSection {
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    pub url: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// Node state: identity, raft logs, segments.
+    pub state: Option<PathBuf>,
+    pub git: GitSection,
+    /// Shards (raft groups) for a new cluster; fixed at `serve --spawn`.
+    /// Default: the number of cores.
+    pub shards: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitSection {
+    /// Only `tree` existed in the Go original; accepted for compatibility, unused.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Accepted for compatibility; a node is always clustered.
+    pub clustered: Option<bool>,
+    /// Object store root.
+    pub directory: Option<PathBuf>,
+    /// Accepted for compatibility; objects are stored as git deflated them.
+    pub compressmethod: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenSection {
+    pub rpc: Option<String>,
+    pub http: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertKeyPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CertificatesSection {
+    pub ca: Option<PathBuf>,
+    pub client: Option<CertKeyPaths>,
+    /// By SNI name; `default` is required to serve.
+    pub server: BTreeMap<String, CertKeyPaths>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChecksSection {
+    /// Walk the whole new history on push (default true, as in the Go original).
+    pub paranoid: bool,
+}
+
+impl Default for ChecksSection {
+    fn default() -> Self {
+        ChecksSection { paranoid: true }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksSection {
+    pub runner: Option<PathBuf>,
+    pub user: u32,
+    pub debug: bool,
+    pub bubblewrap: Option<BubblewrapSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BubblewrapSection {
+    pub enabled: bool,
+    pub unshare: Option<Vec<String>>,
+    pub share_net: bool,
+    pub mount_proc: bool,
+    pub mount_dev: bool,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub hostname: Option<String>,
+    pub bind: Option<Vec<[String; 2]>>,
+    pub ro_bind: Option<Vec<[String; 2]>>,
+    pub symlink: Option<Vec<[String; 2]>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SillySection {
+    /// Branch HEAD points at in a new repository.
+    pub defaulthead: String,
+}
+
+impl Default for SillySection {
+    fn default() -> Self {
+        SillySection {
+            defaulthead: "master".into(),
+        }
+    }
+}
+
+/// Named limits: every queue and input has one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest pack a push may send.
+    pub pack_bytes_max: u64,
+    /// Largest single object (inflated) a push may carry.
+    pub object_bytes_max: u64,
+    /// Most ref updates in one push.
+    pub refs_per_push_max: u32,
+    /// Most concurrent client connections per node.
+    pub connections_max: u32,
+    /// How long a push waits for a majority before failing, in seconds.
+    pub replication_timeout_seconds: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            pack_bytes_max: 8 << 30,
+            object_bytes_max: 1 << 30,
+            refs_per_push_max: 100_000,
+            connections_max: 4096,
+            replication_timeout_seconds: 30,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses `path`. Unknown keys and wrong types are errors.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses YAML text (an empty document is an error, not an empty config).
+    pub fn parse(text: &str) -> Result<Config, String> {
+        if text.trim().is_empty() {
+            return Err("the file is empty".into());
+        }
+        let config: Config = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        config.check_values().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    /// Checks values that need no file access.
+    fn check_values(&self) -> Result<()> {
+        if let Some(kind) = &self.storage.git.kind {
+            if kind != "tree" {
+                return Err(invalid("storage.git.type", kind, "only `tree` is known"));
+            }
+        }
+        if let Some(method) = &self.storage.git.compressmethod {
+            if !matches!(method.as_str(), "none" | "gzip" | "zlib") {
+                return Err(invalid(
+                    "storage.git.compressmethod",
+                    method,
+                    "expected none, gzip or zlib",
+                ));
+            }
+        }
+        if self.storage.shards == Some(0) || self.storage.shards.is_some_and(|s| s > 1024) {
+            return Err(invalid(
+                "storage.shards",
+                &format!("{:?}", self.storage.shards),
+                "must be 1 to 1024",
+            ));
+        }
+        check_refname_component("silly.defaulthead", &self.silly.defaulthead)?;
+        for (key, value) in [
+            ("listen.rpc", &self.listen.rpc),
+            ("listen.http", &self.listen.http),
+        ] {
+            if let Some(v) = value {
+                parse_addr(key, v)?;
+            }
+        }
+        if let Some(url) = &self.admin.url {
+            check_url("admin.url", url)?;
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.pack_bytes_max", l.pack_bytes_max),
+            ("limits.object_bytes_max", l.object_bytes_max),
+            ("limits.refs_per_push_max", u64::from(l.refs_per_push_max)),
+            ("limits.connections_max", u64::from(l.connections_max)),
+            (
+                "limits.replication_timeout_seconds",
+                u64::from(l.replication_timeout_seconds),
+            ),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "0", "must be greater than zero"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `ca.path`, for the `ca` commands.
+    pub fn ca_dir(&self) -> Result<&Path> {
+        self.ca
+            .path
+            .as_deref()
+            .ok_or(ConfigError::Missing { key: "ca.path" })
+    }
+
+    /// The `admin.*` keys, validated, for the `admin` commands.
+    pub fn admin(&self) -> Result<AdminConfig> {
+        let a = &self.admin;
+        let url = a
+            .url
+            .clone()
+            .ok_or(ConfigError::Missing { key: "admin.url" })?;
+        let ca =
+            a.ca.clone()
+                .ok_or(ConfigError::Missing { key: "admin.ca" })?;
+        let cert = a
+            .cert
+            .clone()
+            .ok_or(ConfigError::Missing { key: "admin.cert" })?;
+        let key = a
+            .key
+            .clone()
+            .ok_or(ConfigError::Missing { key: "admin.key" })?;
+        let ca_pem = read_certs("admin.ca", &ca)?;
+        let cert_pem = read_certs("admin.cert", &cert)?;
+        let key_pem = read_key("admin.key", &key)?;
+        Ok(AdminConfig {
+            url: url.trim_end_matches('/').to_owned(),
+            ca_pem,
+            cert_pem,
+            key_pem,
+        })
+    }
+
+    /// Everything `serve` needs, validated: addresses parse, every certificate and
+    /// key is readable and parses, the node certificate is a node certificate.
+    pub fn serve(&self) -> Result<ServeConfig> {
+        let state_dir = self.storage.state.clone().ok_or(ConfigError::Missing {
+            key: "storage.state",
+        })?;
+        let git_dir = self
+            .storage
+            .git
+            .directory
+            .clone()
+            .unwrap_or_else(|| state_dir.join("git"));
+        let rpc = self
+            .listen
+            .rpc
+            .as_deref()
+            .ok_or(ConfigError::Missing { key: "listen.rpc" })?;
+        let http = self
+            .listen
+            .http
+            .as_deref()
+            .ok_or(ConfigError::Missing { key: "listen.http" })?;
+        let listen_rpc = parse_addr("listen.rpc", rpc)?;
+        let listen_http = parse_addr("listen.http", http)?;
+
+        let ca_path = self.certificates.ca.clone().ok_or(ConfigError::Missing {
+            key: "certificates.ca",
+        })?;
+        let ca_pem = read_certs("certificates.ca", &ca_path)?;
+        let client = self
+            .certificates
+            .client
+            .clone()
+            .ok_or(ConfigError::Missing {
+                key: "certificates.client.cert",
+            })?;
+        let node_cert_pem = read_certs("certificates.client.cert", &client.cert)?;
+        let node_key_pem = read_key("certificates.client.key", &client.key)?;
+        let node = node_identity(&client.cert, &node_cert_pem, &ca_pem)?;
+
+        if !self.certificates.server.contains_key("default") {
+            return Err(ConfigError::Missing {
+                key: "certificates.server.default",
+            });
+        }
+        let mut server = BTreeMap::new();
+        for (sni, paths) in &self.certificates.server {
+            let cert = read_certs(&format!("certificates.server.{sni}.cert"), &paths.cert)?;
+            let key = read_key(&format!("certificates.server.{sni}.key"), &paths.key)?;
+            server.insert(sni.clone(), (cert, key));
+        }
+        Ok(ServeConfig {
+            state_dir,
+            git_dir,
+            shards: self.storage.shards,
+            listen_rpc,
+            listen_http,
+            ca_pem,
+            node_cert_pem,
+            node_key_pem,
+            server_certs: server,
+            node,
+            paranoid: self.checks.paranoid,
+            default_head: self.silly.defaulthead.clone(),
+            limits: self.limits.clone(),
+        })
+    }
+}
+
+/// The node's identity, read from its own certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    pub cluster: String,
+    pub region: String,
+    pub name: String,
+    pub id: u64,
+}
+
+/// The validated `admin.*` keys.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub url: String,
+    pub ca_pem: Vec<u8>,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+/// Everything `serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub state_dir: PathBuf,
+    pub git_dir: PathBuf,
+    pub shards: Option<u32>,
+    pub listen_rpc: SocketAddr,
+    pub listen_http: SocketAddr,
+    pub ca_pem: Vec<u8>,
+    pub node_cert_pem: Vec<u8>,
+    pub node_key_pem: Vec<u8>,
+    /// SNI name → (certificate chain PEM, key PEM); always has `default`.
+    pub server_certs: BTreeMap<String, (Vec<u8>, Vec<u8>)>,
+    pub node: NodeIdentity,
+    pub paranoid: bool,
+    pub default_head: String,
+    pub limits: Limits,
+}
+
+fn invalid(key: &str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr> {
+    value.parse().map_err(|_| {
+        invalid(
+            key,
+            value,
+            "expected host:port with an IP address, e.g. 0.0.0.0:8443",
+        )
+    })
+}
+
+fn check_url(key: &str, value: &str) -> Result<()> {
+    let rest = value
+        .strip_prefix("https://")
+        .ok_or_else(|| invalid(key, value, "must start with https://"))?;
+    if rest.split('/').next().is_none_or(str::is_empty) {
+        return Err(invalid(key, value, "has no host"));
+    }
+    Ok(())
+}
+
+fn check_refname_component(key: &str, value: &str) -> Result<()> {
+    let bad = value.is_empty()
+        || value.starts_with(['-', '.', '/'])
+        || value.ends_with(['/', '.'])
+        || value.ends_with(".lock")
+        || value.contains("..")
+        || value.contains("//")
+        || value.contains("@{")
+        || value
+            .bytes()
+            .any(|b| b < 0x20 || b == 0x7f || b" ~^:?*[\\".contains(&b));
+    if bad {
+        return Err(invalid(key, value, "not a valid git branch name"));
+    }
+    Ok(())
+}
+
+fn file_err(key: &str, path: &Path, reason: impl ToString) -> ConfigError {
+    ConfigError::File {
+        key: key.to_owned(),
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Reads a PEM file that must hold at least one certificate.
+fn read_certs(key: &str, path: &Path) -> Result<Vec<u8>> {
+    let pem = std::fs::read(path).map_err(|e| file_err(key, path, e))?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| file_err(key, path, format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(file_err(key, path, "holds no PEM certificate"));
+    }
+    Ok(pem)
+}
+
+/// Reads a PEM file that must hold a private key.
+fn read_key(key: &str, path: &Path) -> Result<Vec<u8>> {
+    let pem = std::fs::read(path).map_err(|e| file_err(key, path, e))?;
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| file_err(key, path, format!("holds no PEM private key: {e}")))?;
+    Ok(pem)
+}
+
+fn node_identity(path: &Path, cert_pem: &[u8], ca_pem: &[u8]) -> Result<NodeIdentity> {
+    let key = "certificates.client.cert";
+    let info = repospanner_ca::CertInfo::inspect(cert_pem, Some(ca_pem))
+        .map_err(|e| file_err(key, path, e))?;
+    if let Some(Err(e)) = info.verified {
+        return Err(file_err(
+            key,
+            path,
+            format!("not valid for certificates.ca: {e}"),
+        ));
+    }
+    let facts: CertFacts = info.facts;
+    match (facts.kind, facts.cluster, facts.node) {
+        (Some(CertKind::Node), Some(cluster), Some(node)) => Ok(NodeIdentity {
+            cluster,
+            region: node.region,
+            name: node.name,
+            id: node.id,
+        }),
+        _ => Err(file_err(
+            key,
+            path,
+            "not a repoSpanner node certificate (make one with `repospanner ca node`)",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_err(yaml: &str) -> String {
+        match Config::parse(yaml) {
+            Ok(c) => panic!("expected an error for {yaml:?}, got {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn check_err(yaml: &str, expected: &[&str]) {
+        let e = parse_err(yaml);
+        for want in expected {
+            assert!(e.contains(want), "error {e:?} should mention {want:?}");
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::parse("ca:\n  path: /x\n").expect("parses");
+        assert!(
+            c.checks.paranoid,
+            "paranoid defaults to true as in the Go original"
+        );
+        assert_eq!(c.silly.defaulthead, "master");
+        assert_eq!(c.limits.refs_per_push_max, 100_000);
+        assert_eq!(c.ca_dir().expect("set"), Path::new("/x"));
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        check_err("", &["empty"]);
+        check_err("bogus: 1\n", &["unknown field `bogus`"]);
+        check_err(
+            "storage:\n  git:\n    bogus: 1\n",
+            &["storage.git", "bogus"],
+        );
+        check_err("listen:\n  http: [1]\n", &["listen.http"]);
+        check_err("listen:\n  http: nothost\n", &["listen.http", "host:port"]);
+        check_err("checks:\n  paranoid: maybe\n", &["checks.paranoid"]);
+        check_err("storage:\n  git:\n    type: blob\n", &["storage.git.type"]);
+        check_err("storage:\n  shards: 0\n", &["storage.shards"]);
+        check_err("silly:\n  defaulthead: a..b\n", &["silly.defaulthead"]);
+        check_err("admin:\n  url: http://x\n", &["admin.url", "https"]);
+        check_err("limits:\n  pack_bytes_max: 0\n", &["limits.pack_bytes_max"]);
+        check_err(
+            "limits:\n  pack_bytes_max: -1\n",
+            &["limits.pack_bytes_max"],
+        );
+        check_err("ca: a: b\n", &["line 1"]);
+    }
+
+    #[test]
+    fn missing_keys_are_named_per_command() {
+        let c = Config::parse("silly:\n  defaulthead: main\n").expect("parses");
+        assert!(c.ca_dir().unwrap_err().to_string().contains("ca.path"));
+        assert!(c.admin().unwrap_err().to_string().contains("admin.url"));
+        assert!(c.serve().unwrap_err().to_string().contains("storage.state"));
+    }
+
+    #[test]
+    fn unreadable_files_are_named() {
+        let c = Config::parse(
+            "admin:\n  url: https://n/\n  ca: /nonexistent/ca.crt\n  cert: /x\n  key: /y\n",
+        )
+        .expect("parses");
+        let e = c.admin().unwrap_err().to_string();
+        assert!(
+            e.contains("admin.ca") && e.contains("/nonexistent/ca.crt"),
+            "{e}"
+        );
+    }
+}

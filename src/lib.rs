@@ -1,0 +1,10 @@
+//! The `repospanner` package: wires the workspace crates into the commands the
+//! binary exposes. `main.rs` only parses the command line; what each command does
+//! lives here ([`commands`]), and the configuration file is read and validated in
+//! [`config`].
+
+pub mod commands;
+pub mod config;
+
+/// The version reported by `repospanner version` and in the git agent string.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,239 @@
+//! The `repospanner` command line: parsing and dispatch only.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use repospanner::commands::{self, LeafFlags};
+use repospanner::config::DEFAULT_PATH;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "repospanner",
+    version,
+    about = "Distributed git repository storage server"
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, default_value = DEFAULT_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the version.
+    Version {
+        /// Only the version, without build details.
+        #[arg(long)]
+        public: bool,
+    },
+    /// Certificate authority: create the CA, node and user certificates.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Run a node (after initialising its state with --spawn or --joinnode).
+    Serve(ServeArgs),
+    /// Administer the region through a node's admin API.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Create a local region with certificates and configs, and start it.
+    Quickstart(QuickstartArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create the cluster CA in `ca.path`.
+    Init {
+        /// Cluster name, a DNS domain (e.g. repospanner.example.com).
+        cluster: String,
+        /// Validity in years.
+        #[arg(long, default_value_t = 10)]
+        years: u32,
+        /// Do not limit the CA to names under the cluster domain.
+        #[arg(long)]
+        no_name_constraint: bool,
+    },
+    /// Issue a node certificate `<nodename>.<region>.<cluster>`.
+    Node {
+        region: String,
+        nodename: String,
+        #[arg(long, default_value_t = 1)]
+        years: u32,
+        /// Node ID (default: the certificate's serial; reuse the old ID to renew).
+        #[arg(long)]
+        nodeid: Option<u64>,
+        /// Extra DNS name or IP address the node answers on (repeatable).
+        #[arg(long = "san", value_name = "NAME_OR_IP", num_args = 1.., value_delimiter = ',')]
+        sans: Vec<String>,
+    },
+    /// Issue a user certificate carrying its permissions.
+    Leaf {
+        username: String,
+        #[arg(long)]
+        admin: bool,
+        #[arg(long)]
+        monitor: bool,
+        #[arg(long)]
+        read: bool,
+        #[arg(long)]
+        write: bool,
+        /// Region globs the certificate is valid in (repeatable or comma-separated).
+        #[arg(long = "region", value_name = "GLOB", required = true, num_args = 1.., value_delimiter = ',')]
+        regions: Vec<String>,
+        /// Repository globs the certificate is valid for; `*` also matches `/`.
+        #[arg(long = "repo", value_name = "GLOB", required = true, num_args = 1.., value_delimiter = ',')]
+        repos: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        years: u32,
+    },
+    /// Show what a certificate carries and whether it verifies against a CA.
+    Info {
+        cert: PathBuf,
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Initialise the state of a new region on this node, then exit.
+    #[arg(long, conflicts_with = "joinnode")]
+    spawn: bool,
+    /// Join the region of a running node (https://node:rpcport), then exit.
+    #[arg(long, value_name = "URL")]
+    joinnode: Option<String>,
+    /// Verbose logs.
+    #[arg(long)]
+    debug: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Repositories.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+    /// The state of the node and its region.
+    Nodestatus {
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        nagios: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RepoCommand {
+    Create {
+        name: String,
+        #[arg(long)]
+        public: bool,
+    },
+    List,
+    Delete {
+        name: String,
+    },
+    Edit {
+        name: String,
+        #[arg(long)]
+        public: Option<bool>,
+        /// SYM=TARGET to set a symbolic ref, SYM= to delete it.
+        symrefs: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct QuickstartArgs {
+    #[arg(long, default_value = "quickstart")]
+    dir: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    nodes: u32,
+    #[arg(long, default_value_t = 8443)]
+    port: u16,
+    /// Only write the files.
+    #[arg(long)]
+    no_start: bool,
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = || commands::load_config(&cli.config);
+    match cli.command {
+        Command::Version { public } => {
+            if public {
+                println!("repoSpanner {}", repospanner::VERSION);
+            } else {
+                println!(
+                    "repoSpanner {} ({} {})",
+                    repospanner::VERSION,
+                    std::env::consts::OS,
+                    std::env::consts::ARCH
+                );
+            }
+            Ok(())
+        }
+        Command::Ca(CaCommand::Init {
+            cluster,
+            years,
+            no_name_constraint,
+        }) => commands::ca_init(&config()?, &cluster, years, !no_name_constraint),
+        Command::Ca(CaCommand::Node {
+            region,
+            nodename,
+            years,
+            nodeid,
+            sans,
+        }) => commands::ca_node(&config()?, &region, &nodename, years, nodeid, sans),
+        Command::Ca(CaCommand::Leaf {
+            username,
+            admin,
+            monitor,
+            read,
+            write,
+            regions,
+            repos,
+            years,
+        }) => commands::ca_leaf(
+            &config()?,
+            &username,
+            LeafFlags {
+                admin,
+                monitor,
+                read,
+                write,
+            },
+            regions,
+            repos,
+            years,
+        ),
+        Command::Ca(CaCommand::Info { cert, cacert }) => {
+            commands::ca_info(&cert, cacert.as_deref())
+        }
+        Command::Serve(_) => {
+            config()?.serve()?;
+            commands::not_yet("serve")
+        }
+        Command::Admin(_) => {
+            config()?.admin()?;
+            commands::not_yet("admin")
+        }
+        Command::Quickstart(_) => commands::not_yet("quickstart"),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

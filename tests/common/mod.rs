@@ -1,0 +1,84 @@
+//! Helpers shared by the functional tests: run the real `repospanner` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_repospanner");
+
+/// Runs `repospanner` with `args` and returns its output (never panics on failure).
+pub fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("spawn repospanner")
+}
+
+/// Runs and asserts success; returns stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "repospanner {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs and asserts failure; returns stderr.
+pub fn fails(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        !out.status.success(),
+        "repospanner {args:?} should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A temporary directory with a `config.yml` whose `ca.path` is `<dir>/ca`.
+pub struct CaDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl CaDir {
+    pub fn new() -> CaDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca");
+        std::fs::write(
+            dir.path().join("config.yml"),
+            format!("ca:\n  path: {}\n", ca.display()),
+        )
+        .expect("write config");
+        CaDir { dir }
+    }
+    pub fn config(&self) -> String {
+        self.dir.path().join("config.yml").display().to_string()
+    }
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+    pub fn file(&self, name: &str) -> String {
+        self.ca().join(name).display().to_string()
+    }
+    /// `repospanner --config <config> args...`
+    pub fn ok(&self, args: &[&str]) -> String {
+        let cfg = self.config();
+        let mut all = vec!["--config", cfg.as_str()];
+        all.extend_from_slice(args);
+        ok(&all)
+    }
+    pub fn fails(&self, args: &[&str]) -> String {
+        let cfg = self.config();
+        let mut all = vec!["--config", cfg.as_str()];
+        all.extend_from_slice(args);
+        fails(&all)
+    }
+}
+
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+}
