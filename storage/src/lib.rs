@@ -1,1 +1,90 @@
-//! placeholder
+//! The repoSpanner storage engine: the only code that writes repository data to disk.
+//!
+//! One [`Store`] per shard, owned by that shard's thread (glommio executor). It is an
+//! append-only, log-structured store on io_uring direct I/O:
+//!
+//! * **Segments** (`seg-<id>.log`) of at most [`Options::segment_bytes_max`], written
+//!   with O_DIRECT through glommio `DmaFile` ([`io::DmaDir`]). Each starts with a header
+//!   carrying a random salt that seeds every CRC in it ([`record`]).
+//! * **Frames**: every group-commit batch is one frame (header + records) with a CRC
+//!   over the whole body, so a batch is durable entirely or not at all; each record
+//!   also carries its own CRC so it can be read and checked alone.
+//! * **Group commit**: concurrent appends are batched into one write and one
+//!   `fdatasync`; an append's future resolves only after its batch is durable.
+//! * **Records**: git objects as the pack entries the client sent ([`object`]), and
+//!   opaque values of other crates keyed by (stream, key) — the raft log, vote and
+//!   snapshots, repository metadata — plus range deletions and namespace drops.
+//! * **Index**: (namespace, object id) → location and (stream, key) → location, in
+//!   memory, checkpointed to `index.ckpt` (read back with memmap2) so start-up scans
+//!   only the log written after the checkpoint ([`index`]).
+//! * **Recovery**: a torn tail is found by CRC and cut; damage in the middle is reported
+//!   and stepped over (a later frame of the same segment proves it is not the tail) and
+//!   never served: reads of a damaged record return [`Error::Corrupt`] naming the
+//!   segment and offset. [`Store::verify`] re-reads everything and re-hashes objects.
+//! * **Failure policy**: a failed write or `fdatasync` stops the store for good
+//!   ([`Error::Fatal`]): after an fsync error the kernel may have dropped the dirty
+//!   pages, so a retry that succeeds could acknowledge data that is not on disk.
+//!
+//! ## Compaction (designed, not implemented yet)
+//!
+//! Records are never modified in place. Liveness is decided by the index: an object
+//! record is live if the index points at it; an opaque record if it is the latest for
+//! its key and not covered by a later `DeleteRange`; `DropNamespace` makes every record
+//! of that namespace dead. Compaction picks a sealed segment with the most dead bytes,
+//! copies its live records to the head of the log through the normal append path (so
+//! they get new locations, CRCs and LSNs), switches the index entries whose location is
+//! still the old one, writes a checkpoint, and only then deletes the old segment file.
+//! A crash at any point leaves either the old copy or both (duplicates are harmless:
+//! the first copy of an object wins on rescan, the newest opaque value wins). Runs as
+//! a low-priority task of the shard, yielding between records.
+//!
+//! ## zstd
+//!
+//! Opaque values (raft entries, snapshots, metadata) of at least
+//! [`Options::zstd_min_bytes`] are compressed with zstd when that saves at least an
+//! eighth; git's own data is already deflated and is stored as received. The index
+//! checkpoint is stored raw: 20 of every 48 bytes are random object ids.
+
+pub mod index;
+pub mod io;
+pub mod object;
+pub mod record;
+mod store;
+
+pub use index::Loc;
+pub use io::{DmaDir, Faults, MemDir};
+pub use object::{Namespace, ObjectKind, Oid, StoredObject};
+pub use store::{Corruption, Options, RecoveryReport, Stats, Store, VerifyReport, Write};
+
+/// Log sequence number: every record gets the next one.
+pub type Lsn = u64;
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op} {name}: {source}")]
+    Io {
+        op: &'static str,
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the store stopped accepting writes after an I/O failure: {0}")]
+    Fatal(String),
+    #[error("damaged data in segment {segment} at offset {offset}: {reason}")]
+    Corrupt {
+        segment: u64,
+        offset: u64,
+        reason: String,
+    },
+    #[error("append of {bytes} bytes is larger than the limit of {max}")]
+    TooLarge { bytes: u64, max: u64 },
+    #[error("object {oid}: {source}")]
+    Content {
+        oid: String,
+        #[source]
+        source: object::ContentError,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,301 @@
+//! The in-memory index (object id → location, opaque key → location) and its
+//! checkpoint file format, pure.
+//!
+//! Checkpoint (`index.ckpt`, replaced atomically; little-endian):
+//! ```text
+//! magic "RSPI" u32 | version u32 | segment u64 | offset u64 | next_lsn u64
+//!   | objects u64 | opaque u64                                   (48 bytes)
+//! objects × (namespace u64 | oid [20] | segment u64 | offset u64 | len u32)   (48 bytes)
+//! opaque  × (stream u8 | 0 [3] | len u32 | key u64 | segment u64 | offset u64) (32 bytes)
+//! crc32 u32 of everything before
+//! ```
+//! `(segment, offset)` is where the log continues after the state the checkpoint holds;
+//! start-up maps the file, checks its CRC, loads it, and scans only the log after that
+//! position. Object ids are random bytes, so zstd gains little here (measured on 1M
+//! entries: see the crate docs) and the file is stored raw to be mapped directly.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::object::{Namespace, Oid};
+use crate::record::RecordKind;
+use crate::Lsn;
+
+/// Where a record lives: its segment, byte offset and total length (header included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Loc {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// Everything the store can find by key.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Index {
+    pub objects: HashMap<(Namespace, Oid), Loc>,
+    pub opaque: BTreeMap<(u8, u64), Loc>,
+}
+
+/// Decoded opaque payload header: stream, key and where the data starts.
+pub fn opaque_key(payload: &[u8]) -> Option<(u8, u64)> {
+    if payload.len() < 9 {
+        return None;
+    }
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&payload[1..9]);
+    Some((payload[0], u64::from_le_bytes(k)))
+}
+
+/// Decoded delete-range payload: stream, from (inclusive), to (exclusive).
+pub fn delete_range(payload: &[u8]) -> Option<(u8, u64, u64)> {
+    if payload.len() != 17 {
+        return None;
+    }
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&payload[1..9]);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&payload[9..17]);
+    Some((payload[0], u64::from_le_bytes(a), u64::from_le_bytes(b)))
+}
+
+impl Index {
+    /// Applies one durable record found at `loc`. Returns false if the payload does not
+    /// decode (a bug or a corruption the CRC missed: the caller reports it).
+    pub fn apply(&mut self, kind: RecordKind, payload: &[u8], loc: Loc) -> bool {
+        match kind {
+            RecordKind::Object => match crate::object::decode_key(payload) {
+                // The first copy of an object stays: every copy holds the same object.
+                Some(key) => {
+                    self.objects.entry(key).or_insert(loc);
+                    true
+                }
+                None => false,
+            },
+            RecordKind::Opaque => match opaque_key(payload) {
+                Some(key) => {
+                    self.opaque.insert(key, loc);
+                    true
+                }
+                None => false,
+            },
+            RecordKind::DeleteRange => match delete_range(payload) {
+                Some((stream, from, to)) => {
+                    if from < to {
+                        let keys: Vec<_> = self
+                            .opaque
+                            .range((stream, from)..(stream, to))
+                            .map(|(k, _)| *k)
+                            .collect();
+                        for k in keys {
+                            self.opaque.remove(&k);
+                        }
+                    }
+                    true
+                }
+                None => false,
+            },
+            RecordKind::DropNamespace => {
+                if payload.len() != 8 {
+                    return false;
+                }
+                let mut a = [0u8; 8];
+                a.copy_from_slice(payload);
+                let ns = Namespace(u64::from_le_bytes(a));
+                self.objects.retain(|(n, _), _| *n != ns);
+                true
+            }
+        }
+    }
+}
+
+const MAGIC: u32 = u32::from_le_bytes(*b"RSPI");
+const VERSION: u32 = 1;
+const HEADER: usize = 48;
+const OBJ: usize = 48;
+const OPQ: usize = 32;
+
+/// The position a checkpoint covers up to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Covered {
+    pub segment: u64,
+    pub offset: u64,
+    pub next_lsn: Lsn,
+}
+
+/// Serialises the index and the position it covers. Entries are sorted so the same
+/// state always gives the same bytes.
+pub fn encode_checkpoint(index: &Index, covered: Covered) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(HEADER + index.objects.len() * OBJ + index.opaque.len() * OPQ + 4);
+    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&covered.segment.to_le_bytes());
+    out.extend_from_slice(&covered.offset.to_le_bytes());
+    out.extend_from_slice(&covered.next_lsn.to_le_bytes());
+    out.extend_from_slice(&(index.objects.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(index.opaque.len() as u64).to_le_bytes());
+    let mut objects: Vec<_> = index.objects.iter().collect();
+    objects.sort_unstable_by_key(|(k, _)| **k);
+    for ((ns, oid), loc) in objects {
+        out.extend_from_slice(&ns.0.to_le_bytes());
+        out.extend_from_slice(oid);
+        out.extend_from_slice(&loc.segment.to_le_bytes());
+        out.extend_from_slice(&loc.offset.to_le_bytes());
+        out.extend_from_slice(&loc.len.to_le_bytes());
+    }
+    for ((stream, key), loc) in &index.opaque {
+        out.push(*stream);
+        out.extend_from_slice(&[0; 3]);
+        out.extend_from_slice(&loc.len.to_le_bytes());
+        out.extend_from_slice(&key.to_le_bytes());
+        out.extend_from_slice(&loc.segment.to_le_bytes());
+        out.extend_from_slice(&loc.offset.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+/// Reads a checkpoint back; `None` if it is damaged or of another version (the caller
+/// then rebuilds the index from the log).
+pub fn decode_checkpoint(b: &[u8]) -> Option<(Index, Covered)> {
+    if b.len() < HEADER + 4 || u32_at(b, 0) != MAGIC || u32_at(b, 4) != VERSION {
+        return None;
+    }
+    let body = &b[..b.len() - 4];
+    if crc32fast::hash(body) != u32_at(b, b.len() - 4) {
+        return None;
+    }
+    let covered = Covered {
+        segment: u64_at(b, 8),
+        offset: u64_at(b, 16),
+        next_lsn: u64_at(b, 24),
+    };
+    let n_obj = usize::try_from(u64_at(b, 32)).ok()?;
+    let n_opq = usize::try_from(u64_at(b, 40)).ok()?;
+    let expected = n_obj
+        .checked_mul(OBJ)?
+        .checked_add(n_opq.checked_mul(OPQ)?)?
+        .checked_add(HEADER)?;
+    if expected != body.len() {
+        return None;
+    }
+    let mut index = Index {
+        objects: HashMap::with_capacity(n_obj),
+        opaque: BTreeMap::new(),
+    };
+    let mut at = HEADER;
+    for _ in 0..n_obj {
+        let e = &b[at..at + OBJ];
+        let mut oid = [0u8; 20];
+        oid.copy_from_slice(&e[8..28]);
+        index.objects.insert(
+            (Namespace(u64_at(e, 0)), oid),
+            Loc {
+                segment: u64_at(e, 28),
+                offset: u64_at(e, 36),
+                len: u32_at(e, 44),
+            },
+        );
+        at += OBJ;
+    }
+    for _ in 0..n_opq {
+        let e = &b[at..at + OPQ];
+        index.opaque.insert(
+            (e[0], u64_at(e, 8)),
+            Loc {
+                segment: u64_at(e, 16),
+                offset: u64_at(e, 24),
+                len: u32_at(e, 4),
+            },
+        );
+        at += OPQ;
+    }
+    Some((index, covered))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(n: u64) -> Loc {
+        Loc {
+            segment: n,
+            offset: n * 100,
+            len: n as u32 + 12,
+        }
+    }
+
+    fn sample() -> Index {
+        let mut i = Index::default();
+        for n in 0..50u64 {
+            let mut oid = [0u8; 20];
+            oid[0] = n as u8;
+            i.objects.insert((Namespace(n % 3), oid), loc(n));
+            i.opaque.insert(((n % 2) as u8, n), loc(n + 1000));
+        }
+        i
+    }
+
+    #[test]
+    fn checkpoint_round_trips() {
+        let i = sample();
+        let c = Covered {
+            segment: 3,
+            offset: 4096,
+            next_lsn: 77,
+        };
+        let b = encode_checkpoint(&i, c);
+        assert_eq!(decode_checkpoint(&b), Some((i.clone(), c)));
+        assert_eq!(b, encode_checkpoint(&i, c), "deterministic");
+    }
+
+    #[test]
+    fn damaged_checkpoints_are_refused() {
+        let b = encode_checkpoint(
+            &sample(),
+            Covered {
+                segment: 1,
+                offset: 64,
+                next_lsn: 0,
+            },
+        );
+        for at in [0, 5, 20, 40, 60, b.len() / 2, b.len() - 1] {
+            let mut d = b.clone();
+            d[at] ^= 1;
+            assert!(decode_checkpoint(&d).is_none(), "flip at {at}");
+        }
+        for cut in [0, 10, 47, 52, b.len() - 1] {
+            assert!(decode_checkpoint(&b[..cut]).is_none(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn apply_records() {
+        let mut i = Index::default();
+        let mut opaque = vec![1u8];
+        opaque.extend_from_slice(&5u64.to_le_bytes());
+        opaque.extend_from_slice(b"data");
+        assert!(i.apply(RecordKind::Opaque, &opaque, loc(1)));
+        assert_eq!(i.opaque.get(&(1, 5)), Some(&loc(1)));
+        let mut del = vec![1u8];
+        del.extend_from_slice(&0u64.to_le_bytes());
+        del.extend_from_slice(&6u64.to_le_bytes());
+        assert!(i.apply(RecordKind::DeleteRange, &del, loc(2)));
+        assert!(i.opaque.is_empty());
+        assert!(!i.apply(RecordKind::Opaque, &[1, 2], loc(3)));
+        assert!(!i.apply(RecordKind::DeleteRange, &[1, 2], loc(3)));
+        assert!(!i.apply(RecordKind::Object, &[0; 10], loc(3)));
+    }
+}

@@ -1,0 +1,1219 @@
+//! The store: recovery, group commit, reads, checkpoints, verification.
+//!
+//! One `Store` per shard, used from that shard's glommio executor only (it is `!Send`).
+//! Appends queue up; one writer task takes everything queued (up to
+//! [`Options::batch_bytes_max`]), writes it as one frame with one aligned write, calls
+//! `fdatasync` once, updates the index, and only then resolves the appenders' futures.
+//! While it waits on the disk, new appends queue for the next batch: batching grows
+//! with load and costs nothing when idle (no timers).
+//!
+//! The tail block: O_DIRECT writes must cover whole blocks, so each batch rewrites the
+//! partly filled last block of the previous one together with its new bytes. The old
+//! bytes of that block are rewritten identically, so a torn write can only damage the
+//! new bytes, which their frame's CRC then rejects.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Range;
+use std::rc::Rc;
+
+use futures_channel::oneshot;
+use tracing::{info, warn};
+
+use crate::index::{self, Covered, Index, Loc};
+use crate::io::{Dir, SegmentFile};
+use crate::object::{self, ContentError, Namespace, ObjectKind, Oid, StoredObject};
+use crate::record::{
+    self, FrameHeader, RecordKind, SegmentHeader, FLAG_ZSTD, FRAME_HEADER_LEN, RECORD_HEADER_LEN,
+    SEGMENT_HEADER_LEN,
+};
+use crate::{Error, Lsn, Result};
+
+/// Named limits and tunables of a store.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// A new segment starts when the next frame would take a segment past this.
+    pub segment_bytes_max: u64,
+    /// Most bytes in one group-commit batch (a single larger append is its own batch).
+    pub batch_bytes_max: usize,
+    /// Most bytes queued for writing; appenders beyond it wait (backpressure).
+    pub queued_bytes_max: usize,
+    /// Largest single append.
+    pub append_bytes_max: usize,
+    /// A checkpoint is written after this many bytes of log since the last one.
+    pub checkpoint_interval_bytes: u64,
+    /// Bytes of resolved objects kept for delta resolution.
+    pub delta_cache_bytes_max: usize,
+    /// Longest delta chain followed before giving up (also stops cycles).
+    pub delta_chain_max: usize,
+    /// Opaque payloads at least this large are zstd-compressed when that saves ≥ 1/8.
+    pub zstd_min_bytes: usize,
+    pub zstd_level: i32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_bytes_max: 1 << 30,
+            batch_bytes_max: 16 << 20,
+            queued_bytes_max: 256 << 20,
+            append_bytes_max: (1 << 30) + (1 << 20),
+            checkpoint_interval_bytes: 256 << 20,
+            delta_cache_bytes_max: 64 << 20,
+            delta_chain_max: 10_000,
+            zstd_min_bytes: 512,
+            zstd_level: 3,
+        }
+    }
+}
+
+/// One thing to write. All writes of one [`Store::append`] land in the same frame, so
+/// they become durable (and visible) together or not at all.
+#[derive(Debug, Clone)]
+pub enum Write {
+    Object(Namespace, StoredObject),
+    Opaque { stream: u8, key: u64, data: Vec<u8> },
+    DeleteRange { stream: u8, keys: Range<u64> },
+    DropNamespace(Namespace),
+}
+
+/// A damaged region found by recovery or verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corruption {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u64,
+    pub reason: String,
+}
+
+/// What opening the store found.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    pub from_checkpoint: bool,
+    pub frames_scanned: u64,
+    pub records_scanned: u64,
+    /// Bytes cut from the end of the log (a write that never completed).
+    pub torn_tail_bytes: u64,
+    /// Damaged regions in the middle of the log (never served).
+    pub corruptions: Vec<Corruption>,
+}
+
+/// What [`Store::verify`] found.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    pub frames: u64,
+    pub records: u64,
+    pub objects: u64,
+    pub corruptions: Vec<Corruption>,
+    /// Objects whose content does not hash to their id, or cannot be produced.
+    pub bad_objects: Vec<(Namespace, String, String)>,
+}
+
+/// Counters for operators and benchmarks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    pub appends: u64,
+    pub batches: u64,
+    pub bytes_written: u64,
+    pub syncs: u64,
+    pub checkpoints: u64,
+}
+
+struct Segment<F> {
+    id: u64,
+    salt: u64,
+    file: Rc<F>,
+}
+
+/// The open end of the log.
+struct Tail<F> {
+    segment: Rc<Segment<F>>,
+    /// Logical end: where the next frame goes.
+    offset: u64,
+    /// Bytes of the partly filled last block, `offset - align_down(offset)` long.
+    block: Vec<u8>,
+}
+
+struct Pending {
+    writes: Vec<(RecordKind, u8, Vec<u8>)>,
+    bytes: usize,
+    done: oneshot::Sender<Result<Vec<Loc>>>,
+}
+
+struct Inner<D: Dir> {
+    dir: D,
+    opts: Options,
+    segments: RefCell<BTreeMap<u64, Rc<Segment<D::File>>>>,
+    tail: RefCell<Tail<D::File>>,
+    index: RefCell<Index>,
+    next_lsn: Cell<Lsn>,
+    queue: RefCell<VecDeque<Pending>>,
+    queued_bytes: Cell<usize>,
+    space: RefCell<Vec<oneshot::Sender<()>>>,
+    writer_running: Cell<bool>,
+    fatal: RefCell<Option<String>>,
+    since_checkpoint: Cell<u64>,
+    checkpointing: Cell<bool>,
+    cache: RefCell<DeltaCache>,
+    stats: Cell<Stats>,
+    corruptions: RefCell<Vec<Corruption>>,
+}
+
+/// The append-only object and record store of one shard.
+pub struct Store<D: Dir> {
+    inner: Rc<Inner<D>>,
+}
+
+impl<D: Dir> Clone for Store<D> {
+    fn clone(&self) -> Self {
+        Store {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<D: Dir> std::fmt::Debug for Store<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("next_lsn", &self.inner.next_lsn.get())
+            .field("stats", &self.inner.stats.get())
+            .finish()
+    }
+}
+
+const CHECKPOINT: &str = "index.ckpt";
+
+fn segment_name(id: u64) -> String {
+    format!("seg-{id:016x}.log")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix("seg-")?.strip_suffix(".log")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+fn io_err(op: &'static str, name: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let name = name.into();
+    move |source| Error::Io { op, name, source }
+}
+
+fn align_down(v: u64, a: u64) -> u64 {
+    v - v % a
+}
+
+fn align_up(v: usize, a: usize) -> usize {
+    v.div_ceil(a) * a
+}
+
+/// Reads a segment sequentially through a large window, so scanning costs a few big
+/// reads rather than two small ones per frame.
+struct Window<'f, F> {
+    file: &'f F,
+    start: u64,
+    buf: Vec<u8>,
+}
+
+const WINDOW: usize = 8 << 20;
+
+impl<'f, F: SegmentFile> Window<'f, F> {
+    fn new(file: &'f F) -> Self {
+        Window {
+            file,
+            start: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// `len` bytes at `pos`, or `None` if the file ends first.
+    async fn get(&mut self, pos: u64, len: usize) -> std::io::Result<Option<&[u8]>> {
+        let end = pos + len as u64;
+        if pos < self.start || end > self.start + self.buf.len() as u64 {
+            self.buf = self.file.read_at(pos, len.max(WINDOW)).await?;
+            self.start = pos;
+        }
+        let from = (pos - self.start) as usize;
+        Ok(self.buf.get(from..from + len))
+    }
+}
+
+fn encode_write(w: &Write, opts: &Options) -> (RecordKind, u8, Vec<u8>) {
+    match w {
+        Write::Object(ns, o) => (RecordKind::Object, 0, object::encode(*ns, o)),
+        Write::Opaque { stream, key, data } => {
+            let mut p = Vec::with_capacity(9 + data.len());
+            p.push(*stream);
+            p.extend_from_slice(&key.to_le_bytes());
+            let mut flags = 0;
+            if data.len() >= opts.zstd_min_bytes {
+                if let Ok(z) = zstd::bulk::compress(data, opts.zstd_level) {
+                    if z.len() <= data.len() - data.len() / 8 {
+                        flags = FLAG_ZSTD;
+                        p.extend_from_slice(&(data.len() as u64).to_le_bytes());
+                        p.extend_from_slice(&z);
+                    }
+                }
+            }
+            if flags == 0 {
+                p.extend_from_slice(data);
+            }
+            (RecordKind::Opaque, flags, p)
+        }
+        Write::DeleteRange { stream, keys } => {
+            let mut p = vec![*stream];
+            p.extend_from_slice(&keys.start.to_le_bytes());
+            p.extend_from_slice(&keys.end.to_le_bytes());
+            (RecordKind::DeleteRange, 0, p)
+        }
+        Write::DropNamespace(ns) => (RecordKind::DropNamespace, 0, ns.0.to_le_bytes().to_vec()),
+    }
+}
+
+impl<D: Dir> Store<D> {
+    /// Opens (or creates) the store in `dir`: loads the checkpoint if it is valid, scans
+    /// the log after it, cuts a torn tail, and reports damaged regions.
+    pub async fn open(dir: D, opts: Options) -> Result<(Store<D>, RecoveryReport)> {
+        let mut report = RecoveryReport::default();
+        let mut ids: Vec<u64> = dir
+            .list()
+            .await
+            .map_err(io_err("list", "store directory"))?
+            .iter()
+            .filter_map(|n| parse_segment_name(n))
+            .collect();
+        ids.sort_unstable();
+
+        // Open every segment and read its header.
+        let mut segments = BTreeMap::new();
+        let last_id = ids.last().copied();
+        for &id in &ids {
+            let name = segment_name(id);
+            let file = dir
+                .open(&name, false)
+                .await
+                .map_err(io_err("open", &name))?;
+            let head = file
+                .read_at(0, SEGMENT_HEADER_LEN)
+                .await
+                .map_err(io_err("read", &name))?;
+            match SegmentHeader::decode(&head) {
+                Some(h) if h.id == id => {
+                    segments.insert(
+                        id,
+                        Rc::new(Segment {
+                            id,
+                            salt: h.salt,
+                            file: Rc::new(file),
+                        }),
+                    );
+                }
+                _ if Some(id) == last_id => {
+                    // The newest segment's first write never completed: nothing in it
+                    // was acknowledged (acknowledgement follows the data sync).
+                    let size = file.size().await.map_err(io_err("stat", &name))?;
+                    warn!(segment = %name, size, "removing a segment whose header never became durable");
+                    report.torn_tail_bytes += size;
+                    drop(file);
+                    dir.remove(&name).await.map_err(io_err("remove", &name))?;
+                }
+                _ => {
+                    let size = file.size().await.unwrap_or(0);
+                    report.corruptions.push(Corruption {
+                        segment: id,
+                        offset: 0,
+                        len: size,
+                        reason: "segment header is damaged".into(),
+                    });
+                }
+            }
+        }
+        report.segments = segments.len();
+
+        // Start from the checkpoint when it is intact and its segment still exists.
+        let mut index = Index::default();
+        let mut next_lsn: Lsn = 0;
+        let mut resume: Option<(u64, u64)> = None;
+        if let Some(blob) = dir
+            .read_whole(CHECKPOINT)
+            .await
+            .map_err(io_err("read", CHECKPOINT))?
+        {
+            match index::decode_checkpoint(&blob) {
+                Some((i, c)) if segments.contains_key(&c.segment) => {
+                    index = i;
+                    next_lsn = c.next_lsn;
+                    resume = Some((c.segment, c.offset));
+                    report.from_checkpoint = true;
+                }
+                Some(_) => warn!(
+                    "checkpoint names a segment that is gone; rebuilding the index from the log"
+                ),
+                None => warn!("checkpoint is damaged; rebuilding the index from the log"),
+            }
+        }
+
+        // Scan the log after the checkpoint.
+        let mut tail: Option<(Rc<Segment<D::File>>, u64)> = None;
+        let scan_ids: Vec<u64> = segments.keys().copied().collect();
+        for (n, &id) in scan_ids.iter().enumerate() {
+            let seg = segments[&id].clone();
+            let is_last = n + 1 == scan_ids.len();
+            let from = match resume {
+                Some((rs, _)) if id < rs => continue,
+                Some((rs, ro)) if id == rs => ro.max(SEGMENT_HEADER_LEN as u64),
+                _ => SEGMENT_HEADER_LEN as u64,
+            };
+            let end =
+                scan_segment(&seg, from, &mut index, &mut next_lsn, &mut report, is_last).await?;
+            if is_last {
+                tail = Some((seg, end));
+            }
+        }
+
+        let (segment, offset) = match tail {
+            Some(t) => t,
+            None => {
+                // Never reuse the id of a damaged segment kept for inspection.
+                let id = ids.iter().max().map_or(1, |l| l + 1);
+                let seg = create_segment(&dir, id).await?;
+                segments.insert(id, seg.clone());
+                (seg, 0)
+            }
+        };
+        // Drop whatever lies past the end (a torn write) so it can never resurface.
+        let name = segment_name(segment.id);
+        let size = segment.file.size().await.map_err(io_err("stat", &name))?;
+        let align = segment.file.alignment() as u64;
+        if size > offset {
+            // Zero padding after the last block is normal; anything else is a write
+            // that never completed.
+            let past = segment
+                .file
+                .read_at(offset, (size - offset) as usize)
+                .await
+                .map_err(io_err("read", &name))?;
+            if past.iter().any(|b| *b != 0) {
+                report.torn_tail_bytes += size - offset;
+            }
+            segment
+                .file
+                .truncate(offset)
+                .await
+                .map_err(io_err("truncate", &name))?;
+        }
+        let block_start = align_down(offset, align);
+        let block = if offset > block_start {
+            segment
+                .file
+                .read_at(block_start, (offset - block_start) as usize)
+                .await
+                .map_err(io_err("read", &name))?
+        } else {
+            Vec::new()
+        };
+        if report.torn_tail_bytes > 0 {
+            info!(
+                bytes = report.torn_tail_bytes,
+                "cut a torn tail from the log"
+            );
+        }
+        for c in &report.corruptions {
+            warn!(segment = c.segment, offset = c.offset, len = c.len, reason = %c.reason, "damaged region in the log; it is never served");
+        }
+        let inner = Inner {
+            dir,
+            opts,
+            segments: RefCell::new(segments),
+            tail: RefCell::new(Tail {
+                segment,
+                offset,
+                block,
+            }),
+            index: RefCell::new(index),
+            next_lsn: Cell::new(next_lsn),
+            queue: RefCell::new(VecDeque::new()),
+            queued_bytes: Cell::new(0),
+            space: RefCell::new(Vec::new()),
+            writer_running: Cell::new(false),
+            fatal: RefCell::new(None),
+            since_checkpoint: Cell::new(0),
+            checkpointing: Cell::new(false),
+            cache: RefCell::new(DeltaCache::default()),
+            stats: Cell::new(Stats::default()),
+            corruptions: RefCell::new(report.corruptions.clone()),
+        };
+        Ok((
+            Store {
+                inner: Rc::new(inner),
+            },
+            report,
+        ))
+    }
+
+    /// Appends `writes` as one unit and resolves once they are durable; returns their
+    /// locations. Fails without writing anything if the store has stopped after an I/O
+    /// failure ([`Error::Fatal`]).
+    pub async fn append(&self, writes: Vec<Write>) -> Result<Vec<Loc>> {
+        let inner = &self.inner;
+        if let Some(why) = inner.fatal.borrow().clone() {
+            return Err(Error::Fatal(why));
+        }
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoded: Vec<_> = writes
+            .iter()
+            .map(|w| encode_write(w, &inner.opts))
+            .collect();
+        let bytes: usize = encoded
+            .iter()
+            .map(|(_, _, p)| RECORD_HEADER_LEN + p.len())
+            .sum();
+        if bytes > inner.opts.append_bytes_max {
+            return Err(Error::TooLarge {
+                bytes: bytes as u64,
+                max: inner.opts.append_bytes_max as u64,
+            });
+        }
+        // Backpressure: wait while the queue is full (an append larger than the whole
+        // queue limit waits for an empty queue).
+        while inner.queued_bytes.get() > 0
+            && inner.queued_bytes.get() + bytes > inner.opts.queued_bytes_max
+        {
+            let (tx, rx) = oneshot::channel();
+            inner.space.borrow_mut().push(tx);
+            let _ = rx.await;
+            if let Some(why) = inner.fatal.borrow().clone() {
+                return Err(Error::Fatal(why));
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        inner.queue.borrow_mut().push_back(Pending {
+            writes: encoded,
+            bytes,
+            done: tx,
+        });
+        inner.queued_bytes.set(inner.queued_bytes.get() + bytes);
+        if !inner.writer_running.get() {
+            inner.writer_running.set(true);
+            let me = self.clone();
+            glommio::spawn_local(async move { me.write_loop().await }).detach();
+        }
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Fatal("the writer stopped".into())),
+        }
+    }
+
+    async fn write_loop(&self) {
+        let inner = &self.inner;
+        loop {
+            let batch: Vec<Pending> = {
+                let mut q = inner.queue.borrow_mut();
+                let mut taken = 0usize;
+                let mut batch = Vec::new();
+                while let Some(p) = q.front() {
+                    if !batch.is_empty() && taken + p.bytes > inner.opts.batch_bytes_max {
+                        break;
+                    }
+                    taken += p.bytes;
+                    batch.extend(q.pop_front());
+                }
+                batch
+            };
+            if batch.is_empty() {
+                inner.writer_running.set(false);
+                return;
+            }
+            let bytes: usize = batch.iter().map(|p| p.bytes).sum();
+            let result = self.write_batch(&batch).await;
+            inner.queued_bytes.set(inner.queued_bytes.get() - bytes);
+            for tx in inner.space.borrow_mut().drain(..) {
+                let _ = tx.send(());
+            }
+            match result {
+                Ok(locs) => {
+                    let mut locs = locs.into_iter();
+                    for p in batch {
+                        let mine: Vec<Loc> = locs.by_ref().take(p.writes.len()).collect();
+                        let _ = p.done.send(Ok(mine));
+                    }
+                    if inner.since_checkpoint.get() >= inner.opts.checkpoint_interval_bytes
+                        && !inner.checkpointing.get()
+                    {
+                        let me = self.clone();
+                        glommio::spawn_local(async move {
+                            if let Err(e) = me.checkpoint().await {
+                                warn!(error = %e, "checkpoint failed; the next one will retry");
+                            }
+                        })
+                        .detach();
+                    }
+                }
+                Err(e) => {
+                    // An fsync (or write) failure: the kernel may have dropped the
+                    // dirty pages, so nothing written since the last good sync can be
+                    // trusted. Stop for good; retrying could report success for data
+                    // that is not on disk.
+                    let why = e.to_string();
+                    warn!(error = %why, "storage write failed; the store stops accepting writes");
+                    *inner.fatal.borrow_mut() = Some(why.clone());
+                    for p in batch {
+                        let _ = p.done.send(Err(Error::Fatal(why.clone())));
+                    }
+                    for p in inner.queue.borrow_mut().drain(..) {
+                        let _ = p.done.send(Err(Error::Fatal(why.clone())));
+                    }
+                    inner.queued_bytes.set(0);
+                    inner.writer_running.set(false);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes one batch as one frame: one aligned write, one `fdatasync`.
+    async fn write_batch(&self, batch: &[Pending]) -> Result<Vec<Loc>> {
+        let inner = &self.inner;
+        let body_len: usize = batch.iter().map(|p| p.bytes).sum();
+        let frame_len = (FRAME_HEADER_LEN + body_len) as u64;
+
+        // A new segment when this frame would not fit (unless the segment is empty).
+        let rotate = {
+            let t = inner.tail.borrow();
+            t.offset > SEGMENT_HEADER_LEN as u64
+                && t.offset + frame_len > inner.opts.segment_bytes_max
+        };
+        let mut new_segment = false;
+        if rotate || inner.tail.borrow().offset == 0 {
+            let (seg, fresh) = if rotate {
+                let id = inner.tail.borrow().segment.id + 1;
+                (create_segment(&inner.dir, id).await?, true)
+            } else {
+                (inner.tail.borrow().segment.clone(), false)
+            };
+            if fresh {
+                inner.segments.borrow_mut().insert(seg.id, seg.clone());
+            }
+            let mut t = inner.tail.borrow_mut();
+            t.segment = seg;
+            t.offset = 0;
+            t.block.clear();
+            new_segment = true;
+        }
+
+        let (segment, start, block) = {
+            let t = inner.tail.borrow();
+            (t.segment.clone(), t.offset, t.block.clone())
+        };
+        let salt = segment.salt;
+        let align = segment.file.alignment();
+        let first_lsn = inner.next_lsn.get();
+
+        let mut buf = Vec::with_capacity(align_up(
+            block.len() + SEGMENT_HEADER_LEN + FRAME_HEADER_LEN + body_len,
+            align,
+        ));
+        buf.extend_from_slice(&block);
+        let mut frame_at = start;
+        if new_segment {
+            buf.extend_from_slice(
+                &SegmentHeader {
+                    id: segment.id,
+                    salt,
+                }
+                .encode(),
+            );
+            frame_at = SEGMENT_HEADER_LEN as u64;
+        }
+        let mut body = Vec::with_capacity(body_len);
+        let mut locs = Vec::new();
+        let mut count = 0u32;
+        let body_at = frame_at + FRAME_HEADER_LEN as u64;
+        for p in batch {
+            for (kind, flags, payload) in &p.writes {
+                let at = body.len();
+                record::encode_record(&mut body, salt, *kind, *flags, payload);
+                locs.push(Loc {
+                    segment: segment.id,
+                    offset: body_at + at as u64,
+                    len: (body.len() - at) as u32,
+                });
+                count += 1;
+            }
+        }
+        buf.extend_from_slice(&record::encode_frame_header(salt, &body, count, first_lsn));
+        buf.extend_from_slice(&body);
+        let end = align_down(start, align as u64) + buf.len() as u64;
+        let logical_len = buf.len();
+        buf.resize(align_up(logical_len, align), 0);
+
+        let name = segment_name(segment.id);
+        segment
+            .file
+            .write_at(align_down(start, align as u64), &buf)
+            .await
+            .map_err(io_err("write", &name))?;
+        segment
+            .file
+            .sync_data()
+            .await
+            .map_err(io_err("fdatasync", &name))?;
+        if new_segment && start == 0 && segment.id > 0 {
+            // The new file's directory entry must be durable before anything in it
+            // is acknowledged.
+            inner
+                .dir
+                .sync()
+                .await
+                .map_err(io_err("fsync", "store directory"))?;
+        }
+
+        // Durable: publish.
+        {
+            let mut index = inner.index.borrow_mut();
+            let mut l = locs.iter();
+            for p in batch {
+                for (kind, _, payload) in &p.writes {
+                    if let Some(loc) = l.next() {
+                        index.apply(*kind, payload, *loc);
+                    }
+                }
+            }
+        }
+        inner.next_lsn.set(first_lsn + u64::from(count));
+        {
+            let mut t = inner.tail.borrow_mut();
+            t.offset = end;
+            let block_start = align_down(end, align as u64);
+            let keep = (end - block_start) as usize;
+            t.block = buf[logical_len - keep..logical_len].to_vec();
+        }
+        inner
+            .since_checkpoint
+            .set(inner.since_checkpoint.get() + logical_len as u64);
+        let mut s = inner.stats.get();
+        s.appends += batch.len() as u64;
+        s.batches += 1;
+        s.syncs += 1;
+        s.bytes_written += buf.len() as u64;
+        inner.stats.set(s);
+        Ok(locs)
+    }
+
+    /// Writes the index checkpoint for the current durable state.
+    pub async fn checkpoint(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.checkpointing.replace(true) {
+            return Ok(());
+        }
+        // One synchronous section: the index and the position it covers match.
+        let bytes = {
+            let t = inner.tail.borrow();
+            let covered = Covered {
+                segment: t.segment.id,
+                offset: t.offset.max(SEGMENT_HEADER_LEN as u64),
+                next_lsn: inner.next_lsn.get(),
+            };
+            index::encode_checkpoint(&inner.index.borrow(), covered)
+        };
+        inner.since_checkpoint.set(0);
+        let r = inner
+            .dir
+            .write_atomic(CHECKPOINT, bytes)
+            .await
+            .map_err(io_err("write", CHECKPOINT));
+        inner.checkpointing.set(false);
+        if r.is_ok() {
+            let mut s = inner.stats.get();
+            s.checkpoints += 1;
+            inner.stats.set(s);
+        }
+        r
+    }
+
+    /// Waits for queued appends, then writes a checkpoint so the next start is fast.
+    pub async fn close(self) -> Result<()> {
+        while self.inner.writer_running.get() {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        if self.inner.fatal.borrow().is_none() {
+            self.checkpoint().await?;
+        }
+        Ok(())
+    }
+
+    /// Reads and checks the record at `loc`.
+    async fn read_record(&self, loc: Loc) -> Result<(RecordKind, u8, Vec<u8>)> {
+        let seg = self
+            .inner
+            .segments
+            .borrow()
+            .get(&loc.segment)
+            .cloned()
+            .ok_or_else(|| Error::Corrupt {
+                segment: loc.segment,
+                offset: loc.offset,
+                reason: "segment is missing or damaged".into(),
+            })?;
+        let name = segment_name(seg.id);
+        let bytes = seg
+            .file
+            .read_at(loc.offset, loc.len as usize)
+            .await
+            .map_err(io_err("read", &name))?;
+        let (r, _) = record::decode_record(&bytes, seg.salt).map_err(|e| Error::Corrupt {
+            segment: seg.id,
+            offset: loc.offset,
+            reason: format!("record check failed: {e:?}"),
+        })?;
+        Ok((r.kind, r.flags, r.payload.to_vec()))
+    }
+
+    /// Whether `ns` holds `oid`.
+    pub fn contains(&self, ns: Namespace, oid: &Oid) -> bool {
+        self.inner.index.borrow().objects.contains_key(&(ns, *oid))
+    }
+
+    /// Existence of many objects at once.
+    pub fn contains_many(&self, ns: Namespace, oids: &[Oid]) -> Vec<bool> {
+        let index = self.inner.index.borrow();
+        oids.iter()
+            .map(|o| index.objects.contains_key(&(ns, *o)))
+            .collect()
+    }
+
+    /// Number of objects stored in `ns`.
+    pub fn object_count(&self) -> usize {
+        self.inner.index.borrow().objects.len()
+    }
+
+    /// The stored pack entry of `oid` in `ns` (for copying into an outgoing pack).
+    pub async fn read_raw(&self, ns: Namespace, oid: &Oid) -> Result<Option<StoredObject>> {
+        let Some(loc) = self.inner.index.borrow().objects.get(&(ns, *oid)).copied() else {
+            return Ok(None);
+        };
+        let (kind, _, payload) = self.read_record(loc).await?;
+        let corrupt = |reason: &str| Error::Corrupt {
+            segment: loc.segment,
+            offset: loc.offset,
+            reason: reason.into(),
+        };
+        if kind != RecordKind::Object {
+            return Err(corrupt("index points at a record that is not an object"));
+        }
+        match object::decode(&payload) {
+            Some((n, o)) if n == ns && o.oid == *oid => Ok(Some(o)),
+            _ => Err(corrupt(
+                "object record does not decode to the indexed object",
+            )),
+        }
+    }
+
+    /// The content of `oid` in `ns`, delta chains resolved through a bounded cache.
+    pub async fn read_object(
+        &self,
+        ns: Namespace,
+        oid: &Oid,
+    ) -> Result<Option<(ObjectKind, Vec<u8>)>> {
+        let Some(top) = self.read_raw(ns, oid).await? else {
+            return Ok(None);
+        };
+        let kind = top.kind;
+        let mut chain = Vec::new();
+        let mut cur = top;
+        let mut content: Rc<Vec<u8>> = loop {
+            if let Some(c) = self.inner.cache.borrow_mut().get(ns, &cur.oid) {
+                break c;
+            }
+            match cur.base {
+                None => {
+                    let c = object::inflate(&cur.deflated, cur.entry_size).map_err(|source| {
+                        Error::Content {
+                            oid: object::hex(&cur.oid),
+                            source,
+                        }
+                    })?;
+                    break self.inner.cache.borrow_mut().put(
+                        ns,
+                        cur.oid,
+                        c,
+                        self.inner.opts.delta_cache_bytes_max,
+                    );
+                }
+                Some(base) => {
+                    if chain.len() >= self.inner.opts.delta_chain_max {
+                        return Err(Error::Content {
+                            oid: object::hex(oid),
+                            source: ContentError::Delta("delta chain too long (or a cycle)"),
+                        });
+                    }
+                    let next = self
+                        .read_raw(ns, &base)
+                        .await?
+                        .ok_or_else(|| Error::Content {
+                            oid: object::hex(&cur.oid),
+                            source: ContentError::Delta("delta base is missing"),
+                        })?;
+                    chain.push(std::mem::replace(&mut cur, next));
+                }
+            }
+        };
+        while let Some(d) = chain.pop() {
+            let delta =
+                object::inflate(&d.deflated, d.entry_size).map_err(|source| Error::Content {
+                    oid: object::hex(&d.oid),
+                    source,
+                })?;
+            let out = object::apply_delta(&content, &delta).map_err(|source| Error::Content {
+                oid: object::hex(&d.oid),
+                source,
+            })?;
+            content = self.inner.cache.borrow_mut().put(
+                ns,
+                d.oid,
+                out,
+                self.inner.opts.delta_cache_bytes_max,
+            );
+            glommio::yield_if_needed().await;
+        }
+        Ok(Some((kind, content.as_ref().clone())))
+    }
+
+    /// The opaque value stored under (stream, key).
+    pub async fn get_opaque(&self, stream: u8, key: u64) -> Result<Option<Vec<u8>>> {
+        let Some(loc) = self
+            .inner
+            .index
+            .borrow()
+            .opaque
+            .get(&(stream, key))
+            .copied()
+        else {
+            return Ok(None);
+        };
+        let (kind, flags, payload) = self.read_record(loc).await?;
+        let corrupt = |reason: String| Error::Corrupt {
+            segment: loc.segment,
+            offset: loc.offset,
+            reason,
+        };
+        if kind != RecordKind::Opaque || payload.len() < 9 {
+            return Err(corrupt(
+                "index points at a record that is not an opaque value".into(),
+            ));
+        }
+        let data = &payload[9..];
+        if flags & FLAG_ZSTD != 0 {
+            if data.len() < 8 {
+                return Err(corrupt("compressed value has no size".into()));
+            }
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&data[..8]);
+            let size =
+                usize::try_from(u64::from_le_bytes(n)).map_err(|_| corrupt("size".into()))?;
+            let out = zstd::bulk::decompress(&data[8..], size)
+                .map_err(|e| corrupt(format!("zstd: {e}")))?;
+            return Ok(Some(out));
+        }
+        Ok(Some(data.to_vec()))
+    }
+
+    /// Keys of `stream` in `range`, ascending.
+    pub fn opaque_keys(&self, stream: u8, range: Range<u64>) -> Vec<u64> {
+        if range.start >= range.end {
+            return Vec::new();
+        }
+        self.inner
+            .index
+            .borrow()
+            .opaque
+            .range((stream, range.start)..(stream, range.end))
+            .map(|((_, k), _)| *k)
+            .collect()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.inner.stats.get()
+    }
+
+    /// The LSN the next record will get.
+    pub fn next_lsn(&self) -> Lsn {
+        self.inner.next_lsn.get()
+    }
+
+    /// Damaged regions found so far.
+    pub fn corruptions(&self) -> Vec<Corruption> {
+        self.inner.corruptions.borrow().clone()
+    }
+
+    /// The current index (for tests comparing a checkpointed start with a full scan).
+    pub fn index_snapshot(&self) -> Index {
+        self.inner.index.borrow().clone()
+    }
+
+    /// Re-reads every record of every segment, checks every CRC, and recomputes every
+    /// object's id from its content. Used by scrub; reads everything once.
+    pub async fn verify(&self) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        let segments: Vec<_> = self.inner.segments.borrow().values().cloned().collect();
+        let (tail_seg, tail_off) = {
+            let t = self.inner.tail.borrow();
+            (t.segment.id, t.offset)
+        };
+        for seg in segments {
+            let end = if seg.id == tail_seg {
+                Some(tail_off)
+            } else {
+                None
+            };
+            let name = segment_name(seg.id);
+            let mut w = Window::new(&*seg.file);
+            let mut pos = SEGMENT_HEADER_LEN as u64;
+            loop {
+                if end.is_some_and(|e| pos >= e) {
+                    break;
+                }
+                let Some(h) = w
+                    .get(pos, FRAME_HEADER_LEN)
+                    .await
+                    .map_err(io_err("read", &name))?
+                else {
+                    break;
+                };
+                let Some(header) = FrameHeader::decode(h, seg.salt) else {
+                    if h.iter().any(|b| *b != 0) {
+                        report.corruptions.push(Corruption {
+                            segment: seg.id,
+                            offset: pos,
+                            len: 0,
+                            reason: "frame header check failed".into(),
+                        });
+                    }
+                    break;
+                };
+                let body_at = pos + FRAME_HEADER_LEN as u64;
+                let body = w
+                    .get(body_at, header.body_len as usize)
+                    .await
+                    .map_err(io_err("read", &name))?
+                    .map(<[u8]>::to_vec);
+                report.frames += 1;
+                match body {
+                    Some(body) if header.body_ok(&body, seg.salt) => {
+                        for r in record::records(&body, seg.salt) {
+                            match r {
+                                Ok((_, rec)) => {
+                                    report.records += 1;
+                                    if rec.kind == RecordKind::Object {
+                                        report.objects += 1;
+                                        self.verify_object(rec.payload, &mut report).await;
+                                    }
+                                }
+                                Err(e) => report.corruptions.push(Corruption {
+                                    segment: seg.id,
+                                    offset: pos,
+                                    len: header.total_len(),
+                                    reason: format!("record inside a valid frame: {e:?}"),
+                                }),
+                            }
+                        }
+                    }
+                    _ => report.corruptions.push(Corruption {
+                        segment: seg.id,
+                        offset: pos,
+                        len: header.total_len(),
+                        reason: "frame body check failed".into(),
+                    }),
+                }
+                pos += header.total_len();
+            }
+        }
+        Ok(report)
+    }
+
+    async fn verify_object(&self, payload: &[u8], report: &mut VerifyReport) {
+        let Some((ns, o)) = object::decode(payload) else {
+            report.bad_objects.push((
+                Namespace(0),
+                "?".into(),
+                "object record does not decode".into(),
+            ));
+            return;
+        };
+        let hex = object::hex(&o.oid);
+        let content = if o.base.is_none() {
+            object::inflate(&o.deflated, o.entry_size).map_err(|e| e.to_string())
+        } else {
+            match self.read_object(ns, &o.oid).await {
+                Ok(Some((_, c))) => Ok(c),
+                Ok(None) => Err("not in the index".into()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        match content {
+            Ok(c) if object::object_id(o.kind, &c) == o.oid => {}
+            Ok(_) => report
+                .bad_objects
+                .push((ns, hex, "content does not hash to its id".into())),
+            Err(e) => report.bad_objects.push((ns, hex, e)),
+        }
+    }
+}
+
+async fn create_segment<D: Dir>(dir: &D, id: u64) -> Result<Rc<Segment<D::File>>> {
+    let name = segment_name(id);
+    let file = dir
+        .open(&name, true)
+        .await
+        .map_err(io_err("create", &name))?;
+    file.truncate(0).await.map_err(io_err("truncate", &name))?;
+    Ok(Rc::new(Segment {
+        id,
+        salt: rand::random::<u64>() | 1,
+        file: Rc::new(file),
+    }))
+}
+
+/// Scans one segment from `from`, applying valid frames to `index`. Returns the
+/// position after the last valid frame. Damage followed by a valid frame is reported
+/// as a corruption and stepped over; damage at the end of the newest segment is a torn
+/// tail (the caller cuts it).
+async fn scan_segment<F: SegmentFile>(
+    seg: &Segment<F>,
+    from: u64,
+    index: &mut Index,
+    next_lsn: &mut Lsn,
+    report: &mut RecoveryReport,
+    is_last: bool,
+) -> Result<u64> {
+    let name = segment_name(seg.id);
+    let mut w = Window::new(&*seg.file);
+    let mut pos = from;
+    loop {
+        let header = w
+            .get(pos, FRAME_HEADER_LEN)
+            .await
+            .map_err(io_err("read", &name))?
+            .and_then(|h| FrameHeader::decode(h, seg.salt))
+            .filter(|h| h.first_lsn >= *next_lsn);
+        let frame = match header {
+            Some(h) => {
+                let body = w
+                    .get(pos + FRAME_HEADER_LEN as u64, h.body_len as usize)
+                    .await
+                    .map_err(io_err("read", &name))?;
+                match body {
+                    Some(b) if h.body_ok(b, seg.salt) => Some((h, b.to_vec())),
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        match frame {
+            Some((h, body)) => {
+                let body_at = pos + FRAME_HEADER_LEN as u64;
+                for r in record::records(&body, seg.salt) {
+                    match r {
+                        Ok((at, rec)) => {
+                            let loc = Loc {
+                                segment: seg.id,
+                                offset: body_at + at as u64,
+                                len: (RECORD_HEADER_LEN + rec.payload.len()) as u32,
+                            };
+                            if !index.apply(rec.kind, rec.payload, loc) {
+                                report.corruptions.push(Corruption {
+                                    segment: seg.id,
+                                    offset: loc.offset,
+                                    len: u64::from(loc.len),
+                                    reason: "record payload does not decode".into(),
+                                });
+                            }
+                            report.records_scanned += 1;
+                        }
+                        Err(e) => report.corruptions.push(Corruption {
+                            segment: seg.id,
+                            offset: pos,
+                            len: h.total_len(),
+                            reason: format!("record inside a valid frame: {e:?}"),
+                        }),
+                    }
+                }
+                report.frames_scanned += 1;
+                *next_lsn = h.first_lsn + u64::from(h.count);
+                pos += h.total_len();
+            }
+            None => {
+                // Damage or the end. Is there a valid frame further on?
+                let size = seg.file.size().await.map_err(io_err("stat", &name))?;
+                if pos >= size {
+                    return Ok(pos);
+                }
+                let rest = seg
+                    .file
+                    .read_at(pos, (size - pos) as usize)
+                    .await
+                    .map_err(io_err("read", &name))?;
+                match record::find_next_frame(&rest, 1, seg.salt, *next_lsn) {
+                    Some(skip) => {
+                        report.corruptions.push(Corruption {
+                            segment: seg.id,
+                            offset: pos,
+                            len: skip as u64,
+                            reason: "frame check failed; later frames are intact".into(),
+                        });
+                        pos += skip as u64;
+                    }
+                    None => {
+                        if !is_last && rest.iter().any(|b| *b != 0) {
+                            report.corruptions.push(Corruption {
+                                segment: seg.id,
+                                offset: pos,
+                                len: rest.len() as u64,
+                                reason: "damaged end of a sealed segment".into(),
+                            });
+                        }
+                        return Ok(pos);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Resolved objects kept for delta resolution, bounded in bytes (FIFO eviction).
+#[derive(Default)]
+struct DeltaCache {
+    map: HashMap<(Namespace, Oid), Rc<Vec<u8>>>,
+    order: VecDeque<(Namespace, Oid)>,
+    bytes: usize,
+}
+
+impl DeltaCache {
+    fn get(&mut self, ns: Namespace, oid: &Oid) -> Option<Rc<Vec<u8>>> {
+        self.map.get(&(ns, *oid)).cloned()
+    }
+
+    fn put(&mut self, ns: Namespace, oid: Oid, content: Vec<u8>, max: usize) -> Rc<Vec<u8>> {
+        let c = Rc::new(content);
+        if c.len() > max / 4 {
+            return c; // too big to be worth keeping
+        }
+        if self.map.insert((ns, oid), c.clone()).is_none() {
+            self.bytes += c.len();
+            self.order.push_back((ns, oid));
+        }
+        while self.bytes > max {
+            let Some(k) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(v) = self.map.remove(&k) {
+                self.bytes -= v.len();
+            }
+        }
+        c
+    }
+}

@@ -1,0 +1,553 @@
+//! The store through its public API, on real O_DIRECT files (glommio) and on the
+//! fault-injecting in-memory directory.
+
+mod common;
+
+use common::{delta, full, noise, run};
+use repospanner_storage::io::Dir;
+use repospanner_storage::{
+    DmaDir, Error, Faults, MemDir, Namespace, ObjectKind, Options, Store, Write,
+};
+
+const NS: Namespace = Namespace(1);
+
+fn small_segments() -> Options {
+    Options {
+        segment_bytes_max: 64 << 10,
+        ..Options::default()
+    }
+}
+
+/// Writes a mix of records and checks every read path.
+async fn exercise<D: Dir>(store: &Store<D>) {
+    let blob = full(ObjectKind::Blob, b"hello\n");
+    let empty_tree = full(ObjectKind::Tree, b"");
+    let base_content = vec![b'x'; 3000];
+    let base = full(ObjectKind::Blob, &base_content);
+    let (d1, c1) = delta(ObjectKind::Blob, &base, &base_content, b"-one");
+    let (d2, c2) = delta(ObjectKind::Blob, &d1, &c1, b"-two");
+    let (d3, c3) = delta(ObjectKind::Blob, &d2, &c2, b"-three");
+    let compressible = vec![b'a'; 10_000];
+    store
+        .append(vec![
+            Write::Object(NS, blob.clone()),
+            Write::Object(NS, empty_tree.clone()),
+            Write::Opaque {
+                stream: 1,
+                key: 1,
+                data: b"small".to_vec(),
+            },
+            Write::Opaque {
+                stream: 1,
+                key: 2,
+                data: compressible.clone(),
+            },
+        ])
+        .await
+        .expect("append");
+    // Deltas may arrive before their base is stored: the store does not care.
+    store
+        .append(vec![
+            Write::Object(NS, d3.clone()),
+            Write::Object(NS, d2.clone()),
+        ])
+        .await
+        .expect("append");
+    store
+        .append(vec![
+            Write::Object(NS, d1.clone()),
+            Write::Object(NS, base.clone()),
+        ])
+        .await
+        .expect("append");
+    for k in 10..20 {
+        store
+            .append(vec![Write::Opaque {
+                stream: 2,
+                key: k,
+                data: vec![k as u8; 100],
+            }])
+            .await
+            .expect("append");
+    }
+    store
+        .append(vec![Write::DeleteRange {
+            stream: 2,
+            keys: 15..100,
+        }])
+        .await
+        .expect("append");
+    check(store).await;
+    let _ = (c3, d3);
+}
+
+async fn check<D: Dir>(store: &Store<D>) {
+    let blob = full(ObjectKind::Blob, b"hello\n");
+    let base_content = vec![b'x'; 3000];
+    let base = full(ObjectKind::Blob, &base_content);
+    let (d1, c1) = delta(ObjectKind::Blob, &base, &base_content, b"-one");
+    let (d2, c2) = delta(ObjectKind::Blob, &d1, &c1, b"-two");
+    let (d3, c3) = delta(ObjectKind::Blob, &d2, &c2, b"-three");
+
+    let raw = store
+        .read_raw(NS, &blob.oid)
+        .await
+        .expect("read")
+        .expect("present");
+    assert_eq!(raw, blob, "the entry comes back byte for byte");
+    let raw = store
+        .read_raw(NS, &d3.oid)
+        .await
+        .expect("read")
+        .expect("present");
+    assert_eq!(
+        raw.deflated, d3.deflated,
+        "a delta comes back as the delta it was"
+    );
+    assert_eq!(raw.base, Some(d2.oid));
+    let (kind, content) = store
+        .read_object(NS, &d3.oid)
+        .await
+        .expect("read")
+        .expect("present");
+    assert_eq!((kind, content), (ObjectKind::Blob, c3));
+    let (_, content) = store
+        .read_object(NS, &blob.oid)
+        .await
+        .expect("read")
+        .expect("present");
+    assert_eq!(content, b"hello\n");
+    let missing = [7u8; 20];
+    assert_eq!(
+        store.contains_many(NS, &[blob.oid, missing, d1.oid]),
+        vec![true, false, true]
+    );
+    assert!(store.read_raw(NS, &missing).await.expect("read").is_none());
+    assert!(
+        !store.contains(Namespace(2), &blob.oid),
+        "namespaces are isolated"
+    );
+    assert!(store
+        .read_object(Namespace(2), &blob.oid)
+        .await
+        .expect("read")
+        .is_none());
+
+    assert_eq!(
+        store.get_opaque(1, 1).await.expect("read").as_deref(),
+        Some(&b"small"[..])
+    );
+    assert_eq!(
+        store.get_opaque(1, 2).await.expect("read"),
+        Some(vec![b'a'; 10_000])
+    );
+    assert_eq!(
+        store.opaque_keys(2, 0..u64::MAX),
+        (10..15).collect::<Vec<_>>()
+    );
+    assert!(store.get_opaque(2, 17).await.expect("read").is_none());
+}
+
+#[test]
+fn round_trip_on_direct_io_files_and_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_owned();
+    run(move || async move {
+        let d = DmaDir::open(&path).await.expect("open dir");
+        let (store, report) = Store::open(d, small_segments()).await.expect("open");
+        assert!(!report.from_checkpoint && report.corruptions.is_empty());
+        exercise(&store).await;
+        let full_index = store.index_snapshot();
+        let v = store.verify().await.expect("verify");
+        assert!(
+            v.corruptions.is_empty() && v.bad_objects.is_empty(),
+            "{v:?}"
+        );
+        assert_eq!(v.objects, 6);
+        drop(store);
+
+        // Reopen without a checkpoint: full scan.
+        let d = DmaDir::open(&path).await.expect("open dir");
+        let (store, report) = Store::open(d, small_segments()).await.expect("reopen");
+        assert!(!report.from_checkpoint);
+        assert_eq!(report.torn_tail_bytes, 0, "{report:?}");
+        assert_eq!(store.index_snapshot(), full_index);
+        check(&store).await;
+        store.close().await.expect("close writes a checkpoint");
+
+        // Reopen from the checkpoint.
+        let d = DmaDir::open(&path).await.expect("open dir");
+        let (store, report) = Store::open(d, small_segments()).await.expect("reopen");
+        assert!(report.from_checkpoint);
+        assert_eq!(report.records_scanned, 0, "nothing after the checkpoint");
+        assert_eq!(store.index_snapshot(), full_index);
+        check(&store).await;
+        // And it keeps appending where it left off.
+        store
+            .append(vec![Write::Opaque {
+                stream: 9,
+                key: 9,
+                data: b"after".to_vec(),
+            }])
+            .await
+            .expect("append after reopen");
+        drop(store);
+        let d = DmaDir::open(&path).await.expect("open dir");
+        let (store, report) = Store::open(d, small_segments()).await.expect("reopen");
+        assert!(
+            report.from_checkpoint && report.records_scanned == 1,
+            "{report:?}"
+        );
+        assert_eq!(
+            store.get_opaque(9, 9).await.expect("read").as_deref(),
+            Some(&b"after"[..])
+        );
+        check(&store).await;
+    });
+}
+
+#[test]
+fn segments_rotate_and_a_full_scan_matches() {
+    run(|| async {
+        let mem = MemDir::new(1);
+        let (store, _) = Store::open(mem.clone(), small_segments())
+            .await
+            .expect("open");
+        for i in 0..200u64 {
+            store
+                .append(vec![Write::Opaque {
+                    stream: 0,
+                    key: i,
+                    data: noise(i, 1500),
+                }])
+                .await
+                .expect("append");
+        }
+        let segments = mem
+            .list()
+            .await
+            .expect("list")
+            .iter()
+            .filter(|n| n.starts_with("seg-"))
+            .count();
+        assert!(segments >= 4, "expected rotation, got {segments} segments");
+        let before = store.index_snapshot();
+        drop(store);
+        let (store, report) = Store::open(mem.clone(), small_segments())
+            .await
+            .expect("reopen");
+        assert_eq!(report.segments, segments);
+        assert!(report.corruptions.is_empty(), "{report:?}");
+        assert_eq!(store.index_snapshot(), before);
+        for i in 0..200u64 {
+            assert_eq!(
+                store.get_opaque(0, i).await.expect("read"),
+                Some(noise(i, 1500))
+            );
+        }
+    });
+}
+
+#[test]
+fn group_commit_batches_concurrent_appends_and_one_appender_gets_one_sync_each() {
+    run(|| async {
+        // One appender: at most one fdatasync per append.
+        let mem = MemDir::new(2);
+        let (store, _) = Store::open(mem.clone(), Options::default())
+            .await
+            .expect("open");
+        for i in 0..50u64 {
+            store
+                .append(vec![Write::Opaque {
+                    stream: 0,
+                    key: i,
+                    data: vec![0; 200],
+                }])
+                .await
+                .expect("append");
+        }
+        assert_eq!(store.stats().syncs, 50);
+        assert_eq!(mem.counters().1, 50);
+
+        // 64 concurrent appenders: far fewer syncs than appends.
+        let mem = MemDir::new(3);
+        let (store, _) = Store::open(mem.clone(), Options::default())
+            .await
+            .expect("open");
+        let mut tasks = Vec::new();
+        for t in 0..64u64 {
+            let s = store.clone();
+            tasks.push(glommio::spawn_local(async move {
+                for i in 0..20u64 {
+                    s.append(vec![Write::Opaque {
+                        stream: 1,
+                        key: t * 1000 + i,
+                        data: vec![1; 200],
+                    }])
+                    .await
+                    .expect("append");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await;
+        }
+        let stats = store.stats();
+        assert_eq!(stats.appends, 64 * 20);
+        assert!(stats.syncs * 8 < stats.appends, "no batching: {stats:?}");
+        assert_eq!(store.opaque_keys(1, 0..u64::MAX).len(), 64 * 20);
+    });
+}
+
+#[test]
+fn a_flipped_byte_in_the_middle_is_detected_and_never_served() {
+    run(|| async {
+        let mem = MemDir::new(4);
+        let (store, _) = Store::open(mem.clone(), Options::default())
+            .await
+            .expect("open");
+        let mut locs = Vec::new();
+        for i in 0..10u64 {
+            let l = store
+                .append(vec![Write::Opaque {
+                    stream: 0,
+                    key: i,
+                    data: noise(i, 1000),
+                }])
+                .await
+                .expect("append");
+            locs.push(l[0]);
+        }
+        store.checkpoint().await.expect("checkpoint");
+        drop(store);
+        let victim = locs[4];
+        let name = format!("seg-{:016x}.log", victim.segment);
+        mem.with_file(&name, |b| b[victim.offset as usize + 500] ^= 0x10)
+            .expect("segment");
+
+        // From the checkpoint: the index knows the record; reading it is a typed error.
+        let (store, _) = Store::open(mem.clone(), Options::default())
+            .await
+            .expect("reopen");
+        match store.get_opaque(0, 4).await {
+            Err(Error::Corrupt {
+                segment, offset, ..
+            }) => {
+                assert_eq!((segment, offset), (victim.segment, victim.offset));
+            }
+            other => panic!("expected a corruption error, got {other:?}"),
+        }
+        let v = store.verify().await.expect("verify");
+        assert_eq!(v.corruptions.len(), 1, "{v:?}");
+        for i in (0..10u64).filter(|i| *i != 4) {
+            assert!(store.get_opaque(0, i).await.expect("intact").is_some());
+        }
+        drop(store);
+
+        // From a full scan: the damage is reported and stepped over; the frames
+        // after it are still there.
+        mem.remove("index.ckpt").await.expect("remove checkpoint");
+        let (store, report) = Store::open(mem.clone(), Options::default())
+            .await
+            .expect("reopen");
+        assert_eq!(report.corruptions.len(), 1, "{report:?}");
+        assert_eq!(report.corruptions[0].segment, victim.segment);
+        assert_eq!(report.torn_tail_bytes, 0, "{report:?}");
+        assert!(store.get_opaque(0, 4).await.expect("read").is_none());
+        for i in (0..10u64).filter(|i| *i != 4) {
+            assert_eq!(
+                store.get_opaque(0, i).await.expect("read"),
+                Some(noise(i, 1000))
+            );
+        }
+    });
+}
+
+#[test]
+fn a_truncated_segment_is_recovered() {
+    run(|| async {
+        let mem = MemDir::new(5);
+        let (store, _) = Store::open(mem.clone(), Options::default())
+            .await
+            .expect("open");
+        let mut locs = Vec::new();
+        for i in 0..10u64 {
+            locs.push(
+                store
+                    .append(vec![Write::Opaque {
+                        stream: 0,
+                        key: i,
+                        data: noise(i, 3000),
+                    }])
+                    .await
+                    .expect("append")[0],
+            );
+        }
+        drop(store);
+        let last = locs[9];
+        let name = format!("seg-{:016x}.log", last.segment);
+        mem.with_file(&name, |b| b.truncate(last.offset as usize + 100))
+            .expect("segment");
+        let (store, report) = Store::open(mem.clone(), Options::default())
+            .await
+            .expect("reopen");
+        assert!(report.corruptions.is_empty(), "{report:?}");
+        assert!(report.torn_tail_bytes > 0);
+        assert_eq!(store.opaque_keys(0, 0..100), (0..9).collect::<Vec<_>>());
+        store
+            .append(vec![Write::Opaque {
+                stream: 0,
+                key: 99,
+                data: b"new".to_vec(),
+            }])
+            .await
+            .expect("append after recovery");
+        drop(store);
+        let (store, report) = Store::open(mem.clone(), Options::default())
+            .await
+            .expect("reopen");
+        assert!(
+            report.corruptions.is_empty() && report.torn_tail_bytes == 0,
+            "{report:?}"
+        );
+        assert_eq!(
+            store.opaque_keys(0, 0..100),
+            (0..9).chain([99]).collect::<Vec<_>>()
+        );
+    });
+}
+
+#[test]
+fn an_fsync_failure_stops_the_store() {
+    run(|| async {
+        let mem = MemDir::new(6);
+        let (store, _) = Store::open(mem.clone(), Options::default())
+            .await
+            .expect("open");
+        store
+            .append(vec![Write::Opaque {
+                stream: 0,
+                key: 0,
+                data: b"ok".to_vec(),
+            }])
+            .await
+            .expect("append");
+        mem.set_faults(Faults {
+            sync_error_per_mille: 1000,
+            ..Faults::default()
+        });
+        let r = store
+            .append(vec![Write::Opaque {
+                stream: 0,
+                key: 1,
+                data: b"x".to_vec(),
+            }])
+            .await;
+        assert!(matches!(r, Err(Error::Fatal(_))), "{r:?}");
+        mem.set_faults(Faults::default());
+        let r = store
+            .append(vec![Write::Opaque {
+                stream: 0,
+                key: 2,
+                data: b"y".to_vec(),
+            }])
+            .await;
+        assert!(
+            matches!(r, Err(Error::Fatal(_))),
+            "no retry after an fsync failure: {r:?}"
+        );
+        assert!(
+            store.get_opaque(0, 1).await.expect("read").is_none(),
+            "failed append is not visible"
+        );
+        // What was acknowledged survives a crash now.
+        let image = mem.crash_image(1);
+        let (store, _) = Store::open(image, Options::default())
+            .await
+            .expect("reopen");
+        assert_eq!(
+            store.get_opaque(0, 0).await.expect("read").as_deref(),
+            Some(&b"ok"[..])
+        );
+    });
+}
+
+#[test]
+fn limits_and_hostile_objects() {
+    run(|| async {
+        let mem = MemDir::new(7);
+        let opts = Options {
+            append_bytes_max: 10_000,
+            delta_chain_max: 50,
+            ..Options::default()
+        };
+        let (store, _) = Store::open(mem.clone(), opts).await.expect("open");
+        let r = store
+            .append(vec![Write::Opaque {
+                stream: 0,
+                key: 0,
+                data: noise(0, 20_000),
+            }])
+            .await;
+        assert!(matches!(r, Err(Error::TooLarge { .. })), "{r:?}");
+
+        // A delta cycle (a delta of b against a, and of a against b): bounded, an error.
+        let base = full(ObjectKind::Blob, b"base content");
+        let (mut a, _) = delta(ObjectKind::Blob, &base, b"base content", b"-a");
+        let (mut b, _) = delta(ObjectKind::Blob, &base, b"base content", b"-b");
+        a.base = Some(b.oid);
+        b.base = Some(a.oid);
+        store
+            .append(vec![
+                Write::Object(NS, a.clone()),
+                Write::Object(NS, b.clone()),
+            ])
+            .await
+            .expect("append");
+        let r = store.read_object(NS, &a.oid).await;
+        assert!(matches!(r, Err(Error::Content { .. })), "{r:?}");
+
+        // A delta whose base is missing.
+        let (orphan, _) = delta(
+            ObjectKind::Blob,
+            &full(ObjectKind::Blob, b"gone"),
+            b"gone",
+            b"!",
+        );
+        store
+            .append(vec![Write::Object(NS, orphan.clone())])
+            .await
+            .expect("append");
+        assert!(matches!(
+            store.read_object(NS, &orphan.oid).await,
+            Err(Error::Content { .. })
+        ));
+
+        // An object whose stored id is wrong is caught by verify.
+        let mut liar = full(ObjectKind::Blob, b"truth");
+        liar.oid = [0xab; 20];
+        store
+            .append(vec![Write::Object(NS, liar)])
+            .await
+            .expect("append");
+        let v = store.verify().await.expect("verify");
+        assert!(
+            v.bad_objects
+                .iter()
+                .any(|(_, oid, _)| oid.starts_with("abab")),
+            "{v:?}"
+        );
+
+        // Dropping a namespace removes its objects, also after a rescan.
+        store
+            .append(vec![Write::DropNamespace(NS)])
+            .await
+            .expect("append");
+        assert!(!store.contains(NS, &a.oid));
+        drop(store);
+        let (store, _) = Store::open(mem.clone(), Options::default())
+            .await
+            .expect("reopen");
+        assert_eq!(store.object_count(), 0);
+    });
+}
