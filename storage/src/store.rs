@@ -629,24 +629,27 @@ impl<D: Dir> Store<D> {
             );
             frame_at = SEGMENT_HEADER_LEN as u64;
         }
-        let mut body = Vec::with_capacity(body_len);
+        // Records go straight into the write buffer after a placeholder frame header.
+        let header_at = buf.len();
+        buf.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+        let body_start = buf.len();
         let mut locs = Vec::new();
         let mut count = 0u32;
         let body_at = frame_at + FRAME_HEADER_LEN as u64;
         for p in batch {
             for (kind, flags, payload) in &p.writes {
-                let at = body.len();
-                record::encode_record(&mut body, salt, *kind, *flags, payload);
+                let at = buf.len() - body_start;
+                record::encode_record(&mut buf, salt, *kind, *flags, payload);
                 locs.push(Loc {
                     segment: segment.id,
                     offset: body_at + at as u64,
-                    len: (body.len() - at) as u32,
+                    len: (buf.len() - body_start - at) as u32,
                 });
                 count += 1;
             }
         }
-        buf.extend_from_slice(&record::encode_frame_header(salt, &body, count, first_lsn));
-        buf.extend_from_slice(&body);
+        let header = record::encode_frame_header(salt, &buf[body_start..], count, first_lsn);
+        buf[header_at..body_start].copy_from_slice(&header);
         let end = align_down(start, align as u64) + buf.len() as u64;
         let logical_len = buf.len();
         buf.resize(align_up(logical_len, align), 0);
