@@ -10,7 +10,9 @@ use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use repospanner_storage::{object, DmaDir, Namespace, ObjectKind, Options, Store, StoredObject, Write};
+use repospanner_storage::{
+    object, DmaDir, Namespace, ObjectKind, Options, Store, StoredObject, Write,
+};
 
 const NS: Namespace = Namespace(1);
 
@@ -78,7 +80,11 @@ async fn append_case(appenders: usize, record: usize, total_appends: usize) {
     let latencies = Rc::new(RefCell::new(Vec::with_capacity(total_appends)));
     // Data is made before the clock starts: only the store is timed.
     let data: Vec<Vec<StoredObject>> = (0..appenders)
-        .map(|t| (0..per_task).map(|i| fake_object((t * 1_000_000 + i) as u64, record)).collect())
+        .map(|t| {
+            (0..per_task)
+                .map(|i| fake_object((t * 1_000_000 + i) as u64, record))
+                .collect()
+        })
         .collect();
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -88,7 +94,10 @@ async fn append_case(appenders: usize, record: usize, total_appends: usize) {
         tasks.push(glommio::spawn_local(async move {
             for o in objects {
                 let s = Instant::now();
-                store.append(vec![Write::Object(NS, o)]).await.expect("append");
+                store
+                    .append(vec![Write::Object(NS, o)])
+                    .await
+                    .expect("append");
                 latencies.borrow_mut().push(s.elapsed());
             }
         }));
@@ -158,8 +167,18 @@ async fn bench_reads(dir: &Path, n: u64) {
     let (store, _) = Store::open(d, Options::default()).await.expect("open");
     println!("## reads by id on a store of {n} objects (read_raw: index lookup + one O_DIRECT read + CRC check)");
     for (label, ids) in [
-        ("hot (1000 ids, repeated)", (0..20_000u64).map(|i| (i % 1000) * (n / 1000)).collect::<Vec<_>>()),
-        ("cold (random over all)", (0..20_000u64).map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % n).collect()),
+        (
+            "hot (1000 ids, repeated)",
+            (0..20_000u64)
+                .map(|i| (i % 1000) * (n / 1000))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "cold (random over all)",
+            (0..20_000u64)
+                .map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % n)
+                .collect(),
+        ),
     ] {
         let mut lat = Vec::with_capacity(ids.len());
         let start = Instant::now();
@@ -179,7 +198,9 @@ async fn bench_reads(dir: &Path, n: u64) {
             percentile(&lat, 0.99).as_secs_f64() * 1e6
         );
     }
-    let oids: Vec<_> = (0..100_000u64).map(|k| fake_object(k * 7 % n, 0).oid).collect();
+    let oids: Vec<_> = (0..100_000u64)
+        .map(|k| fake_object(k * 7 % n, 0).oid)
+        .collect();
     let start = Instant::now();
     let found = store.contains_many(NS, &oids);
     println!(
@@ -232,7 +253,11 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .env("GIT_COMMITTER_EMAIL", "b@example.com")
         .output()
         .expect("git");
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -277,12 +302,18 @@ async fn bench_delta() {
     let repo = dir.join("repo");
     std::fs::create_dir_all(&repo).expect("repo dir");
     git(&repo, &["init", "-q"]);
-    let mut lines: Vec<String> = (0..3000).map(|i| format!("line {i} {}", "x".repeat(i % 50))).collect();
+    let mut lines: Vec<String> = (0..3000)
+        .map(|i| format!("line {i} {}", "x".repeat(i % 50)))
+        .collect();
     for c in 0..400 {
         for f in 0..5 {
             let k = (c * 31 + f * 7) % lines.len();
             lines[k] = format!("line {k} changed in commit {c}");
-            std::fs::write(repo.join(format!("file{f}.txt")), lines[f * 100..].join("\n")).expect("write");
+            std::fs::write(
+                repo.join(format!("file{f}.txt")),
+                lines[f * 100..].join("\n"),
+            )
+            .expect("write");
         }
         git(&repo, &["add", "-A"]);
         git(&repo, &["commit", "-qm", &format!("c{c}")]);
@@ -296,7 +327,14 @@ async fn bench_delta() {
         .expect("a pack index");
     let pack = std::fs::read(idx.with_extension("pack")).expect("pack");
     let listing = git(&repo, &["verify-pack", "-v", idx.to_str().expect("path")]);
-    let sizes = git(&repo, &["cat-file", "--batch-all-objects", "--batch-check=%(objectname) %(objectsize)"]);
+    let sizes = git(
+        &repo,
+        &[
+            "cat-file",
+            "--batch-all-objects",
+            "--batch-check=%(objectname) %(objectsize)",
+        ],
+    );
     let sizes: std::collections::HashMap<&str, u64> = sizes
         .lines()
         .filter_map(|l| l.split_once(' '))
@@ -351,7 +389,11 @@ async fn bench_delta() {
     let start = Instant::now();
     let mut bytes = 0usize;
     for b in &blobs {
-        let (_, c) = store.read_object(NS, &unhex(b)).await.expect("read").expect("present");
+        let (_, c) = store
+            .read_object(NS, &unhex(b))
+            .await
+            .expect("read")
+            .expect("present");
         debug_assert_eq!(object::hex(&object::object_id(ObjectKind::Blob, &c)), *b);
         bytes += c.len();
     }
@@ -384,9 +426,17 @@ async fn bench_delta() {
 }
 
 fn main() {
-    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
-    let (a, r, s, d) = (want("append"), want("reads"), want("startup"), want("delta"));
+    let (a, r, s, d) = (
+        want("append"),
+        want("reads"),
+        want("startup"),
+        want("delta"),
+    );
     glommio::LocalExecutorBuilder::default()
         .spawn(move || async move {
             if a {

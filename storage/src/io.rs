@@ -58,7 +58,8 @@ pub trait SegmentFile: 'static {
     async fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()>;
     /// Reads up to `len` bytes at `pos` (fewer at the end of the file).
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>>;
-    /// `fdatasync`.
+    /// Durability barrier: once it returns, every completed write is durable
+    /// (`fdatasync`, or nothing where writes are synchronous, as with O_DSYNC).
     async fn sync_data(&self) -> io::Result<()>;
     async fn size(&self) -> io::Result<u64>;
     async fn truncate(&self, len: u64) -> io::Result<()>;
@@ -125,6 +126,11 @@ impl Dir for DmaDir {
             .read(true)
             .write(true)
             .create(create)
+            // O_DSYNC: a write completes only once it is durable (the kernel uses
+            // FUA or a flush), which saves the separate fdatasync round trip per
+            // batch: measured 10-35% more small appends/s than write + fdatasync
+            // in paired runs (storage/README.md).
+            .custom_flags(libc::O_DSYNC)
             .dma_open(self.path.join(name))
             .await?;
         Ok(DmaSegment { file })
@@ -205,7 +211,8 @@ impl SegmentFile for DmaSegment {
     }
 
     async fn sync_data(&self) -> io::Result<()> {
-        Ok(self.file.fdatasync().await?)
+        // Segments are opened with O_DSYNC: every completed write is already durable.
+        Ok(())
     }
 
     async fn size(&self) -> io::Result<u64> {
