@@ -1,6 +1,8 @@
-//! Networking for repoSpanner: TLS (rustls, ring), the HTTPS server and client, the git
-//! smart-HTTP protocol (upload-pack, receive-pack), the admin API, and routing a
-//! request to the shard that owns its repository.
+//! Networking for repoSpanner: TLS (rustls, ring), the HTTPS server, the git smart-HTTP
+//! protocol (upload-pack, receive-pack) and the admin API.
 //!
-//! Status: not implemented yet (issue "A node serves real git over HTTPS"). Only
-//! depends on `ca`, for the identity of a verified peer.
+//! Depends only on `ca`, for the identity of a verified peer. Repository data is
+//! reached through the [`backend::Backend`] trait, which the root package implements
+//! over the storage engine; the git protocol logic in [`git`] is pure.
+
+pub mod git;

@@ -1,0 +1,780 @@
+//! Packfiles (git `Documentation/technical/pack-format.txt`), pure: reading a pushed
+//! pack into entries, resolving deltas and verifying every object id, and writing an
+//! outgoing pack from stored entries without re-deflating.
+//!
+//! Reading keeps each entry's deflated bytes exactly as sent (the store keeps them, so
+//! a later fetch can copy them out). Limits are checked before any allocation that a
+//! hostile pack could make large: an object's declared size above
+//! [`Limits::object_bytes_max`] is rejected from its header alone.
+
+use std::collections::HashMap;
+
+use super::{ObjectKind, Oid};
+
+/// What a pushed pack may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub object_bytes_max: u64,
+    pub objects_max: u32,
+    pub delta_depth_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            object_bytes_max: 1 << 30,
+            objects_max: 10_000_000,
+            delta_depth_max: 10_000,
+        }
+    }
+}
+
+/// Why a pack is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PackError {
+    #[error("not a pack: {0}")]
+    Header(&'static str),
+    #[error("pack is truncated")]
+    Truncated,
+    #[error("pack checksum does not match its content")]
+    BadTrailer,
+    #[error("pack declares {declared} objects but holds {found}")]
+    WrongCount { declared: u32, found: u32 },
+    #[error("pack declares {0} objects, more than the limit")]
+    TooManyObjects(u32),
+    #[error("object at offset {offset}: invalid type {kind}")]
+    BadType { offset: usize, kind: u8 },
+    #[error(
+        "object at offset {offset}: declared size {size} is larger than the limit of {max} bytes"
+    )]
+    TooLarge { offset: usize, size: u64, max: u64 },
+    #[error("object at offset {offset}: OFS_DELTA base is outside the pack or not an object")]
+    BadOfsBase { offset: usize },
+    #[error(
+        "object at offset {offset}: zlib stream is invalid or does not match its declared size"
+    )]
+    BadZlib { offset: usize },
+    #[error("object at offset {offset}: delta does not apply: {reason}")]
+    BadDelta { offset: usize, reason: &'static str },
+    #[error("delta base {0} is neither in the pack nor in the repository")]
+    MissingBase(String),
+    #[error("deltas form a cycle or a chain deeper than the limit")]
+    DeltaCycle,
+    #[error("object {0} is a SHA-1 collision attack")]
+    Collision(String),
+}
+
+/// How an entry is stored in the pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Full(ObjectKind),
+    OfsDelta { base_offset: usize },
+    RefDelta { base: Oid },
+}
+
+/// One entry of a pack as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub offset: usize,
+    pub kind: EntryKind,
+    /// Inflated size of the entry's data (the delta's size for a delta).
+    pub size: u64,
+    /// Range of the zlib stream in the pack.
+    pub data: std::ops::Range<usize>,
+}
+
+/// An object of the pack after resolution: what the store keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub oid: Oid,
+    pub kind: ObjectKind,
+    pub object_size: u64,
+    pub entry_size: u64,
+    /// For deltas: the base's id (in the pack or already stored).
+    pub base: Option<Oid>,
+    /// Range of the deflated entry data in the pack.
+    pub data: std::ops::Range<usize>,
+}
+
+fn kind_of(v: u8) -> Option<ObjectKind> {
+    match v {
+        1 => Some(ObjectKind::Commit),
+        2 => Some(ObjectKind::Tree),
+        3 => Some(ObjectKind::Blob),
+        4 => Some(ObjectKind::Tag),
+        _ => None,
+    }
+}
+
+/// Inflates the zlib stream at the start of `input`, which must produce exactly `size`
+/// bytes. Returns the content and the number of compressed bytes consumed.
+pub fn inflate_prefix(input: &[u8], size: u64) -> Option<(Vec<u8>, usize)> {
+    let size = usize::try_from(size).ok()?;
+    let mut z = flate2::Decompress::new(true);
+    let mut out = Vec::with_capacity(size.min(64 << 20));
+    loop {
+        if out.len() == out.capacity() {
+            // One spare byte to notice a stream longer than declared.
+            out.reserve((size + 1 - out.len()).clamp(1, 64 << 20));
+        }
+        let before_in = z.total_in();
+        let before_out = z.total_out();
+        let status = z
+            .decompress_vec(
+                &input[z.total_in() as usize..],
+                &mut out,
+                flate2::FlushDecompress::None,
+            )
+            .ok()?;
+        if out.len() > size {
+            return None;
+        }
+        match status {
+            flate2::Status::StreamEnd => {
+                return (out.len() == size).then_some((out, z.total_in() as usize));
+            }
+            _ if z.total_in() == before_in && z.total_out() == before_out => return None,
+            _ => {}
+        }
+    }
+}
+
+fn hash(kind: ObjectKind, content: &[u8]) -> Result<Oid, PackError> {
+    use sha1_checked::Digest;
+    let mut h = sha1_checked::Sha1::new();
+    h.update(format!("{} {}\0", kind.name(), content.len()).as_bytes());
+    h.update(content);
+    let r = h.try_finalize();
+    let mut oid = [0u8; 20];
+    oid.copy_from_slice(r.hash());
+    if r.has_collision() {
+        return Err(PackError::Collision(super::hex(&oid)));
+    }
+    Ok(oid)
+}
+
+/// The object id of `content` as git computes it, with SHA-1 collision detection.
+pub fn object_id(kind: ObjectKind, content: &[u8]) -> Result<Oid, PackError> {
+    hash(kind, content)
+}
+
+/// Reads every entry header of `pack` and checks its framing and trailer.
+pub fn read_entries(pack: &[u8], limits: &Limits) -> Result<Vec<Entry>, PackError> {
+    if pack.len() < 12 + 20 {
+        return Err(PackError::Truncated);
+    }
+    if &pack[..4] != b"PACK" {
+        return Err(PackError::Header("missing PACK signature"));
+    }
+    let version = u32::from_be_bytes([pack[4], pack[5], pack[6], pack[7]]);
+    if version != 2 && version != 3 {
+        return Err(PackError::Header("unsupported pack version"));
+    }
+    let count = u32::from_be_bytes([pack[8], pack[9], pack[10], pack[11]]);
+    if count > limits.objects_max {
+        return Err(PackError::TooManyObjects(count));
+    }
+    let body_end = pack.len() - 20;
+    {
+        use sha1_checked::Digest;
+        let mut h = sha1_checked::Sha1::new();
+        h.update(&pack[..body_end]);
+        if h.try_finalize().hash().as_slice() != &pack[body_end..] {
+            return Err(PackError::BadTrailer);
+        }
+    }
+    let mut entries = Vec::with_capacity((count as usize).min(1 << 20));
+    let mut starts = std::collections::HashSet::new();
+    let mut at = 12usize;
+    while at < body_end {
+        if entries.len() as u32 == count {
+            return Err(PackError::WrongCount {
+                declared: count,
+                found: count + 1,
+            });
+        }
+        let offset = at;
+        let byte = |i: usize| -> Result<u8, PackError> {
+            if i < body_end {
+                Ok(pack[i])
+            } else {
+                Err(PackError::Truncated)
+            }
+        };
+        let mut c = byte(at)?;
+        at += 1;
+        let type_bits = (c >> 4) & 7;
+        let mut size = u64::from(c & 15);
+        let mut shift = 4u32;
+        while c & 0x80 != 0 {
+            c = byte(at)?;
+            at += 1;
+            if shift > 57 {
+                return Err(PackError::TooLarge {
+                    offset,
+                    size: u64::MAX,
+                    max: limits.object_bytes_max,
+                });
+            }
+            size |= u64::from(c & 0x7f) << shift;
+            shift += 7;
+        }
+        if size > limits.object_bytes_max {
+            return Err(PackError::TooLarge {
+                offset,
+                size,
+                max: limits.object_bytes_max,
+            });
+        }
+        let kind = match type_bits {
+            6 => {
+                let mut c = byte(at)?;
+                at += 1;
+                let mut rel = u64::from(c & 0x7f);
+                while c & 0x80 != 0 {
+                    c = byte(at)?;
+                    at += 1;
+                    rel = rel
+                        .checked_add(1)
+                        .and_then(|r| r.checked_mul(128))
+                        .map(|r| r | u64::from(c & 0x7f))
+                        .ok_or(PackError::BadOfsBase { offset })?;
+                }
+                let base_offset = (offset as u64)
+                    .checked_sub(rel)
+                    .filter(|b| *b >= 12 && rel > 0)
+                    .ok_or(PackError::BadOfsBase { offset })?;
+                let base_offset = base_offset as usize;
+                if !starts.contains(&base_offset) {
+                    return Err(PackError::BadOfsBase { offset });
+                }
+                EntryKind::OfsDelta { base_offset }
+            }
+            7 => {
+                if at + 20 > body_end {
+                    return Err(PackError::Truncated);
+                }
+                let mut base = [0u8; 20];
+                base.copy_from_slice(&pack[at..at + 20]);
+                at += 20;
+                EntryKind::RefDelta { base }
+            }
+            t => EntryKind::Full(kind_of(t).ok_or(PackError::BadType { offset, kind: t })?),
+        };
+        let (_, used) =
+            inflate_prefix(&pack[at..body_end], size).ok_or(PackError::BadZlib { offset })?;
+        entries.push(Entry {
+            offset,
+            kind,
+            size,
+            data: at..at + used,
+        });
+        starts.insert(offset);
+        at += used;
+    }
+    if entries.len() as u32 != count {
+        return Err(PackError::WrongCount {
+            declared: count,
+            found: entries.len() as u32,
+        });
+    }
+    Ok(entries)
+}
+
+/// Resolves every delta and computes every object id. `external(oid)` gives the
+/// content of an object the repository already has (bases of a thin pack). Objects
+/// the pack carries twice are kept once.
+pub fn resolve(
+    pack: &[u8],
+    entries: &[Entry],
+    limits: &Limits,
+    mut external: impl FnMut(&Oid) -> Option<(ObjectKind, Vec<u8>)>,
+) -> Result<Vec<Resolved>, PackError> {
+    let by_offset: HashMap<usize, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.offset, i))
+        .collect();
+    // Children of each base: by base entry index (OFS) or by base id (REF).
+    let mut ofs_children: HashMap<usize, Vec<usize>> = HashMap::new();
+    let mut ref_children: HashMap<Oid, Vec<usize>> = HashMap::new();
+    let mut roots = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        match e.kind {
+            EntryKind::Full(_) => roots.push(i),
+            EntryKind::OfsDelta { base_offset } => {
+                let b = by_offset[&base_offset];
+                ofs_children.entry(b).or_default().push(i);
+            }
+            EntryKind::RefDelta { base } => ref_children.entry(base).or_default().push(i),
+        }
+    }
+    let mut resolved: Vec<Option<Resolved>> = vec![None; entries.len()];
+    let mut done = 0usize;
+
+    // Depth-first from each resolved object through its children, keeping only the
+    // current chain's contents in memory.
+    let mut walk = |start: usize,
+                    content: Vec<u8>,
+                    kind: ObjectKind,
+                    base: Option<Oid>,
+                    resolved: &mut Vec<Option<Resolved>>,
+                    ref_children: &mut HashMap<Oid, Vec<usize>>|
+     -> Result<Vec<(Oid, ObjectKind)>, PackError> {
+        let mut newly = Vec::new();
+        let mut stack = vec![(start, content, base, 0usize)];
+        while let Some((i, content, base, depth)) = stack.pop() {
+            if depth > limits.delta_depth_max {
+                return Err(PackError::DeltaCycle);
+            }
+            let e = &entries[i];
+            let oid = hash(kind, &content)?;
+            resolved[i] = Some(Resolved {
+                oid,
+                kind,
+                object_size: content.len() as u64,
+                entry_size: e.size,
+                base,
+                data: e.data.clone(),
+            });
+            done += 1;
+            newly.push((oid, kind));
+            let mut kids: Vec<usize> = ofs_children.get(&i).cloned().unwrap_or_default();
+            kids.extend(ref_children.remove(&oid).unwrap_or_default());
+            for k in kids {
+                let ke = &entries[k];
+                let delta = inflate_prefix(&pack[ke.data.clone()], ke.size)
+                    .ok_or(PackError::BadZlib { offset: ke.offset })?
+                    .0;
+                let out =
+                    apply_delta(&content, &delta, limits.object_bytes_max).map_err(|reason| {
+                        PackError::BadDelta {
+                            offset: ke.offset,
+                            reason,
+                        }
+                    })?;
+                stack.push((k, out, Some(oid), depth + 1));
+            }
+        }
+        Ok(newly)
+    };
+
+    for &i in &roots {
+        let e = &entries[i];
+        let EntryKind::Full(kind) = e.kind else {
+            continue;
+        };
+        let content = inflate_prefix(&pack[e.data.clone()], e.size)
+            .ok_or(PackError::BadZlib { offset: e.offset })?
+            .0;
+        walk(i, content, kind, None, &mut resolved, &mut ref_children)?;
+    }
+    // REF_DELTA bases outside the pack (thin pack) or never resolved.
+    while let Some(base) = ref_children.keys().next().copied() {
+        let Some((kind, content)) = external(&base) else {
+            return Err(PackError::MissingBase(super::hex(&base)));
+        };
+        let kids = ref_children.remove(&base).unwrap_or_default();
+        for k in kids {
+            let ke = &entries[k];
+            let delta = inflate_prefix(&pack[ke.data.clone()], ke.size)
+                .ok_or(PackError::BadZlib { offset: ke.offset })?
+                .0;
+            let out = apply_delta(&content, &delta, limits.object_bytes_max).map_err(|reason| {
+                PackError::BadDelta {
+                    offset: ke.offset,
+                    reason,
+                }
+            })?;
+            walk(k, out, kind, Some(base), &mut resolved, &mut ref_children)?;
+        }
+    }
+    if done != entries.len() {
+        return Err(PackError::DeltaCycle);
+    }
+    let mut seen = std::collections::HashSet::new();
+    Ok(resolved
+        .into_iter()
+        .flatten()
+        .filter(|r| seen.insert(r.oid))
+        .collect())
+}
+
+fn varint(d: &[u8], at: &mut usize) -> Result<u64, &'static str> {
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let b = *d.get(*at).ok_or("truncated size")?;
+        *at += 1;
+        if shift > 63 {
+            return Err("size overflows");
+        }
+        v |= u64::from(b & 0x7f) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+}
+
+/// Applies a git delta to `base`; the result may not exceed `max` bytes.
+pub fn apply_delta(base: &[u8], delta: &[u8], max: u64) -> Result<Vec<u8>, &'static str> {
+    let mut at = 0;
+    if varint(delta, &mut at)? != base.len() as u64 {
+        return Err("base size does not match");
+    }
+    let result_size = varint(delta, &mut at)?;
+    if result_size > max {
+        return Err("result larger than the object size limit");
+    }
+    let result_size = result_size as usize;
+    let mut out = Vec::with_capacity(result_size);
+    while at < delta.len() {
+        let op = delta[at];
+        at += 1;
+        if op & 0x80 != 0 {
+            let mut offset = 0usize;
+            let mut size = 0usize;
+            for i in 0..4 {
+                if op & (1 << i) != 0 {
+                    offset |= usize::from(*delta.get(at).ok_or("truncated copy")?) << (8 * i);
+                    at += 1;
+                }
+            }
+            for i in 0..3 {
+                if op & (0x10 << i) != 0 {
+                    size |= usize::from(*delta.get(at).ok_or("truncated copy")?) << (8 * i);
+                    at += 1;
+                }
+            }
+            if size == 0 {
+                size = 0x10000;
+            }
+            let end = offset.checked_add(size).ok_or("copy overflows")?;
+            out.extend_from_slice(base.get(offset..end).ok_or("copy outside the base")?);
+        } else if op != 0 {
+            let n = usize::from(op);
+            out.extend_from_slice(delta.get(at..at + n).ok_or("truncated insert")?);
+            at += n;
+        } else {
+            return Err("reserved opcode 0");
+        }
+        if out.len() > result_size {
+            return Err("result larger than declared");
+        }
+    }
+    if out.len() != result_size {
+        return Err("result size does not match");
+    }
+    Ok(out)
+}
+
+/// One entry to write into an outgoing pack.
+#[derive(Debug, Clone)]
+pub enum OutEntry<'a> {
+    /// A whole object: its kind, inflated size and deflated bytes.
+    Full {
+        kind: ObjectKind,
+        size: u64,
+        deflated: &'a [u8],
+    },
+    /// A delta against an entry written earlier in this pack (by its index).
+    OfsDelta {
+        base_index: usize,
+        size: u64,
+        deflated: &'a [u8],
+    },
+    /// A delta against an object outside the pack (thin pack).
+    RefDelta {
+        base: Oid,
+        size: u64,
+        deflated: &'a [u8],
+    },
+}
+
+/// Writes packs from stored entries, copying their deflated bytes.
+#[derive(Debug)]
+pub struct PackWriter {
+    hasher: sha1_checked::Sha1,
+    offsets: Vec<u64>,
+    written: u64,
+}
+
+fn entry_header(out: &mut Vec<u8>, type_bits: u8, size: u64) {
+    let mut c = (type_bits << 4) | (size & 15) as u8;
+    let mut rest = size >> 4;
+    while rest != 0 {
+        out.push(c | 0x80);
+        c = (rest & 0x7f) as u8;
+        rest >>= 7;
+    }
+    out.push(c);
+}
+
+impl PackWriter {
+    /// Starts a pack of `count` objects; returns the writer and the header bytes.
+    pub fn new(count: u32) -> (PackWriter, Vec<u8>) {
+        let mut h = Vec::with_capacity(12);
+        h.extend_from_slice(b"PACK");
+        h.extend_from_slice(&2u32.to_be_bytes());
+        h.extend_from_slice(&count.to_be_bytes());
+        let mut w = PackWriter {
+            hasher: sha1_checked::Sha1::new(),
+            offsets: Vec::new(),
+            written: 0,
+        };
+        w.feed(&h);
+        (w, h)
+    }
+
+    fn feed(&mut self, b: &[u8]) {
+        use sha1_checked::Digest;
+        self.hasher.update(b);
+        self.written += b.len() as u64;
+    }
+
+    /// Encodes one entry; returns its bytes (to send as they are made).
+    pub fn entry(&mut self, e: &OutEntry<'_>) -> Vec<u8> {
+        let offset = self.written;
+        let mut out = Vec::new();
+        match e {
+            OutEntry::Full {
+                kind,
+                size,
+                deflated,
+            } => {
+                entry_header(&mut out, *kind as u8, *size);
+                out.extend_from_slice(deflated);
+            }
+            OutEntry::OfsDelta {
+                base_index,
+                size,
+                deflated,
+            } => {
+                entry_header(&mut out, 6, *size);
+                let mut rel = offset - self.offsets[*base_index];
+                let mut bytes = vec![(rel & 0x7f) as u8];
+                rel >>= 7;
+                while rel != 0 {
+                    rel -= 1;
+                    bytes.push(0x80 | (rel & 0x7f) as u8);
+                    rel >>= 7;
+                }
+                bytes.reverse();
+                out.extend_from_slice(&bytes);
+                out.extend_from_slice(deflated);
+            }
+            OutEntry::RefDelta {
+                base,
+                size,
+                deflated,
+            } => {
+                entry_header(&mut out, 7, *size);
+                out.extend_from_slice(base);
+                out.extend_from_slice(deflated);
+            }
+        }
+        self.offsets.push(offset);
+        self.feed(&out);
+        out
+    }
+
+    /// The trailer: SHA-1 of everything written.
+    pub fn finish(self) -> Vec<u8> {
+        self.hasher.try_finalize().hash().to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn deflate(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(data).expect("deflate");
+        z.finish().expect("deflate")
+    }
+
+    fn pack_of(entries: &[OutEntry<'_>]) -> Vec<u8> {
+        let (mut w, mut out) = PackWriter::new(entries.len() as u32);
+        for e in entries {
+            out.extend(w.entry(e));
+        }
+        out.extend(w.finish());
+        out
+    }
+
+    /// delta: copy the whole base, then insert `suffix`.
+    fn delta_append(base: &[u8], suffix: &[u8]) -> Vec<u8> {
+        let mut d = vec![base.len() as u8, (base.len() + suffix.len()) as u8];
+        d.extend_from_slice(&[0x90, base.len() as u8, suffix.len() as u8]);
+        d.extend_from_slice(suffix);
+        d
+    }
+
+    #[test]
+    fn round_trip_with_ofs_and_ref_deltas_including_a_base_carried_later() {
+        let a = b"hello world".to_vec();
+        let da = delta_append(&a, b"!");
+        let db = delta_append(b"hello world!", b"?");
+        let dz = deflate(&a);
+        let dda = deflate(&da);
+        let ddb = deflate(&db);
+        let a_id = object_id(ObjectKind::Blob, &a).expect("id");
+        let b_id = object_id(ObjectKind::Blob, b"hello world!").expect("id");
+        // REF_DELTA to b (carried *later* in the pack), then a, then b as OFS of a.
+        let pack = pack_of(&[
+            OutEntry::RefDelta {
+                base: b_id,
+                size: db.len() as u64,
+                deflated: &ddb,
+            },
+            OutEntry::Full {
+                kind: ObjectKind::Blob,
+                size: a.len() as u64,
+                deflated: &dz,
+            },
+            OutEntry::OfsDelta {
+                base_index: 1,
+                size: da.len() as u64,
+                deflated: &dda,
+            },
+        ]);
+        let limits = Limits::default();
+        let entries = read_entries(&pack, &limits).expect("entries");
+        assert_eq!(entries.len(), 3);
+        let r = resolve(&pack, &entries, &limits, |_| None).expect("resolves");
+        let ids: Vec<_> = r.iter().map(|r| r.oid).collect();
+        assert!(ids.contains(&a_id) && ids.contains(&b_id));
+        let c = r.iter().find(|r| r.base == Some(b_id)).expect("c");
+        assert_eq!(
+            c.oid,
+            object_id(ObjectKind::Blob, b"hello world!?").expect("id")
+        );
+        assert_eq!(c.kind, ObjectKind::Blob);
+    }
+
+    #[test]
+    fn thin_pack_bases_come_from_the_repository_or_the_pack_is_refused() {
+        let base = b"stored base".to_vec();
+        let base_id = object_id(ObjectKind::Blob, &base).expect("id");
+        let d = delta_append(&base, b"+");
+        let dd = deflate(&d);
+        let pack = pack_of(&[OutEntry::RefDelta {
+            base: base_id,
+            size: d.len() as u64,
+            deflated: &dd,
+        }]);
+        let limits = Limits::default();
+        let entries = read_entries(&pack, &limits).expect("entries");
+        let r = resolve(&pack, &entries, &limits, |o| {
+            (o == &base_id).then(|| (ObjectKind::Blob, base.clone()))
+        })
+        .expect("thin");
+        assert_eq!(r.len(), 1);
+        assert!(matches!(
+            resolve(&pack, &entries, &limits, |_| None),
+            Err(PackError::MissingBase(_))
+        ));
+    }
+
+    #[test]
+    fn hostile_packs_are_refused() {
+        let limits = Limits::default();
+        let a = deflate(b"x");
+        let good = pack_of(&[OutEntry::Full {
+            kind: ObjectKind::Blob,
+            size: 1,
+            deflated: &a,
+        }]);
+        // bad trailer
+        let mut bad = good.clone();
+        let n = bad.len();
+        bad[n - 1] ^= 1;
+        assert_eq!(read_entries(&bad, &limits), Err(PackError::BadTrailer));
+        // wrong count (header says 2); recompute the trailer so only the count is wrong
+        let mut bad = good[..good.len() - 20].to_vec();
+        bad[11] = 2;
+        let t = {
+            use sha1_checked::Digest;
+            let mut h = sha1_checked::Sha1::new();
+            h.update(&bad);
+            h.try_finalize().hash().to_vec()
+        };
+        bad.extend(t);
+        assert!(matches!(
+            read_entries(&bad, &limits),
+            Err(PackError::WrongCount { .. })
+        ));
+        // truncated
+        assert!(read_entries(&good[..20], &limits).is_err());
+        assert!(read_entries(b"JUNK00000000000000000000000000000000", &limits).is_err());
+        // a declared 4 GiB object is refused from its header
+        let mut big = Vec::new();
+        big.extend_from_slice(b"PACK\0\0\0\x02\0\0\0\x01");
+        entry_header(&mut big, 3, 4 << 30);
+        big.extend_from_slice(&a);
+        let t = {
+            use sha1_checked::Digest;
+            let mut h = sha1_checked::Sha1::new();
+            h.update(&big);
+            h.try_finalize().hash().to_vec()
+        };
+        big.extend(t);
+        assert!(matches!(
+            read_entries(&big, &limits),
+            Err(PackError::TooLarge { .. })
+        ));
+        // OFS_DELTA pointing before the pack start
+        let mut ofs = Vec::new();
+        ofs.extend_from_slice(b"PACK\0\0\0\x02\0\0\0\x01");
+        entry_header(&mut ofs, 6, 1);
+        ofs.push(100); // 12 - 100 < 0
+        ofs.extend_from_slice(&a);
+        let t = {
+            use sha1_checked::Digest;
+            let mut h = sha1_checked::Sha1::new();
+            h.update(&ofs);
+            h.try_finalize().hash().to_vec()
+        };
+        ofs.extend(t);
+        assert!(matches!(
+            read_entries(&ofs, &limits),
+            Err(PackError::BadOfsBase { .. })
+        ));
+    }
+
+    #[test]
+    fn a_ref_delta_cycle_is_refused() {
+        let x = object_id(ObjectKind::Blob, b"x").expect("id");
+        let y = object_id(ObjectKind::Blob, b"y").expect("id");
+        let d = deflate(&[1, 1, 0x90, 1, 0]);
+        let pack = pack_of(&[
+            OutEntry::RefDelta {
+                base: y,
+                size: 5,
+                deflated: &d,
+            },
+            OutEntry::RefDelta {
+                base: x,
+                size: 5,
+                deflated: &d,
+            },
+        ]);
+        let limits = Limits::default();
+        let entries = read_entries(&pack, &limits).expect("framing is fine");
+        assert!(resolve(&pack, &entries, &limits, |_| None).is_err());
+    }
+
+    #[test]
+    fn inflate_prefix_finds_the_stream_end_and_checks_size() {
+        let mut d = deflate(b"abc");
+        let n = d.len();
+        d.extend_from_slice(b"trailing");
+        assert_eq!(inflate_prefix(&d, 3), Some((b"abc".to_vec(), n)));
+        assert_eq!(inflate_prefix(&d, 2), None);
+        assert_eq!(inflate_prefix(&d, 4), None);
+        assert_eq!(inflate_prefix(&d[..n - 2], 3), None);
+    }
+}
