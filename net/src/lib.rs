@@ -5,4 +5,5 @@
 //! reached through the [`backend::Backend`] trait, which the root package implements
 //! over the storage engine; the git protocol logic in [`git`] is pure.
 
+pub mod backend;
 pub mod git;

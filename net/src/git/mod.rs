@@ -5,7 +5,9 @@
 pub mod objects;
 pub mod pack;
 pub mod pktline;
+pub mod receive;
 pub mod refs;
+pub mod upload;
 
 /// A SHA-1 object id.
 pub type Oid = [u8; 20];

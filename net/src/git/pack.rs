@@ -94,6 +94,8 @@ pub struct Resolved {
     pub base: Option<Oid>,
     /// Range of the deflated entry data in the pack.
     pub data: std::ops::Range<usize>,
+    /// The content of commits, trees and tags (for connectivity checks); blobs: `None`.
+    pub content: Option<Vec<u8>>,
 }
 
 fn kind_of(v: u8) -> Option<ObjectKind> {
@@ -336,6 +338,7 @@ pub fn resolve(
                 entry_size: e.size,
                 base,
                 data: e.data.clone(),
+                content: (kind != ObjectKind::Blob).then(|| content.clone()),
             });
             done += 1;
             newly.push((oid, kind));

@@ -1,0 +1,88 @@
+//! What the network layer needs from a node: repositories, their refs and objects.
+//! The root package implements it over the storage engine (and later raft); tests can
+//! implement it in memory. Single-threaded: called from one shard's executor.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::git::{ObjectKind, Oid};
+
+/// A repository as readers see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoState {
+    pub public: bool,
+    /// Non-fast-forward updates (force pushes) are accepted.
+    pub allow_non_fast_forward: bool,
+    /// ref name → object id (hex in JSON).
+    pub refs: BTreeMap<String, String>,
+    /// symbolic ref → target ref (`HEAD` → `refs/heads/master`).
+    pub symrefs: BTreeMap<String, String>,
+}
+
+/// A stored pack entry (what a fetch copies out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawObject {
+    pub oid: Oid,
+    pub kind: ObjectKind,
+    pub object_size: u64,
+    pub entry_size: u64,
+    pub base: Option<Oid>,
+    pub deflated: Vec<u8>,
+}
+
+/// One ref update of a push, after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefUpdate {
+    pub name: String,
+    /// `None`: the ref must not exist.
+    pub old: Option<Oid>,
+    /// `None`: delete the ref.
+    pub new: Option<Oid>,
+}
+
+/// A backend failure (storage, replication): reported to the client, logged.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct BackendError(pub String);
+
+/// Everything the HTTP services ask of the node.
+#[allow(async_fn_in_trait)]
+pub trait Backend {
+    /// The repository's state; `None` if it does not exist.
+    async fn repo(&self, name: &str) -> Result<Option<RepoState>, BackendError>;
+    /// The content of an object of the repository.
+    async fn object(
+        &self,
+        repo: &str,
+        oid: &Oid,
+    ) -> Result<Option<(ObjectKind, Vec<u8>)>, BackendError>;
+    /// The stored pack entry of an object of the repository.
+    async fn raw(&self, repo: &str, oid: &Oid) -> Result<Option<RawObject>, BackendError>;
+    /// Which of `oids` the repository has.
+    fn has_many(&self, repo: &str, oids: &[Oid]) -> Vec<bool>;
+    /// Stores verified objects durably (not yet referenced by any ref).
+    async fn store(&self, repo: &str, objects: Vec<RawObject>) -> Result<(), BackendError>;
+    /// Applies ref updates, each a compare-and-swap on its old value; with `atomic`,
+    /// all or none. Returns one result per update.
+    async fn update_refs(
+        &self,
+        repo: &str,
+        updates: &[RefUpdate],
+        atomic: bool,
+    ) -> Result<Vec<Result<(), String>>, BackendError>;
+
+    // Administration.
+    async fn create_repo(&self, name: &str, public: bool) -> Result<(), BackendError>;
+    async fn delete_repo(&self, name: &str) -> Result<(), BackendError>;
+    async fn edit_repo(
+        &self,
+        name: &str,
+        public: Option<bool>,
+        allow_non_fast_forward: Option<bool>,
+        symrefs: &[(String, Option<String>)],
+    ) -> Result<(), BackendError>;
+    async fn list_repos(&self) -> Result<BTreeMap<String, RepoState>, BackendError>;
+    /// Node status for `admin nodestatus`.
+    fn node_status(&self) -> serde_json::Value;
+}

@@ -1,0 +1,546 @@
+//! receive-pack: ref advertisement, push request parsing, verification and the
+//! report. A push is verified entirely before anything becomes visible: every object's
+//! id is recomputed (deltas resolved, thin-pack bases from the repository), every new
+//! tip must be connected to objects the repository has, each ref update is a
+//! compare-and-swap on its old value, non-fast-forward updates are refused unless the
+//! repository allows them. Only objects reachable from the new tips are stored, so every
+//! stored object's closure is complete (the walk stops at stored objects).
+
+use std::collections::{HashMap, HashSet};
+
+use super::objects::links;
+use super::pack::{self, Limits, Resolved};
+use super::pktline::{self, Pkt, Reader};
+use super::refs::valid_ref_name;
+use super::{hex, parse_hex, ObjectKind, Oid, ZERO};
+use crate::backend::{Backend, RawObject, RefUpdate, RepoState};
+
+/// Capabilities of receive-pack.
+pub fn receive_caps() -> String {
+    format!(
+        "report-status delete-refs side-band-64k quiet atomic ofs-delta push-options {}",
+        super::upload::agent()
+    )
+}
+
+/// One command of a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub old: Oid,
+    pub new: Oid,
+    pub name: String,
+}
+
+/// A parsed push request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushRequest {
+    pub commands: Vec<Command>,
+    pub caps: HashSet<String>,
+    pub options: Vec<String>,
+    /// Where the pack starts in the body.
+    pub pack_at: usize,
+}
+
+/// Why a push request cannot even be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid push request: {0}")]
+pub struct ProtocolError(pub String);
+
+fn perr(e: impl std::fmt::Display) -> ProtocolError {
+    ProtocolError(e.to_string())
+}
+
+/// Parses the commands, capabilities and push options; the pack follows.
+pub fn parse_push(body: &[u8], refs_max: usize) -> Result<PushRequest, ProtocolError> {
+    let mut r = Reader::new(body);
+    let mut req = PushRequest::default();
+    loop {
+        match r.next_pkt().map_err(perr)? {
+            None => return Err(perr("request ends before the flush after the commands")),
+            Some(Pkt::Flush) => break,
+            Some(Pkt::Data(d)) => {
+                let mut l = pktline::chomp(d);
+                if req.commands.is_empty() {
+                    if let Some(nul) = l.iter().position(|b| *b == 0) {
+                        for c in l[nul + 1..].split(|b| *b == b' ').filter(|c| !c.is_empty()) {
+                            req.caps.insert(String::from_utf8_lossy(c).into_owned());
+                        }
+                        l = &l[..nul];
+                    }
+                }
+                if l.starts_with(b"shallow ") {
+                    return Err(perr("pushing from a shallow clone is not supported"));
+                }
+                if l.len() < 83 || l[40] != b' ' || l[81] != b' ' {
+                    return Err(perr(format!(
+                        "malformed command {:?}",
+                        String::from_utf8_lossy(l)
+                    )));
+                }
+                let old = parse_hex(&l[..40]).ok_or_else(|| perr("invalid old id"))?;
+                let new = parse_hex(&l[41..81]).ok_or_else(|| perr("invalid new id"))?;
+                let name = String::from_utf8(l[82..].to_vec())
+                    .map_err(|_| perr("ref name is not UTF-8"))?;
+                req.commands.push(Command { old, new, name });
+                if req.commands.len() > refs_max {
+                    return Err(perr(format!(
+                        "more than {refs_max} ref updates in one push"
+                    )));
+                }
+            }
+            Some(_) => return Err(perr("unexpected special packet")),
+        }
+    }
+    if req.caps.contains("push-options") {
+        loop {
+            match r.next_pkt().map_err(perr)? {
+                None => return Err(perr("request ends inside the push options")),
+                Some(Pkt::Flush) => break,
+                Some(Pkt::Data(d)) => req
+                    .options
+                    .push(String::from_utf8_lossy(pktline::chomp(d)).into_owned()),
+                Some(_) => return Err(perr("unexpected special packet")),
+            }
+        }
+    }
+    req.pack_at = body.len() - r.rest().len();
+    Ok(req)
+}
+
+/// The outcome of a push, ready to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// `Ok` or the reason unpacking failed.
+    pub unpack: Result<(), String>,
+    /// Per command: `Ok` or the reason it was refused.
+    pub refs: Vec<(String, Result<(), String>)>,
+}
+
+impl Report {
+    fn all_failed(commands: &[Command], unpack: Result<(), String>, why: &str) -> Report {
+        Report {
+            unpack,
+            refs: commands
+                .iter()
+                .map(|c| (c.name.clone(), Err(why.to_string())))
+                .collect(),
+        }
+    }
+
+    /// report-status lines (pkt-lines, ending with a flush).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match &self.unpack {
+            Ok(()) => pktline::line(&mut out, "unpack ok"),
+            Err(e) => pktline::line(&mut out, &format!("unpack {}", one_line(e))),
+        }
+        for (name, r) in &self.refs {
+            match r {
+                Ok(()) => pktline::line(&mut out, &format!("ok {name}")),
+                Err(e) => pktline::line(&mut out, &format!("ng {name} {}", one_line(e))),
+            }
+        }
+        pktline::flush(&mut out);
+        out
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(900)
+        .collect()
+}
+
+/// Checks commands against the repository's current refs (pure): names, duplicates,
+/// compare-and-swap. Returns per-command refusals (`None`: acceptable so far).
+pub fn check_commands(commands: &[Command], state: &RepoState) -> Vec<Option<String>> {
+    let mut seen = HashSet::new();
+    commands
+        .iter()
+        .map(|c| {
+            if !valid_ref_name(c.name.as_bytes()) {
+                return Some("funny refname".into());
+            }
+            if !seen.insert(c.name.clone()) {
+                return Some("duplicate ref update".into());
+            }
+            if c.old == ZERO && c.new == ZERO {
+                return Some("nothing to do".into());
+            }
+            let current = state
+                .refs
+                .get(&c.name)
+                .and_then(|h| parse_hex(h.as_bytes()));
+            let expected = (c.old != ZERO).then_some(c.old);
+            if current != expected {
+                return Some(match current {
+                    Some(_) if expected.is_none() => "already exists".into(),
+                    None if c.new == ZERO => "no such ref to delete".into(),
+                    _ => "stale info: the ref changed since you fetched it".into(),
+                });
+            }
+            None
+        })
+        .collect()
+}
+
+/// Verifies and applies a push. `progress` receives human-readable progress lines.
+pub async fn receive<B: Backend>(
+    b: &B,
+    repo: &str,
+    state: &RepoState,
+    req: &PushRequest,
+    pack_bytes: &[u8],
+    limits: &Limits,
+    mut progress: impl FnMut(String),
+) -> Report {
+    let commands = &req.commands;
+    let atomic = req.caps.contains("atomic");
+    let mut refusals = check_commands(commands, state);
+    let needs_pack = commands.iter().any(|c| c.new != ZERO);
+
+    // Unpack and verify.
+    let mut resolved: Vec<Resolved> = Vec::new();
+    if needs_pack || !pack_bytes.is_empty() {
+        if pack_bytes.is_empty() {
+            return Report::all_failed(commands, Err("missing pack".into()), "unpacker error");
+        }
+        let entries = match pack::read_entries(pack_bytes, limits) {
+            Ok(e) => e,
+            Err(e) => return Report::all_failed(commands, Err(e.to_string()), "unpacker error"),
+        };
+        progress(format!("Receiving objects: {} objects", entries.len()));
+        let mut external_missing = false;
+        // Thin-pack bases come from the repository. The closure is sync; fetch the
+        // ones the pack names and the repository has, up front.
+        let mut externals: HashMap<Oid, (ObjectKind, Vec<u8>)> = HashMap::new();
+        let in_pack_refs: Vec<Oid> = entries
+            .iter()
+            .filter_map(|e| match e.kind {
+                pack::EntryKind::RefDelta { base } => Some(base),
+                _ => None,
+            })
+            .collect();
+        let has = b.has_many(repo, &in_pack_refs);
+        for (base, h) in in_pack_refs.iter().zip(has) {
+            if h && !externals.contains_key(base) {
+                match b.object(repo, base).await {
+                    Ok(Some(o)) => {
+                        externals.insert(*base, o);
+                    }
+                    Ok(None) => external_missing = true,
+                    Err(e) => return Report::all_failed(commands, Err(e.0), "unpacker error"),
+                }
+            }
+        }
+        let _ = external_missing;
+        resolved = match pack::resolve(pack_bytes, &entries, limits, |o| externals.get(o).cloned())
+        {
+            Ok(r) => r,
+            Err(e) => return Report::all_failed(commands, Err(e.to_string()), "unpacker error"),
+        };
+        progress(format!(
+            "Resolving deltas: {} objects verified",
+            resolved.len()
+        ));
+    }
+
+    // Connectivity: every new tip and everything it reaches is in the pack or stored.
+    let in_pack: HashMap<Oid, usize> = resolved
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.oid, i))
+        .collect();
+    let mut needed: HashSet<Oid> = HashSet::new();
+    for (i, c) in commands.iter().enumerate() {
+        if refusals[i].is_some() || c.new == ZERO {
+            continue;
+        }
+        if let Err(why) = connected(b, repo, &resolved, &in_pack, c.new, &mut needed).await {
+            refusals[i] = Some(why);
+        }
+    }
+    // Fast-forward check.
+    for (i, c) in commands.iter().enumerate() {
+        if refusals[i].is_some() || c.old == ZERO || c.new == ZERO || state.allow_non_fast_forward {
+            continue;
+        }
+        match is_ancestor(b, repo, &resolved, &in_pack, c.old, c.new).await {
+            Ok(true) => {}
+            Ok(false) => refusals[i] = Some("non-fast-forward".into()),
+            Err(e) => refusals[i] = Some(e),
+        }
+    }
+    if atomic && refusals.iter().any(Option::is_some) {
+        for r in refusals.iter_mut().filter(|r| r.is_none()) {
+            *r = Some("atomic push failure".into());
+        }
+    }
+
+    // Store what the accepted updates need, durably, before any ref moves.
+    let accepted: Vec<usize> = (0..commands.len())
+        .filter(|i| refusals[*i].is_none())
+        .collect();
+    if !accepted.is_empty() {
+        let raws: Vec<RawObject> = resolved
+            .iter()
+            .filter(|r| needed.contains(&r.oid))
+            .map(|r| RawObject {
+                oid: r.oid,
+                kind: r.kind,
+                object_size: r.object_size,
+                entry_size: r.entry_size,
+                base: r.base,
+                deflated: pack_bytes[r.data.clone()].to_vec(),
+            })
+            .collect();
+        let n = raws.len();
+        if let Err(e) = b.store(repo, raws).await {
+            return Report::all_failed(
+                commands,
+                Err(format!("storing objects failed: {e}")),
+                "storage failure",
+            );
+        }
+        progress(format!("Stored {n} new objects"));
+        let updates: Vec<RefUpdate> = accepted
+            .iter()
+            .map(|&i| {
+                let c = &commands[i];
+                RefUpdate {
+                    name: c.name.clone(),
+                    old: (c.old != ZERO).then_some(c.old),
+                    new: (c.new != ZERO).then_some(c.new),
+                }
+            })
+            .collect();
+        match b.update_refs(repo, &updates, atomic).await {
+            Ok(results) => {
+                for (&i, r) in accepted.iter().zip(results) {
+                    if let Err(e) = r {
+                        refusals[i] = Some(e);
+                    }
+                }
+            }
+            Err(e) => {
+                for &i in &accepted {
+                    refusals[i] = Some(format!("ref update failed: {e}"));
+                }
+            }
+        }
+    }
+    Report {
+        unpack: Ok(()),
+        refs: commands
+            .iter()
+            .zip(refusals)
+            .map(|(c, r)| (c.name.clone(), r.map_or(Ok(()), Err)))
+            .collect(),
+    }
+}
+
+/// The kind and content of `oid`, from the pack or the repository.
+async fn object_of<B: Backend>(
+    b: &B,
+    repo: &str,
+    resolved: &[Resolved],
+    in_pack: &HashMap<Oid, usize>,
+    oid: &Oid,
+) -> Result<Option<(ObjectKind, Option<Vec<u8>>)>, String> {
+    if let Some(&i) = in_pack.get(oid) {
+        let r = &resolved[i];
+        return Ok(Some((r.kind, r.content.clone())));
+    }
+    match b.object(repo, oid).await {
+        Ok(Some((k, c))) => Ok(Some((k, Some(c)))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e.0),
+    }
+}
+
+/// Walks from `tip` through objects of the pack; stops at stored objects (whose
+/// closure is complete). Adds every pack object reached to `needed`.
+async fn connected<B: Backend>(
+    b: &B,
+    repo: &str,
+    resolved: &[Resolved],
+    in_pack: &HashMap<Oid, usize>,
+    tip: Oid,
+    needed: &mut HashSet<Oid>,
+) -> Result<(), String> {
+    let tip_kind = match in_pack.get(&tip) {
+        Some(&i) => resolved[i].kind,
+        None => match b.object(repo, &tip).await.map_err(|e| e.0)? {
+            Some((k, _)) => k,
+            None => return Err(format!("missing object {}", hex(&tip))),
+        },
+    };
+    let mut stack = vec![(tip, tip_kind)];
+    let mut visited = HashSet::new();
+    while let Some((oid, expected)) = stack.pop() {
+        if !visited.insert(oid) || needed.contains(&oid) {
+            continue;
+        }
+        match in_pack.get(&oid) {
+            Some(&i) => {
+                let r = &resolved[i];
+                if r.kind != expected {
+                    return Err(format!(
+                        "object {} is a {}, expected a {}",
+                        hex(&oid),
+                        r.kind.name(),
+                        expected.name()
+                    ));
+                }
+                needed.insert(oid);
+                if let Some(content) = &r.content {
+                    let l =
+                        links(r.kind, content).map_err(|e| format!("object {}: {e}", hex(&oid)))?;
+                    stack.extend(l.targets);
+                }
+            }
+            None => {
+                if !b.has_many(repo, &[oid]).first().copied().unwrap_or(false) {
+                    return Err(format!(
+                        "missing necessary objects ({} is neither pushed nor stored)",
+                        hex(&oid)
+                    ));
+                }
+            }
+        }
+        if visited.len() % 1024 == 0 {
+            glommio::yield_if_needed().await;
+        }
+    }
+    Ok(())
+}
+
+/// Whether commit `old` is an ancestor of (or equal to) `new`.
+async fn is_ancestor<B: Backend>(
+    b: &B,
+    repo: &str,
+    resolved: &[Resolved],
+    in_pack: &HashMap<Oid, usize>,
+    old: Oid,
+    new: Oid,
+) -> Result<bool, String> {
+    if old == new {
+        return Ok(true);
+    }
+    let Some((ObjectKind::Commit, Some(old_content))) =
+        object_of(b, repo, resolved, in_pack, &old).await?
+    else {
+        return Ok(false);
+    };
+    let old_time = links(ObjectKind::Commit, &old_content)
+        .map(|l| l.commit_time)
+        .unwrap_or(0);
+    let mut stack = vec![new];
+    let mut seen = HashSet::new();
+    while let Some(c) = stack.pop() {
+        if c == old {
+            return Ok(true);
+        }
+        if !seen.insert(c) {
+            continue;
+        }
+        let Some((ObjectKind::Commit, Some(content))) =
+            object_of(b, repo, resolved, in_pack, &c).await?
+        else {
+            continue;
+        };
+        let l = links(ObjectKind::Commit, &content).map_err(|e| e.to_string())?;
+        // Commits much older than `old` cannot lead to it (one day of clock skew allowed).
+        if l.commit_time < old_time.saturating_sub(86_400) {
+            continue;
+        }
+        stack.extend(l.parents);
+        if seen.len() % 1024 == 0 {
+            glommio::yield_if_needed().await;
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(old: &str, new: &str, name: &str) -> Vec<u8> {
+        format!("{old} {new} {name}").into_bytes()
+    }
+
+    #[test]
+    fn parses_commands_caps_and_options() {
+        let z = "0".repeat(40);
+        let n = "1".repeat(40);
+        let mut body = Vec::new();
+        let mut first = cmd(&z, &n, "refs/heads/master");
+        first.extend_from_slice(b"\0report-status side-band-64k push-options atomic");
+        first.push(b'\n');
+        pktline::data(&mut body, &first);
+        pktline::line(
+            &mut body,
+            &String::from_utf8(cmd(&n, &z, "refs/heads/old")).expect("utf8"),
+        );
+        pktline::flush(&mut body);
+        pktline::line(&mut body, "ci.skip");
+        pktline::flush(&mut body);
+        body.extend_from_slice(b"PACK...");
+        let r = parse_push(&body, 100).expect("valid");
+        assert_eq!(r.commands.len(), 2);
+        assert!(r.caps.contains("atomic"));
+        assert_eq!(r.options, vec!["ci.skip".to_string()]);
+        assert_eq!(&body[r.pack_at..], b"PACK...");
+        assert!(parse_push(&body, 1).is_err(), "ref count limit");
+    }
+
+    #[test]
+    fn malformed_commands_are_protocol_errors() {
+        for body in [
+            &b""[..],
+            b"0000",
+            b"0008abc\n",
+            b"zzzz",
+            b"0032short line\n0000",
+        ] {
+            let r = parse_push(body, 10);
+            if body == b"0000" {
+                assert!(r.expect("empty push parses").commands.is_empty());
+            } else {
+                assert!(r.is_err(), "{:?}", String::from_utf8_lossy(body));
+            }
+        }
+    }
+
+    #[test]
+    fn command_checks() {
+        let mut state = RepoState::default();
+        state.refs.insert("refs/heads/a".into(), "1".repeat(40));
+        let one = [0x11; 20];
+        let two = [0x22; 20];
+        let c = |old, new, name: &str| Command {
+            old,
+            new,
+            name: name.into(),
+        };
+        let r = check_commands(
+            &[
+                c(one, two, "refs/heads/a"),
+                c(ZERO, two, "refs/heads/a..b"),
+                c(two, one, "refs/heads/x"),
+                c(ZERO, two, "refs/heads/a"),
+                c(ZERO, one, "refs/heads/new"),
+                c(ZERO, one, "refs/heads/new"),
+            ],
+            &state,
+        );
+        assert_eq!(r[0], None);
+        assert_eq!(r[1].as_deref(), Some("funny refname"));
+        assert!(r[2].is_some());
+        assert_eq!(r[3].as_deref(), Some("duplicate ref update"));
+        assert_eq!(r[4], None);
+        assert_eq!(r[5].as_deref(), Some("duplicate ref update"));
+    }
+}

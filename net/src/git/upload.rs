@@ -1,0 +1,737 @@
+//! upload-pack: ref advertisement, negotiation and pack planning for clone and fetch,
+//! protocol v0 (stateless HTTP) and v2 (`ls-refs`, `fetch`).
+//!
+//! Request parsing and response formatting are pure functions; planning walks the
+//! repository through the [`Backend`], and the pack is written by copying stored
+//! entries (deltas whose base is also sent become OFS_DELTA after their base; deltas
+//! against an object the client already has become REF_DELTA when it asked for a thin
+//! pack; otherwise the base is sent too). Nothing is re-deflated.
+
+use std::collections::{BinaryHeap, HashMap, HashSet};
+
+use super::objects::links;
+use super::pack::{OutEntry, PackWriter};
+use super::pktline::{self, Pkt, Reader};
+use super::{hex, parse_hex, ObjectKind, Oid};
+use crate::backend::{Backend, RawObject, RepoState};
+
+/// The agent string we announce.
+pub fn agent() -> String {
+    format!("agent=repospanner-rs/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Why an upload-pack request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UploadError {
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("not our ref: {0}")]
+    NotOurRef(String),
+    #[error("{0}")]
+    Backend(String),
+}
+
+fn proto(e: impl std::fmt::Display) -> UploadError {
+    UploadError::Protocol(e.to_string())
+}
+
+/// A ref as advertised: name, id, and the id it peels to if it is an annotated tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdRef {
+    pub name: String,
+    pub oid: Oid,
+    pub peeled: Option<Oid>,
+}
+
+/// Reads the refs of `state` in sorted order, with annotated tags peeled.
+pub async fn refs_of<B: Backend>(
+    b: &B,
+    repo: &str,
+    state: &RepoState,
+) -> Result<Vec<AdRef>, UploadError> {
+    let mut out = Vec::with_capacity(state.refs.len());
+    for (name, h) in &state.refs {
+        let Some(oid) = parse_hex(h.as_bytes()) else {
+            continue;
+        };
+        let mut peeled = None;
+        if name.starts_with("refs/tags/") {
+            let mut cur = oid;
+            for _ in 0..16 {
+                match b
+                    .object(repo, &cur)
+                    .await
+                    .map_err(|e| UploadError::Backend(e.0))?
+                {
+                    Some((ObjectKind::Tag, content)) => {
+                        let l = links(ObjectKind::Tag, &content).map_err(proto)?;
+                        cur = l.targets[0].0;
+                        peeled = Some(cur);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        out.push(AdRef {
+            name: name.clone(),
+            oid,
+            peeled,
+        });
+    }
+    Ok(out)
+}
+
+/// Where HEAD points, if it resolves to an existing ref.
+pub fn head(state: &RepoState) -> Option<(String, Oid)> {
+    let target = state.symrefs.get("HEAD")?;
+    let oid = parse_hex(state.refs.get(target)?.as_bytes())?;
+    Some((target.clone(), oid))
+}
+
+/// Capabilities of upload-pack v0.
+pub fn upload_caps(state: &RepoState) -> String {
+    let mut caps = String::from(
+        "multi_ack_detailed no-done side-band-64k side-band thin-pack ofs-delta shallow deepen-relative no-progress include-tag allow-tip-sha1-in-want allow-reachable-sha1-in-want",
+    );
+    if let Some(t) = state.symrefs.get("HEAD") {
+        caps.push_str(&format!(" symref=HEAD:{t}"));
+    }
+    caps.push(' ');
+    caps.push_str(&agent());
+    caps
+}
+
+/// The v0 advertisement body for `service`, without the `# service=` preamble.
+pub fn advertise_v0(refs: &[AdRef], state: &RepoState, caps: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut lines: Vec<(String, Oid)> = Vec::new();
+    if let Some((_, oid)) = head(state) {
+        lines.push(("HEAD".into(), oid));
+    }
+    for r in refs {
+        lines.push((r.name.clone(), r.oid));
+        if let Some(p) = r.peeled {
+            lines.push((format!("{}^{{}}", r.name), p));
+        }
+    }
+    if lines.is_empty() {
+        pktline::data(
+            &mut out,
+            format!("{} capabilities^{{}}\0{caps}\n", hex(&[0; 20])).as_bytes(),
+        );
+    }
+    for (i, (name, oid)) in lines.iter().enumerate() {
+        if i == 0 {
+            pktline::data(
+                &mut out,
+                format!("{} {name}\0{caps}\n", hex(oid)).as_bytes(),
+            );
+        } else {
+            pktline::line(&mut out, &format!("{} {name}", hex(oid)));
+        }
+    }
+    pktline::flush(&mut out);
+    out
+}
+
+/// The v2 capability advertisement.
+pub fn advertise_v2() -> Vec<u8> {
+    let mut out = Vec::new();
+    pktline::line(&mut out, "version 2");
+    pktline::line(&mut out, &agent());
+    pktline::line(&mut out, "ls-refs=unborn");
+    pktline::line(&mut out, "fetch=shallow");
+    pktline::line(&mut out, "server-option");
+    pktline::line(&mut out, "object-format=sha1");
+    pktline::flush(&mut out);
+    out
+}
+
+/// A fetch request, v0 or v2.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetchRequest {
+    pub wants: Vec<Oid>,
+    pub haves: Vec<Oid>,
+    pub shallows: Vec<Oid>,
+    pub deepen: Option<u32>,
+    pub done: bool,
+    pub caps: HashSet<String>,
+}
+
+impl FetchRequest {
+    pub fn has(&self, cap: &str) -> bool {
+        self.caps.contains(cap)
+    }
+}
+
+fn oid_arg(line: &[u8], key: &str) -> Result<Option<Oid>, UploadError> {
+    let Some(rest) = line
+        .strip_prefix(key.as_bytes())
+        .and_then(|r| r.strip_prefix(b" "))
+    else {
+        return Ok(None);
+    };
+    let hexpart = rest
+        .get(..40)
+        .ok_or_else(|| proto(format!("short id after {key}")))?;
+    parse_hex(hexpart)
+        .map(Some)
+        .ok_or_else(|| proto(format!("invalid id after {key}")))
+}
+
+fn apply_arg(req: &mut FetchRequest, l: &[u8]) -> Result<bool, UploadError> {
+    if let Some(o) = oid_arg(l, "want")? {
+        req.wants.push(o);
+    } else if let Some(o) = oid_arg(l, "have")? {
+        req.haves.push(o);
+    } else if let Some(o) = oid_arg(l, "shallow")? {
+        req.shallows.push(o);
+    } else if let Some(n) = l.strip_prefix(b"deepen ") {
+        let n = std::str::from_utf8(n)
+            .ok()
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| proto("invalid deepen"))?;
+        req.deepen = Some(n);
+    } else if l == b"done" {
+        req.done = true;
+    } else {
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Parses a v0 upload-pack request body.
+pub fn parse_v0(body: &[u8]) -> Result<FetchRequest, UploadError> {
+    let mut req = FetchRequest::default();
+    let mut r = Reader::new(body);
+    let mut first = true;
+    while let Some(p) = r.next_pkt().map_err(proto)? {
+        let Pkt::Data(d) = p else { continue };
+        let mut l = pktline::chomp(d);
+        if first {
+            // The first want carries the capabilities: `want <id> <cap> <cap>...`.
+            if l.starts_with(b"want ") && l.len() > 45 {
+                for c in l[45..].split(|b| *b == b' ').filter(|c| !c.is_empty()) {
+                    req.caps.insert(String::from_utf8_lossy(c).into_owned());
+                }
+                l = &l[..45];
+            }
+            first = false;
+        }
+        if !apply_arg(&mut req, l)? {
+            // deepen-since, deepen-not, filter: not supported; refuse clearly.
+            return Err(proto(format!(
+                "unsupported request line {:?}",
+                String::from_utf8_lossy(l)
+            )));
+        }
+    }
+    if req.wants.is_empty() && !body.is_empty() && req.haves.is_empty() && !req.done {
+        return Err(proto("no wants"));
+    }
+    Ok(req)
+}
+
+/// A v2 command request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct V2Request {
+    pub command: String,
+    pub args: Vec<Vec<u8>>,
+}
+
+/// Parses a v2 request: `command=X`, capabilities, delim, arguments, flush.
+pub fn parse_v2(body: &[u8]) -> Result<V2Request, UploadError> {
+    let mut r = Reader::new(body);
+    let mut req = V2Request::default();
+    let mut in_args = false;
+    while let Some(p) = r.next_pkt().map_err(proto)? {
+        match p {
+            Pkt::Data(d) => {
+                let l = pktline::chomp(d);
+                if in_args {
+                    req.args.push(l.to_vec());
+                } else if let Some(c) = l.strip_prefix(b"command=") {
+                    req.command = String::from_utf8_lossy(c).into_owned();
+                }
+            }
+            Pkt::Delim => in_args = true,
+            Pkt::Flush => break,
+            Pkt::ResponseEnd => {}
+        }
+    }
+    if req.command.is_empty() {
+        return Err(proto("no command"));
+    }
+    Ok(req)
+}
+
+/// `ls-refs`: the refs as v2 lists them.
+pub fn ls_refs(args: &[Vec<u8>], refs: &[AdRef], state: &RepoState) -> Vec<u8> {
+    let peel = args.iter().any(|a| a == b"peel");
+    let symrefs = args.iter().any(|a| a == b"symrefs");
+    let unborn = args.iter().any(|a| a == b"unborn");
+    let prefixes: Vec<&[u8]> = args
+        .iter()
+        .filter_map(|a| a.strip_prefix(b"ref-prefix "))
+        .collect();
+    let wanted =
+        |name: &str| prefixes.is_empty() || prefixes.iter().any(|p| name.as_bytes().starts_with(p));
+    let mut out = Vec::new();
+    if wanted("HEAD") {
+        match (head(state), state.symrefs.get("HEAD")) {
+            (Some((target, oid)), _) => {
+                let mut l = format!("{} HEAD", hex(&oid));
+                if symrefs {
+                    l.push_str(&format!(" symref-target:{target}"));
+                }
+                pktline::line(&mut out, &l);
+            }
+            (None, Some(target)) if unborn && symrefs => {
+                pktline::line(&mut out, &format!("unborn HEAD symref-target:{target}"));
+            }
+            _ => {}
+        }
+    }
+    for r in refs.iter().filter(|r| wanted(&r.name)) {
+        let mut l = format!("{} {}", hex(&r.oid), r.name);
+        if let (true, Some(p)) = (peel, r.peeled) {
+            l.push_str(&format!(" peeled:{}", hex(&p)));
+        }
+        pktline::line(&mut out, &l);
+    }
+    pktline::flush(&mut out);
+    out
+}
+
+/// Parses the arguments of a v2 `fetch`.
+pub fn parse_v2_fetch(args: &[Vec<u8>]) -> Result<FetchRequest, UploadError> {
+    let mut req = FetchRequest::default();
+    for a in args {
+        if !apply_arg(&mut req, a)? {
+            let s = String::from_utf8_lossy(a).into_owned();
+            match s.as_str() {
+                "thin-pack" | "ofs-delta" | "no-progress" | "include-tag" | "deepen-relative"
+                | "sideband-all" => {
+                    req.caps.insert(s);
+                }
+                _ if s.starts_with("server-option") || s.starts_with("agent") => {}
+                _ => return Err(proto(format!("unsupported fetch argument {s:?}"))),
+            }
+        }
+    }
+    req.caps.insert("side-band-64k".into());
+    Ok(req)
+}
+
+/// What a fetch sends: objects in pack order and the new shallow boundary.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub objects: Vec<RawObject>,
+    /// Commits sent without their parents (`deepen`).
+    pub shallow: Vec<Oid>,
+    /// How many entries are REF_DELTA against objects the client has.
+    pub thin: usize,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Queued {
+    time: i64,
+    depth: u32,
+    oid: Oid,
+    uninteresting: bool,
+}
+
+fn be(e: crate::backend::BackendError) -> UploadError {
+    UploadError::Backend(e.0)
+}
+
+/// The haves the repository knows: the common base of the negotiation.
+pub fn common(b: &impl Backend, repo: &str, haves: &[Oid]) -> Vec<Oid> {
+    let known = b.has_many(repo, haves);
+    haves
+        .iter()
+        .zip(known)
+        .filter(|(_, k)| *k)
+        .map(|(o, _)| *o)
+        .collect()
+}
+
+/// Works out which objects to send for `req` and reads their stored entries.
+pub async fn plan<B: Backend>(
+    b: &B,
+    repo: &str,
+    state: &RepoState,
+    refs: &[AdRef],
+    req: &FetchRequest,
+) -> Result<Plan, UploadError> {
+    // Every want must be reachable from a ref (allow-reachable-sha1-in-want): since
+    // every stored object of a repository is reachable from its refs or was part of a
+    // verified push, it is enough that the repository has it.
+    let has = b.has_many(repo, &req.wants);
+    if let Some((o, _)) = req.wants.iter().zip(has).find(|(_, h)| !h) {
+        return Err(UploadError::NotOurRef(hex(o)));
+    }
+    let common = common(b, repo, &req.haves);
+    let client_shallow: HashSet<Oid> = req.shallows.iter().copied().collect();
+
+    // Commit walk, newest first; commits reachable from the common haves are
+    // uninteresting (the client has them).
+    let mut heap = BinaryHeap::new();
+    let mut seen: HashMap<Oid, bool> = HashMap::new();
+    let mut commit_tree: HashMap<Oid, Oid> = HashMap::new();
+    let mut boundary_trees = Vec::new();
+    let mut send_commits = Vec::new();
+    let mut send_other = Vec::new(); // wanted non-commits (tags, trees, blobs)
+    let mut shallow = Vec::new();
+    let mut interesting = 0usize; // interesting entries in the heap
+    for w in &req.wants {
+        heap.push(Queued {
+            time: i64::MAX,
+            depth: 1,
+            oid: *w,
+            uninteresting: false,
+        });
+        interesting += 1;
+    }
+    for c in &common {
+        heap.push(Queued {
+            time: i64::MAX,
+            depth: 1,
+            oid: *c,
+            uninteresting: true,
+        });
+    }
+    while let Some(q) = heap.pop() {
+        if !q.uninteresting {
+            interesting -= 1;
+        } else if interesting == 0 {
+            // Only the client's side remains: nothing more can become sendable.
+            break;
+        }
+        match seen.get(&q.oid) {
+            Some(true) => continue,
+            Some(false) if !q.uninteresting => continue,
+            _ => {}
+        }
+        seen.insert(q.oid, q.uninteresting);
+        let Some((kind, content)) = b.object(repo, &q.oid).await.map_err(be)? else {
+            if q.uninteresting {
+                continue;
+            }
+            return Err(UploadError::Backend(format!(
+                "object {} is missing",
+                hex(&q.oid)
+            )));
+        };
+        match kind {
+            ObjectKind::Commit => {
+                let l = links(kind, &content).map_err(proto)?;
+                let tree = l.targets[0].0;
+                commit_tree.insert(q.oid, tree);
+                if q.uninteresting {
+                    boundary_trees.push(tree);
+                } else {
+                    send_commits.push(q.oid);
+                }
+                let cut = !q.uninteresting
+                    && (req.deepen.is_some_and(|d| q.depth >= d)
+                        || client_shallow.contains(&q.oid) && req.deepen.is_none());
+                if cut && !l.parents.is_empty() {
+                    shallow.push(q.oid);
+                    continue;
+                }
+                for p in l.parents {
+                    interesting += usize::from(!q.uninteresting);
+                    heap.push(Queued {
+                        time: l.commit_time,
+                        depth: q.depth + 1,
+                        oid: p,
+                        uninteresting: q.uninteresting,
+                    });
+                }
+            }
+            ObjectKind::Tag if !q.uninteresting => {
+                send_other.push(q.oid);
+                let l = links(kind, &content).map_err(proto)?;
+                let (target, tkind) = l.targets[0];
+                if tkind == ObjectKind::Commit {
+                    interesting += 1;
+                    heap.push(Queued {
+                        time: i64::MAX,
+                        depth: q.depth,
+                        oid: target,
+                        uninteresting: false,
+                    });
+                } else {
+                    send_other.push(target);
+                }
+            }
+            _ if !q.uninteresting => send_other.push(q.oid),
+            _ => {}
+        }
+    }
+
+    // Objects the client has: everything in the trees of the boundary commits.
+    let mut have_objects: HashSet<Oid> = HashSet::new();
+    for t in boundary_trees {
+        walk_tree(b, repo, t, &mut have_objects, &HashSet::new(), None).await?;
+    }
+    have_objects.extend(seen.iter().filter(|(_, u)| **u).map(|(o, _)| *o));
+
+    // Objects to send: commits, then their trees and blobs, then wanted others.
+    let mut order: Vec<Oid> = Vec::new();
+    let mut sent: HashSet<Oid> = HashSet::new();
+    for c in &send_commits {
+        if sent.insert(*c) {
+            order.push(*c);
+        }
+    }
+    for c in &send_commits {
+        if let Some(t) = commit_tree.get(c) {
+            walk_tree(b, repo, *t, &mut sent, &have_objects, Some(&mut order)).await?;
+        }
+    }
+    for o in send_other {
+        if have_objects.contains(&o) {
+            continue;
+        }
+        if let Some((ObjectKind::Tree, _)) = b.object(repo, &o).await.map_err(be)? {
+            walk_tree(b, repo, o, &mut sent, &have_objects, Some(&mut order)).await?;
+        } else if sent.insert(o) {
+            order.push(o);
+        }
+    }
+    // include-tag: annotated tags pointing at something we send.
+    if req.has("include-tag") {
+        for r in refs {
+            if let Some(p) = r.peeled {
+                if sent.contains(&p) && !have_objects.contains(&r.oid) && sent.insert(r.oid) {
+                    order.push(r.oid);
+                }
+            }
+        }
+    }
+    let _ = state;
+
+    // Read entries; bring in delta bases the client lacks; order bases first.
+    let thin_ok = req.has("thin-pack");
+    let mut raws: HashMap<Oid, RawObject> = HashMap::with_capacity(order.len());
+    let mut i = 0;
+    while i < order.len() {
+        let oid = order[i];
+        i += 1;
+        let raw = b
+            .raw(repo, &oid)
+            .await
+            .map_err(be)?
+            .ok_or_else(|| UploadError::Backend(format!("object {} is missing", hex(&oid))))?;
+        if let Some(base) = raw.base {
+            let client_has = thin_ok && have_objects.contains(&base);
+            if !client_has && !sent.contains(&base) {
+                sent.insert(base);
+                order.push(base);
+            }
+        }
+        raws.insert(oid, raw);
+        if i % 256 == 0 {
+            glommio::yield_if_needed().await;
+        }
+    }
+    let mut out = Vec::with_capacity(order.len());
+    let mut emitted: HashSet<Oid> = HashSet::with_capacity(order.len());
+    let mut thin = 0;
+    for oid in order {
+        // Emit the base chain first (iteratively), then the object.
+        let mut chain = vec![oid];
+        while let Some(base) = raws
+            .get(chain.last().expect("non-empty"))
+            .and_then(|r| r.base)
+        {
+            if emitted.contains(&base) || !raws.contains_key(&base) || chain.contains(&base) {
+                break;
+            }
+            chain.push(base);
+        }
+        for o in chain.into_iter().rev() {
+            if emitted.insert(o) {
+                if let Some(r) = raws.remove(&o) {
+                    if r.base.is_some_and(|b| !emitted.contains(&b)) {
+                        thin += 1;
+                    }
+                    out.push(r);
+                }
+            }
+        }
+    }
+    Ok(Plan {
+        objects: out,
+        shallow,
+        thin,
+    })
+}
+
+/// Adds every object of tree `t` not in `skip` to `seen` (and `order`).
+async fn walk_tree<B: Backend>(
+    b: &B,
+    repo: &str,
+    t: Oid,
+    seen: &mut HashSet<Oid>,
+    skip: &HashSet<Oid>,
+    mut order: Option<&mut Vec<Oid>>,
+) -> Result<(), UploadError> {
+    let mut stack = vec![(t, ObjectKind::Tree)];
+    while let Some((o, kind)) = stack.pop() {
+        if skip.contains(&o) || !seen.insert(o) {
+            continue;
+        }
+        if let Some(ord) = order.as_deref_mut() {
+            ord.push(o);
+        }
+        if kind == ObjectKind::Tree {
+            let Some((_, content)) = b.object(repo, &o).await.map_err(be)? else {
+                return Err(UploadError::Backend(format!("tree {} is missing", hex(&o))));
+            };
+            let l = links(ObjectKind::Tree, &content).map_err(proto)?;
+            stack.extend(l.targets);
+        }
+    }
+    Ok(())
+}
+
+/// Encodes the planned objects as pack bytes, in chunks handed to `emit`.
+pub fn encode_pack(plan: &Plan, mut emit: impl FnMut(Vec<u8>)) {
+    let (mut w, header) = PackWriter::new(plan.objects.len() as u32);
+    emit(header);
+    let mut index: HashMap<Oid, usize> = HashMap::with_capacity(plan.objects.len());
+    for (i, r) in plan.objects.iter().enumerate() {
+        let e = match r.base {
+            Some(base) => match index.get(&base) {
+                Some(&bi) => OutEntry::OfsDelta {
+                    base_index: bi,
+                    size: r.entry_size,
+                    deflated: &r.deflated,
+                },
+                None => OutEntry::RefDelta {
+                    base,
+                    size: r.entry_size,
+                    deflated: &r.deflated,
+                },
+            },
+            None => OutEntry::Full {
+                kind: r.kind,
+                size: r.entry_size,
+                deflated: &r.deflated,
+            },
+        };
+        emit(w.entry(&e));
+        index.insert(r.oid, i);
+    }
+    emit(w.finish());
+}
+
+/// Formats the v0 negotiation part of a response (before any pack).
+pub fn negotiation_v0(req: &FetchRequest, common: &[Oid]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let detailed = req.has("multi_ack_detailed");
+    let multi = detailed || req.has("multi_ack");
+    if multi {
+        for c in common {
+            pktline::line(&mut out, &format!("ACK {} common", hex(c)));
+        }
+    }
+    if req.done {
+        match common.last() {
+            Some(c) => pktline::line(&mut out, &format!("ACK {}", hex(c))),
+            None => pktline::line(&mut out, "NAK"),
+        }
+    } else {
+        pktline::line(&mut out, "NAK");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_v0_requests() {
+        let mut body = Vec::new();
+        let w = "1111111111111111111111111111111111111111";
+        pktline::line(
+            &mut body,
+            &format!(
+                "want {w} multi_ack_detailed side-band-64k thin-pack ofs-delta agent=git/2.47"
+            ),
+        );
+        pktline::line(&mut body, &format!("want {}", "2".repeat(40)));
+        pktline::line(&mut body, "deepen 1");
+        pktline::flush(&mut body);
+        pktline::line(&mut body, &format!("have {}", "3".repeat(40)));
+        pktline::line(&mut body, "done");
+        let r = parse_v0(&body).expect("valid");
+        assert_eq!(r.wants.len(), 2);
+        assert_eq!(r.haves.len(), 1);
+        assert_eq!(r.deepen, Some(1));
+        assert!(r.done && r.has("side-band-64k") && r.has("thin-pack"));
+    }
+
+    #[test]
+    fn refuses_bad_v0_requests() {
+        for body in [
+            &b"0009want\n"[..],
+            b"000ewant zzzz\n",
+            b"0014bogus line here\n",
+            b"00",
+        ] {
+            assert!(
+                parse_v0(body).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn advertises_an_empty_repository_with_capabilities() {
+        let state = RepoState::default();
+        let out = advertise_v0(&[], &state, "report-status");
+        let line = format!("{} capabilities^{{}}\0report-status\n", "0".repeat(40));
+        let expected = format!("{:04x}{line}0000", line.len() + 4);
+        assert_eq!(String::from_utf8_lossy(&out), expected);
+    }
+
+    #[test]
+    fn ls_refs_filters_and_peels() {
+        let mut state = RepoState::default();
+        state.refs.insert("refs/heads/main".into(), "1".repeat(40));
+        state
+            .symrefs
+            .insert("HEAD".into(), "refs/heads/main".into());
+        let refs = vec![
+            AdRef {
+                name: "refs/heads/main".into(),
+                oid: [0x11; 20],
+                peeled: None,
+            },
+            AdRef {
+                name: "refs/tags/v1".into(),
+                oid: [0x22; 20],
+                peeled: Some([0x33; 20]),
+            },
+        ];
+        let args = vec![
+            b"peel".to_vec(),
+            b"symrefs".to_vec(),
+            b"ref-prefix refs/tags/".to_vec(),
+            b"ref-prefix HEAD".to_vec(),
+        ];
+        let out = String::from_utf8(ls_refs(&args, &refs, &state)).expect("utf8");
+        assert!(out.contains("HEAD symref-target:refs/heads/main"), "{out}");
+        assert!(
+            out.contains(&format!("refs/tags/v1 peeled:{}", "33".repeat(20))),
+            "{out}"
+        );
+        assert!(!out.contains(" refs/heads/main\n"), "{out}");
+    }
+}
