@@ -143,10 +143,3 @@ pub fn ca_info(cert: &Path, cacert: Option<&Path>) -> Result<()> {
     }
     Ok(())
 }
-
-/// Commands whose implementation has not landed yet say so plainly.
-pub fn not_yet(what: &str) -> Result<()> {
-    bail!(
-        "`repospanner {what}` is not available yet in this build (see the README's status section)"
-    )
-}

@@ -62,6 +62,23 @@ pub struct Config {
     pub hooks: HooksSection,
     pub silly: SillySection,
     pub limits: Limits,
+    pub spawn: SpawnSection,
+}
+
+/// What `serve --spawn` creates in a new region.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpawnSection {
+    /// Repositories to create with the region (the quick start creates `test`).
+    pub repos: Vec<SpawnRepo>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnRepo {
+    pub name: String,
+    #[serde(default)]
+    pub public: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

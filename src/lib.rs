@@ -3,8 +3,12 @@
 //! lives here ([`commands`]), and the configuration file is read and validated in
 //! [`config`].
 
+pub mod admin;
 pub mod commands;
 pub mod config;
+pub mod node;
+pub mod quickstart;
+pub mod serve;
 
 /// The version reported by `repospanner version` and in the git agent string.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -129,7 +129,11 @@ enum RepoCommand {
         #[arg(long)]
         public: bool,
     },
-    List,
+    List {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
     Delete {
         name: String,
     },
@@ -137,6 +141,9 @@ enum RepoCommand {
         name: String,
         #[arg(long)]
         public: Option<bool>,
+        /// Accept non-fast-forward (force) pushes.
+        #[arg(long)]
+        allow_non_fast_forward: Option<bool>,
         /// SYM=TARGET to set a symbolic ref, SYM= to delete it.
         symrefs: Vec<String>,
     },
@@ -146,7 +153,8 @@ enum RepoCommand {
 struct QuickstartArgs {
     #[arg(long, default_value = "quickstart")]
     dir: PathBuf,
-    #[arg(long, default_value_t = 3)]
+    /// Nodes in the region (1 until replication lands).
+    #[arg(long, default_value_t = 1)]
     nodes: u32,
     #[arg(long, default_value_t = 8443)]
     port: u16,
@@ -208,21 +216,68 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ca(CaCommand::Info { cert, cacert }) => {
             commands::ca_info(&cert, cacert.as_deref())
         }
-        Command::Serve(_) => {
-            config()?.serve()?;
-            commands::not_yet("serve")
+        Command::Serve(args) => {
+            let config = config()?;
+            if args.debug {
+                tracing::debug!("debug logging requested; set RUST_LOG=debug for everything");
+            }
+            match (args.spawn, args.joinnode) {
+                (true, _) => repospanner::serve::spawn(&config),
+                (false, Some(url)) => {
+                    config.serve()?;
+                    anyhow::bail!("joining {url}: joining a region needs replication, which is not available yet")
+                }
+                (false, None) => repospanner::serve::serve(&config),
+            }
         }
-        Command::Admin(_) => {
-            config()?.admin()?;
-            commands::not_yet("admin")
+        Command::Admin(cmd) => {
+            let admin = config()?.admin()?;
+            match cmd {
+                AdminCommand::Repo(RepoCommand::Create { name, public }) => {
+                    repospanner::admin::repo_create(&admin, &name, public)
+                }
+                AdminCommand::Repo(RepoCommand::Delete { name }) => {
+                    repospanner::admin::repo_delete(&admin, &name)
+                }
+                AdminCommand::Repo(RepoCommand::List { json }) => {
+                    repospanner::admin::repo_list(&admin, json)
+                }
+                AdminCommand::Repo(RepoCommand::Edit {
+                    name,
+                    public,
+                    allow_non_fast_forward,
+                    symrefs,
+                }) => repospanner::admin::repo_edit(
+                    &admin,
+                    &name,
+                    public,
+                    allow_non_fast_forward,
+                    &symrefs,
+                ),
+                AdminCommand::Nodestatus { json, nagios } => {
+                    let code = repospanner::admin::nodestatus(&admin, json, nagios)?;
+                    if code != 0 {
+                        std::process::exit(code);
+                    }
+                    Ok(())
+                }
+            }
         }
-        Command::Quickstart(_) => commands::not_yet("quickstart"),
+        Command::Quickstart(q) => {
+            repospanner::quickstart::run(&repospanner::quickstart::Quickstart {
+                dir: q.dir,
+                nodes: q.nodes,
+                port: q.port,
+                no_start: q.no_start,
+            })
+        }
     }
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -7,3 +7,6 @@
 
 pub mod backend;
 pub mod git;
+pub mod http;
+pub mod service;
+pub mod tls;

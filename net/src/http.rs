@@ -1,0 +1,245 @@
+//! HTTP/1.1 over TLS on glommio: the accept loop, the adapter from futures-io to
+//! hyper's I/O traits, a glommio timer for hyper (header read timeout), and body
+//! helpers (bounded collection, gzip request bodies, streamed responses).
+
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_lite::{AsyncRead, AsyncWrite};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use rustls::ServerConfig;
+use rustls_pki_types::CertificateDer;
+use tracing::{debug, info, warn};
+
+/// Response bodies: a whole buffer or a stream fed by a task.
+pub type Body = UnsyncBoxBody<Bytes, io::Error>;
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A response body fed through a bounded channel: the producer waits while the client
+/// is slow, so a large pack is never held whole in memory.
+pub fn channel() -> (futures_channel::mpsc::Sender<Bytes>, Body) {
+    use futures_util::StreamExt;
+    let (tx, rx) = futures_channel::mpsc::channel::<Bytes>(8);
+    let body = http_body_util::StreamBody::new(rx.map(|b| Ok::<_, io::Error>(Frame::data(b))));
+    (tx, BodyExt::boxed_unsync(body))
+}
+
+/// futures-io stream → hyper I/O.
+#[derive(Debug)]
+pub struct Io<T>(pub T);
+
+impl<T: AsyncRead + Unpin> hyper::rt::Read for Io<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        // SAFETY: the unfilled part is zeroed before it is viewed as `[u8]`, and we
+        // advance by exactly the number of bytes the reader wrote into it.
+        unsafe {
+            let unfilled: &mut [MaybeUninit<u8>] = buf.as_mut();
+            for b in unfilled.iter_mut() {
+                b.write(0);
+            }
+            let slice = &mut *(unfilled as *mut [MaybeUninit<u8>] as *mut [u8]);
+            match Pin::new(&mut self.0).poll_read(cx, slice) {
+                Poll::Ready(Ok(n)) => {
+                    buf.advance(n);
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> hyper::rt::Write for Io<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+/// hyper's timer on glommio.
+#[derive(Debug, Clone, Copy)]
+pub struct Timer;
+
+struct Sleep(glommio::timer::Timer);
+
+// SAFETY: hyper requires `Send + Sync` sleeps, but every connection future (and so
+// every sleep it creates) lives and is polled on the single executor thread that
+// spawned it with `spawn_local`; it is never moved to or touched from another thread.
+unsafe impl Send for Sleep {}
+unsafe impl Sync for Sleep {}
+
+impl Future for Sleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(|_| ())
+    }
+}
+
+impl hyper::rt::Sleep for Sleep {}
+
+impl hyper::rt::Timer for Timer {
+    fn sleep(&self, d: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(Sleep(glommio::timer::Timer::new(d)))
+    }
+    fn sleep_until(&self, at: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep(at.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// Why a request body was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body is larger than the limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("reading the request body: {0}")]
+    Read(String),
+    #[error("request body is not valid gzip")]
+    Gzip,
+}
+
+/// Collects a request body up to `max` bytes, inflating `Content-Encoding: gzip`
+/// (with the same limit on the inflated size).
+pub async fn collect(req: Request<Incoming>, max: u64) -> Result<Vec<u8>, BodyError> {
+    let gzip = req
+        .headers()
+        .get(hyper::header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let mut body = req.into_body();
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() as u64 + data.len() as u64 > max {
+                return Err(BodyError::TooLarge(max));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    if gzip {
+        use std::io::Read;
+        let mut inflated = Vec::new();
+        flate2::read::GzDecoder::new(&out[..])
+            .take(max + 1)
+            .read_to_end(&mut inflated)
+            .map_err(|_| BodyError::Gzip)?;
+        if inflated.len() as u64 > max {
+            return Err(BodyError::TooLarge(max));
+        }
+        return Ok(inflated);
+    }
+    Ok(out)
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The verified client certificate, if one was presented.
+    pub cert: Option<CertificateDer<'static>>,
+}
+
+/// Accepts TLS connections on `addr` forever and serves HTTP/1.1 with `handle`.
+/// At most `connections_max` connections are served at once.
+pub async fn serve<H, F>(
+    addr: SocketAddr,
+    tls: Arc<ServerConfig>,
+    connections_max: u32,
+    handle: H,
+) -> io::Result<()>
+where
+    H: Fn(Request<Incoming>, Rc<Peer>) -> F + Clone + 'static,
+    F: Future<Output = Response<Body>> + 'static,
+{
+    let listener = glommio::net::TcpListener::bind(addr)?;
+    info!(%addr, "listening");
+    let acceptor = futures_rustls::TlsAcceptor::from(tls);
+    let slots = Rc::new(glommio::sync::Semaphore::new(u64::from(connections_max)));
+    loop {
+        let permit = slots
+            .clone()
+            .acquire_static_permit(1)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let peer_addr = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let acceptor = acceptor.clone();
+        let handle = handle.clone();
+        glommio::spawn_local(async move {
+            let _permit = permit;
+            let tls = match glommio::timer::timeout(Duration::from_secs(30), async {
+                acceptor
+                    .accept(stream)
+                    .await
+                    .map_err(glommio::GlommioError::IoError)
+            })
+            .await
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    debug!(peer = %peer_addr, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.clone().into_owned());
+            let peer = Rc::new(Peer {
+                addr: peer_addr,
+                cert,
+            });
+            let svc = hyper::service::service_fn(move |req| {
+                let fut = handle(req, peer.clone());
+                async move { Ok::<_, std::convert::Infallible>(fut.await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(Timer)
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(Io(tls), svc);
+            if let Err(e) = conn.await {
+                debug!(peer = %peer_addr, error = %e, "connection ended with an error");
+            }
+        })
+        .detach();
+    }
+}

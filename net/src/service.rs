@@ -1,0 +1,692 @@
+//! The HTTP endpoints: git smart HTTP under `/repo/<name>.git/`, the admin API under
+//! `/admin/`, and the node endpoint. Authorization comes from the verified client
+//! certificate on every request; a repository the principal may not see, or that does
+//! not exist, is a 404 either way, so names do not leak.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use repospanner_ca::{allows, Permission, Principal};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::backend::{Backend, RepoState};
+use crate::git::pack::Limits as PackLimits;
+use crate::git::pktline;
+use crate::git::receive;
+use crate::git::refs::valid_repo_name;
+use crate::git::upload::{self, FetchRequest};
+use crate::http::{self, Body, Peer};
+
+/// Limits on what a request may carry.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub pack_bytes_max: u64,
+    pub object_bytes_max: u64,
+    pub refs_per_push_max: u32,
+    /// Largest negotiation (upload-pack request) body.
+    pub negotiation_bytes_max: u64,
+}
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct Ctx<B> {
+    pub backend: B,
+    pub cluster: String,
+    pub region: String,
+    pub node_name: String,
+    pub limits: Limits,
+}
+
+fn respond(status: StatusCode, ctype: &str, body: impl Into<Bytes>, node: &str) -> Response<Body> {
+    let mut r = Response::new(http::full(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    let set = |h: &mut hyper::HeaderMap, k: &'static str, v: &str| {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(v) {
+            h.insert(k, v);
+        }
+    };
+    set(h, "content-type", ctype);
+    set(h, "cache-control", "no-cache");
+    set(h, "strict-transport-security", "max-age=31536000");
+    set(h, "x-content-type-options", "nosniff");
+    set(h, "x-frame-options", "DENY");
+    set(h, "content-security-policy", "default-src 'none'");
+    set(h, "x-repospanner-nodename", node);
+    r
+}
+
+fn text(status: StatusCode, msg: &str, node: &str) -> Response<Body> {
+    respond(
+        status,
+        "text/plain; charset=utf-8",
+        format!("{msg}\n"),
+        node,
+    )
+}
+
+/// The principal behind the connection's certificate, if any.
+fn principal(peer: &Peer, cluster: &str) -> Result<Option<Principal>, String> {
+    match &peer.cert {
+        None => Ok(None),
+        Some(der) => Principal::from_verified_der(der, cluster)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// Splits `/repo/<name>.git/<rest>` into (name, rest).
+pub fn split_repo_path(path: &str) -> Option<(&str, &str)> {
+    let p = path.strip_prefix("/repo/")?;
+    let mut at = 0;
+    for seg in p.split('/') {
+        at += seg.len();
+        if let Some(name) = seg.strip_suffix(".git") {
+            let _ = name;
+            let full = &p[..at - 4];
+            let rest = p[at..].strip_prefix('/').unwrap_or(&p[at..]);
+            return Some((full, rest));
+        }
+        at += 1;
+    }
+    None
+}
+
+/// Handles one request on the user listener.
+pub async fn handle_user<B: Backend + 'static>(
+    ctx: Rc<Ctx<B>>,
+    req: Request<Incoming>,
+    peer: Rc<Peer>,
+) -> Response<Body> {
+    let node = ctx.node_name.clone();
+    let who = match principal(&peer, &ctx.cluster) {
+        Ok(p) => p,
+        Err(e) => {
+            return text(
+                StatusCode::FORBIDDEN,
+                &format!("certificate not accepted: {e}"),
+                &node,
+            )
+        }
+    };
+    if matches!(who, Some(Principal::Node { .. })) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "node certificates are not accepted on the user endpoint",
+            &node,
+        );
+    }
+    let path = req.uri().path().to_owned();
+    if path == "/" {
+        let name = match &who {
+            Some(Principal::User { name, .. }) => name.clone(),
+            _ => "anonymous".into(),
+        };
+        return text(
+            StatusCode::OK,
+            &format!(
+                "Hello {name}, welcome to repoSpanner-rs {}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            &node,
+        );
+    }
+    if let Some(op) = path.strip_prefix("/admin/") {
+        return admin(&ctx, who.as_ref(), op, req).await;
+    }
+    let Some((repo, rest)) = split_repo_path(&path) else {
+        return text(StatusCode::NOT_FOUND, "not found", &node);
+    };
+    let repo = repo.to_owned();
+    if !valid_repo_name(&repo) {
+        return text(StatusCode::NOT_FOUND, "repository not found", &node);
+    }
+    let state = match ctx.backend.repo(&repo).await {
+        Ok(s) => s,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.0, &node),
+    };
+    let can = |perm| {
+        who.as_ref()
+            .is_some_and(|p| allows(p, &ctx.region, &repo, perm))
+    };
+    let readable = state.as_ref().is_some_and(|s| s.public) || can(Permission::Read);
+    let Some(state) = state.filter(|_| readable) else {
+        return text(StatusCode::NOT_FOUND, "repository not found", &node);
+    };
+    let service = if rest == "info/refs" {
+        let q = req.uri().query().unwrap_or("");
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("service="))
+            .unwrap_or("")
+            .to_owned()
+    } else {
+        rest.to_owned()
+    };
+    let writing = service == "git-receive-pack";
+    if writing && !(can(Permission::Read) && can(Permission::Write)) {
+        // Readers learn nothing more than that they may not push.
+        return text(
+            StatusCode::FORBIDDEN,
+            "you may not push to this repository",
+            &node,
+        );
+    }
+    let v2 = req
+        .headers()
+        .get("git-protocol")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(':').any(|p| p == "version=2"));
+    match (req.method(), rest, service.as_str()) {
+        (&Method::GET, "info/refs", "git-upload-pack" | "git-receive-pack") => {
+            info_refs(&ctx, &repo, &state, &service, v2 && !writing).await
+        }
+        (&Method::GET, "info/refs", _) => text(
+            StatusCode::FORBIDDEN,
+            "only the smart HTTP protocol is served",
+            &node,
+        ),
+        (&Method::POST, "git-upload-pack", _) => {
+            upload_pack(ctx.clone(), repo, state, req, v2).await
+        }
+        (&Method::POST, "git-receive-pack", _) => receive_pack(ctx.clone(), repo, state, req).await,
+        _ => text(StatusCode::NOT_FOUND, "not found", &node),
+    }
+}
+
+async fn info_refs<B: Backend>(
+    ctx: &Ctx<B>,
+    repo: &str,
+    state: &RepoState,
+    service: &str,
+    v2: bool,
+) -> Response<Body> {
+    let node = &ctx.node_name;
+    let mut out = Vec::new();
+    pktline::line(&mut out, &format!("# service={service}"));
+    pktline::flush(&mut out);
+    if v2 {
+        out.extend(upload::advertise_v2());
+    } else {
+        let refs = match upload::refs_of(&ctx.backend, repo, state).await {
+            Ok(r) => r,
+            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), node),
+        };
+        let caps = if service == "git-receive-pack" {
+            let mut c = receive::receive_caps();
+            if let Some(t) = state.symrefs.get("HEAD") {
+                c.push_str(&format!(" symref=HEAD:{t}"));
+            }
+            c
+        } else {
+            upload::upload_caps(state)
+        };
+        // receive-pack advertises no peeled lines and no HEAD.
+        if service == "git-receive-pack" {
+            let plain: Vec<_> = refs
+                .into_iter()
+                .map(|r| upload::AdRef { peeled: None, ..r })
+                .collect();
+            let mut s = state.clone();
+            s.symrefs.remove("HEAD");
+            out.extend(upload::advertise_v0(&plain, &s, &caps));
+        } else {
+            out.extend(upload::advertise_v0(&refs, state, &caps));
+        }
+    }
+    respond(
+        StatusCode::OK,
+        &format!("application/x-{service}-advertisement"),
+        out,
+        node,
+    )
+}
+
+/// Wraps `payload` for the client: on side-band 1 if it asked for side-band.
+fn band(sideband: Option<usize>, out: &mut Vec<u8>, payload: &[u8]) {
+    match sideband {
+        Some(max) => pktline::sideband(out, 1, payload, max),
+        None => out.extend_from_slice(payload),
+    }
+}
+
+fn sideband_of(req: &FetchRequest) -> Option<usize> {
+    if req.has("side-band-64k") {
+        Some(pktline::MAX_PKT)
+    } else if req.has("side-band") {
+        Some(1000)
+    } else {
+        None
+    }
+}
+
+async fn upload_pack<B: Backend + 'static>(
+    ctx: Rc<Ctx<B>>,
+    repo: String,
+    state: RepoState,
+    req: Request<Incoming>,
+    v2: bool,
+) -> Response<Body> {
+    let node = ctx.node_name.clone();
+    let ctype = "application/x-git-upload-pack-result";
+    let body = match http::collect(req, ctx.limits.negotiation_bytes_max).await {
+        Ok(b) => b,
+        Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string(), &node),
+    };
+    let refs = match upload::refs_of(&ctx.backend, &repo, &state).await {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), &node),
+    };
+    let (fetch, v2_fetch) = if v2 {
+        let r = match upload::parse_v2(&body) {
+            Ok(r) => r,
+            Err(e) => return git_error(&e.to_string(), &node, ctype),
+        };
+        match r.command.as_str() {
+            "ls-refs" => {
+                return respond(
+                    StatusCode::OK,
+                    ctype,
+                    upload::ls_refs(&r.args, &refs, &state),
+                    &node,
+                )
+            }
+            "fetch" => match upload::parse_v2_fetch(&r.args) {
+                Ok(f) => (f, true),
+                Err(e) => return git_error(&e.to_string(), &node, ctype),
+            },
+            other => return git_error(&format!("unknown command {other:?}"), &node, ctype),
+        }
+    } else {
+        match upload::parse_v0(&body) {
+            Ok(f) => (f, false),
+            Err(e) => return git_error(&e.to_string(), &node, ctype),
+        }
+    };
+    if fetch.wants.is_empty() {
+        return respond(StatusCode::OK, ctype, Vec::new(), &node);
+    }
+    let common = upload::common(&ctx.backend, &repo, &fetch.haves);
+    if !fetch.done {
+        // Another negotiation round.
+        let out = if v2_fetch {
+            let mut o = Vec::new();
+            pktline::line(&mut o, "acknowledgments");
+            if common.is_empty() {
+                pktline::line(&mut o, "NAK");
+            }
+            for c in &common {
+                pktline::line(&mut o, &format!("ACK {}", crate::git::hex(c)));
+            }
+            pktline::flush(&mut o);
+            o
+        } else {
+            upload::negotiation_v0(&fetch, &common)
+        };
+        return respond(StatusCode::OK, ctype, out, &node);
+    }
+    let (mut tx, body) = http::channel();
+    glommio::spawn_local(async move {
+        let sideband = sideband_of(&fetch);
+        let progress = !fetch.has("no-progress");
+        let plan = match upload::plan(&ctx.backend, &repo, &state, &refs, &fetch).await {
+            Ok(p) => p,
+            Err(e) => {
+                let mut o = Vec::new();
+                pktline::data(&mut o, format!("ERR {e}\n").as_bytes());
+                let _ = tx.send(Bytes::from(o)).await;
+                return;
+            }
+        };
+        let mut head = Vec::new();
+        if v2_fetch {
+            if fetch.deepen.is_some() || !plan.shallow.is_empty() {
+                pktline::line(&mut head, "shallow-info");
+                for s in &plan.shallow {
+                    pktline::line(&mut head, &format!("shallow {}", crate::git::hex(s)));
+                }
+                pktline::delim(&mut head);
+            }
+            pktline::line(&mut head, "packfile");
+        } else {
+            if fetch.deepen.is_some() {
+                for s in &plan.shallow {
+                    pktline::line(&mut head, &format!("shallow {}", crate::git::hex(s)));
+                }
+                pktline::flush(&mut head);
+            }
+            head.extend(upload::negotiation_v0(&fetch, &common));
+        }
+        if progress && sideband.is_some() {
+            let msg = format!(
+                "repoSpanner-rs: sending {} objects ({} as thin deltas)\n",
+                plan.objects.len(),
+                plan.thin
+            );
+            pktline::sideband(&mut head, 2, msg.as_bytes(), sideband.unwrap_or(1000));
+        }
+        if tx.send(Bytes::from(head)).await.is_err() {
+            return;
+        }
+        let mut chunks = Vec::new();
+        upload::encode_pack(&plan, |b| chunks.push(b));
+        let mut buf = Vec::new();
+        for c in chunks {
+            band(sideband, &mut buf, &c);
+            if buf.len() >= 256 << 10
+                && tx
+                    .send(Bytes::from(std::mem::take(&mut buf)))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+        pktline::flush(&mut buf);
+        let _ = tx.send(Bytes::from(buf)).await;
+        info!(repo = %repo, objects = plan.objects.len(), "served a pack");
+    })
+    .detach();
+    let mut r = Response::new(body);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
+        r.headers_mut().insert("content-type", v);
+    }
+    r
+}
+
+fn git_error(msg: &str, node: &str, ctype: &str) -> Response<Body> {
+    let mut o = Vec::new();
+    pktline::data(&mut o, format!("ERR {msg}\n").as_bytes());
+    respond(StatusCode::OK, ctype, o, node)
+}
+
+async fn receive_pack<B: Backend + 'static>(
+    ctx: Rc<Ctx<B>>,
+    repo: String,
+    state: RepoState,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let node = ctx.node_name.clone();
+    let ctype = "application/x-git-receive-pack-result";
+    let body = match http::collect(req, ctx.limits.pack_bytes_max).await {
+        Ok(b) => b,
+        Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string(), &node),
+    };
+    if body == b"0000" {
+        // git's probe before a large chunked POST.
+        return respond(StatusCode::OK, ctype, Vec::new(), &node);
+    }
+    let push = match receive::parse_push(&body, ctx.limits.refs_per_push_max as usize) {
+        Ok(p) => p,
+        Err(e) => return git_error(&e.to_string(), &node, ctype),
+    };
+    if push.commands.is_empty() {
+        return respond(StatusCode::OK, ctype, Vec::new(), &node);
+    }
+    let (mut tx, out) = http::channel();
+    glommio::spawn_local(async move {
+        let sideband = push
+            .caps
+            .contains("side-band-64k")
+            .then_some(pktline::MAX_PKT);
+        let quiet = push.caps.contains("quiet");
+        let limits = PackLimits {
+            object_bytes_max: ctx.limits.object_bytes_max,
+            ..PackLimits::default()
+        };
+        let progress_tx = tx.clone();
+        let progress = move |msg: String| {
+            if let (Some(max), false) = (sideband, quiet) {
+                let mut o = Vec::new();
+                pktline::sideband(&mut o, 2, format!("{msg}\n").as_bytes(), max);
+                // Progress is best effort: dropped if the client is slow.
+                let _ = progress_tx.clone().try_send(Bytes::from(o));
+            }
+        };
+        let report = receive::receive(
+            &ctx.backend,
+            &repo,
+            &state,
+            &push,
+            &body[push.pack_at..],
+            &limits,
+            progress,
+        )
+        .await;
+        for (name, r) in &report.refs {
+            match r {
+                Ok(()) => info!(repo = %repo, r#ref = %name, "ref updated"),
+                Err(e) => warn!(repo = %repo, r#ref = %name, reason = %e, "ref update refused"),
+            }
+        }
+        let mut o = Vec::new();
+        band(sideband, &mut o, &report.encode());
+        if sideband.is_some() {
+            pktline::flush(&mut o);
+        }
+        let _ = tx.send(Bytes::from(o)).await;
+    })
+    .detach();
+    let mut r = Response::new(out);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
+        r.headers_mut().insert("content-type", v);
+    }
+    r
+}
+
+#[derive(Debug, Deserialize)]
+struct RepoRequest {
+    #[serde(rename = "Reponame")]
+    reponame: String,
+    #[serde(rename = "Public", default)]
+    public: bool,
+    #[serde(rename = "UpdateRequest", default)]
+    update: BTreeMap<String, String>,
+}
+
+fn json(status: StatusCode, v: &serde_json::Value, node: &str) -> Response<Body> {
+    respond(status, "application/json", v.to_string(), node)
+}
+
+fn outcome(r: Result<String, String>, node: &str) -> Response<Body> {
+    match r {
+        Ok(info) => json(
+            StatusCode::OK,
+            &serde_json::json!({"Success": true, "Error": "", "Info": info}),
+            node,
+        ),
+        Err(e) => json(
+            StatusCode::OK,
+            &serde_json::json!({"Success": false, "Error": e, "Info": ""}),
+            node,
+        ),
+    }
+}
+
+async fn admin<B: Backend>(
+    ctx: &Ctx<B>,
+    who: Option<&Principal>,
+    op: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let node = &ctx.node_name;
+    let is_admin = who.is_some_and(|p| {
+        allows(p, &ctx.region, "*", Permission::Admin)
+            || allows(p, &ctx.region, "", Permission::Admin)
+    });
+    if !is_admin {
+        return text(StatusCode::UNAUTHORIZED, "admin permission required", node);
+    }
+    let method = req.method().clone();
+    match (op, method) {
+        ("nodestatus", Method::GET) => json(StatusCode::OK, &ctx.backend.node_status(), node),
+        ("listrepos", Method::GET) => match ctx.backend.list_repos().await {
+            Ok(repos) => {
+                let v: serde_json::Map<String, serde_json::Value> = repos
+                    .into_iter()
+                    .map(|(n, s)| {
+                        (n, serde_json::json!({"Public": s.public, "Refs": s.refs, "Symrefs": s.symrefs, "AllowNonFastForward": s.allow_non_fast_forward}))
+                    })
+                    .collect();
+                json(StatusCode::OK, &serde_json::json!({"Repos": v}), node)
+            }
+            Err(e) => json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &serde_json::json!({"Error": e.0}),
+                node,
+            ),
+        },
+        ("createrepo" | "deleterepo" | "editrepo", Method::POST) => {
+            let body = match http::collect(req, 1 << 20).await {
+                Ok(b) => b,
+                Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string(), node),
+            };
+            let r: RepoRequest = match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        &format!("invalid request: {e}"),
+                        node,
+                    )
+                }
+            };
+            if !valid_repo_name(&r.reponame) {
+                return outcome(
+                    Err(format!("invalid repository name {:?}", r.reponame)),
+                    node,
+                );
+            }
+            let result = match op {
+                "createrepo" => ctx
+                    .backend
+                    .create_repo(&r.reponame, r.public)
+                    .await
+                    .map(|()| String::new()),
+                "deleterepo" => ctx
+                    .backend
+                    .delete_repo(&r.reponame)
+                    .await
+                    .map(|()| String::new()),
+                _ => edit(ctx, &r).await,
+            };
+            outcome(result.map_err(|e| e.0), node)
+        }
+        ("createrepo" | "deleterepo" | "editrepo", _) => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "POST required", node)
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found", node),
+    }
+}
+
+async fn edit<B: Backend>(
+    ctx: &Ctx<B>,
+    r: &RepoRequest,
+) -> Result<String, crate::backend::BackendError> {
+    let bad = |m: String| crate::backend::BackendError(m);
+    let parse_bool = |k: &str| -> Result<Option<bool>, crate::backend::BackendError> {
+        match r.update.get(k).map(String::as_str) {
+            None => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(v) => Err(bad(format!("{k}: expected true or false, got {v:?}"))),
+        }
+    };
+    let public = parse_bool("public")?;
+    let force = parse_bool("allow-non-fast-forward")?;
+    let mut symrefs = Vec::new();
+    if let Some(s) = r.update.get("update-symref") {
+        for pair in s.split_whitespace() {
+            let (name, target) = pair
+                .split_once('=')
+                .ok_or_else(|| bad(format!("invalid symref update {pair:?}")))?;
+            let ok_name = name == "HEAD" || crate::git::refs::valid_ref_name(name.as_bytes());
+            if !ok_name
+                || (!target.is_empty() && !crate::git::refs::valid_ref_name(target.as_bytes()))
+            {
+                return Err(bad(format!("invalid symref update {pair:?}")));
+            }
+            symrefs.push((
+                name.to_owned(),
+                (!target.is_empty()).then(|| target.to_owned()),
+            ));
+        }
+    }
+    for k in r.update.keys() {
+        if !matches!(
+            k.as_str(),
+            "public" | "allow-non-fast-forward" | "update-symref"
+        ) {
+            return Err(bad(format!("unknown setting {k:?}")));
+        }
+    }
+    ctx.backend
+        .edit_repo(&r.reponame, public, force, &symrefs)
+        .await
+        .map(|()| String::new())
+}
+
+/// Handles one request on the node listener: node certificates of this cluster and
+/// region only.
+pub async fn handle_node<B: Backend>(
+    ctx: Rc<Ctx<B>>,
+    req: Request<Incoming>,
+    peer: Rc<Peer>,
+) -> Response<Body> {
+    let node = ctx.node_name.clone();
+    match principal(&peer, &ctx.cluster) {
+        Ok(Some(Principal::Node { region, .. })) if region == ctx.region => {}
+        Ok(Some(Principal::Node { .. })) => {
+            return text(StatusCode::FORBIDDEN, "node of another region", &node)
+        }
+        Ok(_) => {
+            return text(
+                StatusCode::FORBIDDEN,
+                "a node certificate is required on this endpoint",
+                &node,
+            )
+        }
+        Err(e) => {
+            return text(
+                StatusCode::FORBIDDEN,
+                &format!("certificate not accepted: {e}"),
+                &node,
+            )
+        }
+    }
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/rpc/ping") => text(StatusCode::OK, "pong", &node),
+        (&Method::GET, "/rpc/nodestatus") => {
+            json(StatusCode::OK, &ctx.backend.node_status(), &node)
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found", &node),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_paths() {
+        assert_eq!(
+            split_repo_path("/repo/test.git/info/refs"),
+            Some(("test", "info/refs"))
+        );
+        assert_eq!(
+            split_repo_path("/repo/rpms/bash.git/git-upload-pack"),
+            Some(("rpms/bash", "git-upload-pack"))
+        );
+        assert_eq!(split_repo_path("/repo/x.git"), Some(("x", "")));
+        assert_eq!(split_repo_path("/repo/nogit/info/refs"), None);
+        assert_eq!(split_repo_path("/other/x.git/info/refs"), None);
+        let (name, _) = split_repo_path("/repo/../x.git/info/refs").expect("splits");
+        assert!(!valid_repo_name(name));
+        let (name, _) = split_repo_path("/repo/%2e%2e/x.git/info/refs").expect("splits");
+        assert!(!valid_repo_name(name));
+    }
+}

@@ -1,0 +1,272 @@
+//! `repospanner admin ...`: a small blocking HTTPS client for a node's admin API, with
+//! the admin certificate from `admin.*`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use rustls_pki_types::ServerName;
+use serde_json::Value;
+
+use crate::config::AdminConfig;
+
+/// One HTTP response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// Sends one request to the node at `url` and reads the whole reply.
+pub fn request(
+    url: &str,
+    ca_pem: &[u8],
+    identity: Option<(&[u8], &[u8])>,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Reply> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| anyhow!("{url}: only https:// is supported"))?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (
+            h.trim_start_matches('[').trim_end_matches(']'),
+            p.parse::<u16>().with_context(|| format!("port in {url}"))?,
+        ),
+        _ => (hostport, 443),
+    };
+    let config: Arc<rustls::ClientConfig> = repospanner_net::tls::client_config(ca_pem, identity)?;
+    let name =
+        ServerName::try_from(host.to_owned()).with_context(|| format!("server name {host}"))?;
+    let conn = rustls::ClientConnection::new(config, name)?;
+    let tcp =
+        TcpStream::connect((host, port)).with_context(|| format!("connecting to {host}:{port}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nUser-Agent: repospanner-admin\r\n");
+    if body.is_some() {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            payload.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(&payload);
+    tls.write_all(req.as_bytes())
+        .with_context(|| format!("sending to {url}"))?;
+    let mut raw = Vec::new();
+    match tls.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // The server may close without close_notify after a complete reply.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e).with_context(|| format!("reading the reply from {url}")),
+    }
+    parse_reply(&raw)
+}
+
+fn parse_reply(raw: &[u8]) -> Result<Reply> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("malformed HTTP reply"))?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("malformed HTTP status line"))?;
+    let chunked = lines.any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
+    });
+    let mut body = raw[split + 4..].to_vec();
+    if chunked {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some(nl) = body[at..].windows(2).position(|w| w == b"\r\n") {
+            let size =
+                usize::from_str_radix(String::from_utf8_lossy(&body[at..at + nl]).trim(), 16)
+                    .unwrap_or(0);
+            at += nl + 2;
+            if size == 0 || at + size > body.len() {
+                break;
+            }
+            out.extend_from_slice(&body[at..at + size]);
+            at += size + 2;
+        }
+        body = out;
+    }
+    Ok(Reply { status, body })
+}
+
+fn admin_call(cfg: &AdminConfig, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+    let r = request(
+        &cfg.url,
+        &cfg.ca_pem,
+        Some((&cfg.cert_pem, &cfg.key_pem)),
+        method,
+        path,
+        body,
+    )?;
+    if r.status != 200 {
+        bail!(
+            "{} answered {}: {}",
+            cfg.url,
+            r.status,
+            String::from_utf8_lossy(&r.body).trim()
+        );
+    }
+    serde_json::from_slice(&r.body).with_context(|| format!("{} sent an invalid reply", cfg.url))
+}
+
+fn outcome(v: &Value) -> Result<()> {
+    if v["Success"].as_bool() == Some(true) {
+        Ok(())
+    } else {
+        bail!(
+            "{}",
+            v["Error"]
+                .as_str()
+                .unwrap_or("the node refused the request")
+        )
+    }
+}
+
+pub fn repo_create(cfg: &AdminConfig, name: &str, public: bool) -> Result<()> {
+    let v = admin_call(
+        cfg,
+        "POST",
+        "/admin/createrepo",
+        Some(&serde_json::json!({"Reponame": name, "Public": public})),
+    )?;
+    outcome(&v)?;
+    println!("Repo {name} created");
+    Ok(())
+}
+
+pub fn repo_delete(cfg: &AdminConfig, name: &str) -> Result<()> {
+    let v = admin_call(
+        cfg,
+        "POST",
+        "/admin/deleterepo",
+        Some(&serde_json::json!({"Reponame": name})),
+    )?;
+    outcome(&v)?;
+    println!("Repo {name} deleted");
+    Ok(())
+}
+
+pub fn repo_edit(
+    cfg: &AdminConfig,
+    name: &str,
+    public: Option<bool>,
+    allow_force: Option<bool>,
+    symrefs: &[String],
+) -> Result<()> {
+    let mut update = serde_json::Map::new();
+    if let Some(p) = public {
+        update.insert("public".into(), Value::String(p.to_string()));
+    }
+    if let Some(f) = allow_force {
+        update.insert(
+            "allow-non-fast-forward".into(),
+            Value::String(f.to_string()),
+        );
+    }
+    if !symrefs.is_empty() {
+        for s in symrefs {
+            if !s.contains('=') {
+                bail!("symbolic ref updates are SYM=TARGET (or SYM= to delete), got {s:?}");
+            }
+        }
+        update.insert("update-symref".into(), Value::String(symrefs.join(" ")));
+    }
+    let v = admin_call(
+        cfg,
+        "POST",
+        "/admin/editrepo",
+        Some(&serde_json::json!({"Reponame": name, "UpdateRequest": update})),
+    )?;
+    outcome(&v)?;
+    println!("Repo {name} edited");
+    Ok(())
+}
+
+pub fn repo_list(cfg: &AdminConfig, json: bool) -> Result<()> {
+    let v = admin_call(cfg, "GET", "/admin/listrepos", None)?;
+    if json {
+        println!("{v}");
+        return Ok(());
+    }
+    if let Some(repos) = v["Repos"].as_object() {
+        for (name, r) in repos {
+            let public = if r["Public"].as_bool() == Some(true) {
+                " (public)"
+            } else {
+                ""
+            };
+            let refs = r["Refs"].as_object().map_or(0, |m| m.len());
+            println!("{name}{public}: {refs} refs");
+        }
+    }
+    Ok(())
+}
+
+/// `admin nodestatus`; with `nagios`, the exit code says OK (0) or CRITICAL (2).
+pub fn nodestatus(cfg: &AdminConfig, json: bool, nagios: bool) -> Result<i32> {
+    let v = match admin_call(cfg, "GET", "/admin/nodestatus", None) {
+        Ok(v) => v,
+        Err(e) if nagios => {
+            println!("CRITICAL: {e:#}");
+            return Ok(2);
+        }
+        Err(e) => return Err(e),
+    };
+    if json {
+        println!("{v}");
+    } else if nagios {
+        println!(
+            "OK: node {} of region {} is serving",
+            v["NodeName"], v["RegionName"]
+        );
+    } else {
+        println!(
+            "Node:         {} (id {})",
+            v["NodeName"].as_str().unwrap_or("?"),
+            v["NodeID"]
+        );
+        println!("Region:       {}", v["RegionName"].as_str().unwrap_or("?"));
+        println!("Cluster:      {}", v["ClusterName"].as_str().unwrap_or("?"));
+        println!("Version:      {}", v["Version"].as_str().unwrap_or("?"));
+        println!("Status:       {}", v["Status"].as_str().unwrap_or("?"));
+        println!("Mode:         {}", v["Mode"].as_str().unwrap_or("?"));
+        println!("Uptime:       {} s", v["UptimeSeconds"]);
+        println!("Repositories: {}", v["Repositories"]);
+        println!("Objects:      {}", v["Objects"]);
+        println!("Storage:      {}", v["Storage"]);
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_replies() {
+        let r = parse_reply(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").expect("reply");
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"{}"[..]));
+        let r = parse_reply(
+            b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        )
+        .expect("reply");
+        assert_eq!((r.status, r.body.as_slice()), (404, &b"abc"[..]));
+        assert!(parse_reply(b"garbage").is_err());
+    }
+}

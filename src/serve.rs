@@ -1,0 +1,248 @@
+//! `repospanner serve`: initialise a node's state (`--spawn`) and run it.
+//!
+//! The node runs one glommio executor (shard 0) with the user and node listeners.
+//! SIGINT or SIGTERM stops it cleanly: listeners stop, queued writes finish, an index
+//! checkpoint is written, "Shutdown complete" is logged.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use repospanner_net::service::{self, Ctx, Limits};
+use repospanner_storage::{DmaDir, Options, Store};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::config::{Config, ServeConfig};
+use crate::node::{Identity, NodeBackend};
+
+/// What `serve --spawn` records about the node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeState {
+    pub identity: Identity,
+    /// Shards (raft groups) of the cluster; fixed at spawn.
+    pub shards: u32,
+    pub format: u32,
+}
+
+const STATE_FILE: &str = "node.json";
+
+fn state_path(sc: &ServeConfig) -> PathBuf {
+    sc.state_dir.join(STATE_FILE)
+}
+
+fn identity(sc: &ServeConfig) -> Identity {
+    Identity {
+        cluster: sc.node.cluster.clone(),
+        region: sc.node.region.clone(),
+        name: sc.node.name.clone(),
+        id: sc.node.id,
+    }
+}
+
+fn executor<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
+) -> Result<T> {
+    glommio::LocalExecutorBuilder::default()
+        .name(name)
+        .spawn(f)
+        .map_err(|e| anyhow::anyhow!("starting the glommio executor (is RLIMIT_MEMLOCK at least 512 KiB? see deploy/README.md): {e}"))?
+        .join()
+        .map_err(|e| anyhow::anyhow!("executor thread failed: {e:?}"))
+}
+
+async fn open_store(git_dir: &Path) -> Result<Store<DmaDir>> {
+    let dir = DmaDir::open(git_dir)
+        .await
+        .with_context(|| format!("opening the object store in {}", git_dir.display()))?;
+    let (store, report) = Store::open(dir, Options::default())
+        .await
+        .with_context(|| format!("recovering the object store in {}", git_dir.display()))?;
+    info!(
+        segments = report.segments,
+        from_checkpoint = report.from_checkpoint,
+        records_scanned = report.records_scanned,
+        torn_tail_bytes = report.torn_tail_bytes,
+        corruptions = report.corruptions.len(),
+        "object store open"
+    );
+    Ok(store)
+}
+
+/// `serve --spawn`: creates the state of the first node of a new region.
+pub fn spawn(config: &Config) -> Result<()> {
+    let sc = config.serve()?;
+    let path = state_path(&sc);
+    if path.exists() {
+        bail!(
+            "state already exists in {}: this node was spawned before; run `repospanner serve`",
+            sc.state_dir.display()
+        );
+    }
+    std::fs::create_dir_all(&sc.state_dir)
+        .with_context(|| format!("creating {}", sc.state_dir.display()))?;
+    let state = NodeState {
+        identity: identity(&sc),
+        shards: 1,
+        format: 1,
+    };
+    let repos: Vec<(String, bool)> = config
+        .spawn
+        .repos
+        .iter()
+        .map(|r| (r.name.clone(), r.public))
+        .collect();
+    let git_dir = sc.git_dir.clone();
+    let head = sc.default_head.clone();
+    let ident = state.identity.clone();
+    executor("spawn", move || {
+        Box::pin(async move {
+            let store = open_store(&git_dir).await?;
+            let backend = NodeBackend::load(store.clone(), ident, head)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            use repospanner_net::backend::Backend;
+            for (name, public) in repos {
+                if !repospanner_net::git::refs::valid_repo_name(&name) {
+                    bail!("spawn.repos: invalid repository name {name:?}");
+                }
+                backend
+                    .create_repo(&name, public)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                info!(repo = %name, "created repository");
+            }
+            store.close().await?;
+            Ok(())
+        })
+    })??;
+    let json = serde_json::to_vec_pretty(&state)?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(&sc.state_dir)?.sync_all()?;
+    info!(node = %sc.node.name, region = %sc.node.region, cluster = %sc.node.cluster, "No state existed; spawned a new region with this node");
+    info!("Shutdown complete");
+    Ok(())
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Makes SIGINT and SIGTERM request a clean stop (see [`stop_requested`]).
+pub fn install_signal_handlers() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
+
+/// Whether SIGINT or SIGTERM arrived (or [`request_stop`] was called).
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+pub fn request_stop() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// `serve`: runs the node until SIGINT or SIGTERM.
+pub fn serve(config: &Config) -> Result<()> {
+    let sc = config.serve()?;
+    let path = state_path(&sc);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "No state found in {}: initialise it first with `repospanner serve --spawn` (first node of a region) or `repospanner serve --joinnode https://<node>:<rpcport>`",
+            sc.state_dir.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let state: NodeState =
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))?;
+    if state.identity != identity(&sc) {
+        bail!(
+            "the node certificate (node {} id {} of {}.{}) does not match the node this state belongs to (node {} id {}); renew the certificate with --nodeid {}",
+            sc.node.name, sc.node.id, sc.node.region, sc.node.cluster, state.identity.name, state.identity.id, state.identity.id
+        );
+    }
+    let tls = repospanner_net::tls::build(
+        &sc.ca_pem,
+        &sc.node_cert_pem,
+        &sc.node_key_pem,
+        &sc.server_certs,
+    )?;
+    install_signal_handlers();
+    let limits = Limits {
+        pack_bytes_max: sc.limits.pack_bytes_max,
+        object_bytes_max: sc.limits.object_bytes_max,
+        refs_per_push_max: sc.limits.refs_per_push_max,
+        negotiation_bytes_max: 256 << 20,
+    };
+    let connections_max = sc.limits.connections_max;
+    executor("shard-0", move || {
+        Box::pin(async move {
+            let store = open_store(&sc.git_dir).await?;
+            let backend = NodeBackend::load(
+                store.clone(),
+                state.identity.clone(),
+                sc.default_head.clone(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+            let ctx = Rc::new(Ctx {
+                backend,
+                cluster: sc.node.cluster.clone(),
+                region: sc.node.region.clone(),
+                node_name: sc.node.name.clone(),
+                limits,
+            });
+            let user_ctx = ctx.clone();
+            let http = glommio::spawn_local(repospanner_net::http::serve(
+                sc.listen_http,
+                tls.user.clone(),
+                connections_max,
+                move |req, peer| service::handle_user(user_ctx.clone(), req, peer),
+            ));
+            let node_ctx = ctx.clone();
+            let rpc = glommio::spawn_local(repospanner_net::http::serve(
+                sc.listen_rpc,
+                tls.node.clone(),
+                connections_max,
+                move |req, peer| service::handle_node(node_ctx.clone(), req, peer),
+            ));
+            info!(http = %sc.listen_http, rpc = %sc.listen_rpc, node = %sc.node.name, "node is serving");
+            // Listeners run until a signal; a listener that fails ends the node.
+            let watch = async {
+                while !stop_requested() {
+                    glommio::timer::sleep(Duration::from_millis(200)).await;
+                }
+            };
+            futures_lite::future::or(
+                async {
+                    watch.await;
+                    Ok(())
+                },
+                futures_lite::future::or(
+                    async { http.await.context("the user listener failed") },
+                    async { rpc.await.context("the node listener failed") },
+                ),
+            )
+            .await?;
+            info!("stopping: finishing queued writes and writing an index checkpoint");
+            if let Err(e) = store.close().await {
+                warn!(error = %e, "checkpoint at shutdown failed; the next start scans the log");
+            }
+            info!("Shutdown complete");
+            Ok::<(), anyhow::Error>(())
+        })
+    })?
+}
