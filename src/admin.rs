@@ -28,6 +28,34 @@ pub fn request(
     path: &str,
     body: Option<&Value>,
 ) -> Result<Reply> {
+    let payload = body.map(|b| b.to_string().into_bytes());
+    let headers: &[(&str, &str)] = if body.is_some() {
+        &[("Content-Type", "application/json")]
+    } else {
+        &[]
+    };
+    request_raw(
+        url,
+        ca_pem,
+        identity,
+        method,
+        path,
+        headers,
+        payload.as_deref(),
+    )
+}
+
+/// Sends one request with a raw body and extra headers (tests use it to speak git's
+/// protocol byte by byte).
+pub fn request_raw(
+    url: &str,
+    ca_pem: &[u8],
+    identity: Option<(&[u8], &[u8])>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Result<Reply> {
     let rest = url
         .strip_prefix("https://")
         .ok_or_else(|| anyhow!("{url}: only https:// is supported"))?;
@@ -47,17 +75,17 @@ pub fn request(
         TcpStream::connect((host, port)).with_context(|| format!("connecting to {host}:{port}"))?;
     tcp.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let payload = body.map(|b| b.to_string()).unwrap_or_default();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nUser-Agent: repospanner-admin\r\n");
-    if body.is_some() {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            payload.len()
-        ));
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
     }
     req.push_str("\r\n");
-    req.push_str(&payload);
-    tls.write_all(req.as_bytes())
+    let mut req = req.into_bytes();
+    req.extend_from_slice(body.unwrap_or_default());
+    tls.write_all(&req)
         .with_context(|| format!("sending to {url}"))?;
     let mut raw = Vec::new();
     match tls.read_to_end(&mut raw) {

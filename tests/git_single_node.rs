@@ -1,0 +1,327 @@
+//! One real node, the real git client, real TLS: push, clone, fetch (v0 and v2),
+//! shallow clones, force-push policy, deletes, concurrent pushes, many refs.
+
+mod common;
+
+use std::path::Path;
+
+use common::region::Region;
+
+fn refs(region: &Region, repo: &Path) -> String {
+    region.git_ok(
+        repo,
+        &[
+            "for-each-ref",
+            "--format=%(objectname) %(refname)",
+            "refs/heads",
+            "refs/tags",
+        ],
+    )
+}
+
+fn commit(region: &Region, repo: &Path, file: &str, content: &[u8], msg: &str) {
+    std::fs::write(repo.join(file), content).expect("write");
+    region.git_ok(repo, &["add", "-A"]);
+    region.git_ok(repo, &["commit", "-qm", msg]);
+}
+
+/// A history with branches, annotated tags, a merge, an empty-tree commit, a
+/// submodule gitlink and a large blob.
+fn generate(region: &Region, w: &Path, big_blob: usize) {
+    region.git_ok(
+        w.parent().expect("parent"),
+        &["init", "-q", "-b", "master", w.to_str().expect("path")],
+    );
+    region.git_ok(w, &["commit", "-q", "--allow-empty", "-m", "empty tree"]);
+    for i in 0..12 {
+        let lines: String = (0..200 + i * 13)
+            .map(|l| format!("line {l} of file {i}\n"))
+            .collect();
+        commit(
+            region,
+            w,
+            &format!("f{}.txt", i % 4),
+            lines.as_bytes(),
+            &format!("c{i}"),
+        );
+        if i == 5 {
+            region.git_ok(w, &["tag", "-a", "v1", "-m", "release v1"]);
+            region.git_ok(w, &["branch", "side"]);
+        }
+    }
+    region.git_ok(w, &["checkout", "-q", "side"]);
+    commit(region, w, "side.txt", b"on the side\n", "side work");
+    region.git_ok(w, &["checkout", "-q", "master"]);
+    region.git_ok(w, &["merge", "-q", "--no-edit", "side"]);
+    // A submodule gitlink (a commit id from another repository).
+    region.git_ok(
+        w,
+        &[
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            "160000,1111111111111111111111111111111111111111,vendored",
+        ],
+    );
+    region.git_ok(w, &["commit", "-qm", "add a submodule gitlink"]);
+    let mut big = vec![0u8; big_blob];
+    let mut x = 0x1234_5678u32;
+    for b in big.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    commit(region, w, "big.bin", &big, "a large blob");
+    region.git_ok(w, &["tag", "-a", "v2", "-m", "release v2"]);
+    region.git_ok(w, &["tag", "light"]);
+}
+
+#[test]
+fn push_clone_fetch_round_trip() {
+    let mut region = Region::start();
+    let t = region.dir.path().to_owned();
+    let t = t.as_path();
+    // An empty repository clones.
+    region.git_ok(t, &["clone", "-q", &region.repo_url("test"), "empty"]);
+
+    let w = t.join("work");
+    generate(&region, &w, 50 << 20);
+    region.git_ok(
+        &w,
+        &[
+            "push",
+            "-q",
+            &region.repo_url("test"),
+            "refs/heads/*:refs/heads/*",
+            "refs/tags/*:refs/tags/*",
+        ],
+    );
+    let want = refs(&region, &w);
+
+    for (name, proto) in [("clone-v2", "2"), ("clone-v0", "0")] {
+        region.git_ok(
+            t,
+            &[
+                "-c",
+                &format!("protocol.version={proto}"),
+                "clone",
+                "-q",
+                "--mirror",
+                &region.repo_url("test"),
+                name,
+            ],
+        );
+        let c = t.join(name);
+        assert_eq!(
+            refs(&region, &c),
+            want,
+            "refs cloned over protocol v{proto}"
+        );
+        region.git_ok(&c, &["fsck", "--full", "--strict"]);
+    }
+    // HEAD points at master.
+    let head = region.git_ok(
+        t,
+        &["ls-remote", "--symref", &region.repo_url("test"), "HEAD"],
+    );
+    assert!(head.contains("ref: refs/heads/master\tHEAD"), "{head}");
+
+    // Incremental fetch over v0 and v2 after more pushes.
+    for (i, proto) in ["0", "2"].iter().enumerate() {
+        commit(
+            &region,
+            &w,
+            "more.txt",
+            format!("more {i}\n").as_bytes(),
+            &format!("more {i}"),
+        );
+        region.git_ok(&w, &["push", "-q", &region.repo_url("test"), "master"]);
+        let c = t.join("clone-v2");
+        region.git_ok(
+            &c,
+            &[
+                "-c",
+                &format!("protocol.version={proto}"),
+                "fetch",
+                "-q",
+                "origin",
+                "+refs/heads/*:refs/heads/*",
+            ],
+        );
+        assert_eq!(
+            region.git_ok(&c, &["rev-parse", "refs/heads/master"]),
+            region.git_ok(&w, &["rev-parse", "HEAD"]),
+            "fetch over v{proto} brought the new commit"
+        );
+        region.git_ok(&c, &["fsck", "--full", "--strict"]);
+    }
+
+    // A shallow clone.
+    region.git_ok(
+        t,
+        &[
+            "clone",
+            "-q",
+            "--depth",
+            "1",
+            &region.repo_url("test"),
+            "shallow",
+        ],
+    );
+    let count = region.git_ok(&t.join("shallow"), &["rev-list", "--count", "HEAD"]);
+    assert_eq!(count.trim(), "1");
+    region.git_ok(&t.join("shallow"), &["fsck"]);
+
+    // A restart serves everything (from the checkpoint written at shutdown).
+    region.stop(libc::SIGTERM);
+    assert!(region.log().contains("Shutdown complete"));
+    region.start_node();
+    region.git_ok(
+        t,
+        &[
+            "clone",
+            "-q",
+            "--mirror",
+            &region.repo_url("test"),
+            "after-restart",
+        ],
+    );
+    let after = refs(&region, &t.join("after-restart"));
+    assert_eq!(after, refs(&region, &t.join("clone-v2")));
+}
+
+#[test]
+fn force_push_policy_branch_delete_and_many_refs() {
+    let region = Region::start();
+    let t = region.dir.path();
+    let w = t.join("w");
+    region.git_ok(
+        t,
+        &["init", "-q", "-b", "master", w.to_str().expect("path")],
+    );
+    commit(&region, &w, "a", b"1", "one");
+    commit(&region, &w, "a", b"2", "two");
+    let url = region.repo_url("test");
+    region.git_ok(&w, &["push", "-q", &url, "master"]);
+
+    // Rewrite history: refused by default.
+    region.git_ok(&w, &["reset", "-q", "--hard", "HEAD~1"]);
+    commit(&region, &w, "a", b"3", "three");
+    let out = region.git(
+        Some("admin"),
+        &w,
+        &["push", "-q", "--force", &url, "master"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("non-fast-forward"), "{err}");
+    // Allowed once the repository allows it.
+    let out = region.repospanner(&[
+        "admin",
+        "repo",
+        "edit",
+        "test",
+        "--allow-non-fast-forward",
+        "true",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    region.git_ok(&w, &["push", "-q", "--force", &url, "master"]);
+
+    // Branch delete.
+    region.git_ok(&w, &["push", "-q", &url, "master:refs/heads/doomed"]);
+    region.git_ok(&w, &["push", "-q", &url, ":refs/heads/doomed"]);
+    let remote = region.git_ok(&w, &["ls-remote", &url]);
+    assert!(!remote.contains("doomed"), "{remote}");
+
+    // Thousands of refs in one push.
+    let head = region.git_ok(&w, &["rev-parse", "HEAD"]);
+    let mut input = String::new();
+    for i in 0..3000 {
+        input.push_str(&format!("create refs/heads/many/b{i} {}", head));
+    }
+    let mut c = std::process::Command::new("git");
+    c.args(["update-ref", "--stdin"])
+        .current_dir(&w)
+        .stdin(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("update-ref");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
+    assert!(child.wait().expect("wait").success());
+    region.git_ok(
+        &w,
+        &["push", "-q", &url, "refs/heads/many/*:refs/heads/many/*"],
+    );
+    let remote = region.git_ok(&w, &["ls-remote", &url, "refs/heads/many/*"]);
+    assert_eq!(remote.lines().count(), 3000);
+    region.git_ok(t, &["clone", "-q", "--mirror", &url, "mirror"]);
+    assert_eq!(refs(&region, &t.join("mirror")).lines().count(), 3001);
+}
+
+#[test]
+fn concurrent_pushes_to_the_same_ref_exactly_one_wins() {
+    let region = Region::start();
+    let t = region.dir.path();
+    let url = region.repo_url("test");
+    let base = t.join("base");
+    region.git_ok(
+        t,
+        &["init", "-q", "-b", "master", base.to_str().expect("path")],
+    );
+    commit(&region, &base, "f", b"base", "base");
+    region.git_ok(&base, &["push", "-q", &url, "master"]);
+    let mut dirs = Vec::new();
+    for i in 0..4 {
+        let d = t.join(format!("c{i}"));
+        region.git_ok(t, &["clone", "-q", &url, d.to_str().expect("path")]);
+        commit(
+            &region,
+            &d,
+            "f",
+            format!("writer {i}").as_bytes(),
+            &format!("writer {i}"),
+        );
+        dirs.push(d);
+    }
+    let results: Vec<bool> = std::thread::scope(|s| {
+        let handles: Vec<_> = dirs
+            .iter()
+            .map(|d| {
+                let region = &region;
+                let url = url.clone();
+                s.spawn(move || {
+                    region
+                        .git(Some("admin"), d, &["push", "-q", &url, "master"])
+                        .status
+                        .success()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    assert_eq!(
+        results.iter().filter(|ok| **ok).count(),
+        1,
+        "exactly one push wins: {results:?}"
+    );
+    let remote = region.git_ok(t, &["ls-remote", &url, "refs/heads/master"]);
+    let winner = dirs
+        .iter()
+        .zip(&results)
+        .find(|(_, ok)| **ok)
+        .map(|(d, _)| d)
+        .expect("winner");
+    assert!(remote.starts_with(region.git_ok(winner, &["rev-parse", "HEAD"]).trim()));
+}
