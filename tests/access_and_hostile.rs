@@ -1,0 +1,373 @@
+//! Who may do what (certificates, globs, listeners), and hostile input: each refused
+//! with a clear error and nothing changed.
+
+mod common;
+
+use common::region::Region;
+use repospanner_net::git::pack::{OutEntry, PackWriter};
+use repospanner_net::git::{hex, pktline, ObjectKind};
+
+fn status(region: &Region, user: Option<&str>, path: &str) -> u16 {
+    region.http(user, "GET", path, &[], None).status
+}
+
+#[test]
+fn access_control() {
+    let region = Region::start();
+    let t = region.dir.path();
+    let refs = "/repo/test.git/info/refs?service=git-upload-pack";
+    region.add_user("reader", &["--read", "--region", "*", "--repo", "*"]);
+    region.add_user(
+        "rpmsonly",
+        &["--read", "--write", "--region", "*", "--repo", "rpms/*"],
+    );
+    region.add_user(
+        "elsewhere",
+        &["--read", "--write", "--region", "other", "--repo", "*"],
+    );
+
+    // Private repository: no certificate → 404, as for a repository that does not exist.
+    assert_eq!(status(&region, None, refs), 404);
+    assert_eq!(
+        status(
+            &region,
+            Some("admin"),
+            "/repo/nonexistent.git/info/refs?service=git-upload-pack"
+        ),
+        404
+    );
+    assert_eq!(status(&region, Some("admin"), refs), 200);
+    assert_eq!(status(&region, Some("reader"), refs), 200);
+    // Glob and region mismatches look like a missing repository.
+    assert_eq!(status(&region, Some("rpmsonly"), refs), 404);
+    assert_eq!(status(&region, Some("elsewhere"), refs), 404);
+    let out = region.git(None, t, &["ls-remote", &region.repo_url("test")]);
+    assert!(!out.status.success());
+
+    // A reader cannot push.
+    let w = t.join("w");
+    region.git_ok(
+        t,
+        &["init", "-q", "-b", "master", w.to_str().expect("path")],
+    );
+    region.git_ok(&w, &["commit", "-q", "--allow-empty", "-m", "x"]);
+    let out = region.git(
+        Some("reader"),
+        &w,
+        &["push", "-q", &region.repo_url("test"), "master"],
+    );
+    assert!(!out.status.success(), "a read-only certificate pushed");
+    assert_eq!(
+        status(
+            &region,
+            Some("reader"),
+            "/repo/test.git/info/refs?service=git-receive-pack"
+        ),
+        403
+    );
+    region.git_ok(&w, &["push", "-q", &region.repo_url("test"), "master"]);
+
+    // A public repository is readable without a certificate, not writable.
+    let out = region.repospanner(&["admin", "repo", "create", "open", "--public"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    region.git_ok(&w, &["push", "-q", &region.repo_url("open"), "master"]);
+    let anon = region.git(None, t, &["clone", "-q", &region.repo_url("open"), "anon"]);
+    assert!(
+        anon.status.success(),
+        "{}",
+        String::from_utf8_lossy(&anon.stderr)
+    );
+    let out = region.git(
+        None,
+        &w,
+        &[
+            "push",
+            "-q",
+            &region.repo_url("open"),
+            "master:refs/heads/x",
+        ],
+    );
+    assert!(!out.status.success(), "anonymous push accepted");
+
+    // Listeners: a user certificate on the node endpoint, a node certificate on the
+    // user endpoint.
+    let rpc = region.rpc_url();
+    assert_eq!(
+        region
+            .http_to(&rpc, Some("admin"), "GET", "/rpc/ping", &[], None)
+            .status,
+        403
+    );
+    assert_eq!(
+        region
+            .http_to(&rpc, Some("node1.local"), "GET", "/rpc/ping", &[], None)
+            .status,
+        200
+    );
+    assert_eq!(status(&region, Some("node1.local"), refs), 403);
+    assert_eq!(
+        status(&region, Some("node1.local"), "/admin/listrepos"),
+        403
+    );
+    // The admin API needs admin.
+    assert_eq!(status(&region, Some("reader"), "/admin/listrepos"), 401);
+    assert_eq!(status(&region, Some("admin"), "/admin/listrepos"), 200);
+    // JSON endpoints need POST.
+    assert_eq!(status(&region, Some("admin"), "/admin/createrepo"), 405);
+
+    // A certificate from another CA fails the TLS handshake.
+    let other = tempfile::tempdir().expect("tempdir");
+    let cfg = other.path().join("c.yml");
+    std::fs::write(
+        &cfg,
+        format!("ca:\n  path: {}\n", other.path().join("ca").display()),
+    )
+    .expect("config");
+    let c = cfg.to_str().expect("path");
+    common::ok(&[
+        "--config",
+        c,
+        "ca",
+        "init",
+        "repospanner.local",
+        "--no-name-constraint",
+    ]);
+    common::ok(&[
+        "--config", c, "ca", "leaf", "admin", "--admin", "--read", "--write", "--region", "*",
+        "--repo", "*",
+    ]);
+    let ca = std::fs::read(region.ca_dir().join("ca.crt")).expect("ca");
+    let crt = std::fs::read(other.path().join("ca/admin.crt")).expect("crt");
+    let key = std::fs::read(other.path().join("ca/admin.key")).expect("key");
+    let r = repospanner::admin::request_raw(
+        &region.url(),
+        &ca,
+        Some((&crt, &key)),
+        "GET",
+        refs,
+        &[],
+        None,
+    );
+    assert!(
+        r.is_err() || r.is_ok_and(|r| r.status != 200),
+        "a foreign certificate was accepted"
+    );
+    let foreign = region.git(
+        None,
+        t,
+        &[
+            "-c",
+            &format!(
+                "http.sslCert={}",
+                other.path().join("ca/admin.crt").display()
+            ),
+            "-c",
+            &format!(
+                "http.sslKey={}",
+                other.path().join("ca/admin.key").display()
+            ),
+            "ls-remote",
+            &region.repo_url("test"),
+        ],
+    );
+    assert!(!foreign.status.success());
+}
+
+fn deflate(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(data).expect("deflate");
+    z.finish().expect("deflate")
+}
+
+fn blob_id(content: &[u8]) -> [u8; 20] {
+    use sha1::Digest;
+    let mut h = sha1::Sha1::new();
+    h.update(format!("blob {}\0", content.len()).as_bytes());
+    h.update(content);
+    h.finalize().into()
+}
+
+fn pack(entries: &[OutEntry<'_>]) -> Vec<u8> {
+    let (mut w, mut out) = PackWriter::new(entries.len() as u32);
+    for e in entries {
+        out.extend(w.entry(e));
+    }
+    out.extend(w.finish());
+    out
+}
+
+fn retrail(mut p: Vec<u8>) -> Vec<u8> {
+    use sha1::Digest;
+    p.truncate(p.len() - 20);
+    let t: [u8; 20] = sha1::Sha1::digest(&p).into();
+    p.extend_from_slice(&t);
+    p
+}
+
+/// A receive-pack request: one command, then `pack`.
+fn push_body(old: &str, new: &str, name: &[u8], pack: &[u8]) -> Vec<u8> {
+    let mut line = format!("{old} {new} ").into_bytes();
+    line.extend_from_slice(name);
+    line.extend_from_slice(b"\0report-status\n");
+    let mut body = Vec::new();
+    pktline::data(&mut body, &line);
+    pktline::flush(&mut body);
+    body.extend_from_slice(pack);
+    body
+}
+
+#[test]
+fn hostile_input_is_refused_and_changes_nothing() {
+    let region = Region::start();
+    let t = region.dir.path();
+    let w = t.join("w");
+    region.git_ok(
+        t,
+        &["init", "-q", "-b", "master", w.to_str().expect("path")],
+    );
+    region.git_ok(&w, &["commit", "-q", "--allow-empty", "-m", "x"]);
+    region.git_ok(&w, &["push", "-q", &region.repo_url("test"), "master"]);
+    let before = region.git_ok(t, &["ls-remote", &region.repo_url("test")]);
+    let zero = "0".repeat(40);
+    let rp = "/repo/test.git/git-receive-pack";
+    let post = |body: &[u8]| {
+        let r = region.http(
+            Some("admin"),
+            "POST",
+            rp,
+            &[("Content-Type", "application/x-git-receive-pack-request")],
+            Some(body),
+        );
+        (r.status, String::from_utf8_lossy(&r.body).into_owned())
+    };
+
+    // Malformed pkt-lines: bad hex, lengths 1 to 3, truncated, oversized.
+    for body in [
+        &b"zzzz"[..],
+        b"0003",
+        b"0001abc",
+        b"0032want 1111",
+        b"fff1",
+        b"00",
+    ] {
+        let (code, text) = post(body);
+        assert!(
+            code != 200 || text.contains("ERR"),
+            "{:?} -> {code} {text}",
+            String::from_utf8_lossy(body)
+        );
+    }
+
+    let content = b"hostile test blob\n";
+    let id = hex(&blob_id(content));
+    let d = deflate(content);
+    let good = pack(&[OutEntry::Full {
+        kind: ObjectKind::Blob,
+        size: content.len() as u64,
+        deflated: &d,
+    }]);
+    let mut bad_trailer = good.clone();
+    let n = bad_trailer.len();
+    bad_trailer[n - 1] ^= 1;
+    let mut wrong_count = good.clone();
+    wrong_count[11] = 2;
+    let wrong_count = retrail(wrong_count);
+    // OFS_DELTA whose base lies before the start of the pack.
+    let mut ofs = b"PACK\0\0\0\x02\0\0\0\x01".to_vec();
+    ofs.extend_from_slice(&[0x61, 0x7f]);
+    ofs.extend_from_slice(&deflate(&[1, 1, 0x90, 1, 0]));
+    ofs.extend_from_slice(&[0; 20]);
+    let ofs = retrail(ofs);
+    // Two REF_DELTAs that are each other's base.
+    let dd = deflate(&[1, 1, 0x90, 1, 0]);
+    let x = blob_id(b"x");
+    let y = blob_id(b"y");
+    let cycle = pack(&[
+        OutEntry::RefDelta {
+            base: y,
+            size: 5,
+            deflated: &dd,
+        },
+        OutEntry::RefDelta {
+            base: x,
+            size: 5,
+            deflated: &dd,
+        },
+    ]);
+    // An object that declares 4 GiB.
+    let mut huge = b"PACK\0\0\0\x02\0\0\0\x01".to_vec();
+    huge.extend_from_slice(&[0xb0, 0x80, 0x80, 0x80, 0x80, 0x01]);
+    huge.extend_from_slice(&d);
+    huge.extend_from_slice(&[0; 20]);
+    let huge = retrail(huge);
+
+    for (what, p) in [
+        ("bad trailer", &bad_trailer),
+        ("wrong count", &wrong_count),
+        ("ofs before start", &ofs),
+        ("delta cycle", &cycle),
+        ("4 GiB object", &huge),
+    ] {
+        let (code, text) = post(&push_body(&zero, &id, b"refs/heads/evil", p));
+        assert_eq!(code, 200, "{what}");
+        assert!(
+            text.contains("unpack ") && !text.contains("unpack ok"),
+            "{what}: {text}"
+        );
+        assert!(text.contains("ng refs/heads/evil"), "{what}: {text}");
+    }
+
+    // A ref update to an object that is neither pushed nor stored.
+    let empty = pack(&[]);
+    let (_, text) = post(&push_body(
+        &zero,
+        &"ab".repeat(20),
+        b"refs/heads/missing",
+        &empty,
+    ));
+    assert!(
+        text.contains("ng refs/heads/missing") && text.contains("missing"),
+        "{text}"
+    );
+
+    // Ref names git would refuse.
+    for name in [
+        &b"refs/heads/a..b"[..],
+        b"refs/heads/-x",
+        b"refs/heads/ctl\x01",
+        b"HEAD",
+        b"refs/heads/x.lock",
+    ] {
+        let (_, text) = post(&push_body(&zero, &id, name, &good));
+        assert!(
+            text.contains("ng ") && text.contains("funny refname"),
+            "{:?}: {text}",
+            String::from_utf8_lossy(name)
+        );
+    }
+
+    // Repository names that try to escape.
+    for path in [
+        "/repo/../x.git/info/refs?service=git-upload-pack",
+        "/repo/%2e%2e/x.git/info/refs?service=git-upload-pack",
+        "/repo/a%00b.git/info/refs?service=git-upload-pack",
+        "/repo/.git/info/refs?service=git-upload-pack",
+    ] {
+        assert_eq!(status(&region, Some("admin"), path), 404, "{path}");
+    }
+    let out = region.repospanner(&["admin", "repo", "create", "../x"]);
+    assert!(!out.status.success());
+
+    // Nothing changed.
+    assert_eq!(
+        region.git_ok(t, &["ls-remote", &region.repo_url("test")]),
+        before
+    );
+    // And the node still serves.
+    region.git_ok(t, &["clone", "-q", &region.repo_url("test"), "still-fine"]);
+}
