@@ -216,7 +216,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            pack_bytes_max: 8 << 30,
+            pack_bytes_max: 2 << 30,
             object_bytes_max: 1 << 30,
             refs_per_push_max: 100_000,
             connections_max: 4096,

@@ -333,6 +333,7 @@ async fn upload_pack<B: Backend + 'static>(
     glommio::spawn_local(async move {
         let sideband = sideband_of(&fetch);
         let progress = !fetch.has("no-progress");
+        let started = std::time::Instant::now();
         let plan = match upload::plan(&ctx.backend, &repo, &state, &refs, &fetch).await {
             Ok(p) => p,
             Err(e) => {
@@ -372,6 +373,7 @@ async fn upload_pack<B: Backend + 'static>(
         if tx.send(Bytes::from(head)).await.is_err() {
             return;
         }
+        let planned = started.elapsed();
         let mut chunks = Vec::new();
         upload::encode_pack(&plan, |b| chunks.push(b));
         let mut buf = Vec::new();
@@ -388,7 +390,13 @@ async fn upload_pack<B: Backend + 'static>(
         }
         pktline::flush(&mut buf);
         let _ = tx.send(Bytes::from(buf)).await;
-        info!(repo = %repo, objects = plan.objects.len(), "served a pack");
+        info!(
+            repo = %repo,
+            objects = plan.objects.len(),
+            plan_ms = planned.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "served a pack"
+        );
     })
     .detach();
     let mut r = Response::new(body);

@@ -323,6 +323,9 @@ pub fn parse_v2_fetch(args: &[Vec<u8>]) -> Result<FetchRequest, UploadError> {
     Ok(req)
 }
 
+/// How many object reads a fetch keeps in flight.
+const READ_AHEAD: usize = 64;
+
 /// What a fetch sends: objects in pack order and the new shallow boundary.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
@@ -473,9 +476,15 @@ pub async fn plan<B: Backend>(
 
     // Objects the client has: everything in the trees of the boundary commits.
     let mut have_objects: HashSet<Oid> = HashSet::new();
-    for t in boundary_trees {
-        walk_tree(b, repo, t, &mut have_objects, &HashSet::new(), None).await?;
-    }
+    walk_trees(
+        b,
+        repo,
+        &boundary_trees,
+        &mut have_objects,
+        &HashSet::new(),
+        None,
+    )
+    .await?;
     have_objects.extend(seen.iter().filter(|(_, u)| **u).map(|(o, _)| *o));
 
     // Objects to send: commits, then their trees and blobs, then wanted others.
@@ -486,17 +495,17 @@ pub async fn plan<B: Backend>(
             order.push(*c);
         }
     }
-    for c in &send_commits {
-        if let Some(t) = commit_tree.get(c) {
-            walk_tree(b, repo, *t, &mut sent, &have_objects, Some(&mut order)).await?;
-        }
-    }
+    let roots: Vec<Oid> = send_commits
+        .iter()
+        .filter_map(|c| commit_tree.get(c).copied())
+        .collect();
+    walk_trees(b, repo, &roots, &mut sent, &have_objects, Some(&mut order)).await?;
     for o in send_other {
         if have_objects.contains(&o) {
             continue;
         }
         if let Some((ObjectKind::Tree, _)) = b.object(repo, &o).await.map_err(be)? {
-            walk_tree(b, repo, o, &mut sent, &have_objects, Some(&mut order)).await?;
+            walk_trees(b, repo, &[o], &mut sent, &have_objects, Some(&mut order)).await?;
         } else if sent.insert(o) {
             order.push(o);
         }
@@ -515,27 +524,29 @@ pub async fn plan<B: Backend>(
 
     // Read entries; bring in delta bases the client lacks; order bases first.
     let thin_ok = req.has("thin-pack");
+    // Stored entries are read many at a time: io_uring serves concurrent reads in
+    // parallel, where one at a time would pay the device latency per object.
     let mut raws: HashMap<Oid, RawObject> = HashMap::with_capacity(order.len());
     let mut i = 0;
     while i < order.len() {
-        let oid = order[i];
-        i += 1;
-        let raw = b
-            .raw(repo, &oid)
-            .await
-            .map_err(be)?
-            .ok_or_else(|| UploadError::Backend(format!("object {} is missing", hex(&oid))))?;
-        if let Some(base) = raw.base {
-            let client_has = thin_ok && have_objects.contains(&base);
-            if !client_has && !sent.contains(&base) {
-                sent.insert(base);
-                order.push(base);
+        let end = (i + READ_AHEAD).min(order.len());
+        let chunk: Vec<Oid> = order[i..end].to_vec();
+        i = end;
+        let read = futures_util::future::join_all(chunk.iter().map(|o| b.raw(repo, o))).await;
+        for (oid, r) in chunk.into_iter().zip(read) {
+            let raw = r
+                .map_err(be)?
+                .ok_or_else(|| UploadError::Backend(format!("object {} is missing", hex(&oid))))?;
+            if let Some(base) = raw.base {
+                let client_has = thin_ok && have_objects.contains(&base);
+                if !client_has && !sent.contains(&base) {
+                    sent.insert(base);
+                    order.push(base);
+                }
             }
+            raws.insert(oid, raw);
         }
-        raws.insert(oid, raw);
-        if i % 256 == 0 {
-            glommio::yield_if_needed().await;
-        }
+        glommio::yield_if_needed().await;
     }
     let mut out = Vec::with_capacity(order.len());
     let mut emitted: HashSet<Oid> = HashSet::with_capacity(order.len());
@@ -571,29 +582,49 @@ pub async fn plan<B: Backend>(
 }
 
 /// Adds every object of tree `t` not in `skip` to `seen` (and `order`).
-async fn walk_tree<B: Backend>(
+async fn walk_trees<B: Backend>(
     b: &B,
     repo: &str,
-    t: Oid,
+    roots: &[Oid],
     seen: &mut HashSet<Oid>,
     skip: &HashSet<Oid>,
     mut order: Option<&mut Vec<Oid>>,
 ) -> Result<(), UploadError> {
-    let mut stack = vec![(t, ObjectKind::Tree)];
-    while let Some((o, kind)) = stack.pop() {
-        if skip.contains(&o) || !seen.insert(o) {
+    // Breadth first from all roots at once, each level's trees read concurrently.
+    let mut level = Vec::new();
+    for t in roots {
+        if skip.contains(t) || !seen.insert(*t) {
             continue;
         }
         if let Some(ord) = order.as_deref_mut() {
-            ord.push(o);
+            ord.push(*t);
         }
-        if kind == ObjectKind::Tree {
-            let Some((_, content)) = b.object(repo, &o).await.map_err(be)? else {
-                return Err(UploadError::Backend(format!("tree {} is missing", hex(&o))));
-            };
-            let l = links(ObjectKind::Tree, &content).map_err(proto)?;
-            stack.extend(l.targets);
+        level.push(*t);
+    }
+    while !level.is_empty() {
+        let mut next = Vec::new();
+        for chunk in level.chunks(READ_AHEAD) {
+            let read =
+                futures_util::future::join_all(chunk.iter().map(|o| b.object(repo, o))).await;
+            for (o, r) in chunk.iter().zip(read) {
+                let Some((_, content)) = r.map_err(be)? else {
+                    return Err(UploadError::Backend(format!("tree {} is missing", hex(o))));
+                };
+                let l = links(ObjectKind::Tree, &content).map_err(proto)?;
+                for (child, kind) in l.targets {
+                    if skip.contains(&child) || !seen.insert(child) {
+                        continue;
+                    }
+                    if let Some(ord) = order.as_deref_mut() {
+                        ord.push(child);
+                    }
+                    if kind == ObjectKind::Tree {
+                        next.push(child);
+                    }
+                }
+            }
         }
+        level = next;
     }
     Ok(())
 }
