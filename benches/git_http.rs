@@ -59,16 +59,11 @@ fn cpu(pid: u32) -> f64 {
         return 0.0;
     };
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // fields after the comm: state(skipped, not numeric) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime cutime cstime
-    let ticks = 100.0; // USER_HZ on Linux
-    if f.len() < 14 {
-        return 0.0;
-    }
-    (f[10] + f[11] + f[12] + f[13]) as f64 / ticks
+    // Fields after the command name, from `state`: utime, stime, cutime, cstime are
+    // the 12th to 15th (proc(5)), in clock ticks (USER_HZ, 100 on Linux).
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (tick(11) + tick(12) + tick(13) + tick(14)) as f64 / 100.0
 }
 
 fn noise(seed: u64, len: usize) -> Vec<u8> {

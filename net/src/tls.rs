@@ -133,6 +133,9 @@ pub fn build(
         .with_client_cert_verifier(optional)
         .with_cert_resolver(Arc::new(BySni { by_name, default }));
     user.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // git opens a new connection per command and never resumes sessions; tickets would
+    // only add a write after the handshake.
+    user.send_tls13_tickets = 0;
 
     let required = WebPkiClientVerifier::builder_with_provider(roots.clone(), p.clone())
         .build()
@@ -146,6 +149,7 @@ pub fn build(
             default: node_key,
         }));
     node.alpn_protocols = vec![b"http/1.1".to_vec()];
+    node.send_tls13_tickets = 0;
 
     let client = client_config(ca_pem, Some((node_cert_pem, node_key_pem)))?;
     Ok(Tls {

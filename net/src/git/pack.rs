@@ -177,11 +177,11 @@ pub fn read_entries(pack: &[u8], limits: &Limits) -> Result<Vec<Entry>, PackErro
         return Err(PackError::TooManyObjects(count));
     }
     let body_end = pack.len() - 20;
+    // The trailer is a plain checksum of the transfer, not an object id: collision
+    // detection (needed for object ids, see `hash`) would only cost time here.
     {
-        use sha1_checked::Digest;
-        let mut h = sha1_checked::Sha1::new();
-        h.update(&pack[..body_end]);
-        if h.try_finalize().hash().as_slice() != &pack[body_end..] {
+        use sha1::Digest;
+        if sha1::Sha1::digest(&pack[..body_end]).as_slice() != &pack[body_end..] {
             return Err(PackError::BadTrailer);
         }
     }
@@ -498,7 +498,8 @@ pub enum OutEntry<'a> {
 /// Writes packs from stored entries, copying their deflated bytes.
 #[derive(Debug)]
 pub struct PackWriter {
-    hasher: sha1_checked::Sha1,
+    /// The trailer checksum (plain SHA-1: it names no object).
+    hasher: sha1::Sha1,
     offsets: Vec<u64>,
     written: u64,
 }
@@ -522,7 +523,7 @@ impl PackWriter {
         h.extend_from_slice(&2u32.to_be_bytes());
         h.extend_from_slice(&count.to_be_bytes());
         let mut w = PackWriter {
-            hasher: sha1_checked::Sha1::new(),
+            hasher: <sha1::Sha1 as sha1::Digest>::new(),
             offsets: Vec::new(),
             written: 0,
         };
@@ -531,7 +532,7 @@ impl PackWriter {
     }
 
     fn feed(&mut self, b: &[u8]) {
-        use sha1_checked::Digest;
+        use sha1::Digest;
         self.hasher.update(b);
         self.written += b.len() as u64;
     }
@@ -584,7 +585,8 @@ impl PackWriter {
 
     /// The trailer: SHA-1 of everything written.
     pub fn finish(self) -> Vec<u8> {
-        self.hasher.try_finalize().hash().to_vec()
+        use sha1::Digest;
+        self.hasher.finalize().to_vec()
     }
 }
 
