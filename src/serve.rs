@@ -84,9 +84,12 @@ pub fn spawn(config: &Config) -> Result<()> {
     }
     std::fs::create_dir_all(&sc.state_dir)
         .with_context(|| format!("creating {}", sc.state_dir.display()))?;
+    let shards = sc
+        .shards
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
     let state = NodeState {
         identity: identity(&sc),
-        shards: 1,
+        shards,
         format: 1,
     };
     let repos: Vec<(String, bool)> = config
@@ -100,22 +103,29 @@ pub fn spawn(config: &Config) -> Result<()> {
     let ident = state.identity.clone();
     executor("spawn", move || {
         Box::pin(async move {
-            let store = open_store(&git_dir).await?;
-            let backend = NodeBackend::load(store.clone(), ident, head)
-                .await
-                .map_err(|e| anyhow::anyhow!(e))?;
             use repospanner_net::backend::Backend;
+            let mut backends = Vec::new();
+            for k in 0..shards as usize {
+                let store = open_store(&shard_dir(&git_dir, k)).await?;
+                let backend = NodeBackend::load(store, ident.clone(), head.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                backends.push(backend);
+            }
             for (name, public) in repos {
                 if !repospanner_net::git::refs::valid_repo_name(&name) {
                     bail!("spawn.repos: invalid repository name {name:?}");
                 }
-                backend
+                let owner = repospanner_net::route::shard_of(&name, backends.len());
+                backends[owner]
                     .create_repo(&name, public)
                     .await
                     .map_err(|e| anyhow::anyhow!(e))?;
-                info!(repo = %name, "created repository");
+                info!(repo = %name, shard = owner, "created repository");
             }
-            store.close().await?;
+            for b in backends {
+                b.store().clone().close().await?;
+            }
             Ok(())
         })
     })??;
@@ -188,61 +198,147 @@ pub fn serve(config: &Config) -> Result<()> {
         negotiation_bytes_max: 256 << 20,
     };
     let connections_max = sc.limits.connections_max;
-    executor("shard-0", move || {
-        Box::pin(async move {
-            let store = open_store(&sc.git_dir).await?;
-            let backend = NodeBackend::load(
-                store.clone(),
-                state.identity.clone(),
-                sc.default_head.clone(),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!(e))?;
-            let ctx = Rc::new(Ctx {
-                backend,
-                cluster: sc.node.cluster.clone(),
-                region: sc.node.region.clone(),
-                node_name: sc.node.name.clone(),
-                limits,
-            });
-            let user_ctx = ctx.clone();
-            let http = glommio::spawn_local(repospanner_net::http::serve(
-                sc.listen_http,
-                tls.user.clone(),
-                connections_max,
-                move |req, peer| service::handle_user(user_ctx.clone(), req, peer),
-            ));
-            let node_ctx = ctx.clone();
-            let rpc = glommio::spawn_local(repospanner_net::http::serve(
-                sc.listen_rpc,
-                tls.node.clone(),
-                connections_max,
-                move |req, peer| service::handle_node(node_ctx.clone(), req, peer),
-            ));
-            info!(http = %sc.listen_http, rpc = %sc.listen_rpc, node = %sc.node.name, "node is serving");
-            // Listeners run until a signal; a listener that fails ends the node.
-            let watch = async {
-                while !stop_requested() {
-                    glommio::timer::sleep(Duration::from_millis(200)).await;
-                }
-            };
-            futures_lite::future::or(
-                async {
-                    watch.await;
-                    Ok(())
-                },
-                futures_lite::future::or(
-                    async { http.await.context("the user listener failed") },
-                    async { rpc.await.context("the node listener failed") },
-                ),
-            )
-            .await?;
-            info!("stopping: finishing queued writes and writing an index checkpoint");
-            if let Err(e) = store.close().await {
-                warn!(error = %e, "checkpoint at shutdown failed; the next start scans the log");
+    let shards = state.shards.max(1) as usize;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (mut senders, mut receivers) = repospanner_net::route::mesh(shards);
+    let mut handles = Vec::with_capacity(shards);
+    for k in (0..shards).rev() {
+        let to_peers = senders.pop().expect("one sender row per shard");
+        let inbox = receivers.pop().expect("one inbox per shard");
+        let sc = sc.clone();
+        let tls = tls.clone();
+        let identity = state.identity.clone();
+        let h = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(k % cpus))
+            .name(&format!("shard-{k}"))
+            .spawn(move || async move {
+                run_shard(k, shards, sc, tls, identity, limits, connections_max, to_peers, inbox).await
+            })
+            .map_err(|e| anyhow::anyhow!("starting shard {k} (is RLIMIT_MEMLOCK at least 512 KiB per core? see deploy/README.md): {e}"))?;
+        handles.push(h);
+    }
+    let mut first_error = None;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // One shard failing stops the node: the others are told to stop too.
+                request_stop();
+                first_error.get_or_insert(e);
             }
+            Err(e) => {
+                request_stop();
+                first_error.get_or_insert(anyhow::anyhow!("a shard thread failed: {e:?}"));
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => {
             info!("Shutdown complete");
-            Ok::<(), anyhow::Error>(())
-        })
-    })?
+            Ok(())
+        }
+    }
+}
+
+/// Where shard `k` keeps its log.
+fn shard_dir(git_dir: &Path, k: usize) -> PathBuf {
+    git_dir.join(format!("shard-{k}"))
+}
+
+/// One shard: its store, its repositories, its listeners, its inbox from the others.
+#[allow(clippy::too_many_arguments)]
+async fn run_shard(
+    k: usize,
+    shards: usize,
+    sc: ServeConfig,
+    tls: repospanner_net::tls::Tls,
+    identity: Identity,
+    limits: Limits,
+    connections_max: u32,
+    to_peers: Vec<
+        Option<glommio::channels::shared_channel::SharedSender<repospanner_net::route::Forward>>,
+    >,
+    inbox: Vec<glommio::channels::shared_channel::SharedReceiver<repospanner_net::route::Forward>>,
+) -> Result<()> {
+    let store = open_store(&shard_dir(&sc.git_dir, k)).await?;
+    let backend = NodeBackend::load(store.clone(), identity, sc.default_head.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    // Inboxes first: connecting a sender waits for its receiver to connect.
+    let ctx_cell: Rc<std::cell::OnceCell<Rc<Ctx<NodeBackend<DmaDir>>>>> =
+        Rc::new(std::cell::OnceCell::new());
+    for rx in inbox {
+        let cell = ctx_cell.clone();
+        glommio::spawn_local(repospanner_net::route::serve_inbound(
+            rx,
+            move |req, peer, local_only| {
+                let cell = cell.clone();
+                async move {
+                    match cell.get() {
+                        Some(ctx) => service::dispatch(ctx.clone(), req, peer, local_only).await,
+                        None => {
+                            let mut r = hyper::Response::new(repospanner_net::http::full(
+                                "shard starting\n",
+                            ));
+                            *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                            r
+                        }
+                    }
+                }
+            },
+        ))
+        .detach();
+    }
+    let peers = repospanner_net::route::Peers::connect(to_peers).await;
+    let ctx = Rc::new(Ctx {
+        backend,
+        cluster: sc.node.cluster.clone(),
+        region: sc.node.region.clone(),
+        node_name: sc.node.name.clone(),
+        limits,
+        shard: k,
+        shards,
+        peers,
+    });
+    let _ = ctx_cell.set(ctx.clone());
+    let user_ctx = ctx.clone();
+    let http = glommio::spawn_local(repospanner_net::http::serve(
+        sc.listen_http,
+        tls.user.clone(),
+        connections_max,
+        move |req, peer| service::handle_user(user_ctx.clone(), req, peer),
+    ));
+    let node_ctx = ctx.clone();
+    let rpc = glommio::spawn_local(repospanner_net::http::serve(
+        sc.listen_rpc,
+        tls.node.clone(),
+        connections_max,
+        move |req, peer| service::handle_node(node_ctx.clone(), req, peer),
+    ));
+    info!(shard = k, shards, http = %sc.listen_http, rpc = %sc.listen_rpc, node = %sc.node.name, "shard is serving");
+    // Listeners run until a signal; a listener that fails ends the node.
+    let watch = async {
+        while !stop_requested() {
+            glommio::timer::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let r = futures_lite::future::or(
+        async {
+            watch.await;
+            Ok(())
+        },
+        futures_lite::future::or(
+            async { http.await.context("the user listener failed") },
+            async { rpc.await.context("the node listener failed") },
+        ),
+    )
+    .await;
+    info!(
+        shard = k,
+        "stopping: finishing queued writes and writing an index checkpoint"
+    );
+    if let Err(e) = store.close().await {
+        warn!(shard = k, error = %e, "checkpoint at shutdown failed; the next start scans the log");
+    }
+    r
 }

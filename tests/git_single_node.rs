@@ -325,3 +325,52 @@ fn concurrent_pushes_to_the_same_ref_exactly_one_wins() {
         .expect("winner");
     assert!(remote.starts_with(region.git_ok(winner, &["rev-parse", "HEAD"]).trim()));
 }
+
+#[test]
+fn repositories_spread_over_shards_are_all_served_and_listed() {
+    let region = Region::start();
+    let t = region.dir.path();
+    let w = t.join("w");
+    region.git_ok(
+        t,
+        &["init", "-q", "-b", "master", w.to_str().expect("path")],
+    );
+    commit(&region, &w, "f", b"shared history", "one");
+    let names: Vec<String> = (0..8).map(|i| format!("group/repo{i}")).collect();
+    for n in &names {
+        let out = region.repospanner(&["admin", "repo", "create", n]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Each connection lands on whichever shard accepted it; every repository works
+    // from every connection.
+    for n in &names {
+        region.git_ok(&w, &["push", "-q", &region.repo_url(n), "master"]);
+        let dir = t.join(n.replace('/', "-"));
+        region.git_ok(
+            t,
+            &[
+                "clone",
+                "-q",
+                &region.repo_url(n),
+                dir.to_str().expect("path"),
+            ],
+        );
+        region.git_ok(&dir, &["fsck", "--full", "--strict"]);
+    }
+    let list = region.repospanner(&["admin", "repo", "list"]);
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    for n in &names {
+        assert!(
+            list.contains(&format!("{n}: 1 refs")),
+            "{n} missing from:\n{list}"
+        );
+    }
+    let status = region.repospanner(&["admin", "nodestatus", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+    let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(v["Shards"].as_array().map(Vec::len), Some(shards), "{v}");
+}

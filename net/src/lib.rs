@@ -8,5 +8,6 @@
 pub mod backend;
 pub mod git;
 pub mod http;
+pub mod route;
 pub mod service;
 pub mod tls;

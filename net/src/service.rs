@@ -21,6 +21,7 @@ use crate::git::receive;
 use crate::git::refs::valid_repo_name;
 use crate::git::upload::{self, FetchRequest};
 use crate::http::{self, Body, Peer};
+use crate::route::{self, Peers, Req};
 
 /// Limits on what a request may carry.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +41,11 @@ pub struct Ctx<B> {
     pub region: String,
     pub node_name: String,
     pub limits: Limits,
+    /// This shard and how many the node has.
+    pub shard: usize,
+    pub shards: usize,
+    /// Channels to the other shards.
+    pub peers: Peers,
 }
 
 fn respond(status: StatusCode, ctype: &str, body: impl Into<Bytes>, node: &str) -> Response<Body> {
@@ -97,11 +103,76 @@ pub fn split_repo_path(path: &str) -> Option<(&str, &str)> {
     None
 }
 
-/// Handles one request on the user listener.
+/// Handles one request on the user listener: reads its bounded body, then serves it
+/// on this shard or passes it to the shard that owns its repository.
 pub async fn handle_user<B: Backend + 'static>(
     ctx: Rc<Ctx<B>>,
     req: Request<Incoming>,
     peer: Rc<Peer>,
+) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let limit = if path.ends_with("/git-receive-pack") {
+        ctx.limits.pack_bytes_max
+    } else if path.ends_with("/git-upload-pack") {
+        ctx.limits.negotiation_bytes_max
+    } else {
+        1 << 20
+    };
+    let (method, uri, headers) = (
+        req.method().clone(),
+        req.uri().clone(),
+        req.headers().clone(),
+    );
+    let body = match http::collect(req, limit).await {
+        Ok(b) => b,
+        Err(e @ http::BodyError::TooLarge(_)) => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &e.to_string(),
+                &ctx.node_name,
+            )
+        }
+        Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string(), &ctx.node_name),
+    };
+    let req = Req {
+        method,
+        uri,
+        headers,
+        body,
+    };
+    let owner = owner_of(&req, ctx.shards);
+    match owner {
+        Some(o) if o != ctx.shard => {
+            route::forward(&ctx.peers, o, req, peer.cert.clone(), peer.addr, false).await
+        }
+        _ => dispatch(ctx, req, peer, false).await,
+    }
+}
+
+/// The shard that must serve `req`, if one must (repository requests and repository
+/// administration); `None`: any shard.
+fn owner_of(req: &Req, shards: usize) -> Option<usize> {
+    let path = req.uri.path();
+    if let Some((repo, _)) = split_repo_path(path) {
+        return Some(route::shard_of(repo, shards));
+    }
+    if matches!(
+        path,
+        "/admin/createrepo" | "/admin/deleterepo" | "/admin/editrepo"
+    ) {
+        let r: RepoRequest = serde_json::from_slice(&req.body).ok()?;
+        return Some(route::shard_of(&r.reponame, shards));
+    }
+    None
+}
+
+/// Serves a request on this shard. `local_only`: a part of a request gathered from
+/// every shard (do not gather again).
+pub async fn dispatch<B: Backend + 'static>(
+    ctx: Rc<Ctx<B>>,
+    req: Req,
+    peer: Rc<Peer>,
+    local_only: bool,
 ) -> Response<Body> {
     let node = ctx.node_name.clone();
     let who = match principal(&peer, &ctx.cluster) {
@@ -121,7 +192,7 @@ pub async fn handle_user<B: Backend + 'static>(
             &node,
         );
     }
-    let path = req.uri().path().to_owned();
+    let path = req.uri.path().to_owned();
     if path == "/" {
         let name = match &who {
             Some(Principal::User { name, .. }) => name.clone(),
@@ -137,7 +208,7 @@ pub async fn handle_user<B: Backend + 'static>(
         );
     }
     if let Some(op) = path.strip_prefix("/admin/") {
-        return admin(&ctx, who.as_ref(), op, req).await;
+        return admin(&ctx, who.as_ref(), op, req, peer.as_ref(), local_only).await;
     }
     let Some((repo, rest)) = split_repo_path(&path) else {
         return text(StatusCode::NOT_FOUND, "not found", &node);
@@ -159,7 +230,7 @@ pub async fn handle_user<B: Backend + 'static>(
         return text(StatusCode::NOT_FOUND, "repository not found", &node);
     };
     let service = if rest == "info/refs" {
-        let q = req.uri().query().unwrap_or("");
+        let q = req.uri.query().unwrap_or("");
         q.split('&')
             .find_map(|kv| kv.strip_prefix("service="))
             .unwrap_or("")
@@ -177,11 +248,11 @@ pub async fn handle_user<B: Backend + 'static>(
         );
     }
     let v2 = req
-        .headers()
+        .headers
         .get("git-protocol")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(':').any(|p| p == "version=2"));
-    match (req.method(), rest, service.as_str()) {
+    match (&req.method, rest, service.as_str()) {
         (&Method::GET, "info/refs", "git-upload-pack" | "git-receive-pack") => {
             info_refs(&ctx, &repo, &state, &service, v2 && !writing).await
         }
@@ -268,15 +339,12 @@ async fn upload_pack<B: Backend + 'static>(
     ctx: Rc<Ctx<B>>,
     repo: String,
     state: RepoState,
-    req: Request<Incoming>,
+    req: Req,
     v2: bool,
 ) -> Response<Body> {
     let node = ctx.node_name.clone();
     let ctype = "application/x-git-upload-pack-result";
-    let body = match http::collect(req, ctx.limits.negotiation_bytes_max).await {
-        Ok(b) => b,
-        Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string(), &node),
-    };
+    let body = req.body;
     let refs = match upload::refs_of(&ctx.backend, &repo, &state).await {
         Ok(r) => r,
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), &node),
@@ -416,14 +484,11 @@ async fn receive_pack<B: Backend + 'static>(
     ctx: Rc<Ctx<B>>,
     repo: String,
     state: RepoState,
-    req: Request<Incoming>,
+    req: Req,
 ) -> Response<Body> {
     let node = ctx.node_name.clone();
     let ctype = "application/x-git-receive-pack-result";
-    let body = match http::collect(req, ctx.limits.pack_bytes_max).await {
-        Ok(b) => b,
-        Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string(), &node),
-    };
+    let body = req.body;
     if body == b"0000" {
         // git's probe before a large chunked POST.
         return respond(StatusCode::OK, ctype, Vec::new(), &node);
@@ -515,11 +580,13 @@ fn outcome(r: Result<String, String>, node: &str) -> Response<Body> {
     }
 }
 
-async fn admin<B: Backend>(
+async fn admin<B: Backend + 'static>(
     ctx: &Ctx<B>,
     who: Option<&Principal>,
     op: &str,
-    req: Request<Incoming>,
+    req: Req,
+    peer: &Peer,
+    local_only: bool,
 ) -> Response<Body> {
     let node = &ctx.node_name;
     let is_admin = who.is_some_and(|p| {
@@ -529,17 +596,34 @@ async fn admin<B: Backend>(
     if !is_admin {
         return text(StatusCode::UNAUTHORIZED, "admin permission required", node);
     }
-    let method = req.method().clone();
+    let method = req.method.clone();
     match (op, method) {
-        ("nodestatus", Method::GET) => json(StatusCode::OK, &ctx.backend.node_status(), node),
+        ("nodestatus", Method::GET) => {
+            let mut status = ctx.backend.node_status();
+            if !local_only {
+                let mut shards = vec![status["Storage"].clone()];
+                for v in gather(ctx, &req, peer).await {
+                    shards.push(v["Storage"].clone());
+                }
+                status["Shards"] = serde_json::Value::Array(shards);
+            }
+            json(StatusCode::OK, &status, node)
+        }
         ("listrepos", Method::GET) => match ctx.backend.list_repos().await {
             Ok(repos) => {
-                let v: serde_json::Map<String, serde_json::Value> = repos
+                let mut v: serde_json::Map<String, serde_json::Value> = repos
                     .into_iter()
                     .map(|(n, s)| {
                         (n, serde_json::json!({"Public": s.public, "Refs": s.refs, "Symrefs": s.symrefs, "AllowNonFastForward": s.allow_non_fast_forward}))
                     })
                     .collect();
+                if !local_only {
+                    for other in gather(ctx, &req, peer).await {
+                        if let Some(m) = other["Repos"].as_object() {
+                            v.extend(m.clone());
+                        }
+                    }
+                }
                 json(StatusCode::OK, &serde_json::json!({"Repos": v}), node)
             }
             Err(e) => json(
@@ -549,11 +633,7 @@ async fn admin<B: Backend>(
             ),
         },
         ("createrepo" | "deleterepo" | "editrepo", Method::POST) => {
-            let body = match http::collect(req, 1 << 20).await {
-                Ok(b) => b,
-                Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string(), node),
-            };
-            let r: RepoRequest = match serde_json::from_slice(&body) {
+            let r: RepoRequest = match serde_json::from_slice(&req.body) {
                 Ok(r) => r,
                 Err(e) => {
                     return text(
@@ -589,6 +669,28 @@ async fn admin<B: Backend>(
         }
         _ => text(StatusCode::NOT_FOUND, "not found", node),
     }
+}
+
+/// Asks every other shard for its part of `req` and returns their JSON answers.
+async fn gather<B: Backend>(ctx: &Ctx<B>, req: &Req, peer: &Peer) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for shard in (0..ctx.shards).filter(|s| *s != ctx.shard) {
+        let r = route::forward(
+            &ctx.peers,
+            shard,
+            req.clone(),
+            peer.cert.clone(),
+            peer.addr,
+            true,
+        )
+        .await;
+        if let Ok(body) = http_body_util::BodyExt::collect(r.into_body()).await {
+            if let Ok(v) = serde_json::from_slice(&body.to_bytes()) {
+                out.push(v);
+            }
+        }
+    }
+    out
 }
 
 async fn edit<B: Backend>(
