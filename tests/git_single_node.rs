@@ -374,3 +374,72 @@ fn repositories_spread_over_shards_are_all_served_and_listed() {
     let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert_eq!(v["Shards"].as_array().map(Vec::len), Some(shards), "{v}");
 }
+
+#[test]
+fn fetch_into_a_clone_with_much_unrelated_history() {
+    let region = Region::start();
+    let t = region.dir.path();
+    let url = region.repo_url("test");
+    let w = t.join("w");
+    region.git_ok(
+        t,
+        &["init", "-q", "-b", "master", w.to_str().expect("path")],
+    );
+    commit(&region, &w, "f", b"base", "base");
+    region.git_ok(&w, &["push", "-q", &url, "master"]);
+    let c = t.join("c");
+    region.git_ok(t, &["clone", "-q", &url, c.to_str().expect("path")]);
+    // The clone grows 1500 commits of history the server has never seen.
+    let mut script = String::new();
+    for i in 0..1500 {
+        script.push_str(&format!(
+            "commit refs/heads/unrelated\nmark :{}\ncommitter T <t@e> {} +0000\ndata 3\nu{:02}\n",
+            i + 1,
+            1_600_000_000 + i,
+            i % 100
+        ));
+        if i > 0 {
+            script.push_str(&format!("from :{i}\n"));
+        }
+        script.push('\n');
+    }
+    let mut fi = std::process::Command::new("git");
+    fi.args(["fast-import", "--quiet"])
+        .current_dir(&c)
+        .stdin(std::process::Stdio::piped());
+    let mut child = fi.spawn().expect("fast-import");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("write");
+    assert!(child.wait().expect("wait").success());
+    // Meanwhile the server moves on; the clone fetches over v0 and v2.
+    for (i, proto) in ["0", "2"].iter().enumerate() {
+        commit(
+            &region,
+            &w,
+            "f",
+            format!("next {i}").as_bytes(),
+            &format!("next {i}"),
+        );
+        region.git_ok(&w, &["push", "-q", &url, "master"]);
+        region.git_ok(
+            &c,
+            &[
+                "-c",
+                &format!("protocol.version={proto}"),
+                "fetch",
+                "-q",
+                "origin",
+            ],
+        );
+        assert_eq!(
+            region.git_ok(&c, &["rev-parse", "origin/master"]),
+            region.git_ok(&w, &["rev-parse", "HEAD"])
+        );
+    }
+    region.git_ok(&c, &["fsck", "--full"]);
+}
