@@ -218,9 +218,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             let config = config()?;
-            if args.debug {
-                tracing::debug!("debug logging requested; set RUST_LOG=debug for everything");
-            }
             match (args.spawn, args.joinnode) {
                 (true, _) => repospanner::serve::spawn(&config),
                 (false, Some(url)) => {
@@ -275,15 +272,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let debug = matches!(&cli.command, Command::Serve(a) if a.debug);
+    let default_level = if debug { "debug" } else { "info" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .init();
-    let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -400,45 +400,73 @@ async fn upload_pack<B: Backend + 'static>(
     let (mut tx, body) = http::channel();
     glommio::spawn_local(async move {
         let sideband = sideband_of(&fetch);
-        let progress = !fetch.has("no-progress");
+        let progress = !fetch.has("no-progress") && sideband.is_some();
+        let band_max = sideband.unwrap_or(1000);
         let started = std::time::Instant::now();
-        let plan = match upload::plan(&ctx.backend, &repo, &state, &refs, &fetch).await {
+        // Without shallow information to send first, the response can start before
+        // planning, so the client sees progress while the server counts objects.
+        let early = fetch.deepen.is_none() && fetch.shallows.is_empty();
+        let head = |plan: Option<&upload::Plan>| {
+            let mut head = Vec::new();
+            if v2_fetch {
+                if let Some(plan) = plan.filter(|_| !early) {
+                    pktline::line(&mut head, "shallow-info");
+                    for s in &plan.shallow {
+                        pktline::line(&mut head, &format!("shallow {}", crate::git::hex(s)));
+                    }
+                    pktline::delim(&mut head);
+                }
+                pktline::line(&mut head, "packfile");
+            } else {
+                if let Some(plan) = plan.filter(|_| fetch.deepen.is_some()) {
+                    for s in &plan.shallow {
+                        pktline::line(&mut head, &format!("shallow {}", crate::git::hex(s)));
+                    }
+                    pktline::flush(&mut head);
+                }
+                head.extend(upload::negotiation_v0(&fetch, &common));
+            }
+            head
+        };
+        if early && tx.send(Bytes::from(head(None))).await.is_err() {
+            return;
+        }
+        let progress_tx = tx.clone();
+        let mut report = move |msg: String| {
+            if progress {
+                let mut o = Vec::new();
+                pktline::sideband(&mut o, 2, format!("{msg}\r").as_bytes(), band_max);
+                // Best effort: dropped when the client is slow.
+                let _ = progress_tx.clone().try_send(Bytes::from(o));
+            }
+        };
+        let plan = match upload::plan(&ctx.backend, &repo, &state, &refs, &fetch, &mut report).await
+        {
             Ok(p) => p,
             Err(e) => {
+                warn!(repo = %repo, error = %e, "fetch failed");
                 let mut o = Vec::new();
-                pktline::data(&mut o, format!("ERR {e}\n").as_bytes());
+                match (early, sideband) {
+                    // The pack has started: report on the error channel.
+                    (true, Some(max)) => {
+                        pktline::sideband(&mut o, 3, format!("{e}\n").as_bytes(), max)
+                    }
+                    _ => pktline::data(&mut o, format!("ERR {e}\n").as_bytes()),
+                }
                 let _ = tx.send(Bytes::from(o)).await;
                 return;
             }
         };
-        let mut head = Vec::new();
-        if v2_fetch {
-            if fetch.deepen.is_some() || !plan.shallow.is_empty() {
-                pktline::line(&mut head, "shallow-info");
-                for s in &plan.shallow {
-                    pktline::line(&mut head, &format!("shallow {}", crate::git::hex(s)));
-                }
-                pktline::delim(&mut head);
-            }
-            pktline::line(&mut head, "packfile");
-        } else {
-            if fetch.deepen.is_some() {
-                for s in &plan.shallow {
-                    pktline::line(&mut head, &format!("shallow {}", crate::git::hex(s)));
-                }
-                pktline::flush(&mut head);
-            }
-            head.extend(upload::negotiation_v0(&fetch, &common));
-        }
-        if progress && sideband.is_some() {
+        let mut first = if early { Vec::new() } else { head(Some(&plan)) };
+        if progress {
             let msg = format!(
                 "repoSpanner-rs: sending {} objects ({} as thin deltas)\n",
                 plan.objects.len(),
                 plan.thin
             );
-            pktline::sideband(&mut head, 2, msg.as_bytes(), sideband.unwrap_or(1000));
+            pktline::sideband(&mut first, 2, msg.as_bytes(), band_max);
         }
-        if tx.send(Bytes::from(head)).await.is_err() {
+        if tx.send(Bytes::from(first)).await.is_err() {
             return;
         }
         let planned = started.elapsed();

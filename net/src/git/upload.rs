@@ -366,6 +366,7 @@ pub async fn plan<B: Backend>(
     state: &RepoState,
     refs: &[AdRef],
     req: &FetchRequest,
+    progress: &mut dyn FnMut(String),
 ) -> Result<Plan, UploadError> {
     // Every want must be reachable from a ref (allow-reachable-sha1-in-want): since
     // every stored object of a repository is reachable from its refs or was part of a
@@ -474,6 +475,10 @@ pub async fn plan<B: Backend>(
         }
     }
 
+    progress(format!(
+        "Counting objects: {} commits to send",
+        send_commits.len()
+    ));
     // Objects the client has: everything in the trees of the boundary commits.
     let mut have_objects: HashSet<Oid> = HashSet::new();
     walk_trees(
@@ -524,6 +529,7 @@ pub async fn plan<B: Backend>(
 
     // Read entries; bring in delta bases the client lacks; order bases first.
     let thin_ok = req.has("thin-pack");
+    progress(format!("Counting objects: {} objects to send", order.len()));
     // Stored entries are read many at a time: io_uring serves concurrent reads in
     // parallel, where one at a time would pay the device latency per object.
     let mut raws: HashMap<Oid, RawObject> = HashMap::with_capacity(order.len());
@@ -545,6 +551,9 @@ pub async fn plan<B: Backend>(
                 }
             }
             raws.insert(oid, raw);
+        }
+        if i % 4096 < READ_AHEAD {
+            progress(format!("Reading objects: {i}/{}", order.len()));
         }
         glommio::yield_if_needed().await;
     }
