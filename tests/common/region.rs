@@ -124,6 +124,11 @@ impl Region {
         panic!("node did not start:\n{}", self.log());
     }
 
+    /// The node's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops the node with `signal` and waits for it.
     pub fn stop(&mut self, signal: i32) {
         if let Some(mut c) = self.child.take() {

@@ -1,0 +1,97 @@
+//! SIGKILL a real node while pushes stream in: every push git saw acknowledged is
+//! there after the restart, and the repository is intact.
+
+mod common;
+
+use common::region::Region;
+
+#[test]
+fn no_acknowledged_push_is_lost_when_the_node_is_killed() {
+    let mut region = Region::start();
+    let t = region.dir.path().to_owned();
+    let url = region.repo_url("test");
+    let w = t.join("w");
+    region.git_ok(
+        &t,
+        &["init", "-q", "-b", "master", w.to_str().expect("path")],
+    );
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    eprintln!("seed {seed}");
+    let mut acked: Vec<String> = Vec::new();
+    for round in 0..3u64 {
+        // Push commits one after another while another thread SIGKILLs the node at
+        // a random moment, usually in the middle of a push.
+        let delay = std::time::Duration::from_millis(100 + seed.wrapping_mul(round + 7) % 700);
+        let pid = region.pid().expect("node running");
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            // SAFETY: signalling the node process this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        });
+        let mut failures = 0;
+        for i in 0..40usize {
+            let blob: Vec<u8> = (0..20_000u32)
+                .map(|b| (b.wrapping_mul(i as u32 + 1) ^ round as u32) as u8)
+                .collect();
+            std::fs::write(w.join(format!("f{}", i % 3)), &blob).expect("write");
+            region.git_ok(&w, &["add", "-A"]);
+            region.git_ok(&w, &["commit", "-qm", &format!("round {round} commit {i}")]);
+            let out = region.git(Some("admin"), &w, &["push", "-q", &url, "master"]);
+            if out.status.success() {
+                acked.push(region.git_ok(&w, &["rev-parse", "HEAD"]).trim().to_owned());
+            } else {
+                failures += 1;
+                if failures >= 2 {
+                    break;
+                }
+            }
+        }
+        killer.join().expect("killer");
+        eprintln!(
+            "round {round}: killed after {delay:?}; {} pushes acknowledged so far",
+            acked.len()
+        );
+        region.stop(libc::SIGKILL);
+        region.start_node();
+        // The ref is at the newest acknowledged commit or later, never behind.
+        let remote = region.git_ok(&t, &["ls-remote", &url, "refs/heads/master"]);
+        let tip = remote
+            .split_whitespace()
+            .next()
+            .expect("master exists")
+            .to_owned();
+        let last = acked.last().expect("some pushes were acknowledged");
+        let ancestry = region.git(
+            Some("admin"),
+            &w,
+            &["merge-base", "--is-ancestor", last, &tip],
+        );
+        assert!(
+            ancestry.status.success(),
+            "round {round}: remote master {tip} is behind acknowledged {last}"
+        );
+        // Resynchronise the work tree with what the node has.
+        region.git_ok(&w, &["fetch", "-q", &url, "master"]);
+        region.git_ok(&w, &["reset", "-q", "--hard", "FETCH_HEAD"]);
+    }
+    let c = t.join("clone");
+    region.git_ok(
+        &t,
+        &["clone", "-q", "--mirror", &url, c.to_str().expect("path")],
+    );
+    region.git_ok(&c, &["fsck", "--full", "--strict"]);
+    for a in &acked {
+        let out = region.git(
+            Some("admin"),
+            &c,
+            &["cat-file", "-e", &format!("{a}^{{commit}}")],
+        );
+        assert!(
+            out.status.success(),
+            "acknowledged commit {a} is missing after the crashes"
+        );
+    }
+}
