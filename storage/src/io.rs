@@ -353,7 +353,12 @@ impl MemDir {
     }
 }
 
-/// Gives other tasks a turn, so a crash image can fall between a write and its sync.
+/// Lets every other ready task run once (the in-memory directory yields in its writes
+/// and syncs, so a crash image can fall between a write and its sync).
+pub async fn yield_now() {
+    YieldNow(false).await
+}
+
 struct YieldNow(bool);
 
 impl std::future::Future for YieldNow {

@@ -10,9 +10,10 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use common::{full, noise, run, seed, yield_now};
+use common::{full, noise, run, seed};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use repospanner_storage::io::yield_now;
 use repospanner_storage::{Faults, MemDir, Namespace, ObjectKind, Options, Store, Write};
 
 const ROUNDS: u64 = 40;
