@@ -379,23 +379,22 @@ async fn upload_pack<B: Backend + 'static>(
         return respond(StatusCode::OK, ctype, Vec::new(), &node);
     }
     let common = upload::common(&ctx.backend, &repo, &fetch.haves);
+    let mut v2_acks = Vec::new();
     if !fetch.done {
-        // Another negotiation round.
-        let out = if v2_fetch {
-            let mut o = Vec::new();
-            pktline::line(&mut o, "acknowledgments");
-            if common.is_empty() {
-                pktline::line(&mut o, "NAK");
+        // Another negotiation round, unless the server has seen enough.
+        let ready = upload::ready(&ctx.backend, &repo, &fetch.wants, &common).await;
+        if v2_fetch {
+            let acks = upload::acknowledgments_v2(&common, ready);
+            if !ready || common.is_empty() {
+                return respond(StatusCode::OK, ctype, acks, &node);
             }
-            for c in &common {
-                pktline::line(&mut o, &format!("ACK {}", crate::git::hex(c)));
-            }
-            pktline::flush(&mut o);
-            o
+            v2_acks = acks; // the packfile follows
         } else {
-            upload::negotiation_v0(&fetch, &common)
-        };
-        return respond(StatusCode::OK, ctype, out, &node);
+            let (out, pack_follows) = upload::negotiation_v0(&fetch, &common, ready);
+            if !pack_follows {
+                return respond(StatusCode::OK, ctype, out, &node);
+            }
+        }
     }
     let (mut tx, body) = http::channel();
     glommio::spawn_local(async move {
@@ -407,7 +406,7 @@ async fn upload_pack<B: Backend + 'static>(
         // planning, so the client sees progress while the server counts objects.
         let early = fetch.deepen.is_none() && fetch.shallows.is_empty();
         let head = |plan: Option<&upload::Plan>| {
-            let mut head = Vec::new();
+            let mut head = v2_acks.clone();
             if v2_fetch {
                 if let Some(plan) = plan.filter(|_| !early) {
                     pktline::line(&mut head, "shallow-info");
@@ -424,7 +423,7 @@ async fn upload_pack<B: Backend + 'static>(
                     }
                     pktline::flush(&mut head);
                 }
-                head.extend(upload::negotiation_v0(&fetch, &common));
+                head.extend(upload::negotiation_v0(&fetch, &common, true).0);
             }
             head
         };

@@ -669,8 +669,10 @@ pub fn encode_pack(plan: &Plan, mut emit: impl FnMut(Vec<u8>)) {
     emit(w.finish());
 }
 
-/// Formats the v0 negotiation part of a response (before any pack).
-pub fn negotiation_v0(req: &FetchRequest, common: &[Oid]) -> Vec<u8> {
+/// Formats the v0 negotiation part of a response (before any pack). `ready`: the
+/// server has found enough common commits to send a good pack (see [`ready`]). Returns
+/// the bytes and whether a pack follows (`done`, or `ready` with `no-done`).
+pub fn negotiation_v0(req: &FetchRequest, common: &[Oid], ready: bool) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
     let detailed = req.has("multi_ack_detailed");
     let multi = detailed || req.has("multi_ack");
@@ -684,10 +686,84 @@ pub fn negotiation_v0(req: &FetchRequest, common: &[Oid]) -> Vec<u8> {
             Some(c) => pktline::line(&mut out, &format!("ACK {}", hex(c))),
             None => pktline::line(&mut out, "NAK"),
         }
-    } else {
-        pktline::line(&mut out, "NAK");
+        return (out, true);
     }
-    out
+    let last = common.last().filter(|_| ready && detailed);
+    if let Some(c) = last {
+        pktline::line(&mut out, &format!("ACK {} ready", hex(c)));
+    }
+    pktline::line(&mut out, "NAK");
+    if let (Some(c), true) = (last, req.has("no-done")) {
+        pktline::line(&mut out, &format!("ACK {}", hex(c)));
+        return (out, true);
+    }
+    (out, false)
+}
+
+/// The v2 acknowledgments section for a round without `done`; with `ready`, the
+/// section ends with `ready` and a delimiter, and the packfile follows.
+pub fn acknowledgments_v2(common: &[Oid], ready: bool) -> Vec<u8> {
+    let mut o = Vec::new();
+    pktline::line(&mut o, "acknowledgments");
+    if common.is_empty() {
+        pktline::line(&mut o, "NAK");
+    }
+    for c in common {
+        pktline::line(&mut o, &format!("ACK {}", hex(c)));
+    }
+    if ready && !common.is_empty() {
+        pktline::line(&mut o, "ready");
+        pktline::delim(&mut o);
+    } else {
+        pktline::flush(&mut o);
+    }
+    o
+}
+
+/// Longest walk back from a want while deciding [`ready`].
+const READY_WALK_MAX: usize = 4096;
+
+/// Whether the negotiation can stop: every wanted commit reaches a common commit
+/// (the client already has everything below it), as git's `ok_to_give_up`. The walk
+/// from each want is bounded, so a client with much unrelated history costs the
+/// server little: it just keeps negotiating.
+pub async fn ready<B: Backend>(b: &B, repo: &str, wants: &[Oid], common: &[Oid]) -> bool {
+    if common.is_empty() {
+        return false;
+    }
+    let commons: HashSet<Oid> = common.iter().copied().collect();
+    let mut visited = 0usize;
+    for w in wants {
+        let mut stack = vec![*w];
+        let mut seen = HashSet::new();
+        let mut found = false;
+        while let Some(c) = stack.pop() {
+            if commons.contains(&c) {
+                found = true;
+                break;
+            }
+            if !seen.insert(c) {
+                continue;
+            }
+            visited += 1;
+            if visited > READY_WALK_MAX {
+                return false;
+            }
+            match b.object(repo, &c).await {
+                Ok(Some((ObjectKind::Commit, content))) => {
+                    match links(ObjectKind::Commit, &content) {
+                        Ok(l) => stack.extend(l.parents),
+                        Err(_) => return false,
+                    }
+                }
+                _ => return false,
+            }
+        }
+        if !found {
+            return false;
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -730,6 +806,32 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn negotiation_rounds() {
+        let mut req = FetchRequest::default();
+        req.caps.insert("multi_ack_detailed".into());
+        let c = [[1u8; 20], [2u8; 20]];
+        let text = |b: Vec<u8>| String::from_utf8(b).expect("utf8");
+        // Not ready: commons, then NAK; no pack.
+        let (o, pack) = negotiation_v0(&req, &c, false);
+        assert!(!pack);
+        assert!(text(o).ends_with("NAK\n"));
+        // Ready without no-done: the client is told, and sends done next.
+        let (o, pack) = negotiation_v0(&req, &c, true);
+        assert!(!pack && text(o).contains(&format!("ACK {} ready", "02".repeat(20))));
+        // Ready with no-done: the pack follows at once.
+        req.caps.insert("no-done".into());
+        let (o, pack) = negotiation_v0(&req, &c, true);
+        assert!(pack && text(o).ends_with(&format!("NAK\n0031ACK {}\n", "02".repeat(20))));
+        // done: the last common or NAK.
+        req.done = true;
+        assert!(negotiation_v0(&req, &[], false).1);
+        let v2 = text(acknowledgments_v2(&c, true));
+        assert!(v2.contains("ready\n") && v2.ends_with("0001"), "{v2}");
+        let v2 = text(acknowledgments_v2(&[], true));
+        assert!(v2.contains("NAK") && v2.ends_with("0000"), "{v2}");
     }
 
     #[test]
