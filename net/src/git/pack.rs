@@ -81,6 +81,10 @@ pub struct Entry {
     pub size: u64,
     /// Range of the zlib stream in the pack.
     pub data: std::ops::Range<usize>,
+    /// For whole objects: the id, computed while the entry was first inflated.
+    pub oid: Option<Oid>,
+    /// For whole commits, trees and tags: the content (kept for connectivity checks).
+    pub content: Option<Vec<u8>>,
 }
 
 /// An object of the pack after resolution: what the store keeps.
@@ -263,13 +267,21 @@ pub fn read_entries(pack: &[u8], limits: &Limits) -> Result<Vec<Entry>, PackErro
             }
             t => EntryKind::Full(kind_of(t).ok_or(PackError::BadType { offset, kind: t })?),
         };
-        let (_, used) =
+        let (content, used) =
             inflate_prefix(&pack[at..body_end], size).ok_or(PackError::BadZlib { offset })?;
+        // A whole object is hashed now, while its content is at hand: resolution then
+        // only inflates it again if a delta needs it as a base.
+        let (oid, content) = match kind {
+            EntryKind::Full(k) => (Some(hash(k, &content)?), (k != ObjectKind::Blob).then_some(content)),
+            _ => (None, None),
+        };
         entries.push(Entry {
             offset,
             kind,
             size,
             data: at..at + used,
+            oid,
+            content,
         });
         starts.insert(offset);
         at += used;
@@ -312,11 +324,10 @@ pub fn resolve(
         }
     }
     let mut resolved: Vec<Option<Resolved>> = vec![None; entries.len()];
-    let mut done = 0usize;
 
     // Depth-first from each resolved object through its children, keeping only the
     // current chain's contents in memory.
-    let mut walk = |start: usize,
+    let walk = |start: usize,
                     content: Vec<u8>,
                     kind: ObjectKind,
                     base: Option<Oid>,
@@ -340,7 +351,6 @@ pub fn resolve(
                 data: e.data.clone(),
                 content: (kind != ObjectKind::Blob).then(|| content.clone()),
             });
-            done += 1;
             newly.push((oid, kind));
             let mut kids: Vec<usize> = ofs_children.get(&i).cloned().unwrap_or_default();
             kids.extend(ref_children.remove(&oid).unwrap_or_default());
@@ -367,9 +377,28 @@ pub fn resolve(
         let EntryKind::Full(kind) = e.kind else {
             continue;
         };
-        let content = inflate_prefix(&pack[e.data.clone()], e.size)
-            .ok_or(PackError::BadZlib { offset: e.offset })?
-            .0;
+        let is_base = ofs_children.contains_key(&i) || e.oid.is_some_and(|o| ref_children.contains_key(&o));
+        if let (Some(oid), false) = (e.oid, is_base) {
+            // Hashed while reading, and no delta needs its content.
+            resolved[i] = Some(Resolved {
+                oid,
+                kind,
+                object_size: e.size,
+                entry_size: e.size,
+                base: None,
+                data: e.data.clone(),
+                content: e.content.clone(),
+            });
+            continue;
+        }
+        let content = match &e.content {
+            Some(c) => c.clone(),
+            None => {
+                inflate_prefix(&pack[e.data.clone()], e.size)
+                    .ok_or(PackError::BadZlib { offset: e.offset })?
+                    .0
+            }
+        };
         walk(i, content, kind, None, &mut resolved, &mut ref_children)?;
     }
     // REF_DELTA bases outside the pack (thin pack) or never resolved.
@@ -392,7 +421,7 @@ pub fn resolve(
             walk(k, out, kind, Some(base), &mut resolved, &mut ref_children)?;
         }
     }
-    if done != entries.len() {
+    if resolved.iter().any(Option::is_none) {
         return Err(PackError::DeltaCycle);
     }
     let mut seen = std::collections::HashSet::new();
