@@ -272,7 +272,10 @@ pub fn read_entries(pack: &[u8], limits: &Limits) -> Result<Vec<Entry>, PackErro
         // A whole object is hashed now, while its content is at hand: resolution then
         // only inflates it again if a delta needs it as a base.
         let (oid, content) = match kind {
-            EntryKind::Full(k) => (Some(hash(k, &content)?), (k != ObjectKind::Blob).then_some(content)),
+            EntryKind::Full(k) => (
+                Some(hash(k, &content)?),
+                (k != ObjectKind::Blob).then_some(content),
+            ),
             _ => (None, None),
         };
         entries.push(Entry {
@@ -328,11 +331,11 @@ pub fn resolve(
     // Depth-first from each resolved object through its children, keeping only the
     // current chain's contents in memory.
     let walk = |start: usize,
-                    content: Vec<u8>,
-                    kind: ObjectKind,
-                    base: Option<Oid>,
-                    resolved: &mut Vec<Option<Resolved>>,
-                    ref_children: &mut HashMap<Oid, Vec<usize>>|
+                content: Vec<u8>,
+                kind: ObjectKind,
+                base: Option<Oid>,
+                resolved: &mut Vec<Option<Resolved>>,
+                ref_children: &mut HashMap<Oid, Vec<usize>>|
      -> Result<Vec<(Oid, ObjectKind)>, PackError> {
         let mut newly = Vec::new();
         let mut stack = vec![(start, content, base, 0usize)];
@@ -377,7 +380,8 @@ pub fn resolve(
         let EntryKind::Full(kind) = e.kind else {
             continue;
         };
-        let is_base = ofs_children.contains_key(&i) || e.oid.is_some_and(|o| ref_children.contains_key(&o));
+        let is_base =
+            ofs_children.contains_key(&i) || e.oid.is_some_and(|o| ref_children.contains_key(&o));
         if let (Some(oid), false) = (e.oid, is_base) {
             // Hashed while reading, and no delta needs its content.
             resolved[i] = Some(Resolved {
