@@ -211,6 +211,10 @@ pub struct Limits {
     pub connections_max: u32,
     /// How long a push waits for a majority before failing, in seconds.
     pub replication_timeout_seconds: u32,
+    /// Most bytes of request bodies (pushes) the node holds in memory at once; a push
+    /// beyond it is refused with 503 at once. Each shard gets an equal part, but never
+    /// less than one push of `pack_bytes_max`.
+    pub buffered_bytes_max: u64,
 }
 
 impl Default for Limits {
@@ -221,6 +225,7 @@ impl Default for Limits {
             refs_per_push_max: 100_000,
             connections_max: 4096,
             replication_timeout_seconds: 30,
+            buffered_bytes_max: 4 << 30,
         }
     }
 }
@@ -289,6 +294,7 @@ impl Config {
             ("limits.object_bytes_max", l.object_bytes_max),
             ("limits.refs_per_push_max", u64::from(l.refs_per_push_max)),
             ("limits.connections_max", u64::from(l.connections_max)),
+            ("limits.buffered_bytes_max", l.buffered_bytes_max),
             (
                 "limits.replication_timeout_seconds",
                 u64::from(l.replication_timeout_seconds),

@@ -275,7 +275,9 @@ async fn run_shard(
                 let cell = cell.clone();
                 async move {
                     match cell.get() {
-                        Some(ctx) => service::dispatch(ctx.clone(), req, peer, local_only).await,
+                        Some(ctx) => {
+                            service::dispatch_forwarded(ctx.clone(), req, peer, local_only).await
+                        }
                         None => {
                             let mut r = hyper::Response::new(repospanner_net::http::full(
                                 "shard starting\n",
@@ -290,6 +292,8 @@ async fn run_shard(
         .detach();
     }
     let peers = repospanner_net::route::Peers::connect(to_peers).await;
+    let per_shard =
+        (sc.limits.buffered_bytes_max / shards as u64).max(sc.limits.pack_bytes_max + (1 << 20));
     let ctx = Rc::new(Ctx {
         backend,
         cluster: sc.node.cluster.clone(),
@@ -299,6 +303,7 @@ async fn run_shard(
         shard: k,
         shards,
         peers,
+        budget: repospanner_net::http::Budget::new(per_shard),
     });
     let _ = ctx_cell.set(ctx.clone());
     let user_ctx = ctx.clone();

@@ -125,23 +125,79 @@ pub enum BodyError {
     Read(String),
     #[error("request body is not valid gzip")]
     Gzip,
+    #[error("the node holds too many request bodies right now (limits.buffered_bytes_max); retry")]
+    Busy,
+    #[error("the client sent nothing for {0} seconds")]
+    Stalled(u64),
 }
 
-/// Collects a request body up to `max` bytes, inflating `Content-Encoding: gzip`
-/// (with the same limit on the inflated size).
-pub async fn collect(req: Request<Incoming>, max: u64) -> Result<Vec<u8>, BodyError> {
+/// How many bytes of request bodies a shard may hold at once: a named limit, taken
+/// as data arrives and given back when the request is done. When it is exhausted a
+/// request fails at once (503) instead of waiting, so two half-read pushes can never
+/// wait for each other.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    kib: Rc<glommio::sync::Semaphore>,
+}
+
+/// Part of a [`Budget`], given back on drop.
+#[derive(Debug, Default)]
+pub struct Held(Vec<glommio::sync::StaticPermit>);
+
+impl Held {
+    pub fn merge(&mut self, other: Held) {
+        self.0.extend(other.0);
+    }
+}
+
+impl Budget {
+    pub fn new(bytes: u64) -> Budget {
+        Budget {
+            kib: Rc::new(glommio::sync::Semaphore::new(bytes.div_ceil(1024))),
+        }
+    }
+
+    /// Takes `bytes` if that much is free.
+    pub fn try_take(&self, bytes: usize) -> Option<Held> {
+        let units = (bytes as u64).div_ceil(1024);
+        if units == 0 {
+            return Some(Held::default());
+        }
+        self.kib
+            .try_acquire_static_permit(units)
+            .ok()
+            .map(|p| Held(vec![p]))
+    }
+}
+
+/// The longest pause allowed between two pieces of a request body.
+pub const BODY_IDLE: Duration = Duration::from_secs(120);
+
+/// Collects a request body up to `max` bytes, taking them from `budget` as they arrive,
+/// inflating `Content-Encoding: gzip` (with the same limit on the inflated size).
+pub async fn collect(
+    req: Request<Incoming>,
+    max: u64,
+    budget: &Budget,
+) -> Result<(Vec<u8>, Held), BodyError> {
     let gzip = req
         .headers()
         .get(hyper::header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
     let mut body = req.into_body();
     let mut out = Vec::new();
-    while let Some(frame) = body.frame().await {
+    let mut held = Held::default();
+    loop {
+        let next = glommio::timer::timeout(BODY_IDLE, async { Ok(body.frame().await) })
+            .await
+            .map_err(|_| BodyError::Stalled(BODY_IDLE.as_secs()))?;
+        let Some(frame) = next else { break };
         let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
             if out.len() as u64 + data.len() as u64 > max {
                 return Err(BodyError::TooLarge(max));
             }
+            held.merge(budget.try_take(data.len()).ok_or(BodyError::Busy)?);
             out.extend_from_slice(&data);
         }
     }
@@ -155,9 +211,10 @@ pub async fn collect(req: Request<Incoming>, max: u64) -> Result<Vec<u8>, BodyEr
         if inflated.len() as u64 > max {
             return Err(BodyError::TooLarge(max));
         }
-        return Ok(inflated);
+        held.merge(budget.try_take(inflated.len()).ok_or(BodyError::Busy)?);
+        return Ok((inflated, held));
     }
-    Ok(out)
+    Ok((out, held))
 }
 
 /// Who is on the other end of a connection.
@@ -246,5 +303,28 @@ where
             }
         })
         .detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_refuses_instead_of_waiting_and_refills_on_drop() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let b = Budget::new(10 * 1024);
+                let first = b.try_take(8 * 1024).expect("fits");
+                assert!(b.try_take(4 * 1024).is_none(), "over budget");
+                let small = b.try_take(1000).expect("a small one still fits");
+                drop(first);
+                assert!(b.try_take(8 * 1024).is_some(), "given back on drop");
+                drop(small);
+                assert!(b.try_take(0).is_some());
+            })
+            .expect("executor")
+            .join()
+            .expect("join");
     }
 }

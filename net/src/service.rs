@@ -20,7 +20,7 @@ use crate::git::pktline;
 use crate::git::receive;
 use crate::git::refs::valid_repo_name;
 use crate::git::upload::{self, FetchRequest};
-use crate::http::{self, Body, Peer};
+use crate::http::{self, Body, Budget, Held, Peer};
 use crate::route::{self, Peers, Req};
 
 /// Limits on what a request may carry.
@@ -46,6 +46,8 @@ pub struct Ctx<B> {
     pub shards: usize,
     /// Channels to the other shards.
     pub peers: Peers,
+    /// Bytes of request bodies this shard may hold at once.
+    pub budget: Budget,
 }
 
 fn respond(status: StatusCode, ctype: &str, body: impl Into<Bytes>, node: &str) -> Response<Body> {
@@ -123,16 +125,9 @@ pub async fn handle_user<B: Backend + 'static>(
         req.uri().clone(),
         req.headers().clone(),
     );
-    let body = match http::collect(req, limit).await {
+    let (body, held) = match http::collect(req, limit, &ctx.budget).await {
         Ok(b) => b,
-        Err(e @ http::BodyError::TooLarge(_)) => {
-            return text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &e.to_string(),
-                &ctx.node_name,
-            )
-        }
-        Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string(), &ctx.node_name),
+        Err(e) => return body_error(&e, &ctx.node_name),
     };
     let req = Req {
         method,
@@ -142,11 +137,36 @@ pub async fn handle_user<B: Backend + 'static>(
     };
     let owner = owner_of(&req, ctx.shards);
     match owner {
+        // The body moves to the owner, which accounts for it there.
         Some(o) if o != ctx.shard => {
             route::forward(&ctx.peers, o, req, peer.cert.clone(), peer.addr, false).await
         }
-        _ => dispatch(ctx, req, peer, false).await,
+        _ => dispatch(ctx, req, peer, false, held).await,
     }
+}
+
+fn body_error(e: &http::BodyError, node: &str) -> Response<Body> {
+    let status = match e {
+        http::BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        http::BodyError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        http::BodyError::Stalled(_) => StatusCode::REQUEST_TIMEOUT,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    text(status, &e.to_string(), node)
+}
+
+/// Serves a request another shard passed here: its body is accounted in this shard's
+/// budget for as long as it is held.
+pub async fn dispatch_forwarded<B: Backend + 'static>(
+    ctx: Rc<Ctx<B>>,
+    req: Req,
+    peer: Rc<Peer>,
+    local_only: bool,
+) -> Response<Body> {
+    let Some(held) = ctx.budget.try_take(req.body.len()) else {
+        return body_error(&http::BodyError::Busy, &ctx.node_name);
+    };
+    dispatch(ctx, req, peer, local_only, held).await
 }
 
 /// The shard that must serve `req`, if one must (repository requests and repository
@@ -167,12 +187,13 @@ fn owner_of(req: &Req, shards: usize) -> Option<usize> {
 }
 
 /// Serves a request on this shard. `local_only`: a part of a request gathered from
-/// every shard (do not gather again).
+/// every shard (do not gather again). `held`: the body's share of the budget.
 pub async fn dispatch<B: Backend + 'static>(
     ctx: Rc<Ctx<B>>,
     req: Req,
     peer: Rc<Peer>,
     local_only: bool,
+    held: Held,
 ) -> Response<Body> {
     let node = ctx.node_name.clone();
     let who = match principal(&peer, &ctx.cluster) {
@@ -264,7 +285,9 @@ pub async fn dispatch<B: Backend + 'static>(
         (&Method::POST, "git-upload-pack", _) => {
             upload_pack(ctx.clone(), repo, state, req, v2).await
         }
-        (&Method::POST, "git-receive-pack", _) => receive_pack(ctx.clone(), repo, state, req).await,
+        (&Method::POST, "git-receive-pack", _) => {
+            receive_pack(ctx.clone(), repo, state, req, held).await
+        }
         _ => text(StatusCode::NOT_FOUND, "not found", &node),
     }
 }
@@ -512,6 +535,7 @@ async fn receive_pack<B: Backend + 'static>(
     repo: String,
     state: RepoState,
     req: Req,
+    held: Held,
 ) -> Response<Body> {
     let node = ctx.node_name.clone();
     let ctype = "application/x-git-receive-pack-result";
@@ -529,6 +553,8 @@ async fn receive_pack<B: Backend + 'static>(
     }
     let (mut tx, out) = http::channel();
     glommio::spawn_local(async move {
+        // The body's share of the budget is held until the push is done.
+        let _held = held;
         let sideband = push
             .caps
             .contains("side-band-64k")

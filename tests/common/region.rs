@@ -61,6 +61,11 @@ impl Region {
 
     /// Writes the region, spawns and starts its node, waits until it answers.
     pub fn start() -> Region {
+        Region::start_with("")
+    }
+
+    /// Like [`Region::start`], with `extra` YAML appended to the node's config.
+    pub fn start_with(extra: &str) -> Region {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_ports();
         let qs = dir.path().join("qs");
@@ -80,6 +85,12 @@ impl Region {
             "quickstart: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if !extra.is_empty() {
+            let config = qs.join("node1/config.yml");
+            let mut text = std::fs::read_to_string(&config).expect("config");
+            text.push_str(extra);
+            std::fs::write(&config, text).expect("config");
+        }
         let mut r = Region {
             dir,
             port,
