@@ -84,6 +84,7 @@ pub fn spawn(config: &Config) -> Result<()> {
     }
     std::fs::create_dir_all(&sc.state_dir)
         .with_context(|| format!("creating {}", sc.state_dir.display()))?;
+    let _lock = lock_state(&sc.state_dir)?;
     let shards = sc
         .shards
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
@@ -184,6 +185,9 @@ pub fn serve(config: &Config) -> Result<()> {
             sc.node.name, sc.node.id, sc.node.region, sc.node.cluster, state.identity.name, state.identity.id, state.identity.id
         );
     }
+    // One process per state: with SO_REUSEPORT a second `serve` would even bind the
+    // same ports, and two writers would corrupt the log. Held until the process exits.
+    let _lock = lock_state(&sc.state_dir)?;
     let tls = repospanner_net::tls::build(
         &sc.ca_pem,
         &sc.node_cert_pem,
@@ -238,6 +242,28 @@ pub fn serve(config: &Config) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Takes the node's state lock (`<state>/lock`, an exclusive `flock`), or explains who
+/// holds it.
+fn lock_state(state_dir: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = state_dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        bail!(
+            "another repospanner process is already serving this node (it holds {}); stop it first",
+            path.display()
+        );
+    }
+    Ok(f)
 }
 
 /// Where shard `k` keeps its log.

@@ -95,3 +95,17 @@ fn no_acknowledged_push_is_lost_when_the_node_is_killed() {
         );
     }
 }
+
+#[test]
+fn a_second_serve_on_the_same_state_is_refused() {
+    let region = Region::start();
+    let out = region.repospanner(&["serve"]);
+    assert!(
+        !out.status.success(),
+        "a second process served the same state"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already serving"), "{err}");
+    // The first one is unharmed.
+    region.git_ok(region.dir.path(), &["ls-remote", &region.repo_url("test")]);
+}
