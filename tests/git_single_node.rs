@@ -19,6 +19,24 @@ fn refs(region: &Region, repo: &Path) -> String {
     )
 }
 
+/// Runs a local `git` command fed `input` on stdin; it must succeed.
+fn git_stdin(dir: &Path, args: &[&str], input: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("git");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
+    assert!(child.wait().expect("wait").success(), "git {args:?}");
+}
+
 fn commit(region: &Region, repo: &Path, file: &str, content: &[u8], msg: &str) {
     std::fs::write(repo.join(file), content).expect("write");
     region.git_ok(repo, &["add", "-A"]);
@@ -244,19 +262,7 @@ fn force_push_policy_branch_delete_and_many_refs() {
     for i in 0..3000 {
         input.push_str(&format!("create refs/heads/many/b{i} {}", head));
     }
-    let mut c = std::process::Command::new("git");
-    c.args(["update-ref", "--stdin"])
-        .current_dir(&w)
-        .stdin(std::process::Stdio::piped());
-    let mut child = c.spawn().expect("update-ref");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write");
-    assert!(child.wait().expect("wait").success());
+    git_stdin(&w, &["update-ref", "--stdin"], &input);
     region.git_ok(
         &w,
         &["push", "-q", &url, "refs/heads/many/*:refs/heads/many/*"],
@@ -403,19 +409,7 @@ fn fetch_into_a_clone_with_much_unrelated_history() {
         }
         script.push('\n');
     }
-    let mut fi = std::process::Command::new("git");
-    fi.args(["fast-import", "--quiet"])
-        .current_dir(&c)
-        .stdin(std::process::Stdio::piped());
-    let mut child = fi.spawn().expect("fast-import");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("write");
-    assert!(child.wait().expect("wait").success());
+    git_stdin(&c, &["fast-import", "--quiet"], &script);
     // Meanwhile the server moves on; the clone fetches over v0 and v2.
     for (i, proto) in ["0", "2"].iter().enumerate() {
         commit(
