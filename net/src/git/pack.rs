@@ -166,136 +166,316 @@ pub fn object_id(kind: ObjectKind, content: &[u8]) -> Result<Oid, PackError> {
 
 /// Reads every entry header of `pack` and checks its framing and trailer.
 pub fn read_entries(pack: &[u8], limits: &Limits) -> Result<Vec<Entry>, PackError> {
-    if pack.len() < 12 + 20 {
-        return Err(PackError::Truncated);
+    let mut s = PackStream::new(*limits);
+    s.advance(pack)?;
+    s.finish(pack)
+}
+
+/// The entry being inflated while its bytes arrive.
+struct Inflating {
+    offset: usize,
+    kind: EntryKind,
+    size: u64,
+    data_start: usize,
+    z: flate2::Decompress,
+    /// Content of whole commits, trees and tags (blobs and deltas are not kept).
+    kept: Option<Vec<u8>>,
+    /// The object id being computed, for whole objects.
+    oid: Option<sha1_checked::Sha1>,
+}
+
+/// Reads a pack while it arrives: [`PackStream::advance`] is called with the bytes
+/// received so far (a buffer that only grows) and parses, inflates and hashes every
+/// entry it can, so the work overlaps with the transfer; [`PackStream::finish`] checks
+/// the trailer and the count once everything is there. The last 20 bytes seen are
+/// always held back, since they may be the trailer.
+pub struct PackStream {
+    limits: Limits,
+    count: Option<u32>,
+    pos: usize,
+    entries: Vec<Entry>,
+    starts: std::collections::HashSet<usize>,
+    current: Option<Inflating>,
+    trailer: sha1::Sha1,
+    hashed: usize,
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for PackStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackStream")
+            .field("pos", &self.pos)
+            .field("entries", &self.entries.len())
+            .finish()
     }
-    if &pack[..4] != b"PACK" {
-        return Err(PackError::Header("missing PACK signature"));
-    }
-    let version = u32::from_be_bytes([pack[4], pack[5], pack[6], pack[7]]);
-    if version != 2 && version != 3 {
-        return Err(PackError::Header("unsupported pack version"));
-    }
-    let count = u32::from_be_bytes([pack[8], pack[9], pack[10], pack[11]]);
-    if count > limits.objects_max {
-        return Err(PackError::TooManyObjects(count));
-    }
-    let body_end = pack.len() - 20;
-    // The trailer is a plain checksum of the transfer, not an object id: collision
-    // detection (needed for object ids, see `hash`) would only cost time here.
-    {
-        use sha1::Digest;
-        if sha1::Sha1::digest(&pack[..body_end]).as_slice() != &pack[body_end..] {
-            return Err(PackError::BadTrailer);
-        }
-    }
-    let mut entries = Vec::with_capacity((count as usize).min(1 << 20));
-    let mut starts = std::collections::HashSet::new();
-    let mut at = 12usize;
-    while at < body_end {
-        if entries.len() as u32 == count {
-            return Err(PackError::WrongCount {
-                declared: count,
-                found: count + 1,
-            });
-        }
-        let offset = at;
-        let byte = |i: usize| -> Result<u8, PackError> {
-            if i < body_end {
-                Ok(pack[i])
-            } else {
-                Err(PackError::Truncated)
-            }
-        };
-        let mut c = byte(at)?;
-        at += 1;
-        let type_bits = (c >> 4) & 7;
-        let mut size = u64::from(c & 15);
-        let mut shift = 4u32;
-        while c & 0x80 != 0 {
-            c = byte(at)?;
-            at += 1;
-            if shift > 57 {
-                return Err(PackError::TooLarge {
-                    offset,
-                    size: u64::MAX,
-                    max: limits.object_bytes_max,
-                });
-            }
-            size |= u64::from(c & 0x7f) << shift;
-            shift += 7;
-        }
-        if size > limits.object_bytes_max {
+}
+
+/// Parses an entry header at `at`; `Ok(None)` when `buf` ends first.
+fn entry_header_at(
+    buf: &[u8],
+    at: usize,
+    limits: &Limits,
+    starts: &std::collections::HashSet<usize>,
+) -> Result<Option<(EntryKind, u64, usize)>, PackError> {
+    let offset = at;
+    let mut i = at;
+    let mut next = || -> Option<u8> {
+        let b = buf.get(i).copied();
+        i += 1;
+        b
+    };
+    let Some(mut c) = next() else { return Ok(None) };
+    let type_bits = (c >> 4) & 7;
+    let mut size = u64::from(c & 15);
+    let mut shift = 4u32;
+    while c & 0x80 != 0 {
+        let Some(b) = next() else { return Ok(None) };
+        c = b;
+        if shift > 57 {
             return Err(PackError::TooLarge {
                 offset,
-                size,
+                size: u64::MAX,
                 max: limits.object_bytes_max,
             });
         }
-        let kind = match type_bits {
-            6 => {
-                let mut c = byte(at)?;
-                at += 1;
-                let mut rel = u64::from(c & 0x7f);
-                while c & 0x80 != 0 {
-                    c = byte(at)?;
-                    at += 1;
-                    rel = rel
-                        .checked_add(1)
-                        .and_then(|r| r.checked_mul(128))
-                        .map(|r| r | u64::from(c & 0x7f))
-                        .ok_or(PackError::BadOfsBase { offset })?;
-                }
-                let base_offset = (offset as u64)
-                    .checked_sub(rel)
-                    .filter(|b| *b >= 12 && rel > 0)
-                    .ok_or(PackError::BadOfsBase { offset })?;
-                let base_offset = base_offset as usize;
-                if !starts.contains(&base_offset) {
-                    return Err(PackError::BadOfsBase { offset });
-                }
-                EntryKind::OfsDelta { base_offset }
-            }
-            7 => {
-                if at + 20 > body_end {
-                    return Err(PackError::Truncated);
-                }
-                let mut base = [0u8; 20];
-                base.copy_from_slice(&pack[at..at + 20]);
-                at += 20;
-                EntryKind::RefDelta { base }
-            }
-            t => EntryKind::Full(kind_of(t).ok_or(PackError::BadType { offset, kind: t })?),
-        };
-        let (content, used) =
-            inflate_prefix(&pack[at..body_end], size).ok_or(PackError::BadZlib { offset })?;
-        // A whole object is hashed now, while its content is at hand: resolution then
-        // only inflates it again if a delta needs it as a base.
-        let (oid, content) = match kind {
-            EntryKind::Full(k) => (
-                Some(hash(k, &content)?),
-                (k != ObjectKind::Blob).then_some(content),
-            ),
-            _ => (None, None),
-        };
-        entries.push(Entry {
+        size |= u64::from(c & 0x7f) << shift;
+        shift += 7;
+    }
+    if size > limits.object_bytes_max {
+        return Err(PackError::TooLarge {
             offset,
-            kind,
             size,
-            data: at..at + used,
-            oid,
-            content,
-        });
-        starts.insert(offset);
-        at += used;
-    }
-    if entries.len() as u32 != count {
-        return Err(PackError::WrongCount {
-            declared: count,
-            found: entries.len() as u32,
+            max: limits.object_bytes_max,
         });
     }
-    Ok(entries)
+    let kind = match type_bits {
+        6 => {
+            let Some(mut c) = next() else { return Ok(None) };
+            let mut rel = u64::from(c & 0x7f);
+            while c & 0x80 != 0 {
+                let Some(b) = next() else { return Ok(None) };
+                c = b;
+                rel = rel
+                    .checked_add(1)
+                    .and_then(|r| r.checked_mul(128))
+                    .map(|r| r | u64::from(c & 0x7f))
+                    .ok_or(PackError::BadOfsBase { offset })?;
+            }
+            let base_offset = (offset as u64)
+                .checked_sub(rel)
+                .filter(|b| *b >= 12 && rel > 0)
+                .ok_or(PackError::BadOfsBase { offset })? as usize;
+            if !starts.contains(&base_offset) {
+                return Err(PackError::BadOfsBase { offset });
+            }
+            EntryKind::OfsDelta { base_offset }
+        }
+        7 => {
+            let from = i;
+            let Some(id) = buf.get(from..from + 20) else {
+                return Ok(None);
+            };
+            let mut base = [0u8; 20];
+            base.copy_from_slice(id);
+            i += 20;
+            EntryKind::RefDelta { base }
+        }
+        t => EntryKind::Full(kind_of(t).ok_or(PackError::BadType { offset, kind: t })?),
+    };
+    Ok(Some((kind, size, i - at)))
+}
+
+impl PackStream {
+    pub fn new(limits: Limits) -> PackStream {
+        PackStream {
+            limits,
+            count: None,
+            pos: 0,
+            entries: Vec::new(),
+            starts: std::collections::HashSet::new(),
+            current: None,
+            trailer: <sha1::Sha1 as sha1::Digest>::new(),
+            hashed: 0,
+            scratch: vec![0; 64 << 10],
+        }
+    }
+
+    /// Entries read so far.
+    pub fn entries(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Parses what `buf` (all pack bytes received so far) allows.
+    pub fn advance(&mut self, buf: &[u8]) -> Result<(), PackError> {
+        let avail = buf.len().saturating_sub(20);
+        self.step(buf, avail)?;
+        self.hash_upto(buf, self.pos);
+        Ok(())
+    }
+
+    fn hash_upto(&mut self, buf: &[u8], end: usize) {
+        use sha1::Digest;
+        if end > self.hashed {
+            self.trailer.update(&buf[self.hashed..end]);
+            self.hashed = end;
+        }
+    }
+
+    fn step(&mut self, buf: &[u8], avail: usize) -> Result<(), PackError> {
+        if self.count.is_none() {
+            if avail < 12 {
+                return Ok(());
+            }
+            if &buf[..4] != b"PACK" {
+                return Err(PackError::Header("missing PACK signature"));
+            }
+            let version = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+            if version != 2 && version != 3 {
+                return Err(PackError::Header("unsupported pack version"));
+            }
+            let count = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+            if count > self.limits.objects_max {
+                return Err(PackError::TooManyObjects(count));
+            }
+            self.count = Some(count);
+            self.pos = 12;
+        }
+        let count = self.count.unwrap_or(0);
+        loop {
+            if self.current.is_none() {
+                if self.entries.len() as u32 == count || self.pos >= avail {
+                    return Ok(());
+                }
+                let Some((kind, size, header_len)) =
+                    entry_header_at(&buf[..avail], self.pos, &self.limits, &self.starts)?
+                else {
+                    return Ok(());
+                };
+                let oid = match kind {
+                    EntryKind::Full(k) => {
+                        use sha1_checked::Digest;
+                        let mut h = sha1_checked::Sha1::new();
+                        h.update(format!("{} {}\0", k.name(), size).as_bytes());
+                        Some(h)
+                    }
+                    _ => None,
+                };
+                let keep = matches!(kind, EntryKind::Full(k) if k != ObjectKind::Blob);
+                self.current = Some(Inflating {
+                    offset: self.pos,
+                    kind,
+                    size,
+                    data_start: self.pos + header_len,
+                    z: flate2::Decompress::new(true),
+                    kept: keep.then(|| Vec::with_capacity((size as usize).min(1 << 20))),
+                    oid,
+                });
+            }
+            let cur = self.current.as_mut().expect("set above");
+            let offset = cur.offset;
+            loop {
+                let consumed = cur.data_start + cur.z.total_in() as usize;
+                if consumed > avail {
+                    return Err(PackError::BadZlib { offset });
+                }
+                let before = (cur.z.total_in(), cur.z.total_out());
+                let status = cur
+                    .z
+                    .decompress(
+                        &buf[consumed..avail],
+                        &mut self.scratch,
+                        flate2::FlushDecompress::None,
+                    )
+                    .map_err(|_| PackError::BadZlib { offset })?;
+                let produced = (cur.z.total_out() - before.1) as usize;
+                if cur.z.total_out() > cur.size {
+                    return Err(PackError::BadZlib { offset });
+                }
+                let out = &self.scratch[..produced];
+                if let Some(h) = cur.oid.as_mut() {
+                    use sha1_checked::Digest;
+                    h.update(out);
+                }
+                if let Some(k) = cur.kept.as_mut() {
+                    k.extend_from_slice(out);
+                }
+                if status == flate2::Status::StreamEnd {
+                    break;
+                }
+                if (cur.z.total_in(), cur.z.total_out()) == before {
+                    // Needs more input than has arrived.
+                    return Ok(());
+                }
+            }
+            let cur = self.current.take().expect("inflating");
+            if cur.z.total_out() != cur.size {
+                return Err(PackError::BadZlib { offset: cur.offset });
+            }
+            let end = cur.data_start + cur.z.total_in() as usize;
+            let oid = match cur.oid {
+                Some(h) => {
+                    let r = h.try_finalize();
+                    let mut oid = [0u8; 20];
+                    oid.copy_from_slice(r.hash());
+                    if r.has_collision() {
+                        return Err(PackError::Collision(super::hex(&oid)));
+                    }
+                    Some(oid)
+                }
+                None => None,
+            };
+            self.entries.push(Entry {
+                offset: cur.offset,
+                kind: cur.kind,
+                size: cur.size,
+                data: cur.data_start..end,
+                oid,
+                content: cur.kept,
+            });
+            self.starts.insert(cur.offset);
+            self.pos = end;
+        }
+    }
+
+    /// Everything has arrived in `buf`: parses the rest, then checks the count and the
+    /// trailer.
+    pub fn finish(mut self, buf: &[u8]) -> Result<Vec<Entry>, PackError> {
+        if buf.len() < 12 + 20 {
+            return Err(PackError::Truncated);
+        }
+        let body_end = buf.len() - 20;
+        self.step(buf, body_end)?;
+        let count = self.count.unwrap_or(0);
+        if self.current.is_some() {
+            return Err(PackError::BadZlib {
+                offset: self.current.as_ref().map_or(0, |c| c.offset),
+            });
+        }
+        self.hash_upto(buf, body_end);
+        {
+            use sha1::Digest;
+            if self.trailer.finalize().as_slice() != &buf[body_end..] {
+                return Err(PackError::BadTrailer);
+            }
+        }
+        if self.pos < body_end {
+            return Err(if self.entries.len() as u32 == count {
+                PackError::WrongCount {
+                    declared: count,
+                    found: count + 1,
+                }
+            } else {
+                PackError::Truncated
+            });
+        }
+        if self.entries.len() as u32 != count {
+            return Err(PackError::WrongCount {
+                declared: count,
+                found: self.entries.len() as u32,
+            });
+        }
+        Ok(self.entries)
+    }
 }
 
 /// Resolves every delta and computes every object id. `external(oid)` gives the
@@ -781,6 +961,62 @@ mod tests {
             read_entries(&ofs, &limits),
             Err(PackError::BadOfsBase { .. })
         ));
+    }
+
+    #[test]
+    fn reading_while_the_pack_arrives_gives_the_same_entries() {
+        let blobs: Vec<Vec<u8>> = (0..20u32)
+            .map(|i| (0..(i * 997) % 70_000).map(|b| (b ^ i) as u8).collect())
+            .collect();
+        let deflated: Vec<Vec<u8>> = blobs.iter().map(|b| deflate(b)).collect();
+        let delta = delta_append(b"hello world", b"!");
+        let dd = deflate(&delta);
+        let base = deflate(b"hello world");
+        let mut entries: Vec<OutEntry<'_>> = blobs
+            .iter()
+            .zip(&deflated)
+            .map(|(b, d)| OutEntry::Full {
+                kind: ObjectKind::Blob,
+                size: b.len() as u64,
+                deflated: d,
+            })
+            .collect();
+        entries.push(OutEntry::Full {
+            kind: ObjectKind::Blob,
+            size: 11,
+            deflated: &base,
+        });
+        entries.push(OutEntry::OfsDelta {
+            base_index: 20,
+            size: delta.len() as u64,
+            deflated: &dd,
+        });
+        let pack = pack_of(&entries);
+        let limits = Limits::default();
+        let whole = read_entries(&pack, &limits).expect("whole");
+        for chunk in [1usize, 7, 100, 4096, 65536] {
+            let mut s = PackStream::new(limits);
+            let mut got = Vec::new();
+            for piece in pack.chunks(chunk) {
+                got.extend_from_slice(piece);
+                s.advance(&got).expect("advance");
+            }
+            assert_eq!(s.finish(&got).expect("finish"), whole, "chunks of {chunk}");
+        }
+        // Cut short anywhere: an error at finish, never a panic.
+        for cut in [
+            0,
+            5,
+            12,
+            40,
+            pack.len() / 2,
+            pack.len() - 21,
+            pack.len() - 1,
+        ] {
+            let mut s = PackStream::new(limits);
+            let _ = s.advance(&pack[..cut]);
+            assert!(s.finish(&pack[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]
