@@ -8,6 +8,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use repospanner_ca::{allows, Permission, Principal};
@@ -120,6 +121,16 @@ pub async fn handle_user<B: Backend + 'static>(
     } else {
         1 << 20
     };
+    // A push to a repository of this shard is read while it arrives.
+    let gzip = req.headers().contains_key(hyper::header::CONTENT_ENCODING);
+    if req.method() == Method::POST && !gzip {
+        if let Some((repo, "git-receive-pack")) = split_repo_path(&path) {
+            if route::shard_of(repo, ctx.shards) == ctx.shard {
+                let repo = repo.to_owned();
+                return receive_streaming(ctx, req, peer, repo).await;
+            }
+        }
+    }
     let (method, uri, headers) = (
         req.method().clone(),
         req.uri().clone(),
@@ -186,6 +197,59 @@ fn owner_of(req: &Req, shards: usize) -> Option<usize> {
     None
 }
 
+/// The user behind the connection (`None`: no certificate); node certificates and
+/// certificates that are no principal are refused here.
+fn user_of<B>(ctx: &Ctx<B>, peer: &Peer) -> Result<Option<Principal>, Box<Response<Body>>> {
+    let node = &ctx.node_name;
+    let who = principal(peer, &ctx.cluster).map_err(|e| {
+        Box::new(text(
+            StatusCode::FORBIDDEN,
+            &format!("certificate not accepted: {e}"),
+            node,
+        ))
+    })?;
+    if matches!(who, Some(Principal::Node { .. })) {
+        return Err(Box::new(text(
+            StatusCode::FORBIDDEN,
+            "node certificates are not accepted on the user endpoint",
+            node,
+        )));
+    }
+    Ok(who)
+}
+
+/// The state of `repo` if `who` may read it, and whether `who` may push to it. A
+/// repository `who` may not read answers 404, exactly like one that does not exist.
+async fn authorize<B: Backend>(
+    ctx: &Ctx<B>,
+    who: Option<&Principal>,
+    repo: &str,
+) -> Result<(RepoState, bool), Box<Response<Body>>> {
+    let node = &ctx.node_name;
+    if !valid_repo_name(repo) {
+        return Err(Box::new(text(
+            StatusCode::NOT_FOUND,
+            "repository not found",
+            node,
+        )));
+    }
+    let state = ctx
+        .backend
+        .repo(repo)
+        .await
+        .map_err(|e| Box::new(text(StatusCode::INTERNAL_SERVER_ERROR, &e.0, node)))?;
+    let can = |perm| who.is_some_and(|p| allows(p, &ctx.region, repo, perm));
+    let readable = state.as_ref().is_some_and(|s| s.public) || can(Permission::Read);
+    match state.filter(|_| readable) {
+        Some(s) => Ok((s, can(Permission::Read) && can(Permission::Write))),
+        None => Err(Box::new(text(
+            StatusCode::NOT_FOUND,
+            "repository not found",
+            node,
+        ))),
+    }
+}
+
 /// Serves a request on this shard. `local_only`: a part of a request gathered from
 /// every shard (do not gather again). `held`: the body's share of the budget.
 pub async fn dispatch<B: Backend + 'static>(
@@ -196,23 +260,10 @@ pub async fn dispatch<B: Backend + 'static>(
     held: Held,
 ) -> Response<Body> {
     let node = ctx.node_name.clone();
-    let who = match principal(&peer, &ctx.cluster) {
-        Ok(p) => p,
-        Err(e) => {
-            return text(
-                StatusCode::FORBIDDEN,
-                &format!("certificate not accepted: {e}"),
-                &node,
-            )
-        }
+    let who = match user_of(&ctx, &peer) {
+        Ok(w) => w,
+        Err(r) => return *r,
     };
-    if matches!(who, Some(Principal::Node { .. })) {
-        return text(
-            StatusCode::FORBIDDEN,
-            "node certificates are not accepted on the user endpoint",
-            &node,
-        );
-    }
     let path = req.uri.path().to_owned();
     if path == "/" {
         let name = match &who {
@@ -235,20 +286,9 @@ pub async fn dispatch<B: Backend + 'static>(
         return text(StatusCode::NOT_FOUND, "not found", &node);
     };
     let repo = repo.to_owned();
-    if !valid_repo_name(&repo) {
-        return text(StatusCode::NOT_FOUND, "repository not found", &node);
-    }
-    let state = match ctx.backend.repo(&repo).await {
-        Ok(s) => s,
-        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.0, &node),
-    };
-    let can = |perm| {
-        who.as_ref()
-            .is_some_and(|p| allows(p, &ctx.region, &repo, perm))
-    };
-    let readable = state.as_ref().is_some_and(|s| s.public) || can(Permission::Read);
-    let Some(state) = state.filter(|_| readable) else {
-        return text(StatusCode::NOT_FOUND, "repository not found", &node);
+    let (state, may_push) = match authorize(&ctx, who.as_ref(), &repo).await {
+        Ok(a) => a,
+        Err(r) => return *r,
     };
     let service = if rest == "info/refs" {
         let q = req.uri.query().unwrap_or("");
@@ -260,7 +300,7 @@ pub async fn dispatch<B: Backend + 'static>(
         rest.to_owned()
     };
     let writing = service == "git-receive-pack";
-    if writing && !(can(Permission::Read) && can(Permission::Write)) {
+    if writing && !may_push {
         // Readers learn nothing more than that they may not push.
         return text(
             StatusCode::FORBIDDEN,
@@ -537,9 +577,110 @@ async fn receive_pack<B: Backend + 'static>(
     req: Req,
     held: Held,
 ) -> Response<Body> {
+    receive_pack_body(ctx, repo, state, req.body, None, held).await
+}
+
+/// A push read while it arrives: authorised before its body is read, its pack parsed,
+/// inflated and hashed piece by piece as the body comes in (overlapping the transfer),
+/// then verified and applied as any push.
+async fn receive_streaming<B: Backend + 'static>(
+    ctx: Rc<Ctx<B>>,
+    req: Request<Incoming>,
+    peer: Rc<Peer>,
+    repo: String,
+) -> Response<Body> {
+    let node = ctx.node_name.clone();
+    let who = match user_of(&ctx, &peer) {
+        Ok(w) => w,
+        Err(r) => return *r,
+    };
+    let (state, may_push) = match authorize(&ctx, who.as_ref(), &repo).await {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    if !may_push {
+        return text(
+            StatusCode::FORBIDDEN,
+            "you may not push to this repository",
+            &node,
+        );
+    }
+    let limits = PackLimits {
+        object_bytes_max: ctx.limits.object_bytes_max,
+        ..PackLimits::default()
+    };
+    let max = ctx.limits.pack_bytes_max;
+    let mut body = req.into_body();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut held = Held::default();
+    let mut pack_at = None;
+    let mut stream = crate::git::pack::PackStream::new(limits);
+    let mut parse_error = None;
+    loop {
+        let next = match glommio::timer::timeout(http::BODY_IDLE, async { Ok(body.frame().await) })
+            .await
+        {
+            Ok(n) => n,
+            Err(_) => {
+                return body_error(&http::BodyError::Stalled(http::BODY_IDLE.as_secs()), &node)
+            }
+        };
+        let Some(frame) = next else { break };
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return body_error(&http::BodyError::Read(e.to_string()), &node),
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() as u64 + data.len() as u64 > max {
+            return body_error(&http::BodyError::TooLarge(max), &node);
+        }
+        match ctx.budget.try_take(data.len()) {
+            Some(h) => held.merge(h),
+            None => return body_error(&http::BodyError::Busy, &node),
+        }
+        buf.extend_from_slice(&data);
+        if pack_at.is_none() {
+            match receive::commands_end(&buf) {
+                Ok(at) => pack_at = at,
+                Err(e) => {
+                    return git_error(
+                        &e.to_string(),
+                        &node,
+                        "application/x-git-receive-pack-result",
+                    )
+                }
+            }
+        }
+        if let (Some(at), None) = (pack_at, &parse_error) {
+            // A bad pack is reported once the whole request has arrived.
+            if let Err(e) = stream.advance(&buf[at..]) {
+                parse_error = Some(e);
+            }
+        }
+        glommio::yield_if_needed().await;
+    }
+    let pre_read = match (pack_at, parse_error) {
+        (_, Some(e)) => Some(Err(e)),
+        (Some(at), None) if buf.len() > at => Some(stream.finish(&buf[at..])),
+        _ => None,
+    };
+    receive_pack_body(ctx, repo, state, buf, pre_read, held).await
+}
+
+/// The push in `body` (commands, options, pack), with its entries if they were read
+/// while it arrived.
+async fn receive_pack_body<B: Backend + 'static>(
+    ctx: Rc<Ctx<B>>,
+    repo: String,
+    state: RepoState,
+    body: Vec<u8>,
+    pre_read: Option<Result<Vec<crate::git::pack::Entry>, crate::git::pack::PackError>>,
+    held: Held,
+) -> Response<Body> {
     let node = ctx.node_name.clone();
     let ctype = "application/x-git-receive-pack-result";
-    let body = req.body;
     if body == b"0000" {
         // git's probe before a large chunked POST.
         return respond(StatusCode::OK, ctype, Vec::new(), &node);
@@ -580,6 +721,7 @@ async fn receive_pack<B: Backend + 'static>(
             &push,
             &body[push.pack_at..],
             &limits,
+            pre_read,
             progress,
         )
         .await;

@@ -107,6 +107,42 @@ pub fn parse_push(body: &[u8], refs_max: usize) -> Result<PushRequest, ProtocolE
     Ok(req)
 }
 
+/// Where the pack starts once `buf` holds the whole command section (commands, and the
+/// push options when the first command asked for them); `None` while it does not yet.
+pub fn commands_end(buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
+    let mut at = 0;
+    let mut first = true;
+    let mut flushes = 1;
+    loop {
+        match pktline::decode(&buf[at..]).map_err(perr)? {
+            pktline::Decoded::Incomplete(_) => return Ok(None),
+            pktline::Decoded::Pkt(p, n) => {
+                at += n;
+                match p {
+                    Pkt::Data(d) if first => {
+                        first = false;
+                        let caps = d.split(|b| *b == 0).nth(1).unwrap_or_default();
+                        if pktline::chomp(caps)
+                            .split(|b| *b == b' ')
+                            .any(|c| c == b"push-options")
+                        {
+                            flushes = 2;
+                        }
+                    }
+                    Pkt::Flush => {
+                        first = false;
+                        flushes -= 1;
+                        if flushes == 0 {
+                            return Ok(Some(at));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
 /// The outcome of a push, ready to report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -185,7 +221,9 @@ pub fn check_commands(commands: &[Command], state: &RepoState) -> Vec<Option<Str
         .collect()
 }
 
-/// Verifies and applies a push. `progress` receives human-readable progress lines.
+/// Verifies and applies a push. `pre_read`: the pack's entries if they were read while
+/// it arrived. `progress` receives human-readable progress lines.
+#[allow(clippy::too_many_arguments)] // each is a distinct input of the push
 pub async fn receive<B: Backend>(
     b: &B,
     repo: &str,
@@ -193,6 +231,7 @@ pub async fn receive<B: Backend>(
     req: &PushRequest,
     pack_bytes: &[u8],
     limits: &Limits,
+    pre_read: Option<Result<Vec<pack::Entry>, pack::PackError>>,
     mut progress: impl FnMut(String),
 ) -> Report {
     let commands = &req.commands;
@@ -206,7 +245,8 @@ pub async fn receive<B: Backend>(
         if pack_bytes.is_empty() {
             return Report::all_failed(commands, Err("missing pack".into()), "unpacker error");
         }
-        let entries = match pack::read_entries(pack_bytes, limits) {
+        // Entries already read while the pack arrived, or read now.
+        let entries = match pre_read.unwrap_or_else(|| pack::read_entries(pack_bytes, limits)) {
             Ok(e) => e,
             Err(e) => return Report::all_failed(commands, Err(e.to_string()), "unpacker error"),
         };
@@ -494,6 +534,27 @@ mod tests {
         assert_eq!(r.options, vec!["ci.skip".to_string()]);
         assert_eq!(&body[r.pack_at..], b"PACK...");
         assert!(parse_push(&body, 1).is_err(), "ref count limit");
+    }
+
+    #[test]
+    fn finds_the_end_of_the_command_section_as_it_arrives() {
+        let z = "0".repeat(40);
+        let mut body = Vec::new();
+        let mut first = cmd(&z, &"1".repeat(40), "refs/heads/master");
+        first.extend_from_slice(b"\0report-status push-options\n");
+        pktline::data(&mut body, &first);
+        pktline::flush(&mut body);
+        pktline::line(&mut body, "an option");
+        pktline::flush(&mut body);
+        let pack_at = body.len();
+        body.extend_from_slice(b"PACK");
+        for cut in 0..pack_at {
+            assert_eq!(commands_end(&body[..cut]), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(commands_end(&body), Ok(Some(pack_at)));
+        assert_eq!(parse_push(&body, 10).expect("valid").pack_at, pack_at);
+        assert_eq!(commands_end(b"0000"), Ok(Some(4)), "git's probe");
+        assert!(commands_end(b"zzzz").is_err());
     }
 
     #[test]
