@@ -203,7 +203,8 @@ pub fn serve(config: &Config) -> Result<()> {
     };
     let connections_max = sc.limits.connections_max;
     let shards = state.shards.max(1) as usize;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Pin to the CPUs this process may run on (a container's cpuset may exclude CPU 0).
+    let allowed = allowed_cpus();
     let (mut senders, mut receivers) = repospanner_net::route::mesh(shards);
     let mut handles = Vec::with_capacity(shards);
     for k in (0..shards).rev() {
@@ -212,7 +213,11 @@ pub fn serve(config: &Config) -> Result<()> {
         let sc = sc.clone();
         let tls = tls.clone();
         let identity = state.identity.clone();
-        let h = glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(k % cpus))
+        let placement = match allowed.get(k % allowed.len().max(1)) {
+            Some(cpu) => glommio::Placement::Fixed(*cpu),
+            None => glommio::Placement::Unbound,
+        };
+        let h = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{k}"))
             .spawn(move || async move {
                 run_shard(k, shards, sc, tls, identity, limits, connections_max, to_peers, inbox).await
@@ -264,6 +269,20 @@ fn lock_state(state_dir: &Path) -> Result<std::fs::File> {
         );
     }
     Ok(f)
+}
+
+/// The CPUs this process may run on (its affinity mask); empty if unknown.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills a cpu_set_t we own; CPU_ISSET only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|c| libc::CPU_ISSET(*c, &set))
+            .collect()
+    }
 }
 
 /// Where shard `k` keeps its log.
