@@ -316,12 +316,13 @@ async fn run_shard(
         let cell = ctx_cell.clone();
         glommio::spawn_local(repospanner_net::route::serve_inbound(
             rx,
-            move |req, peer, local_only| {
+            move |req, peer, local_only, body| {
                 let cell = cell.clone();
                 async move {
                     match cell.get() {
                         Some(ctx) => {
-                            service::dispatch_forwarded(ctx.clone(), req, peer, local_only).await
+                            service::dispatch_forwarded(ctx.clone(), req, peer, local_only, body)
+                                .await
                         }
                         None => {
                             let mut r = hyper::Response::new(repospanner_net::http::full(

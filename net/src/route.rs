@@ -48,6 +48,17 @@ pub struct Forward {
     /// Handle it on this shard only (a part of a gathered request such as listrepos).
     pub local_only: bool,
     pub reply: SharedSender<Reply>,
+    /// The body, streamed chunk by chunk while it arrives (pushes); `None`: in `req`.
+    pub body: Option<SharedReceiver<BodyChunk>>,
+}
+
+/// A piece of a request body passed between shards.
+#[derive(Debug)]
+pub enum BodyChunk {
+    Data(Bytes),
+    End,
+    /// The client's upload failed on the receiving shard.
+    Failed(String),
 }
 
 /// The response, streamed back.
@@ -56,6 +67,49 @@ pub enum Reply {
     Head(StatusCode, HeaderMap),
     Data(Bytes),
 }
+
+/// Where a streamed request body comes from: the client, or the shard that accepted it.
+#[derive(Debug)]
+pub enum Source {
+    Client(hyper::body::Incoming),
+    Shard(ConnectedReceiver<BodyChunk>),
+}
+
+impl Source {
+    /// The next piece of the body; `None` at its end. A client that sends nothing for
+    /// [`http::BODY_IDLE`] fails.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, http::BodyError> {
+        match self {
+            Source::Client(body) => loop {
+                let next = glommio::timer::timeout(http::BODY_IDLE, async {
+                    Ok(http_body_util::BodyExt::frame(body).await)
+                })
+                .await
+                .map_err(|_| http::BodyError::Stalled(http::BODY_IDLE.as_secs()))?;
+                match next {
+                    None => return Ok(None),
+                    Some(Err(e)) => return Err(http::BodyError::Read(e.to_string())),
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            return Ok(Some(data));
+                        }
+                    }
+                }
+            },
+            Source::Shard(rx) => match rx.recv().await {
+                Some(BodyChunk::Data(b)) => Ok(Some(b)),
+                Some(BodyChunk::End) => Ok(None),
+                Some(BodyChunk::Failed(e)) => Err(http::BodyError::Read(e)),
+                None => Err(http::BodyError::Read(
+                    "the accepting shard went away".into(),
+                )),
+            },
+        }
+    }
+}
+
+/// How many body chunks may be in flight from the accepting shard to the owner.
+const BODY_QUEUE: usize = 16;
 
 /// How many forwarded requests may queue between two shards.
 const QUEUE: usize = 256;
@@ -122,6 +176,53 @@ pub async fn forward(
     addr: SocketAddr,
     local_only: bool,
 ) -> Response<Body> {
+    forward_with(peers, target, req, cert, addr, local_only, None).await
+}
+
+/// Like [`forward`], but the body is streamed to the owner while it arrives from the
+/// client (`req.body` is empty): the receiving shard holds no more of it than the
+/// channel between the two shards.
+pub async fn forward_streaming(
+    peers: &Peers,
+    target: usize,
+    req: Req,
+    body: hyper::body::Incoming,
+    cert: Option<CertificateDer<'static>>,
+    addr: SocketAddr,
+) -> Response<Body> {
+    tracing::debug!(
+        target_shard = target,
+        "streaming a request body to its owner"
+    );
+    let (tx, rx) = shared_channel::new_bounded(BODY_QUEUE);
+    glommio::spawn_local(async move {
+        let tx = tx.connect().await;
+        let mut source = Source::Client(body);
+        loop {
+            let chunk = match source.next().await {
+                Ok(Some(b)) => BodyChunk::Data(b),
+                Ok(None) => BodyChunk::End,
+                Err(e) => BodyChunk::Failed(e.to_string()),
+            };
+            let last = !matches!(chunk, BodyChunk::Data(_));
+            if tx.send(chunk).await.is_err() || last {
+                return;
+            }
+        }
+    })
+    .detach();
+    forward_with(peers, target, req, cert, addr, false, Some(rx)).await
+}
+
+async fn forward_with(
+    peers: &Peers,
+    target: usize,
+    req: Req,
+    cert: Option<CertificateDer<'static>>,
+    addr: SocketAddr,
+    local_only: bool,
+    body: Option<SharedReceiver<BodyChunk>>,
+) -> Response<Body> {
     let Some(Some(tx)) = peers.to.get(target) else {
         return unavailable("no route to the shard that owns this repository");
     };
@@ -133,6 +234,7 @@ pub async fn forward(
             addr,
             local_only,
             reply: reply_tx,
+            body,
         })
         .await
         .is_err()
@@ -158,10 +260,11 @@ pub async fn forward(
     r
 }
 
-/// Serves the requests other shards pass to this one: `handle(req, peer, local_only)`.
+/// Serves the requests other shards pass to this one:
+/// `handle(req, peer, local_only, streamed body)`.
 pub async fn serve_inbound<H, F>(rx: SharedReceiver<Forward>, handle: H)
 where
-    H: Fn(Req, Rc<Peer>, bool) -> F + Clone + 'static,
+    H: Fn(Req, Rc<Peer>, bool, Option<SharedReceiver<BodyChunk>>) -> F + Clone + 'static,
     F: std::future::Future<Output = Response<Body>> + 'static,
 {
     let rx: ConnectedReceiver<Forward> = rx.connect().await;
@@ -172,7 +275,7 @@ where
                 addr: fwd.addr,
                 cert: fwd.cert,
             });
-            let resp = handle(fwd.req, peer, fwd.local_only).await;
+            let resp = handle(fwd.req, peer, fwd.local_only, fwd.body).await;
             let (parts, mut body) = resp.into_parts();
             let tx = fwd.reply.connect().await;
             if tx

@@ -8,7 +8,6 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use repospanner_ca::{allows, Permission, Principal};
@@ -23,6 +22,7 @@ use crate::git::refs::valid_repo_name;
 use crate::git::upload::{self, FetchRequest};
 use crate::http::{self, Body, Budget, Held, Peer};
 use crate::route::{self, Peers, Req};
+use glommio::channels::shared_channel::SharedReceiver;
 
 /// Limits on what a request may carry.
 #[derive(Debug, Clone, Copy)]
@@ -121,14 +121,33 @@ pub async fn handle_user<B: Backend + 'static>(
     } else {
         1 << 20
     };
-    // A push to a repository of this shard is read while it arrives.
+    // A push is read while it arrives: here if this shard owns the repository, else
+    // streamed to the owner chunk by chunk.
     let gzip = req.headers().contains_key(hyper::header::CONTENT_ENCODING);
     if req.method() == Method::POST && !gzip {
         if let Some((repo, "git-receive-pack")) = split_repo_path(&path) {
-            if route::shard_of(repo, ctx.shards) == ctx.shard {
-                let repo = repo.to_owned();
-                return receive_streaming(ctx, req, peer, repo).await;
+            let owner = route::shard_of(repo, ctx.shards);
+            let repo = repo.to_owned();
+            if owner == ctx.shard {
+                let source = route::Source::Client(req.into_body());
+                return receive_streaming(ctx, source, peer, repo).await;
             }
+            let (parts, body) = req.into_parts();
+            let head = Req {
+                method: parts.method,
+                uri: parts.uri,
+                headers: parts.headers,
+                body: Vec::new(),
+            };
+            return route::forward_streaming(
+                &ctx.peers,
+                owner,
+                head,
+                body,
+                peer.cert.clone(),
+                peer.addr,
+            )
+            .await;
         }
     }
     let (method, uri, headers) = (
@@ -173,7 +192,19 @@ pub async fn dispatch_forwarded<B: Backend + 'static>(
     req: Req,
     peer: Rc<Peer>,
     local_only: bool,
+    body: Option<SharedReceiver<route::BodyChunk>>,
 ) -> Response<Body> {
+    if let Some(rx) = body {
+        // Connect first, whatever the answer: the accepting shard waits for it.
+        let source = route::Source::Shard(rx.connect().await);
+        return match split_repo_path(req.uri.path()) {
+            Some((repo, "git-receive-pack")) => {
+                let repo = repo.to_owned();
+                receive_streaming(ctx, source, peer, repo).await
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found", &ctx.node_name),
+        };
+    }
     let Some(held) = ctx.budget.try_take(req.body.len()) else {
         return body_error(&http::BodyError::Busy, &ctx.node_name);
     };
@@ -585,7 +616,7 @@ async fn receive_pack<B: Backend + 'static>(
 /// then verified and applied as any push.
 async fn receive_streaming<B: Backend + 'static>(
     ctx: Rc<Ctx<B>>,
-    req: Request<Incoming>,
+    mut source: route::Source,
     peer: Rc<Peer>,
     repo: String,
 ) -> Response<Body> {
@@ -610,28 +641,16 @@ async fn receive_streaming<B: Backend + 'static>(
         ..PackLimits::default()
     };
     let max = ctx.limits.pack_bytes_max;
-    let mut body = req.into_body();
     let mut buf: Vec<u8> = Vec::new();
     let mut held = Held::default();
     let mut pack_at = None;
     let mut stream = crate::git::pack::PackStream::new(limits);
     let mut parse_error = None;
     loop {
-        let next = match glommio::timer::timeout(http::BODY_IDLE, async { Ok(body.frame().await) })
-            .await
-        {
-            Ok(n) => n,
-            Err(_) => {
-                return body_error(&http::BodyError::Stalled(http::BODY_IDLE.as_secs()), &node)
-            }
-        };
-        let Some(frame) = next else { break };
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) => return body_error(&http::BodyError::Read(e.to_string()), &node),
-        };
-        let Ok(data) = frame.into_data() else {
-            continue;
+        let data = match source.next().await {
+            Ok(Some(d)) => d,
+            Ok(None) => break,
+            Err(e) => return body_error(&e, &node),
         };
         if buf.len() as u64 + data.len() as u64 > max {
             return body_error(&http::BodyError::TooLarge(max), &node);
