@@ -261,7 +261,8 @@ pub fn nodestatus(cfg: &AdminConfig, json: bool, nagios: bool) -> Result<i32> {
     } else if nagios {
         println!(
             "OK: node {} of region {} is serving",
-            v["NodeName"], v["RegionName"]
+            v["NodeName"].as_str().unwrap_or("?"),
+            v["RegionName"].as_str().unwrap_or("?")
         );
     } else {
         println!(
@@ -277,7 +278,18 @@ pub fn nodestatus(cfg: &AdminConfig, json: bool, nagios: bool) -> Result<i32> {
         println!("Uptime:       {} s", v["UptimeSeconds"]);
         println!("Repositories: {}", v["Repositories"]);
         println!("Objects:      {}", v["Objects"]);
-        println!("Storage:      {}", v["Storage"]);
+        match v["Shards"].as_array() {
+            Some(shards) => {
+                println!("Shards:       {}", shards.len());
+                for (k, st) in shards.iter().enumerate() {
+                    println!(
+                        "  shard {k}: {} bytes written in {} batches, {} checkpoints, {} damaged regions",
+                        st["BytesWritten"], st["Batches"], st["Checkpoints"], st["Corruptions"]
+                    );
+                }
+            }
+            None => println!("Storage:      {}", v["Storage"]),
+        }
     }
     Ok(0)
 }

@@ -54,6 +54,8 @@ struct Inner<D: Dir> {
     locks: RefCell<HashMap<String, Rc<glommio::sync::Semaphore>>>,
     default_head: String,
     identity: Identity,
+    /// Which shard of the node this is.
+    shard: usize,
     started: Instant,
 }
 
@@ -106,6 +108,7 @@ impl<D: Dir> NodeBackend<D> {
         store: Store<D>,
         identity: Identity,
         default_head: String,
+        shard: usize,
     ) -> Result<Self, BackendError> {
         let mut repos = BTreeMap::new();
         let mut next_id = 1;
@@ -128,6 +131,7 @@ impl<D: Dir> NodeBackend<D> {
                 locks: RefCell::new(HashMap::new()),
                 default_head,
                 identity,
+                shard,
                 started: Instant::now(),
             }),
         })
@@ -399,6 +403,7 @@ impl<D: Dir> Backend for NodeBackend<D> {
             "Status": "ok",
             "Mode": "single node (replication not available yet)",
             "UptimeSeconds": self.inner.started.elapsed().as_secs(),
+            "Shard": self.inner.shard,
             "Repositories": self.inner.repos.borrow().len(),
             "Objects": self.inner.store.object_count(),
             "Storage": {

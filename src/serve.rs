@@ -108,7 +108,7 @@ pub fn spawn(config: &Config) -> Result<()> {
             let mut backends = Vec::new();
             for k in 0..shards as usize {
                 let store = open_store(&shard_dir(&git_dir, k)).await?;
-                let backend = NodeBackend::load(store, ident.clone(), head.clone())
+                let backend = NodeBackend::load(store, ident.clone(), head.clone(), k)
                     .await
                     .map_err(|e| anyhow::anyhow!(e))?;
                 backends.push(backend);
@@ -306,7 +306,7 @@ async fn run_shard(
     inbox: Vec<glommio::channels::shared_channel::SharedReceiver<repospanner_net::route::Forward>>,
 ) -> Result<()> {
     let store = open_store(&shard_dir(&sc.git_dir, k)).await?;
-    let backend = NodeBackend::load(store.clone(), identity, sc.default_head.clone())
+    let backend = NodeBackend::load(store.clone(), identity, sc.default_head.clone(), k)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     // Inboxes first: connecting a sender waits for its receiver to connect.

@@ -379,6 +379,17 @@ fn repositories_spread_over_shards_are_all_served_and_listed() {
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
     let shards = std::thread::available_parallelism().map_or(1, |n| n.get());
     assert_eq!(v["Shards"].as_array().map(Vec::len), Some(shards), "{v}");
+    assert!(
+        v["Shards"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|s| !s.is_null())),
+        "{v}"
+    );
+    assert_eq!(
+        v["Repositories"].as_u64(),
+        Some(names.len() as u64 + 1),
+        "{v}"
+    );
 }
 
 #[test]

@@ -815,10 +815,24 @@ async fn admin<B: Backend + 'static>(
         ("nodestatus", Method::GET) => {
             let mut status = ctx.backend.node_status();
             if !local_only {
-                let mut shards = vec![status["Storage"].clone()];
-                for v in gather(ctx, &req, peer).await {
-                    shards.push(v["Storage"].clone());
+                // Shard k's storage at index k; repository and object counts summed.
+                let mut shards = vec![serde_json::Value::Null; ctx.shards];
+                let count = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+                let mut repos = count(&status, "Repositories");
+                let mut objects = count(&status, "Objects");
+                if let Some(slot) = shards.get_mut(ctx.shard) {
+                    *slot = status["Storage"].clone();
                 }
+                for v in gather(ctx, &req, peer).await {
+                    repos += count(&v, "Repositories");
+                    objects += count(&v, "Objects");
+                    let k = v["Shard"].as_u64().unwrap_or(0) as usize;
+                    if let Some(slot) = shards.get_mut(k) {
+                        *slot = v["Storage"].clone();
+                    }
+                }
+                status["Repositories"] = repos.into();
+                status["Objects"] = objects.into();
                 status["Shards"] = serde_json::Value::Array(shards);
             }
             json(StatusCode::OK, &status, node)
