@@ -37,6 +37,19 @@ fn git_stdin(dir: &Path, args: &[&str], input: &str) {
     assert!(child.wait().expect("wait").success(), "git {args:?}");
 }
 
+/// A new work repository `name` with one commit, pushed to `url`'s master.
+fn pushed_work_repo(region: &Region, name: &str, url: &str) -> std::path::PathBuf {
+    let t = region.dir.path();
+    let w = t.join(name);
+    region.git_ok(
+        t,
+        &["init", "-q", "-b", "master", w.to_str().expect("path")],
+    );
+    commit(region, &w, "f", b"base", "base");
+    region.git_ok(&w, &["push", "-q", url, "master"]);
+    w
+}
+
 fn commit(region: &Region, repo: &Path, file: &str, content: &[u8], msg: &str) {
     std::fs::write(repo.join(file), content).expect("write");
     region.git_ok(repo, &["add", "-A"]);
@@ -278,13 +291,7 @@ fn concurrent_pushes_to_the_same_ref_exactly_one_wins() {
     let region = Region::start();
     let t = region.dir.path();
     let url = region.repo_url("test");
-    let base = t.join("base");
-    region.git_ok(
-        t,
-        &["init", "-q", "-b", "master", base.to_str().expect("path")],
-    );
-    commit(&region, &base, "f", b"base", "base");
-    region.git_ok(&base, &["push", "-q", &url, "master"]);
+    pushed_work_repo(&region, "base", &url);
     let mut dirs = Vec::new();
     for i in 0..4 {
         let d = t.join(format!("c{i}"));
@@ -397,13 +404,7 @@ fn fetch_into_a_clone_with_much_unrelated_history() {
     let region = Region::start();
     let t = region.dir.path();
     let url = region.repo_url("test");
-    let w = t.join("w");
-    region.git_ok(
-        t,
-        &["init", "-q", "-b", "master", w.to_str().expect("path")],
-    );
-    commit(&region, &w, "f", b"base", "base");
-    region.git_ok(&w, &["push", "-q", &url, "master"]);
+    let w = pushed_work_repo(&region, "w", &url);
     let c = t.join("c");
     region.git_ok(t, &["clone", "-q", &url, c.to_str().expect("path")]);
     // The clone grows 1500 commits of history the server has never seen.

@@ -173,6 +173,57 @@ impl Budget {
 /// The longest pause allowed between two pieces of a request body.
 pub const BODY_IDLE: Duration = Duration::from_secs(120);
 
+/// The next piece of a client's request body; `None` at its end. A client that sends
+/// nothing for [`BODY_IDLE`] fails.
+pub async fn next_chunk(body: &mut Incoming) -> Result<Option<Bytes>, BodyError> {
+    loop {
+        let next = glommio::timer::timeout(BODY_IDLE, async { Ok(body.frame().await) })
+            .await
+            .map_err(|_| BodyError::Stalled(BODY_IDLE.as_secs()))?;
+        match next {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(BodyError::Read(e.to_string())),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    return Ok(Some(data));
+                }
+            }
+        }
+    }
+}
+
+/// A request body being gathered: at most `max` bytes, each taken from a shard's
+/// budget as it arrives.
+#[derive(Debug)]
+pub struct Gathered<'b> {
+    pub bytes: Vec<u8>,
+    pub held: Held,
+    max: u64,
+    budget: &'b Budget,
+}
+
+impl<'b> Gathered<'b> {
+    pub fn new(max: u64, budget: &'b Budget) -> Self {
+        Gathered {
+            bytes: Vec::new(),
+            held: Held::default(),
+            max,
+            budget,
+        }
+    }
+
+    /// Appends `data`, or fails if it goes over the size limit or the budget.
+    pub fn push(&mut self, data: &[u8]) -> Result<(), BodyError> {
+        if self.bytes.len() as u64 + data.len() as u64 > self.max {
+            return Err(BodyError::TooLarge(self.max));
+        }
+        self.held
+            .merge(self.budget.try_take(data.len()).ok_or(BodyError::Busy)?);
+        self.bytes.extend_from_slice(data);
+        Ok(())
+    }
+}
+
 /// Collects a request body up to `max` bytes, taking them from `budget` as they arrive,
 /// inflating `Content-Encoding: gzip` (with the same limit on the inflated size).
 pub async fn collect(
@@ -185,36 +236,23 @@ pub async fn collect(
         .get(hyper::header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
     let mut body = req.into_body();
-    let mut out = Vec::new();
-    let mut held = Held::default();
-    loop {
-        let next = glommio::timer::timeout(BODY_IDLE, async { Ok(body.frame().await) })
-            .await
-            .map_err(|_| BodyError::Stalled(BODY_IDLE.as_secs()))?;
-        let Some(frame) = next else { break };
-        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
-        if let Ok(data) = frame.into_data() {
-            if out.len() as u64 + data.len() as u64 > max {
-                return Err(BodyError::TooLarge(max));
-            }
-            held.merge(budget.try_take(data.len()).ok_or(BodyError::Busy)?);
-            out.extend_from_slice(&data);
-        }
+    let mut got = Gathered::new(max, budget);
+    while let Some(data) = next_chunk(&mut body).await? {
+        got.push(&data)?;
     }
     if gzip {
         use std::io::Read;
         let mut inflated = Vec::new();
-        flate2::read::GzDecoder::new(&out[..])
+        flate2::read::GzDecoder::new(&got.bytes[..])
             .take(max + 1)
             .read_to_end(&mut inflated)
             .map_err(|_| BodyError::Gzip)?;
-        if inflated.len() as u64 > max {
-            return Err(BodyError::TooLarge(max));
-        }
-        held.merge(budget.try_take(inflated.len()).ok_or(BodyError::Busy)?);
-        return Ok((inflated, held));
+        let mut out = Gathered::new(max, budget);
+        out.push(&inflated)?;
+        out.held.merge(got.held);
+        return Ok((out.bytes, out.held));
     }
-    Ok((out, held))
+    Ok((got.bytes, got.held))
 }
 
 /// Who is on the other end of a connection.

@@ -80,22 +80,7 @@ impl Source {
     /// [`http::BODY_IDLE`] fails.
     pub async fn next(&mut self) -> Result<Option<Bytes>, http::BodyError> {
         match self {
-            Source::Client(body) => loop {
-                let next = glommio::timer::timeout(http::BODY_IDLE, async {
-                    Ok(http_body_util::BodyExt::frame(body).await)
-                })
-                .await
-                .map_err(|_| http::BodyError::Stalled(http::BODY_IDLE.as_secs()))?;
-                match next {
-                    None => return Ok(None),
-                    Some(Err(e)) => return Err(http::BodyError::Read(e.to_string())),
-                    Some(Ok(frame)) => {
-                        if let Ok(data) = frame.into_data() {
-                            return Ok(Some(data));
-                        }
-                    }
-                }
-            },
+            Source::Client(body) => http::next_chunk(body).await,
             Source::Shard(rx) => match rx.recv().await {
                 Some(BodyChunk::Data(b)) => Ok(Some(b)),
                 Some(BodyChunk::End) => Ok(None),

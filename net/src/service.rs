@@ -533,7 +533,16 @@ async fn upload_pack<B: Backend + 'static>(
                 let _ = progress_tx.clone().try_send(Bytes::from(o));
             }
         };
-        let plan = match upload::plan(&ctx.backend, &repo, &state, &refs, &fetch, &mut report).await
+        let plan = match upload::plan(
+            &ctx.backend,
+            &repo,
+            &state,
+            &refs,
+            &fetch,
+            &common,
+            &mut report,
+        )
+        .await
         {
             Ok(p) => p,
             Err(e) => {
@@ -640,9 +649,7 @@ async fn receive_streaming<B: Backend + 'static>(
         object_bytes_max: ctx.limits.object_bytes_max,
         ..PackLimits::default()
     };
-    let max = ctx.limits.pack_bytes_max;
-    let mut buf: Vec<u8> = Vec::new();
-    let mut held = Held::default();
+    let mut got = http::Gathered::new(ctx.limits.pack_bytes_max, &ctx.budget);
     let mut pack_at = None;
     let mut stream = crate::git::pack::PackStream::new(limits);
     let mut parse_error = None;
@@ -652,16 +659,12 @@ async fn receive_streaming<B: Backend + 'static>(
             Ok(None) => break,
             Err(e) => return body_error(&e, &node),
         };
-        if buf.len() as u64 + data.len() as u64 > max {
-            return body_error(&http::BodyError::TooLarge(max), &node);
+        if let Err(e) = got.push(&data) {
+            return body_error(&e, &node);
         }
-        match ctx.budget.try_take(data.len()) {
-            Some(h) => held.merge(h),
-            None => return body_error(&http::BodyError::Busy, &node),
-        }
-        buf.extend_from_slice(&data);
+        let buf = &got.bytes;
         if pack_at.is_none() {
-            match receive::commands_end(&buf) {
+            match receive::commands_end(buf) {
                 Ok(at) => pack_at = at,
                 Err(e) => {
                     return git_error(
@@ -680,6 +683,9 @@ async fn receive_streaming<B: Backend + 'static>(
         }
         glommio::yield_if_needed().await;
     }
+    let http::Gathered {
+        bytes: buf, held, ..
+    } = got;
     let pre_read = match (pack_at, parse_error) {
         (_, Some(e)) => Some(Err(e)),
         (Some(at), None) if buf.len() > at => Some(stream.finish(&buf[at..])),

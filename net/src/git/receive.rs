@@ -251,7 +251,6 @@ pub async fn receive<B: Backend>(
             Err(e) => return Report::all_failed(commands, Err(e.to_string()), "unpacker error"),
         };
         progress(format!("Receiving objects: {} objects", entries.len()));
-        let mut external_missing = false;
         // Thin-pack bases come from the repository. The closure is sync; fetch the
         // ones the pack names and the repository has, up front.
         let mut externals: HashMap<Oid, (ObjectKind, Vec<u8>)> = HashMap::new();
@@ -269,12 +268,11 @@ pub async fn receive<B: Backend>(
                     Ok(Some(o)) => {
                         externals.insert(*base, o);
                     }
-                    Ok(None) => external_missing = true,
+                    Ok(None) => {}
                     Err(e) => return Report::all_failed(commands, Err(e.0), "unpacker error"),
                 }
             }
         }
-        let _ = external_missing;
         resolved = match pack::resolve(pack_bytes, &entries, limits, |o| externals.get(o).cloned())
         {
             Ok(r) => r,

@@ -359,13 +359,15 @@ pub fn common(b: &impl Backend, repo: &str, haves: &[Oid]) -> Vec<Oid> {
         .collect()
 }
 
-/// Works out which objects to send for `req` and reads their stored entries.
+/// Works out which objects to send for `req` and reads their stored entries. `common`:
+/// the client's haves that the repository has (see [`common`]).
 pub async fn plan<B: Backend>(
     b: &B,
     repo: &str,
     state: &RepoState,
     refs: &[AdRef],
     req: &FetchRequest,
+    common: &[Oid],
     progress: &mut dyn FnMut(String),
 ) -> Result<Plan, UploadError> {
     // Every want must be reachable from a ref (allow-reachable-sha1-in-want): since
@@ -375,7 +377,6 @@ pub async fn plan<B: Backend>(
     if let Some((o, _)) = req.wants.iter().zip(has).find(|(_, h)| !h) {
         return Err(UploadError::NotOurRef(hex(o)));
     }
-    let common = common(b, repo, &req.haves);
     let client_shallow: HashSet<Oid> = req.shallows.iter().copied().collect();
 
     // Commit walk, newest first; commits reachable from the common haves are
@@ -397,7 +398,7 @@ pub async fn plan<B: Backend>(
         });
         interesting += 1;
     }
-    for c in &common {
+    for c in common {
         heap.push(Queued {
             time: i64::MAX,
             depth: 1,
