@@ -6,6 +6,7 @@
 //! over the storage engine; the git protocol logic in [`git`] is pure.
 
 pub mod backend;
+pub mod client;
 pub mod git;
 pub mod http;
 pub mod route;

@@ -16,5 +16,5 @@ pub mod types;
 
 pub use log_store::LogStore;
 pub use runtime::GlommioRuntime;
-pub use state_machine::{State, StateMachine};
-pub use types::{Command, Response, TypeConfig};
+pub use state_machine::{Hooks, NoHooks, State, StateMachine};
+pub use types::{Command, RefChange, Repo, Response, TypeConfig};

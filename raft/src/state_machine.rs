@@ -1,39 +1,170 @@
-//! The state machine: applied entries, membership, and the replicated values, with
-//! snapshots of the whole as JSON. Applying is a pure function of (state, entry)
-//! ([`State::apply`]). Kept in memory for now; the replication work persists it with
-//! the repository states it will hold.
+//! The state machine of a shard's group: every repository of the shard (refs, symrefs,
+//! settings), the last applied log id and membership, and snapshots of the whole.
+//!
+//! Applying is a pure function of (state, command) ([`State::apply`]); everything with
+//! side effects happens in [`Hooks`] *before* an entry applies: the node makes the
+//! entry's objects present locally (fetching them from peers if it was down when they
+//! were pushed), so a ref never points at an object this node lacks.
+//!
+//! The state lives in memory. The latest snapshot is persisted in the shard's store
+//! (stream [`crate::log_store::META_STREAM`], key [`SNAPSHOT`]) and loaded on open;
+//! openraft re-applies the log after it on start (the log keeps every entry after the
+//! snapshot, so nothing is lost).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io;
 use std::rc::Rc;
 
+use futures_util::future::LocalBoxFuture;
 use futures_util::{Stream, TryStreamExt};
 use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use repospanner_storage::io::Dir;
+use repospanner_storage::{Store, Write};
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Command, Response, TypeConfig as C};
+use crate::log_store::META_STREAM;
+use crate::types::{Command, Repo, Response, TypeConfig as C};
 
-/// The replicated state.
+/// Key of the persisted snapshot in [`META_STREAM`].
+pub const SNAPSHOT: u64 = 4;
+
+/// The replicated state of a shard: its repositories by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
-    pub values: BTreeMap<String, Vec<u8>>,
+    pub repos: BTreeMap<String, Repo>,
 }
 
 impl State {
     /// Applies one command; pure.
     pub fn apply(&mut self, cmd: &Command) -> Response {
         match cmd {
-            Command::Put { key, value } => Response {
-                previous: self.values.insert(key.clone(), value.clone()),
+            Command::CreateRepo {
+                name,
+                id,
+                public,
+                head,
+            } => {
+                if self.repos.contains_key(name) {
+                    return Response::Refused(format!("Repo {name} already exists"));
+                }
+                let mut repo = Repo {
+                    id: *id,
+                    public: *public,
+                    ..Repo::default()
+                };
+                repo.symrefs
+                    .insert("HEAD".into(), format!("refs/heads/{head}"));
+                self.repos.insert(name.clone(), repo);
+                Response::Done
+            }
+            Command::DeleteRepo { name, id } => match self.repos.get(name) {
+                Some(r) if r.id == *id => {
+                    self.repos.remove(name);
+                    Response::Done
+                }
+                _ => Response::Refused(format!("Repo {name} does not exist")),
             },
-            Command::Delete { key } => Response {
-                previous: self.values.remove(key),
-            },
+            Command::EditRepo {
+                name,
+                public,
+                allow_non_fast_forward,
+                symrefs,
+            } => {
+                let Some(repo) = self.repos.get_mut(name) else {
+                    return Response::Refused(format!("Repo {name} does not exist"));
+                };
+                if symrefs.iter().any(|(s, t)| s == "HEAD" && t.is_none()) {
+                    return Response::Refused(
+                        "HEAD cannot be deleted; point it elsewhere with HEAD=refs/heads/<branch>"
+                            .into(),
+                    );
+                }
+                if let Some(p) = public {
+                    repo.public = *p;
+                }
+                if let Some(f) = allow_non_fast_forward {
+                    repo.allow_non_fast_forward = *f;
+                }
+                for (sym, target) in symrefs {
+                    match target {
+                        Some(t) => repo.symrefs.insert(sym.clone(), t.clone()),
+                        None => repo.symrefs.remove(sym),
+                    };
+                }
+                Response::Done
+            }
+            Command::UpdateRefs {
+                repo,
+                id,
+                changes,
+                atomic,
+                ..
+            } => {
+                let Some(r) = self.repos.get_mut(repo).filter(|r| r.id == *id) else {
+                    return Response::Refs(
+                        changes
+                            .iter()
+                            .map(|_| Err("repository was deleted".to_string()))
+                            .collect(),
+                    );
+                };
+                let results: Vec<Result<(), String>> = changes
+                    .iter()
+                    .map(|c| {
+                        if r.refs.get(&c.name) == c.old.as_ref() {
+                            Ok(())
+                        } else {
+                            Err("stale info: the ref changed since you fetched it".to_string())
+                        }
+                    })
+                    .collect();
+                if *atomic && results.iter().any(Result::is_err) {
+                    return Response::Refs(
+                        results
+                            .into_iter()
+                            .map(|r| r.and(Err("atomic push failure".to_string())))
+                            .collect(),
+                    );
+                }
+                for (c, res) in changes.iter().zip(&results) {
+                    if res.is_ok() {
+                        match &c.new {
+                            Some(n) => r.refs.insert(c.name.clone(), n.clone()),
+                            None => r.refs.remove(&c.name),
+                        };
+                    }
+                }
+                Response::Refs(results)
+            }
         }
+    }
+}
+
+/// Side effects around applying, provided by the node.
+pub trait Hooks {
+    /// Runs before `cmd` applies (the node makes its objects present locally). An
+    /// error is fatal for the group on this node, so wait and retry instead of failing
+    /// for anything but a stop.
+    fn before_apply(&self, cmd: &Command) -> LocalBoxFuture<'static, Result<(), io::Error>>;
+    /// Runs before a snapshot's state replaces the current one (the node makes every
+    /// repository's objects present).
+    fn before_install(&self, state: &State) -> LocalBoxFuture<'static, Result<(), io::Error>>;
+}
+
+/// Hooks that do nothing (tests of the replicated logic alone).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHooks;
+
+impl Hooks for NoHooks {
+    fn before_apply(&self, _: &Command) -> LocalBoxFuture<'static, Result<(), io::Error>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn before_install(&self, _: &State) -> LocalBoxFuture<'static, Result<(), io::Error>> {
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -46,13 +177,27 @@ struct Inner {
 }
 
 /// The state machine of a shard's group.
-#[derive(Debug, Clone, Default)]
-pub struct StateMachine(Rc<RefCell<Inner>>);
+pub struct StateMachine<D: Dir> {
+    inner: Rc<RefCell<Inner>>,
+    store: Option<Store<D>>,
+    hooks: Rc<dyn Hooks>,
+}
 
-impl StateMachine {
-    /// A copy of the current replicated state.
-    pub fn state(&self) -> State {
-        self.0.borrow().state.clone()
+impl<D: Dir> Clone for StateMachine<D> {
+    fn clone(&self) -> Self {
+        StateMachine {
+            inner: self.inner.clone(),
+            store: self.store.clone(),
+            hooks: self.hooks.clone(),
+        }
+    }
+}
+
+impl<D: Dir> std::fmt::Debug for StateMachine<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachine")
+            .field("applied", &self.inner.borrow().applied)
+            .finish()
     }
 }
 
@@ -60,17 +205,104 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-impl RaftSnapshotBuilder<C> for StateMachine {
+/// The persisted form of a snapshot: meta length (u32 LE), meta JSON, state JSON.
+fn encode_snapshot(meta: &SnapshotMetaOf<C>, data: &[u8]) -> Result<Vec<u8>, io::Error> {
+    let m = serde_json::to_vec(meta).map_err(io_err)?;
+    let len = u32::try_from(m.len()).map_err(io_err)?;
+    let mut out = Vec::with_capacity(4 + m.len() + data.len());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&m);
+    out.extend_from_slice(data);
+    Ok(out)
+}
+
+fn decode_snapshot(b: &[u8]) -> Result<(SnapshotMetaOf<C>, Vec<u8>), io::Error> {
+    let bad = || io_err("the persisted snapshot is damaged");
+    let len = u32::from_le_bytes(b.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+    let end = 4usize.checked_add(len as usize).ok_or_else(bad)?;
+    let meta = serde_json::from_slice(b.get(4..end).ok_or_else(bad)?).map_err(io_err)?;
+    Ok((meta, b[end..].to_vec()))
+}
+
+impl StateMachine<repospanner_storage::MemDir> {
+    /// A state machine in memory only, without hooks (tests).
+    pub fn in_memory() -> Self {
+        StateMachine {
+            inner: Rc::default(),
+            store: None,
+            hooks: Rc::new(NoHooks),
+        }
+    }
+}
+
+impl<D: Dir> StateMachine<D> {
+    /// Opens the state machine of a shard: loads the persisted snapshot, if any.
+    pub async fn open(store: Store<D>, hooks: Rc<dyn Hooks>) -> Result<Self, io::Error> {
+        let mut inner = Inner::default();
+        if let Some(b) = store
+            .get_opaque(META_STREAM, SNAPSHOT)
+            .await
+            .map_err(io_err)?
+        {
+            let (meta, data) = decode_snapshot(&b)?;
+            inner.state = serde_json::from_slice(&data).map_err(io_err)?;
+            inner.applied = meta.last_log_id;
+            inner.membership = meta.last_membership.clone();
+            inner.snapshot = Some((meta, data));
+        }
+        Ok(StateMachine {
+            inner: Rc::new(RefCell::new(inner)),
+            store: Some(store),
+            hooks,
+        })
+    }
+
+    /// Reads the current state.
+    pub fn with_state<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.inner.borrow().state)
+    }
+
+    /// A copy of the current state.
+    pub fn state(&self) -> State {
+        self.inner.borrow().state.clone()
+    }
+
+    /// Index of the last applied entry.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.inner.borrow().applied.as_ref().map(|l| l.index)
+    }
+
+    async fn persist(&self, meta: &SnapshotMetaOf<C>, data: &[u8]) -> Result<(), io::Error> {
+        if let Some(store) = &self.store {
+            store
+                .append(vec![Write::Opaque {
+                    stream: META_STREAM,
+                    key: SNAPSHOT,
+                    data: encode_snapshot(meta, data)?,
+                }])
+                .await
+                .map_err(io_err)?;
+        }
+        Ok(())
+    }
+}
+
+impl<D: Dir> RaftSnapshotBuilder<C> for StateMachine<D> {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, Vec<u8>>, io::Error> {
-        let mut i = self.0.borrow_mut();
-        let data = serde_json::to_vec(&i.state).map_err(io_err)?;
-        let meta = SnapshotMetaOf::<C> {
-            last_log_id: i.applied,
-            last_membership: i.membership.clone(),
+        let (meta, data) = {
+            let i = self.inner.borrow();
+            let data = serde_json::to_vec(&i.state).map_err(io_err)?;
+            let meta = SnapshotMetaOf::<C> {
+                last_log_id: i.applied,
+                last_membership: i.membership.clone(),
+            };
+            (meta, data)
         };
-        i.snapshot = Some((meta.clone(), data.clone()));
+        // Durable before openraft may purge the log it covers.
+        self.persist(&meta, &data).await?;
+        self.inner.borrow_mut().snapshot = Some((meta.clone(), data.clone()));
         Ok(openraft::Snapshot {
             meta,
             snapshot: data,
@@ -78,14 +310,14 @@ impl RaftSnapshotBuilder<C> for StateMachine {
     }
 }
 
-impl RaftStateMachine<C> for StateMachine {
+impl<D: Dir> RaftStateMachine<C> for StateMachine<D> {
     type SnapshotData = Vec<u8>;
-    type SnapshotBuilder = StateMachine;
+    type SnapshotBuilder = StateMachine<D>;
 
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogIdOf<C>>, StoredMembershipOf<C>), io::Error> {
-        let i = self.0.borrow();
+        let i = self.inner.borrow();
         Ok((i.applied, i.membership.clone()))
     }
 
@@ -94,17 +326,20 @@ impl RaftStateMachine<C> for StateMachine {
         S: Stream<Item = Result<EntryResponder<C>, io::Error>> + Unpin + OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
+            if let EntryPayload::Normal(cmd) = &entry.payload {
+                self.hooks.before_apply(cmd).await?;
+            }
             let response = {
-                let mut i = self.0.borrow_mut();
+                let mut i = self.inner.borrow_mut();
                 i.applied = Some(entry.log_id());
                 match &entry.payload {
                     EntryPayload::Normal(cmd) => i.state.apply(cmd),
                     EntryPayload::Membership(m) => {
                         i.membership =
                             StoredMembershipOf::<C>::new(Some(entry.log_id()), m.clone());
-                        Response::default()
+                        Response::Done
                     }
-                    EntryPayload::Blank => Response::default(),
+                    EntryPayload::Blank => Response::Done,
                 }
             };
             if let Some(r) = responder {
@@ -123,42 +358,155 @@ impl RaftStateMachine<C> for StateMachine {
         meta: &SnapshotMetaOf<C>,
         snapshot: Vec<u8>,
     ) -> Result<(), io::Error> {
-        let state: State = serde_json::from_slice(&snapshot).map_err(io_err)?;
-        let mut i = self.0.borrow_mut();
+        let data = snapshot;
+        let state: State = serde_json::from_slice(&data).map_err(io_err)?;
+        self.hooks.before_install(&state).await?;
+        self.persist(meta, &data).await?;
+        let mut i = self.inner.borrow_mut();
         i.applied = meta.last_log_id;
         i.membership = meta.last_membership.clone();
         i.state = state;
-        i.snapshot = Some((meta.clone(), snapshot));
+        i.snapshot = Some((meta.clone(), data));
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<C, Vec<u8>>>, io::Error> {
         Ok(self
-            .0
+            .inner
             .borrow()
             .snapshot
             .clone()
-            .map(|(meta, snapshot)| openraft::Snapshot { meta, snapshot }))
+            .map(|(meta, data)| openraft::Snapshot {
+                meta,
+                snapshot: data,
+            }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::RefChange;
+
+    fn create(name: &str, id: u64) -> Command {
+        Command::CreateRepo {
+            name: name.into(),
+            id,
+            public: false,
+            head: "master".into(),
+        }
+    }
+
+    fn push(id: u64, changes: &[(&str, Option<&str>, Option<&str>)], atomic: bool) -> Command {
+        Command::UpdateRefs {
+            push: "p".into(),
+            repo: "r".into(),
+            id,
+            changes: changes
+                .iter()
+                .map(|(n, o, w)| RefChange {
+                    name: (*n).into(),
+                    old: o.map(Into::into),
+                    new: w.map(Into::into),
+                })
+                .collect(),
+            atomic,
+            objects: Vec::new(),
+        }
+    }
 
     #[test]
-    fn apply_is_a_pure_function_of_state_and_command() {
+    fn repositories_are_created_once_with_head_at_the_default_branch() {
         let mut s = State::default();
-        let put = |k: &str, v: &[u8]| Command::Put {
-            key: k.into(),
-            value: v.to_vec(),
-        };
-        assert_eq!(s.apply(&put("a", b"1")).previous, None);
-        assert_eq!(s.apply(&put("a", b"2")).previous, Some(b"1".to_vec()));
+        assert_eq!(s.apply(&create("r", 1)), Response::Done);
+        assert_eq!(s.repos["r"].symrefs["HEAD"], "refs/heads/master");
+        assert!(matches!(s.apply(&create("r", 2)), Response::Refused(_)));
+        assert_eq!(s.repos["r"].id, 1);
+    }
+
+    #[test]
+    fn ref_updates_are_compare_and_swap() {
+        let mut s = State::default();
+        s.apply(&create("r", 1));
+        let ok = Response::Refs(vec![Ok(())]);
         assert_eq!(
-            s.apply(&Command::Delete { key: "a".into() }).previous,
-            Some(b"2".to_vec())
+            s.apply(&push(1, &[("refs/heads/a", None, Some("1"))], false)),
+            ok
         );
-        assert!(s.values.is_empty());
+        // A second create of the same ref loses: it expected no ref.
+        let r = s.apply(&push(1, &[("refs/heads/a", None, Some("2"))], false));
+        assert!(matches!(&r, Response::Refs(v) if v[0].is_err()));
+        assert_eq!(s.repos["r"].refs["refs/heads/a"], "1");
+        assert_eq!(
+            s.apply(&push(1, &[("refs/heads/a", Some("1"), None)], false)),
+            ok
+        );
+        assert!(s.repos["r"].refs.is_empty());
+    }
+
+    #[test]
+    fn an_atomic_push_is_all_or_nothing_and_a_plain_one_is_not() {
+        let mut s = State::default();
+        s.apply(&create("r", 1));
+        let both = [
+            ("refs/heads/a", None, Some("1")),
+            ("refs/heads/b", Some("9"), Some("2")),
+        ];
+        let r = s.apply(&push(1, &both, true));
+        assert!(matches!(&r, Response::Refs(v) if v.iter().all(Result::is_err)));
+        assert!(s.repos["r"].refs.is_empty());
+        let r = s.apply(&push(1, &both, false));
+        assert!(matches!(&r, Response::Refs(v) if v[0].is_ok() && v[1].is_err()));
+        assert_eq!(s.repos["r"].refs.len(), 1);
+    }
+
+    #[test]
+    fn a_push_to_a_deleted_and_recreated_repository_changes_nothing() {
+        let mut s = State::default();
+        s.apply(&create("r", 1));
+        assert_eq!(
+            s.apply(&Command::DeleteRepo {
+                name: "r".into(),
+                id: 1
+            }),
+            Response::Done
+        );
+        s.apply(&create("r", 2));
+        let r = s.apply(&push(1, &[("refs/heads/a", None, Some("1"))], false));
+        assert!(matches!(&r, Response::Refs(v) if v[0].is_err()));
+        assert!(s.repos["r"].refs.is_empty());
+        // A stale delete (old instance) does not remove the new one.
+        assert!(matches!(
+            s.apply(&Command::DeleteRepo {
+                name: "r".into(),
+                id: 1
+            }),
+            Response::Refused(_)
+        ));
+    }
+
+    #[test]
+    fn head_cannot_be_removed() {
+        let mut s = State::default();
+        s.apply(&create("r", 1));
+        let r = s.apply(&Command::EditRepo {
+            name: "r".into(),
+            public: Some(true),
+            allow_non_fast_forward: None,
+            symrefs: vec![("HEAD".into(), None)],
+        });
+        assert!(matches!(r, Response::Refused(_)));
+        assert!(!s.repos["r"].public, "a refused edit changes nothing");
+    }
+
+    #[test]
+    fn snapshots_round_trip() {
+        let meta = SnapshotMetaOf::<C>::default();
+        let b = encode_snapshot(&meta, b"{\"repos\":{}}").expect("encode");
+        let (m, d) = decode_snapshot(&b).expect("decode");
+        assert_eq!(m, meta);
+        assert_eq!(d, b"{\"repos\":{}}");
+        assert!(decode_snapshot(&b[..3]).is_err());
+        assert!(decode_snapshot(&[255, 255, 255, 255, 1]).is_err());
     }
 }

@@ -1,33 +1,97 @@
-//! The openraft type configuration of a shard's raft group.
+//! The openraft type configuration of a shard's raft group and what it replicates:
+//! repository commands and their answers. Object ids travel as lowercase hex.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::GlommioRuntime;
 
-/// A replicated command. Repository state transitions (ref transactions, repository
-/// create/edit/delete) will be added here by the replication work; today the group
-/// replicates opaque keyed values, which is what the state machine and tests use.
+/// One ref change of a push: a compare-and-swap from `old` to `new` (`None`: absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefChange {
+    pub name: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
+/// A replicated command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Put { key: String, value: Vec<u8> },
-    Delete { key: String },
+    /// Creates repository `name` with object namespace `id` (chosen by the proposer,
+    /// random, so a recreated repository never sees its predecessor's objects).
+    CreateRepo {
+        name: String,
+        id: u64,
+        public: bool,
+        head: String,
+    },
+    /// Deletes repository `name` if it is still instance `id`.
+    DeleteRepo { name: String, id: u64 },
+    EditRepo {
+        name: String,
+        public: Option<bool>,
+        allow_non_fast_forward: Option<bool>,
+        /// symref → target (`None`: remove).
+        symrefs: Vec<(String, Option<String>)>,
+    },
+    /// The ref transaction of a push to instance `id` of `repo`. `objects`: what the
+    /// push stored (every node holds them before applying the entry).
+    UpdateRefs {
+        push: String,
+        repo: String,
+        id: u64,
+        changes: Vec<RefChange>,
+        atomic: bool,
+        objects: Vec<String>,
+    },
 }
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::Put { key, value } => write!(f, "put {key} ({} bytes)", value.len()),
-            Command::Delete { key } => write!(f, "delete {key}"),
+            Command::CreateRepo { name, .. } => write!(f, "create {name}"),
+            Command::DeleteRepo { name, .. } => write!(f, "delete {name}"),
+            Command::EditRepo { name, .. } => write!(f, "edit {name}"),
+            Command::UpdateRefs {
+                push,
+                repo,
+                changes,
+                objects,
+                ..
+            } => write!(
+                f,
+                "push {push} to {repo}: {} refs, {} objects",
+                changes.len(),
+                objects.len()
+            ),
         }
     }
 }
 
-/// What applying a command answers: the previous value of its key.
+/// What applying a command answers.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Response {
-    pub previous: Option<Vec<u8>>,
+pub enum Response {
+    #[default]
+    Done,
+    /// The command changed nothing, for this reason.
+    Refused(String),
+    /// One result per ref change of an [`Command::UpdateRefs`].
+    Refs(Vec<Result<(), String>>),
+}
+
+/// A repository as the group holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repo {
+    /// Object namespace of this instance of the repository.
+    pub id: u64,
+    pub public: bool,
+    pub allow_non_fast_forward: bool,
+    /// ref name → object id (hex).
+    pub refs: BTreeMap<String, String>,
+    /// symbolic ref → target ref.
+    pub symrefs: BTreeMap<String, String>,
 }
 
 openraft::declare_raft_types!(

@@ -17,7 +17,9 @@ use openraft::storage::RaftLogStorage;
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::type_config::TypeConfigExt;
 use openraft::{BasicNode, Config, OptionalSend, Raft, RaftNetworkV2, StorageError};
-use repospanner_raft::{Command, GlommioRuntime, LogStore, StateMachine, TypeConfig as C};
+use repospanner_raft::{
+    Command, GlommioRuntime, LogStore, NoHooks, RefChange, Response, StateMachine, TypeConfig as C,
+};
 use repospanner_storage::{DmaDir, MemDir, Options, Store};
 
 #[test]
@@ -27,12 +29,12 @@ fn runtime_conformance_suite() {
 
 struct Builder;
 
-impl StoreBuilder<C, LogStore<MemDir>, StateMachine, ()> for Builder {
-    async fn build(&self) -> Result<((), LogStore<MemDir>, StateMachine), StorageError<C>> {
+impl StoreBuilder<C, LogStore<MemDir>, StateMachine<MemDir>, ()> for Builder {
+    async fn build(&self) -> Result<((), LogStore<MemDir>, StateMachine<MemDir>), StorageError<C>> {
         let (store, _) = Store::open(MemDir::new(7), Options::default())
             .await
             .expect("open an in-memory store");
-        Ok(((), LogStore::new(store), StateMachine::default()))
+        Ok(((), LogStore::new(store), StateMachine::in_memory()))
     }
 }
 
@@ -111,8 +113,10 @@ fn a_single_member_group_commits_on_real_files_and_keeps_its_log() {
                 Store::open(DmaDir::open(&path).await.expect("dir"), Options::default())
                     .await
                     .expect("store");
-            let sm = StateMachine::default();
-            let raft: Raft<C, StateMachine> = Raft::new(
+            let sm = StateMachine::open(store.clone(), std::rc::Rc::new(NoHooks))
+                .await
+                .expect("state machine");
+            let raft: Raft<C, StateMachine<DmaDir>> = Raft::new(
                 1,
                 config(),
                 NoNetwork,
@@ -128,20 +132,44 @@ fn a_single_member_group_commits_on_real_files_and_keeps_its_log() {
                 .current_leader(1, "elects itself")
                 .await
                 .expect("leader");
+            let created = raft
+                .client_write(Command::CreateRepo {
+                    name: "r".into(),
+                    id: 7,
+                    public: false,
+                    head: "main".into(),
+                })
+                .await
+                .expect("write");
+            assert_eq!(created.response(), &Response::Done);
+            let mut tip: Option<String> = None;
             for i in 0..20u8 {
+                let new = format!("{i:040x}");
                 let r = raft
-                    .client_write(Command::Put {
-                        key: format!("k{}", i % 5),
-                        value: vec![i],
+                    .client_write(Command::UpdateRefs {
+                        push: format!("p{i}"),
+                        repo: "r".into(),
+                        id: 7,
+                        changes: vec![RefChange {
+                            name: "refs/heads/main".into(),
+                            old: tip.clone(),
+                            new: Some(new.clone()),
+                        }],
+                        atomic: false,
+                        objects: Vec::new(),
                     })
                     .await
                     .expect("write");
-                assert_eq!(r.response().previous.is_some(), i >= 5);
+                assert_eq!(r.response(), &Response::Refs(vec![Ok(())]));
+                tip = Some(new);
             }
             raft.ensure_linearizable(ReadPolicy::ReadIndex)
                 .await
                 .expect("read index");
-            assert_eq!(sm.state().values.len(), 5);
+            assert_eq!(
+                sm.state().repos["r"].refs["refs/heads/main"],
+                format!("{:040x}", 19)
+            );
             let last = LogStore::new(store.clone())
                 .get_log_state()
                 .await
