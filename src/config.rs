@@ -126,6 +126,10 @@ pub struct GitSection {
 pub struct ListenSection {
     pub rpc: Option<String>,
     pub http: Option<String>,
+    /// `host:port` peers dial to reach this node's `listen.rpc` (default: `listen.rpc`
+    /// if it is a specific address, else `<node>.<region>.<cluster>:<rpc port>`, the
+    /// Go original's RPC URL).
+    pub rpc_advertise: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -395,12 +399,36 @@ impl Config {
             let key = read_key(&format!("certificates.server.{sni}.key"), &paths.key)?;
             server.insert(sni.clone(), (cert, key));
         }
+        let rpc_addr = match &self.listen.rpc_advertise {
+            Some(a) => {
+                let ok = a
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                if !ok {
+                    return Err(invalid(
+                        "listen.rpc_advertise",
+                        a,
+                        "expected host:port, e.g. node1.example.org:8444",
+                    ));
+                }
+                a.clone()
+            }
+            None if listen_rpc.ip().is_unspecified() => format!(
+                "{}.{}.{}:{}",
+                node.name,
+                node.region,
+                node.cluster,
+                listen_rpc.port()
+            ),
+            None => listen_rpc.to_string(),
+        };
         Ok(ServeConfig {
             state_dir,
             git_dir,
             shards: self.storage.shards,
             listen_rpc,
             listen_http,
+            rpc_addr,
             ca_pem,
             node_cert_pem,
             node_key_pem,
@@ -439,6 +467,8 @@ pub struct ServeConfig {
     pub shards: Option<u32>,
     pub listen_rpc: SocketAddr,
     pub listen_http: SocketAddr,
+    /// Where peers reach `listen_rpc` (`host:port`).
+    pub rpc_addr: String,
     pub ca_pem: Vec<u8>,
     pub node_cert_pem: Vec<u8>,
     pub node_key_pem: Vec<u8>,

@@ -220,10 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = config()?;
             match (args.spawn, args.joinnode) {
                 (true, _) => repospanner::serve::spawn(&config),
-                (false, Some(url)) => {
-                    config.serve()?;
-                    anyhow::bail!("joining {url}: joining a region needs replication, which is not available yet")
-                }
+                (false, Some(url)) => repospanner::serve::join(&config, &url),
                 (false, None) => repospanner::serve::serve(&config),
             }
         }

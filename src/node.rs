@@ -1,44 +1,43 @@
-//! A node's repositories on the storage engine: the [`Backend`] the network layer
-//! serves from. Single node for now (replication is a later issue): a push is
-//! acknowledged once its objects and its ref update are durable in the local store.
+//! A shard of a node: its repositories, replicated by the shard's raft group, served
+//! as the network layer's [`Backend`].
 //!
-//! Layout in the store: each repository has a numeric id, which is also its object
-//! namespace; its state (refs, symrefs, settings) is one opaque value in stream
-//! [`REPO_STREAM`] under that id, rewritten on every change. Changes to one repository
-//! are serialised by a per-repository lock held from the compare-and-swap check until
-//! the new state is durable, so of two concurrent pushes to the same ref exactly one
-//! wins.
+//! * Objects live in the shard's store under the repository's namespace (its random
+//!   id, fixed at creation by the proposer).
+//! * Repository state (refs, symrefs, settings) lives in the group's state machine; it
+//!   changes only by committed raft entries.
+//! * A push: the verified objects are stored here and sent to every other member;
+//!   once a majority (counting this node) holds them durably, one entry with the ref
+//!   transaction is proposed (forwarded to the leader if this node is not it). The
+//!   client hears "ok" only after that entry committed and applied.
+//! * A read first proves this node is current ([`Backend::linearize`]): the leader
+//!   confirms its leadership with a quorum (read index); a follower asks the leader
+//!   for its read index and waits until it has applied that far.
 
-use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::cell::{Cell, OnceCell};
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use futures_util::StreamExt;
 use repospanner_net::backend::{Backend, BackendError, RawObject, RefUpdate, RepoState};
-use repospanner_net::git::{hex, parse_hex, ObjectKind, Oid};
+use repospanner_net::client::{ClientError, NodeClient};
+use repospanner_net::git::{hex, ObjectKind, Oid};
+use repospanner_raft::openraft::async_runtime::watch::WatchReceiver;
+use repospanner_raft::openraft::raft::ReadPolicy;
+use repospanner_raft::openraft::{self, BasicNode, ChangeMembers, ServerState};
+use repospanner_raft::{Command, LogStore, RefChange, Repo, Response, StateMachine};
 use repospanner_storage::io::Dir;
-use repospanner_storage::{Namespace, Store, StoredObject, Write};
+use repospanner_storage::{Namespace, Store, StoredObject};
 use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
 
-/// Opaque stream holding repository states, keyed by repository id.
-pub const REPO_STREAM: u8 = 1;
+use crate::cluster::{
+    decode_ids, decode_objects, decode_snapshot_body, encode_ids, encode_objects, peers_of,
+    raft_config, rpc_path, store_objects, Network, ObjectSync, RpcReply, ShardRaft,
+};
 
-/// Largest single append of objects (objects of a push are split into such batches).
-const OBJECT_APPEND_BYTES: usize = 64 << 20;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Stored {
-    name: String,
-    state: RepoState,
-}
-
-#[derive(Debug, Clone)]
-struct Entry {
-    id: u64,
-    state: RepoState,
-}
-
-/// Who this node is (for status).
+/// Who this node is.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Identity {
     pub cluster: String,
@@ -49,17 +48,22 @@ pub struct Identity {
 
 struct Inner<D: Dir> {
     store: Store<D>,
-    repos: RefCell<BTreeMap<String, Entry>>,
-    next_id: Cell<u64>,
-    locks: RefCell<HashMap<String, Rc<glommio::sync::Semaphore>>>,
+    sm: StateMachine<D>,
+    raft: Rc<OnceCell<ShardRaft<D>>>,
+    client: Rc<NodeClient>,
     default_head: String,
     identity: Identity,
+    /// Where peers reach this node.
+    rpc_addr: String,
     /// Which shard of the node this is.
     shard: usize,
     started: Instant,
+    /// How long a push waits for a majority, and a read for proof it is current.
+    timeout: Duration,
+    pushes: Cell<u64>,
 }
 
-/// The node's repositories.
+/// A shard's repositories.
 pub struct NodeBackend<D: Dir> {
     inner: Rc<Inner<D>>,
 }
@@ -76,6 +80,7 @@ impl<D: Dir> std::fmt::Debug for NodeBackend<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeBackend")
             .field("identity", &self.inner.identity)
+            .field("shard", &self.inner.shard)
             .finish()
     }
 }
@@ -102,85 +107,369 @@ fn from_storage_kind(k: repospanner_storage::ObjectKind) -> ObjectKind {
     }
 }
 
+fn repo_state(r: &Repo) -> RepoState {
+    RepoState {
+        public: r.public,
+        allow_non_fast_forward: r.allow_non_fast_forward,
+        refs: r.refs.clone(),
+        symrefs: r.symrefs.clone(),
+    }
+}
+
+/// A random non-zero u64 (repository ids, push ids).
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most `b.len()` bytes into the buffer we own.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    let v = u64::from_le_bytes(b);
+    if n == 8 && v != 0 {
+        return v;
+    }
+    // getrandom cannot fail for 8 bytes on Linux >= 3.17; keep ids unique anyway.
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    t | 1
+}
+
+/// How a proposal failed.
+#[derive(Debug)]
+enum ProposeError {
+    /// Surely not applied (refused before it could be proposed).
+    Failed(String),
+    /// Proposed, but no answer in time: it may still commit.
+    Unknown(String),
+}
+
+/// The JSON of a `join` request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub id: u64,
+    pub addr: String,
+}
+
+fn rpc_reply<T: Serialize, E: std::fmt::Display>(
+    r: Result<T, E>,
+) -> Result<Vec<u8>, (u16, String)> {
+    let reply = match r {
+        Ok(v) => RpcReply::Ok(v),
+        Err(e) => RpcReply::Err(e.to_string()),
+    };
+    serde_json::to_vec(&reply).map_err(|e| (500, e.to_string()))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, (u16, String)> {
+    serde_json::from_slice(body).map_err(|e| (400, format!("malformed request: {e}")))
+}
+
 impl<D: Dir> NodeBackend<D> {
-    /// Loads every repository state from the store.
-    pub async fn load(
+    /// Opens shard `shard`: its state machine (from its snapshot) and its raft group,
+    /// which replays the log after the snapshot.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn open(
         store: Store<D>,
         identity: Identity,
+        rpc_addr: String,
         default_head: String,
         shard: usize,
+        client: Rc<NodeClient>,
+        timeout: Duration,
     ) -> Result<Self, BackendError> {
-        let mut repos = BTreeMap::new();
-        let mut next_id = 1;
-        for id in store.opaque_keys(REPO_STREAM, 0..u64::MAX) {
-            let bytes = store
-                .get_opaque(REPO_STREAM, id)
-                .await
-                .map_err(err)?
-                .unwrap_or_default();
-            let s: Stored = serde_json::from_slice(&bytes)
-                .map_err(|e| err(format!("repository record {id}: {e}")))?;
-            repos.insert(s.name, Entry { id, state: s.state });
-            next_id = next_id.max(id + 1);
-        }
+        let cell = Rc::new(OnceCell::new());
+        let hooks = ObjectSync {
+            store: store.clone(),
+            client: client.clone(),
+            shard,
+            self_id: identity.id,
+            raft: cell.clone(),
+        };
+        let sm = StateMachine::open(store.clone(), Rc::new(hooks))
+            .await
+            .map_err(|e| err(format!("shard {shard} state machine: {e}")))?;
+        let raft = openraft::Raft::new(
+            identity.id,
+            raft_config(),
+            Network {
+                client: client.clone(),
+                shard,
+            },
+            LogStore::new(store.clone()),
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| err(format!("shard {shard} raft: {e}")))?;
+        let _ = cell.set(raft);
         Ok(NodeBackend {
             inner: Rc::new(Inner {
                 store,
-                repos: RefCell::new(repos),
-                next_id: Cell::new(next_id),
-                locks: RefCell::new(HashMap::new()),
+                sm,
+                raft: cell,
+                client,
                 default_head,
                 identity,
+                rpc_addr,
                 shard,
                 started: Instant::now(),
+                timeout,
+                pushes: Cell::new(0),
             }),
         })
+    }
+
+    fn raft(&self) -> &ShardRaft<D> {
+        // Set in `open` before the backend exists.
+        self.inner
+            .raft
+            .get()
+            .expect("the raft handle is set when the backend is opened")
     }
 
     pub fn store(&self) -> &Store<D> {
         &self.inner.store
     }
 
-    fn lock_of(&self, repo: &str) -> Rc<glommio::sync::Semaphore> {
-        self.inner
-            .locks
-            .borrow_mut()
-            .entry(repo.to_owned())
-            .or_insert_with(|| Rc::new(glommio::sync::Semaphore::new(1)))
-            .clone()
-    }
-
-    fn entry(&self, repo: &str) -> Option<Entry> {
-        self.inner.repos.borrow().get(repo).cloned()
-    }
-
-    /// Makes `state` the durable state of `repo` (id `id`), then visible.
-    async fn persist(&self, repo: &str, id: u64, state: RepoState) -> Result<(), BackendError> {
-        let data = serde_json::to_vec(&Stored {
-            name: repo.to_owned(),
-            state: state.clone(),
-        })
-        .map_err(err)?;
-        self.inner
-            .store
-            .append(vec![Write::Opaque {
-                stream: REPO_STREAM,
-                key: id,
-                data,
-            }])
+    /// Makes this node the only member of a new group and waits until it leads.
+    pub async fn initialize(&self) -> Result<(), BackendError> {
+        let me = BTreeMap::from([(
+            self.inner.identity.id,
+            BasicNode::new(self.inner.rpc_addr.clone()),
+        )]);
+        self.raft().initialize(me).await.map_err(err)?;
+        self.raft()
+            .wait(Some(Duration::from_secs(30)))
+            .current_leader(self.inner.identity.id, "the first node leads its new group")
             .await
             .map_err(err)?;
-        self.inner
-            .repos
-            .borrow_mut()
-            .insert(repo.to_owned(), Entry { id, state });
         Ok(())
+    }
+
+    /// Stops the group's raft core (before closing the store).
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft().shutdown().await {
+            warn!(shard = self.inner.shard, error = ?e, "raft shutdown");
+        }
+    }
+
+    /// Whether this node is a voter of the group.
+    pub fn is_voter(&self) -> bool {
+        let m = self.raft().metrics().borrow_watched().clone();
+        let me = self.inner.identity.id;
+        let voter = m.membership_config.voter_ids().any(|id| id == me);
+        voter
+    }
+
+    fn ns_of(&self, repo: &str) -> Option<u64> {
+        self.inner
+            .sm
+            .with_state(|s| s.repos.get(repo).map(|r| r.id))
+    }
+
+    fn leader(&self) -> Option<(u64, Option<String>)> {
+        let m = self.raft().metrics().borrow_watched().clone();
+        let l = m.current_leader?;
+        let addr = m.membership_config.get_node(&l).map(|n| n.addr.clone());
+        Some((l, addr))
+    }
+
+    /// Proposes `cmd` to the group (through the leader) and waits for its answer.
+    async fn propose(&self, cmd: Command) -> Result<Response, ProposeError> {
+        let deadline = Instant::now() + self.inner.timeout;
+        let mut sent = false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let secs = self.inner.timeout.as_secs();
+                return Err(if sent {
+                    ProposeError::Unknown(format!(
+                        "no majority confirmed it within {secs} s; it may still be applied"
+                    ))
+                } else {
+                    ProposeError::Failed(format!(
+                        "no leader reachable within {secs} s (a majority of the region's nodes is down or unreachable); nothing was changed"
+                    ))
+                });
+            }
+            match self.leader() {
+                Some((l, _)) if l == self.inner.identity.id => {
+                    sent = true;
+                    let w = self.raft().client_write(cmd.clone());
+                    let r = futures_lite::future::or(async { Some(w.await) }, async {
+                        glommio::timer::sleep(left).await;
+                        None
+                    })
+                    .await;
+                    match r {
+                        Some(Ok(resp)) => return Ok(resp.data),
+                        Some(Err(e)) if e.forward_to_leader().is_some() => {}
+                        Some(Err(e)) => {
+                            return Err(ProposeError::Unknown(format!("raft: {e}")));
+                        }
+                        None => continue,
+                    }
+                }
+                Some((_, Some(addr))) => {
+                    let body = match serde_json::to_vec(&cmd) {
+                        Ok(b) => Bytes::from(b),
+                        Err(e) => return Err(ProposeError::Failed(e.to_string())),
+                    };
+                    let r = self
+                        .inner
+                        .client
+                        .post(&addr, &rpc_path(self.inner.shard, "propose"), body, left)
+                        .await;
+                    match r {
+                        Ok(b) => match serde_json::from_slice::<RpcReply<Response>>(&b) {
+                            Ok(RpcReply::Ok(resp)) => return Ok(resp),
+                            // The leader moved before it proposed: try again.
+                            Ok(RpcReply::Err(e)) if e.starts_with("not the leader") => {}
+                            Ok(RpcReply::Err(e)) => {
+                                return Err(ProposeError::Unknown(format!("leader: {e}")))
+                            }
+                            Err(e) => {
+                                return Err(ProposeError::Unknown(format!(
+                                    "unreadable answer from the leader: {e}"
+                                )))
+                            }
+                        },
+                        // Surely not proposed: try again.
+                        Err(e) if e.unreachable() => {}
+                        Err(ClientError::Status { status: 503, .. }) => {}
+                        // It may have been proposed; proposing it again could apply
+                        // it twice, so the outcome is reported as unknown.
+                        Err(e) => return Err(ProposeError::Unknown(format!("leader: {e}"))),
+                    }
+                }
+                _ => {}
+            }
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn admin_propose(&self, cmd: Command) -> Result<(), BackendError> {
+        match self.propose(cmd).await {
+            Ok(Response::Done) => Ok(()),
+            Ok(Response::Refused(e)) => Err(err(e)),
+            Ok(Response::Refs(_)) => Err(err("unexpected answer")),
+            Err(ProposeError::Failed(e)) => Err(err(e)),
+            Err(ProposeError::Unknown(e)) => Err(err(format!("outcome unknown: {e}"))),
+        }
+    }
+
+    /// The read index of the group, confirmed by a quorum (leader only).
+    async fn read_index(&self) -> Result<u64, String> {
+        let r = futures_lite::future::or(
+            async { Some(self.raft().ensure_linearizable(ReadPolicy::ReadIndex).await) },
+            async {
+                glommio::timer::sleep(self.inner.timeout).await;
+                None
+            },
+        )
+        .await;
+        match r {
+            Some(Ok(id)) => Ok(id.log_id().index),
+            Some(Err(e)) if e.forward_to_leader().is_some() => Err("not the leader".into()),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("no quorum confirmed the leadership in time".into()),
+        }
+    }
+
+    async fn join(&self, req: JoinRequest) -> Result<(), String> {
+        let raft = self.raft();
+        let m = raft.metrics().borrow_watched().clone();
+        if m.current_leader != Some(self.inner.identity.id) {
+            // Any member may be asked; the leader does it.
+            let Some((_, Some(addr))) = self.leader() else {
+                return Err("the group has no leader right now".into());
+            };
+            let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
+            let b = self
+                .inner
+                .client
+                .post(
+                    &addr,
+                    &rpc_path(self.inner.shard, "join"),
+                    Bytes::from(body),
+                    Duration::from_secs(600),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            return match serde_json::from_slice::<RpcReply<()>>(&b) {
+                Ok(RpcReply::Ok(())) => Ok(()),
+                Ok(RpcReply::Err(e)) => Err(e),
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        let known = m.membership_config.get_node(&req.id).is_some();
+        if m.membership_config.voter_ids().any(|v| v == req.id) {
+            info!(
+                shard = self.inner.shard,
+                node = req.id,
+                "join: already a voter"
+            );
+            return Ok(());
+        }
+        if !known {
+            info!(shard = self.inner.shard, node = req.id, addr = %req.addr, "join: adding a learner");
+        }
+        raft.add_learner(req.id, BasicNode::new(req.addr.clone()), true)
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(
+            shard = self.inner.shard,
+            node = req.id,
+            "join: learner caught up; making it a voter"
+        );
+        raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([req.id])), false)
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(shard = self.inner.shard, node = req.id, "join: voter");
+        Ok(())
+    }
+
+    /// Per-shard raft status for `nodestatus`.
+    fn raft_status(&self) -> serde_json::Value {
+        let m = self.raft().metrics().borrow_watched().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        let members: BTreeMap<String, serde_json::Value> = m
+            .membership_config
+            .nodes()
+            .map(|(id, n)| {
+                let voter = m.membership_config.voter_ids().any(|v| v == *id);
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id))
+                    .map(|l| l.as_ref().map_or(0, |l| l.index));
+                (
+                    id.to_string(),
+                    serde_json::json!({
+                        "Address": n.addr,
+                        "Voter": voter,
+                        "Matched": matched,
+                        "Lag": matched.map(|x| last.saturating_sub(x)),
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "State": format!("{:?}", m.state),
+            "Leader": m.current_leader,
+            "Term": m.current_term,
+            "LastLogIndex": m.last_log_index,
+            "Committed": m.cluster_committed.map(|l| l.index),
+            "Applied": m.last_applied.map(|l| l.index),
+            "Snapshot": m.snapshot.map(|l| l.index),
+            "Members": members,
+        })
     }
 }
 
 impl<D: Dir> Backend for NodeBackend<D> {
     async fn repo(&self, name: &str) -> Result<Option<RepoState>, BackendError> {
-        Ok(self.entry(name).map(|e| e.state))
+        Ok(self
+            .inner
+            .sm
+            .with_state(|s| s.repos.get(name).map(repo_state)))
     }
 
     async fn object(
@@ -188,26 +477,26 @@ impl<D: Dir> Backend for NodeBackend<D> {
         repo: &str,
         oid: &Oid,
     ) -> Result<Option<(ObjectKind, Vec<u8>)>, BackendError> {
-        let Some(e) = self.entry(repo) else {
+        let Some(ns) = self.ns_of(repo) else {
             return Ok(None);
         };
         Ok(self
             .inner
             .store
-            .read_object(Namespace(e.id), oid)
+            .read_object(Namespace(ns), oid)
             .await
             .map_err(err)?
             .map(|(k, c)| (from_storage_kind(k), c)))
     }
 
     async fn raw(&self, repo: &str, oid: &Oid) -> Result<Option<RawObject>, BackendError> {
-        let Some(e) = self.entry(repo) else {
+        let Some(ns) = self.ns_of(repo) else {
             return Ok(None);
         };
         Ok(self
             .inner
             .store
-            .read_raw(Namespace(e.id), oid)
+            .read_raw(Namespace(ns), oid)
             .await
             .map_err(err)?
             .map(|o| RawObject {
@@ -221,43 +510,95 @@ impl<D: Dir> Backend for NodeBackend<D> {
     }
 
     fn has_many(&self, repo: &str, oids: &[Oid]) -> Vec<bool> {
-        match self.entry(repo) {
-            Some(e) => self.inner.store.contains_many(Namespace(e.id), oids),
+        match self.ns_of(repo) {
+            Some(ns) => self.inner.store.contains_many(Namespace(ns), oids),
             None => vec![false; oids.len()],
         }
     }
 
-    async fn store(&self, repo: &str, objects: Vec<RawObject>) -> Result<(), BackendError> {
-        let e = self
-            .entry(repo)
+    async fn store(
+        &self,
+        repo: &str,
+        objects: Vec<RawObject>,
+        progress: &mut dyn FnMut(String),
+    ) -> Result<(), BackendError> {
+        let ns = self
+            .ns_of(repo)
             .ok_or_else(|| err("repository was deleted"))?;
-        let ns = Namespace(e.id);
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        for o in objects {
-            bytes += o.deflated.len() + 128;
-            batch.push(Write::Object(
-                ns,
-                StoredObject {
-                    oid: o.oid,
-                    kind: to_storage_kind(o.kind),
-                    object_size: o.object_size,
-                    entry_size: o.entry_size,
-                    base: o.base,
-                    deflated: o.deflated,
-                },
-            ));
-            if bytes >= OBJECT_APPEND_BYTES {
-                self.inner
-                    .store
-                    .append(std::mem::take(&mut batch))
-                    .await
-                    .map_err(err)?;
-                bytes = 0;
+        let objects: Vec<StoredObject> = objects
+            .into_iter()
+            .map(|o| StoredObject {
+                oid: o.oid,
+                kind: to_storage_kind(o.kind),
+                object_size: o.object_size,
+                entry_size: o.entry_size,
+                base: o.base,
+                deflated: o.deflated,
+            })
+            .collect();
+        let m = self.raft().metrics().borrow_watched().clone();
+        let me = self.inner.identity.id;
+        let voters: BTreeSet<u64> = m.membership_config.voter_ids().collect();
+        let peers = peers_of(self.raft(), me);
+        let need = voters.len() / 2 + 1;
+        let total = voters.len().max(1);
+        let (tx, mut rx) = futures_channel::mpsc::unbounded::<(u64, Result<(), String>)>();
+        if !peers.is_empty() {
+            let mut body = encode_ids(ns, &[]);
+            body.extend_from_slice(&encode_objects(&objects));
+            let body = Bytes::from(body);
+            for (id, addr) in peers {
+                let (tx, body, client) = (tx.clone(), body.clone(), self.inner.client.clone());
+                let path = rpc_path(self.inner.shard, "objects");
+                let timeout = self.inner.timeout;
+                // Sends to every member; a slow one finishes in the background.
+                glommio::spawn_local(async move {
+                    let r = client.post(&addr, &path, body, timeout).await;
+                    let _ = tx.unbounded_send((id, r.map(|_| ()).map_err(|e| e.to_string())));
+                })
+                .detach();
             }
         }
-        if !batch.is_empty() {
-            self.inner.store.append(batch).await.map_err(err)?;
+        drop(tx);
+        store_objects(&self.inner.store, ns, objects)
+            .await
+            .map_err(|e| err(format!("storing objects: {e}")))?;
+        let mut acks = usize::from(voters.contains(&me) || voters.is_empty());
+        if total > 1 {
+            progress(format!("replicating: {acks}/{total} nodes"));
+        }
+        let deadline = Instant::now() + self.inner.timeout;
+        let mut failures = Vec::new();
+        while acks < need {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let next = futures_lite::future::or(async { rx.next().await.map(Some) }, async {
+                glommio::timer::sleep(left).await;
+                Some(None)
+            })
+            .await;
+            match next {
+                Some(Some((id, Ok(())))) => {
+                    if voters.contains(&id) {
+                        acks += 1;
+                        progress(format!("replicating: {acks}/{total} nodes"));
+                    }
+                }
+                Some(Some((id, Err(e)))) => {
+                    warn!(repo, peer = id, error = %e, "object replication to a peer failed");
+                    failures.push(format!("node {id}: {e}"));
+                }
+                // Every send finished, or the time is up.
+                None | Some(None) => {
+                    return Err(err(format!(
+                        "only {acks} of {total} nodes hold the objects durably, {need} needed; nothing was changed ({})",
+                        if failures.is_empty() {
+                            "timed out".to_string()
+                        } else {
+                            failures.join("; ")
+                        }
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -267,81 +608,189 @@ impl<D: Dir> Backend for NodeBackend<D> {
         repo: &str,
         updates: &[RefUpdate],
         atomic: bool,
+        objects: &[Oid],
     ) -> Result<Vec<Result<(), String>>, BackendError> {
-        let lock = self.lock_of(repo);
-        let _held = lock.acquire_permit(1).await.map_err(err)?;
-        let e = self
-            .entry(repo)
+        let id = self
+            .ns_of(repo)
             .ok_or_else(|| err("repository was deleted"))?;
-        let mut state = e.state.clone();
-        let mut results = Vec::with_capacity(updates.len());
-        for u in updates {
-            let current = state
-                .refs
-                .get(&u.name)
-                .and_then(|h| parse_hex(h.as_bytes()));
-            if current != u.old {
-                results.push(Err(
-                    "stale info: the ref changed since you fetched it".to_string()
-                ));
-                continue;
+        let n = self.inner.pushes.get() + 1;
+        self.inner.pushes.set(n);
+        let push = format!("{:x}-{:x}", self.inner.identity.id, random_u64());
+        let cmd = Command::UpdateRefs {
+            push: push.clone(),
+            repo: repo.to_owned(),
+            id,
+            changes: updates
+                .iter()
+                .map(|u| RefChange {
+                    name: u.name.clone(),
+                    old: u.old.map(|o| hex(&o)),
+                    new: u.new.map(|o| hex(&o)),
+                })
+                .collect(),
+            atomic,
+            objects: objects.iter().map(hex).collect(),
+        };
+        info!(repo, push = %push, refs = updates.len(), objects = objects.len(), "proposing a push");
+        match self.propose(cmd).await {
+            Ok(Response::Refs(v)) if v.len() == updates.len() => {
+                info!(repo, push = %push, "push committed");
+                Ok(v)
             }
-            match u.new {
-                Some(n) => state.refs.insert(u.name.clone(), hex(&n)),
-                None => state.refs.remove(&u.name),
+            Ok(Response::Refused(e)) => Ok(updates.iter().map(|_| Err(e.clone())).collect()),
+            Ok(other) => Err(err(format!("push {push}: unexpected answer {other:?}"))),
+            Err(ProposeError::Failed(e)) => {
+                warn!(repo, push = %push, reason = %e, "push not proposed");
+                Err(err(format!("push {push}: {e}")))
+            }
+            Err(ProposeError::Unknown(e)) => {
+                warn!(repo, push = %push, reason = %e, "push outcome unknown");
+                Err(err(format!(
+                    "push {push}: {e}; fetch to see whether the refs moved (the node logs show push {push} if it was applied)"
+                )))
+            }
+        }
+    }
+
+    async fn linearize(&self) -> Result<(), BackendError> {
+        let deadline = Instant::now() + self.inner.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let unavailable = |why: &str| {
+                err(format!(
+                    "this node cannot prove it is current ({why}); a majority of the region's nodes may be down"
+                ))
             };
-            results.push(Ok(()));
+            if left.is_zero() {
+                return Err(unavailable("timed out"));
+            }
+            let index = match self.leader() {
+                Some((l, _)) if l == self.inner.identity.id => match self.read_index().await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if e == "not the leader" => None,
+                    Err(e) => return Err(unavailable(&e)),
+                },
+                Some((_, Some(addr))) => {
+                    let r = self
+                        .inner
+                        .client
+                        .post(
+                            &addr,
+                            &rpc_path(self.inner.shard, "readindex"),
+                            Bytes::new(),
+                            left,
+                        )
+                        .await;
+                    match r.map(|b| serde_json::from_slice::<RpcReply<u64>>(&b)) {
+                        Ok(Ok(RpcReply::Ok(i))) => Some(i),
+                        Ok(Ok(RpcReply::Err(e))) if e == "not the leader" => None,
+                        Ok(Ok(RpcReply::Err(e))) => return Err(unavailable(&e)),
+                        Ok(Err(e)) => return Err(unavailable(&e.to_string())),
+                        Err(e) if e.unreachable() => None,
+                        Err(e) => return Err(unavailable(&e.to_string())),
+                    }
+                }
+                _ => None,
+            };
+            if let Some(i) = index {
+                let left = deadline.saturating_duration_since(Instant::now());
+                return self
+                    .raft()
+                    .wait(Some(left))
+                    .applied_index_at_least(Some(i), "read index")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| unavailable(&e.to_string()));
+            }
+            glommio::timer::sleep(Duration::from_millis(50)).await;
         }
-        if atomic && results.iter().any(Result::is_err) {
-            return Ok(results
-                .into_iter()
-                .map(|r| r.and(Err("atomic push failure".to_string())))
-                .collect());
+    }
+
+    async fn node_rpc(&self, op: &str, body: Vec<u8>) -> Result<Vec<u8>, (u16, String)> {
+        let raft = self.raft();
+        match op {
+            "append" => rpc_reply(raft.append_entries(parse(&body)?).await),
+            "vote" => rpc_reply(raft.vote(parse(&body)?).await),
+            "snapshot" => {
+                let (h, data) = decode_snapshot_body(&body).map_err(|e| (400, e))?;
+                let snap = openraft::Snapshot {
+                    meta: h.meta,
+                    snapshot: data,
+                };
+                rpc_reply(raft.install_full_snapshot(h.vote, snap).await)
+            }
+            "objects" => {
+                let (ns, _) =
+                    decode_ids(body.get(..8).unwrap_or(&[])).map_err(|e| (400, e.to_string()))?;
+                let objs = decode_objects(&body[8..]).map_err(|e| (400, e.to_string()))?;
+                store_objects(&self.inner.store, ns, objs)
+                    .await
+                    .map_err(|e| (500, e.to_string()))?;
+                Ok(b"ok".to_vec())
+            }
+            "fetch" => {
+                let (ns, oids) = decode_ids(&body).map_err(|e| (400, e.to_string()))?;
+                let mut found = Vec::new();
+                for o in oids {
+                    if let Some(obj) = self
+                        .inner
+                        .store
+                        .read_raw(Namespace(ns), &o)
+                        .await
+                        .map_err(|e| (500, e.to_string()))?
+                    {
+                        found.push(obj);
+                    }
+                }
+                Ok(encode_objects(&found))
+            }
+            "inventory" => {
+                let (ns, _) = decode_ids(&body).map_err(|e| (400, e.to_string()))?;
+                Ok(encode_ids(ns, &self.inner.store.oids_in(Namespace(ns))))
+            }
+            "propose" => {
+                let cmd: Command = parse(&body)?;
+                let r = raft.client_write(cmd).await;
+                match r {
+                    Ok(resp) => rpc_reply::<_, String>(Ok(resp.data)),
+                    Err(e) if e.forward_to_leader().is_some() => {
+                        rpc_reply::<Response, _>(Err("not the leader"))
+                    }
+                    Err(e) => rpc_reply::<Response, _>(Err(e)),
+                }
+            }
+            "readindex" => rpc_reply(self.read_index().await),
+            "join" => {
+                let req: JoinRequest = parse(&body)?;
+                rpc_reply(self.join(req).await)
+            }
+            _ => Err((404, format!("unknown node operation {op:?}"))),
         }
-        if results.iter().any(Result::is_ok) {
-            self.persist(repo, e.id, state).await?;
-        }
-        Ok(results)
     }
 
     async fn create_repo(&self, name: &str, public: bool) -> Result<(), BackendError> {
-        let lock = self.lock_of(name);
-        let _held = lock.acquire_permit(1).await.map_err(err)?;
-        if self.entry(name).is_some() {
+        if self.repo(name).await?.is_some() {
             return Err(err(format!("Repo {name} already exists")));
         }
-        let id = self.inner.next_id.get();
-        self.inner.next_id.set(id + 1);
-        let mut state = RepoState {
+        self.admin_propose(Command::CreateRepo {
+            name: name.to_owned(),
+            id: random_u64(),
             public,
-            ..RepoState::default()
-        };
-        state.symrefs.insert(
-            "HEAD".into(),
-            format!("refs/heads/{}", self.inner.default_head),
-        );
-        self.persist(name, id, state).await
+            head: self.inner.default_head.clone(),
+        })
+        .await
     }
 
     async fn delete_repo(&self, name: &str) -> Result<(), BackendError> {
-        let lock = self.lock_of(name);
-        let _held = lock.acquire_permit(1).await.map_err(err)?;
-        let e = self
-            .entry(name)
+        self.linearize().await?;
+        let id = self
+            .ns_of(name)
             .ok_or_else(|| err(format!("Repo {name} does not exist")))?;
-        self.inner
-            .store
-            .append(vec![
-                Write::DeleteRange {
-                    stream: REPO_STREAM,
-                    keys: e.id..e.id + 1,
-                },
-                Write::DropNamespace(Namespace(e.id)),
-            ])
-            .await
-            .map_err(err)?;
-        self.inner.repos.borrow_mut().remove(name);
-        Ok(())
+        self.admin_propose(Command::DeleteRepo {
+            name: name.to_owned(),
+            id,
+        })
+        .await
     }
 
     async fn edit_repo(
@@ -351,60 +800,47 @@ impl<D: Dir> Backend for NodeBackend<D> {
         allow_non_fast_forward: Option<bool>,
         symrefs: &[(String, Option<String>)],
     ) -> Result<(), BackendError> {
-        let lock = self.lock_of(name);
-        let _held = lock.acquire_permit(1).await.map_err(err)?;
-        let e = self
-            .entry(name)
-            .ok_or_else(|| err(format!("Repo {name} does not exist")))?;
-        let mut state = e.state.clone();
-        if let Some(p) = public {
-            state.public = p;
-        }
-        if let Some(f) = allow_non_fast_forward {
-            state.allow_non_fast_forward = f;
-        }
-        for (sym, target) in symrefs {
-            match target {
-                Some(t) => {
-                    state.symrefs.insert(sym.clone(), t.clone());
-                }
-                None if sym == "HEAD" => {
-                    return Err(err(
-                        "HEAD cannot be deleted; point it elsewhere with HEAD=refs/heads/<branch>",
-                    ))
-                }
-                None => {
-                    state.symrefs.remove(sym);
-                }
-            }
-        }
-        self.persist(name, e.id, state).await
+        self.admin_propose(Command::EditRepo {
+            name: name.to_owned(),
+            public,
+            allow_non_fast_forward,
+            symrefs: symrefs.to_vec(),
+        })
+        .await
     }
 
     async fn list_repos(&self) -> Result<BTreeMap<String, RepoState>, BackendError> {
-        Ok(self
-            .inner
-            .repos
-            .borrow()
-            .iter()
-            .map(|(n, e)| (n.clone(), e.state.clone()))
-            .collect())
+        Ok(self.inner.sm.with_state(|s| {
+            s.repos
+                .iter()
+                .map(|(n, r)| (n.clone(), repo_state(r)))
+                .collect()
+        }))
     }
 
     fn node_status(&self) -> serde_json::Value {
         let id = &self.inner.identity;
         let s = self.inner.store.stats();
+        let m = self.raft().metrics().borrow_watched().clone();
+        let status = if m.current_leader.is_some() && m.running_state.is_ok() {
+            "ok"
+        } else if m.running_state.is_err() {
+            "failed"
+        } else {
+            "no leader"
+        };
         serde_json::json!({
             "NodeID": id.id,
             "NodeName": id.name,
             "RegionName": id.region,
             "ClusterName": id.cluster,
             "Version": env!("CARGO_PKG_VERSION"),
-            "Status": "ok",
-            "Mode": "single node (replication not available yet)",
+            "Status": status,
             "UptimeSeconds": self.inner.started.elapsed().as_secs(),
             "Shard": self.inner.shard,
-            "Repositories": self.inner.repos.borrow().len(),
+            "Leader": m.state == ServerState::Leader,
+            "Raft": self.raft_status(),
+            "Repositories": self.inner.sm.with_state(|s| s.repos.len()),
             "Objects": self.inner.store.object_count(),
             "Storage": {
                 "NextLsn": self.inner.store.next_lsn(),

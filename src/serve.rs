@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ServeConfig};
 use crate::node::{Identity, NodeBackend};
+use repospanner_net::client::NodeClient;
 
 /// What `serve --spawn` records about the node.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -28,6 +29,8 @@ pub struct NodeState {
 }
 
 const STATE_FILE: &str = "node.json";
+/// Format of the node's state (2: repository state replicated by raft).
+const FORMAT: u32 = 2;
 
 fn state_path(sc: &ServeConfig) -> PathBuf {
     sc.state_dir.join(STATE_FILE)
@@ -91,7 +94,7 @@ pub fn spawn(config: &Config) -> Result<()> {
     let state = NodeState {
         identity: identity(&sc),
         shards,
-        format: 1,
+        format: FORMAT,
     };
     let repos: Vec<(String, bool)> = config
         .spawn
@@ -99,18 +102,19 @@ pub fn spawn(config: &Config) -> Result<()> {
         .iter()
         .map(|r| (r.name.clone(), r.public))
         .collect();
-    let git_dir = sc.git_dir.clone();
-    let head = sc.default_head.clone();
     let ident = state.identity.clone();
+    let sc2 = sc.clone();
     executor("spawn", move || {
         Box::pin(async move {
             use repospanner_net::backend::Backend;
+            let client = node_client(&sc2)?;
             let mut backends = Vec::new();
             for k in 0..shards as usize {
-                let store = open_store(&shard_dir(&git_dir, k)).await?;
-                let backend = NodeBackend::load(store, ident.clone(), head.clone(), k)
+                let backend = open_shard(&sc2, k, ident.clone(), client.clone()).await?;
+                backend
+                    .initialize()
                     .await
-                    .map_err(|e| anyhow::anyhow!(e))?;
+                    .map_err(|e| anyhow::anyhow!("shard {k}: initialising its raft group: {e}"))?;
                 backends.push(backend);
             }
             for (name, public) in repos {
@@ -125,20 +129,108 @@ pub fn spawn(config: &Config) -> Result<()> {
                 info!(repo = %name, shard = owner, "created repository");
             }
             for b in backends {
+                b.shutdown().await;
                 b.store().clone().close().await?;
             }
             Ok(())
         })
     })??;
+    write_state(&path, &state, &sc.state_dir)?;
+    info!(node = %sc.node.name, region = %sc.node.region, cluster = %sc.node.cluster, "No state existed; spawned a new region with this node");
+    info!("Shutdown complete");
+    Ok(())
+}
+
+fn write_state(path: &Path, state: &NodeState, state_dir: &Path) -> Result<()> {
     let json = serde_json::to_vec_pretty(&state)?;
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(&sc.state_dir)?.sync_all()?;
-    info!(node = %sc.node.name, region = %sc.node.region, cluster = %sc.node.cluster, "No state existed; spawned a new region with this node");
-    info!("Shutdown complete");
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(state_dir)?.sync_all()?;
     Ok(())
+}
+
+/// The node-to-node client of one executor.
+fn node_client(sc: &ServeConfig) -> Result<Rc<NodeClient>> {
+    let tls = repospanner_net::client::node_client_config(
+        &sc.ca_pem,
+        &sc.node_cert_pem,
+        &sc.node_key_pem,
+        &sc.node.cluster,
+        &sc.node.region,
+    )?;
+    Ok(Rc::new(NodeClient::new(tls)))
+}
+
+/// Opens shard `k`: its store, state machine and raft group.
+async fn open_shard(
+    sc: &ServeConfig,
+    k: usize,
+    identity: Identity,
+    client: Rc<NodeClient>,
+) -> Result<NodeBackend<DmaDir>> {
+    let store = open_store(&shard_dir(&sc.git_dir, k)).await?;
+    NodeBackend::open(
+        store,
+        identity,
+        sc.rpc_addr.clone(),
+        sc.default_head.clone(),
+        k,
+        client,
+        Duration::from_secs(u64::from(sc.limits.replication_timeout_seconds)),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// `serve --joinnode URL`: creates this node's state from a running node of the
+/// region, runs until every shard's group has made it a voter, then exits. Retrying
+/// after a failed or interrupted join is safe; a node whose disk was wiped rejoins
+/// with the same identity and is rebuilt from its peers.
+pub fn join(config: &Config, url: &str) -> Result<()> {
+    let sc = config.serve()?;
+    let peer = url
+        .strip_prefix("https://")
+        .map(|r| r.trim_end_matches('/'))
+        .filter(|r| {
+            r.rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        })
+        .ok_or_else(|| anyhow::anyhow!("--joinnode {url:?}: expected https://<node>:<rpcport>"))?
+        .to_owned();
+    let path = state_path(&sc);
+    if !path.exists() {
+        std::fs::create_dir_all(&sc.state_dir)
+            .with_context(|| format!("creating {}", sc.state_dir.display()))?;
+        let sc2 = sc.clone();
+        let peer2 = peer.clone();
+        let info: serde_json::Value = executor("join", move || {
+            Box::pin(async move {
+                let client = node_client(&sc2)?;
+                let b = client
+                    .get(&peer2, "/rpc/info", Duration::from_secs(30))
+                    .await
+                    .with_context(|| format!("asking {peer2} about the region"))?;
+                serde_json::from_slice(&b).context("the node's answer to /rpc/info")
+            })
+        })??;
+        let shards = info["shards"]
+            .as_u64()
+            .filter(|s| *s > 0 && *s <= 1024)
+            .ok_or_else(|| anyhow::anyhow!("{peer} did not say how many shards the region has"))?;
+        let state = NodeState {
+            identity: identity(&sc),
+            shards: shards as u32,
+            format: FORMAT,
+        };
+        let _lock = lock_state(&sc.state_dir)?;
+        write_state(&path, &state, &sc.state_dir)?;
+        info!(peer = %peer, shards, "joining the region");
+    } else {
+        info!(peer = %peer, "state exists; resuming the join");
+    }
+    run(config, Some(peer))
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -167,6 +259,13 @@ pub fn request_stop() {
 
 /// `serve`: runs the node until SIGINT or SIGTERM.
 pub fn serve(config: &Config) -> Result<()> {
+    run(config, None)
+}
+
+/// How many shards have finished joining (see [`join`]).
+static JOINED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn run(config: &Config, join: Option<String>) -> Result<()> {
     let sc = config.serve()?;
     let path = state_path(&sc);
     let bytes = match std::fs::read(&path) {
@@ -179,6 +278,13 @@ pub fn serve(config: &Config) -> Result<()> {
     };
     let state: NodeState =
         serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))?;
+    if state.format != FORMAT {
+        bail!(
+            "{} has state format {}, this version needs {FORMAT}: the node was created by another version; wipe its state and git directories and rejoin it with --joinnode",
+            path.display(),
+            state.format
+        );
+    }
     if state.identity != identity(&sc) {
         bail!(
             "the node certificate (node {} id {} of {}.{}) does not match the node this state belongs to (node {} id {}); renew the certificate with --nodeid {}",
@@ -213,6 +319,7 @@ pub fn serve(config: &Config) -> Result<()> {
         let sc = sc.clone();
         let tls = tls.clone();
         let identity = state.identity.clone();
+        let join = join.clone();
         let placement = match allowed.get(k % allowed.len().max(1)) {
             Some(cpu) => glommio::Placement::Fixed(*cpu),
             None => glommio::Placement::Unbound,
@@ -220,7 +327,7 @@ pub fn serve(config: &Config) -> Result<()> {
         let h = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{k}"))
             .spawn(move || async move {
-                run_shard(k, shards, sc, tls, identity, limits, connections_max, to_peers, inbox).await
+                run_shard(k, shards, sc, tls, identity, limits, connections_max, to_peers, inbox, join).await
             })
             .map_err(|e| anyhow::anyhow!("starting shard {k} (is RLIMIT_MEMLOCK at least 512 KiB per core? see deploy/README.md): {e}"))?;
         handles.push(h);
@@ -304,11 +411,11 @@ async fn run_shard(
         Option<glommio::channels::shared_channel::SharedSender<repospanner_net::route::Forward>>,
     >,
     inbox: Vec<glommio::channels::shared_channel::SharedReceiver<repospanner_net::route::Forward>>,
+    join: Option<String>,
 ) -> Result<()> {
-    let store = open_store(&shard_dir(&sc.git_dir, k)).await?;
-    let backend = NodeBackend::load(store.clone(), identity, sc.default_head.clone(), k)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let client = node_client(&sc)?;
+    let backend = open_shard(&sc, k, identity.clone(), client.clone()).await?;
+    let store = backend.store().clone();
     // Inboxes first: connecting a sender waits for its receiver to connect.
     let ctx_cell: Rc<std::cell::OnceCell<Rc<Ctx<NodeBackend<DmaDir>>>>> =
         Rc::new(std::cell::OnceCell::new());
@@ -341,7 +448,7 @@ async fn run_shard(
     let per_shard =
         (sc.limits.buffered_bytes_max / shards as u64).max(sc.limits.pack_bytes_max + (1 << 20));
     let ctx = Rc::new(Ctx {
-        backend,
+        backend: backend.clone(),
         cluster: sc.node.cluster.clone(),
         region: sc.node.region.clone(),
         node_name: sc.node.name.clone(),
@@ -367,6 +474,18 @@ async fn run_shard(
         move |req, peer| service::handle_node(node_ctx.clone(), req, peer),
     ));
     info!(shard = k, shards, http = %sc.listen_http, rpc = %sc.listen_rpc, node = %sc.node.name, "shard is serving");
+    if let Some(peer) = join {
+        glommio::spawn_local(join_shard(
+            k,
+            shards,
+            peer,
+            identity.id,
+            sc.rpc_addr.clone(),
+            client,
+            backend.clone(),
+        ))
+        .detach();
+    }
     // Listeners run until a signal; a listener that fails ends the node.
     let watch = async {
         while !stop_requested() {
@@ -388,8 +507,69 @@ async fn run_shard(
         shard = k,
         "stopping: finishing queued writes and writing an index checkpoint"
     );
+    backend.shutdown().await;
     if let Err(e) = store.close().await {
         warn!(shard = k, error = %e, "checkpoint at shutdown failed; the next start scans the log");
     }
     r
+}
+
+/// Asks `peer` to add this node to shard `k`'s group until it is a voter there; the
+/// last shard to finish stops the node (the join is done).
+async fn join_shard(
+    k: usize,
+    shards: usize,
+    peer: String,
+    id: u64,
+    addr: String,
+    client: Rc<NodeClient>,
+    backend: NodeBackend<DmaDir>,
+) {
+    let body = match serde_json::to_vec(&crate::node::JoinRequest { id, addr }) {
+        Ok(b) => bytes::Bytes::from(b),
+        Err(_) => return,
+    };
+    let mut attempt = 0u32;
+    loop {
+        if stop_requested() {
+            return;
+        }
+        attempt += 1;
+        let r = client
+            .post(
+                &peer,
+                &crate::cluster::rpc_path(k, "join"),
+                body.clone(),
+                Duration::from_secs(600),
+            )
+            .await;
+        let outcome = match r {
+            Ok(b) => match serde_json::from_slice::<crate::cluster::RpcReply<()>>(&b) {
+                Ok(crate::cluster::RpcReply::Ok(())) => Ok(()),
+                Ok(crate::cluster::RpcReply::Err(e)) => Err(e),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(()) => break,
+            Err(e) => {
+                warn!(shard = k, attempt, error = %e, "join: not added yet; retrying");
+                glommio::timer::sleep(Duration::from_millis(500 * u64::from(attempt.min(10))))
+                    .await;
+            }
+        }
+    }
+    // The leader said yes; wait until this node has seen the membership itself.
+    while !backend.is_voter() && !stop_requested() {
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+    }
+    info!(
+        shard = k,
+        "joined: this node is a voter of the shard's group"
+    );
+    if JOINED.fetch_add(1, Ordering::SeqCst) + 1 == shards {
+        info!("joined every shard's group; run `repospanner serve` to serve");
+        request_stop();
+    }
 }

@@ -1,6 +1,5 @@
 //! What the network layer needs from a node: repositories, their refs and objects.
-//! The root package implements it over the storage engine (and later raft); tests can
-//! implement it in memory. Single-threaded: called from one shard's executor.
+//! The root package implements it over the storage engine and raft. Single-threaded: called from one shard's executor.
 
 use std::collections::BTreeMap;
 
@@ -61,16 +60,31 @@ pub trait Backend {
     async fn raw(&self, repo: &str, oid: &Oid) -> Result<Option<RawObject>, BackendError>;
     /// Which of `oids` the repository has.
     fn has_many(&self, repo: &str, oids: &[Oid]) -> Vec<bool>;
-    /// Stores verified objects durably (not yet referenced by any ref).
-    async fn store(&self, repo: &str, objects: Vec<RawObject>) -> Result<(), BackendError>;
+    /// Stores verified objects durably (not yet referenced by any ref): on this node
+    /// and, in a region, on a majority of its nodes. `progress` gets lines for the
+    /// client.
+    async fn store(
+        &self,
+        repo: &str,
+        objects: Vec<RawObject>,
+        progress: &mut dyn FnMut(String),
+    ) -> Result<(), BackendError>;
     /// Applies ref updates, each a compare-and-swap on its old value; with `atomic`,
-    /// all or none. Returns one result per update.
+    /// all or none. `objects`: what the push stored for them. Returns one result per
+    /// update.
     async fn update_refs(
         &self,
         repo: &str,
         updates: &[RefUpdate],
         atomic: bool,
+        objects: &[Oid],
     ) -> Result<Vec<Result<(), String>>, BackendError>;
+    /// Waits until this node has applied everything committed before the call (so a
+    /// read that follows sees every acknowledged write), or fails if it cannot prove it.
+    async fn linearize(&self) -> Result<(), BackendError>;
+    /// Serves node-to-node operation `op` (`/rpc/shard/<k>/<op>`) of this shard.
+    /// Errors carry an HTTP status.
+    async fn node_rpc(&self, op: &str, body: Vec<u8>) -> Result<Vec<u8>, (u16, String)>;
 
     // Administration.
     async fn create_repo(&self, name: &str, public: bool) -> Result<(), BackendError>;

@@ -205,10 +205,39 @@ pub async fn dispatch_forwarded<B: Backend + 'static>(
             _ => text(StatusCode::NOT_FOUND, "not found", &ctx.node_name),
         };
     }
+    if let Some((_, op)) = shard_rpc(req.uri.path()) {
+        // Authenticated as a node of this region by the shard that accepted it.
+        let op = op.to_owned();
+        return node_rpc(&ctx, &op, req.body).await;
+    }
     let Some(held) = ctx.budget.try_take(req.body.len()) else {
         return body_error(&http::BodyError::Busy, &ctx.node_name);
     };
     dispatch(ctx, req, peer, local_only, held).await
+}
+
+/// Splits `/rpc/shard/<k>/<op>` into (k, op).
+pub fn shard_rpc(path: &str) -> Option<(usize, &str)> {
+    let rest = path.strip_prefix("/rpc/shard/")?;
+    let (k, op) = rest.split_once('/')?;
+    let k: usize = k.parse().ok()?;
+    (!op.is_empty()).then_some((k, op))
+}
+
+async fn node_rpc<B: Backend>(ctx: &Ctx<B>, op: &str, body: Vec<u8>) -> Response<Body> {
+    match ctx.backend.node_rpc(op, body).await {
+        Ok(b) => respond(
+            StatusCode::OK,
+            "application/octet-stream",
+            b,
+            &ctx.node_name,
+        ),
+        Err((status, msg)) => text(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &msg,
+            &ctx.node_name,
+        ),
+    }
 }
 
 /// The shard that must serve `req`, if one must (repository requests and repository
@@ -264,6 +293,12 @@ async fn authorize<B: Backend>(
             node,
         )));
     }
+    // Before anything is read: this node has applied every write acknowledged before
+    // this request (a clone from any node sees every acknowledged push).
+    ctx.backend
+        .linearize()
+        .await
+        .map_err(|e| Box::new(text(StatusCode::SERVICE_UNAVAILABLE, &e.0, node)))?;
     let state = ctx
         .backend
         .repo(repo)
@@ -843,7 +878,12 @@ async fn admin<B: Backend + 'static>(
             }
             json(StatusCode::OK, &status, node)
         }
-        ("listrepos", Method::GET) => match ctx.backend.list_repos().await {
+        ("listrepos", Method::GET) => match async {
+            ctx.backend.linearize().await?;
+            ctx.backend.list_repos().await
+        }
+        .await
+        {
             Ok(repos) => {
                 let mut v: serde_json::Map<String, serde_json::Value> = repos
                     .into_iter()
@@ -1002,11 +1042,54 @@ pub async fn handle_node<B: Backend>(
             )
         }
     }
-    match (req.method(), req.uri().path()) {
+    let path = req.uri().path().to_owned();
+    if let Some((k, _)) = shard_rpc(&path) {
+        if k >= ctx.shards {
+            return text(
+                StatusCode::NOT_FOUND,
+                &format!("this node has {} shards; there is no shard {k}", ctx.shards),
+                &node,
+            );
+        }
+        let (method, uri, headers) = (
+            req.method().clone(),
+            req.uri().clone(),
+            req.headers().clone(),
+        );
+        let (body, held) = match http::collect(req, ctx.limits.pack_bytes_max, &ctx.budget).await {
+            Ok(b) => b,
+            Err(e) => return body_error(&e, &node),
+        };
+        if k == ctx.shard {
+            let (_, op) = shard_rpc(&path).unwrap_or((k, ""));
+            let r = node_rpc(&ctx, op, body).await;
+            drop(held);
+            return r;
+        }
+        drop(held);
+        let fwd = Req {
+            method,
+            uri,
+            headers,
+            body,
+        };
+        return route::forward(&ctx.peers, k, fwd, peer.cert.clone(), peer.addr, false).await;
+    }
+    match (req.method(), path.as_str()) {
         (&Method::GET, "/rpc/ping") => text(StatusCode::OK, "pong", &node),
         (&Method::GET, "/rpc/nodestatus") => {
             json(StatusCode::OK, &ctx.backend.node_status(), &node)
         }
+        (&Method::GET, "/rpc/info") => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "cluster": ctx.cluster,
+                "region": ctx.region,
+                "node": ctx.node_name,
+                "shards": ctx.shards,
+            }),
+            &node,
+        ),
         _ => text(StatusCode::NOT_FOUND, "not found", &node),
     }
 }

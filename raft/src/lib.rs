@@ -15,6 +15,7 @@ pub mod state_machine;
 pub mod types;
 
 pub use log_store::LogStore;
+pub use openraft;
 pub use runtime::GlommioRuntime;
 pub use state_machine::{Hooks, NoHooks, State, StateMachine};
 pub use types::{Command, RefChange, Repo, Response, TypeConfig};

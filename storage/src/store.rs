@@ -789,6 +789,19 @@ impl<D: Dir> Store<D> {
             .collect()
     }
 
+    /// Every object id stored in `ns` (a scan of the whole index: for catching a
+    /// namespace up from a peer, not for serving).
+    pub fn oids_in(&self, ns: Namespace) -> Vec<Oid> {
+        self.inner
+            .index
+            .borrow()
+            .objects
+            .keys()
+            .filter(|(n, _)| *n == ns)
+            .map(|(_, o)| *o)
+            .collect()
+    }
+
     /// Number of objects stored in `ns`.
     pub fn object_count(&self) -> usize {
         self.inner.index.borrow().objects.len()

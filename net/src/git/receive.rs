@@ -334,7 +334,7 @@ pub async fn receive<B: Backend>(
             })
             .collect();
         let n = raws.len();
-        if let Err(e) = b.store(repo, raws).await {
+        if let Err(e) = b.store(repo, raws, &mut progress).await {
             return Report::all_failed(
                 commands,
                 Err(format!("storing objects failed: {e}")),
@@ -353,7 +353,8 @@ pub async fn receive<B: Backend>(
                 }
             })
             .collect();
-        match b.update_refs(repo, &updates, atomic).await {
+        let stored: Vec<Oid> = needed.iter().copied().collect();
+        match b.update_refs(repo, &updates, atomic, &stored).await {
             Ok(results) => {
                 for (&i, r) in accepted.iter().zip(results) {
                     if let Err(e) = r {

@@ -1,0 +1,646 @@
+//! Node-to-node plumbing of a shard's raft group: the raft network over HTTPS
+//! ([`Network`]), the wire format of object sync ([`encode_objects`]), and the hooks
+//! that make an entry's objects present before it applies ([`ObjectSync`]).
+//!
+//! Every RPC of shard k goes to `https://<peer>/rpc/shard/<k>/<op>` on the peer's
+//! `listen.rpc` (node certificates of the same cluster and region only); the peer's
+//! accepting shard passes it to its shard k. Object ids received from a peer are
+//! trusted, not re-hashed: the sender is an authenticated node that verified every
+//! object (inflate, resolve, SHA-1 with collision detection) when the client pushed
+//! it, and TLS protects the bytes on the way.
+
+use std::cell::OnceCell;
+use std::future::Future;
+use std::io;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::LocalBoxFuture;
+use repospanner_net::client::{ClientError, NodeClient};
+use repospanner_net::git::parse_hex;
+use repospanner_raft::openraft::alias::{SnapshotOf, VoteOf};
+use repospanner_raft::openraft::async_runtime::watch::WatchReceiver;
+use repospanner_raft::openraft::errors::{
+    NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable,
+};
+use repospanner_raft::openraft::network::{RPCOption, RaftNetworkFactory};
+use repospanner_raft::openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use repospanner_raft::openraft::{self, BasicNode, OptionalSend, Raft, RaftNetworkV2};
+use repospanner_raft::{Command, Hooks, State, StateMachine, TypeConfig as C};
+use repospanner_storage::io::Dir;
+use repospanner_storage::{Namespace, ObjectKind, Oid, Store, StoredObject, Write};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+/// A shard's raft handle.
+pub type ShardRaft<D> = Raft<C, StateMachine<D>>;
+
+/// The raft settings of every group. Heartbeats keep an idle region quiet (five
+/// small requests a second per peer); an election follows 1-2 s of silence.
+pub fn raft_config() -> Arc<openraft::Config> {
+    Arc::new(
+        openraft::Config {
+            cluster_name: "repospanner".into(),
+            heartbeat_interval: 200,
+            election_timeout_min: 1000,
+            election_timeout_max: 2000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),
+            max_in_snapshot_log_to_keep: 500,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_or_default(),
+    )
+}
+
+use std::sync::Arc;
+
+/// The path of operation `op` of shard `k` on a peer.
+pub fn rpc_path(shard: usize, op: &str) -> String {
+    format!("/rpc/shard/{shard}/{op}")
+}
+
+// ---------------------------------------------------------------------------
+// Object sync wire format: a sequence of
+//   oid[20] kind[1] object_size[u64 LE] entry_size[u64 LE] has_base[1] (base[20])
+//   len[u32 LE] deflated[len]
+
+/// Encodes objects for object sync.
+pub fn encode_objects<'a>(objects: impl IntoIterator<Item = &'a StoredObject>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for o in objects {
+        out.extend_from_slice(&o.oid);
+        out.push(o.kind as u8);
+        out.extend_from_slice(&o.object_size.to_le_bytes());
+        out.extend_from_slice(&o.entry_size.to_le_bytes());
+        match &o.base {
+            Some(b) => {
+                out.push(1);
+                out.extend_from_slice(b);
+            }
+            None => out.push(0),
+        }
+        out.extend_from_slice(&(o.deflated.len() as u32).to_le_bytes());
+        out.extend_from_slice(&o.deflated);
+    }
+    out
+}
+
+/// Why an object sync body could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed object sync body at byte {at}: {what}")]
+pub struct WireError {
+    pub at: usize,
+    pub what: &'static str,
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], WireError> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|e| *e <= self.b.len())
+            .ok_or(WireError { at: self.at, what })?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn oid(&mut self, what: &'static str) -> Result<Oid, WireError> {
+        let mut o = [0u8; 20];
+        o.copy_from_slice(self.take(20, what)?);
+        Ok(o)
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
+        let mut v = [0u8; 8];
+        v.copy_from_slice(self.take(8, what)?);
+        Ok(u64::from_le_bytes(v))
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, WireError> {
+        let mut v = [0u8; 4];
+        v.copy_from_slice(self.take(4, what)?);
+        Ok(u32::from_le_bytes(v))
+    }
+}
+
+/// Decodes an object sync body.
+pub fn decode_objects(b: &[u8]) -> Result<Vec<StoredObject>, WireError> {
+    let mut r = Reader { b, at: 0 };
+    let mut out = Vec::new();
+    while r.at < b.len() {
+        let oid = r.oid("object id")?;
+        let at = r.at;
+        let kind = match r.take(1, "kind")?[0] {
+            1 => ObjectKind::Commit,
+            2 => ObjectKind::Tree,
+            3 => ObjectKind::Blob,
+            4 => ObjectKind::Tag,
+            _ => {
+                return Err(WireError {
+                    at,
+                    what: "unknown object kind",
+                })
+            }
+        };
+        let object_size = r.u64("object size")?;
+        let entry_size = r.u64("entry size")?;
+        let base = match r.take(1, "base flag")?[0] {
+            0 => None,
+            1 => Some(r.oid("base id")?),
+            _ => {
+                return Err(WireError {
+                    at: r.at - 1,
+                    what: "bad base flag",
+                })
+            }
+        };
+        let len = r.u32("length")? as usize;
+        let deflated = r.take(len, "object data")?.to_vec();
+        out.push(StoredObject {
+            oid,
+            kind,
+            object_size,
+            entry_size,
+            base,
+            deflated,
+        });
+    }
+    Ok(out)
+}
+
+/// Encodes a namespace and object ids (fetch requests, inventories).
+pub fn encode_ids(ns: u64, oids: &[Oid]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + 20 * oids.len());
+    out.extend_from_slice(&ns.to_le_bytes());
+    for o in oids {
+        out.extend_from_slice(o);
+    }
+    out
+}
+
+/// Decodes [`encode_ids`].
+pub fn decode_ids(b: &[u8]) -> Result<(u64, Vec<Oid>), WireError> {
+    let mut r = Reader { b, at: 0 };
+    let ns = r.u64("namespace")?;
+    if !(b.len() - 8).is_multiple_of(20) {
+        return Err(WireError {
+            at: 8,
+            what: "object ids are not a multiple of 20 bytes",
+        });
+    }
+    let mut oids = Vec::with_capacity((b.len() - 8) / 20);
+    while r.at < b.len() {
+        oids.push(r.oid("object id")?);
+    }
+    Ok((ns, oids))
+}
+
+/// Largest single append when storing synced objects.
+const APPEND_BYTES: usize = 64 << 20;
+
+/// Stores objects durably in namespace `ns`, in batches.
+pub async fn store_objects<D: Dir>(
+    store: &Store<D>,
+    ns: u64,
+    objects: Vec<StoredObject>,
+) -> Result<(), repospanner_storage::Error> {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    for o in objects {
+        bytes += o.deflated.len() + 128;
+        batch.push(Write::Object(Namespace(ns), o));
+        if bytes >= APPEND_BYTES {
+            store.append(std::mem::take(&mut batch)).await?;
+            bytes = 0;
+        }
+    }
+    if !batch.is_empty() {
+        store.append(batch).await?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The raft network.
+
+/// Opens connections to the members of shard `shard`'s group.
+#[derive(Debug)]
+pub struct Network {
+    pub client: Rc<NodeClient>,
+    pub shard: usize,
+}
+
+impl RaftNetworkFactory<C> for Network {
+    type Network = Peer;
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
+        Peer {
+            client: self.client.clone(),
+            addr: node.addr.clone(),
+            shard: self.shard,
+            target,
+        }
+    }
+}
+
+/// One member of the group, as seen by the raft core.
+#[derive(Debug)]
+pub struct Peer {
+    client: Rc<NodeClient>,
+    addr: String,
+    shard: usize,
+    target: u64,
+}
+
+/// What a raft RPC answers: openraft's result, or the peer's raft error as text.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum RpcReply<T> {
+    Ok(T),
+    Err(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Remote(String);
+
+impl Peer {
+    async fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        op: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<C>> {
+        let body = serde_json::to_vec(req)
+            .map_err(|e| RPCError::Network(NetworkError::new(&Remote(e.to_string()))))?;
+        let reply = self
+            .client
+            .post(
+                &self.addr,
+                &rpc_path(self.shard, op),
+                Bytes::from(body),
+                timeout,
+            )
+            .await;
+        match reply {
+            Ok(b) => match serde_json::from_slice::<RpcReply<Resp>>(&b) {
+                Ok(RpcReply::Ok(r)) => Ok(r),
+                Ok(RpcReply::Err(e)) => Err(RPCError::Network(NetworkError::new(&Remote(
+                    format!("node {}: {e}", self.target),
+                )))),
+                Err(e) => Err(RPCError::Network(NetworkError::new(&Remote(format!(
+                    "node {}: unreadable answer: {e}",
+                    self.target
+                ))))),
+            },
+            Err(e @ ClientError::Unreachable { .. }) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+/// The header of a snapshot transfer (the state follows it in the body).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    pub vote: VoteOf<C>,
+    pub meta: openraft::alias::SnapshotMetaOf<C>,
+}
+
+impl RaftNetworkV2<C> for Peer {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
+        self.call("append", &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
+        self.call("vote", &rpc, option.hard_ttl()).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: VoteOf<C>,
+        snapshot: SnapshotOf<C, Vec<u8>>,
+        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
+        let header = serde_json::to_vec(&SnapshotHeader {
+            vote,
+            meta: snapshot.meta,
+        })
+        .map_err(|e| StreamingError::Network(NetworkError::new(&Remote(e.to_string()))))?;
+        let mut body = Vec::with_capacity(4 + header.len() + snapshot.snapshot.len());
+        body.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        body.extend_from_slice(&header);
+        body.extend_from_slice(&snapshot.snapshot);
+        // Installing waits for the receiver to fetch the objects the snapshot's refs
+        // need, which can take a while.
+        let reply = self
+            .client
+            .post(
+                &self.addr,
+                &rpc_path(self.shard, "snapshot"),
+                Bytes::from(body),
+                Duration::from_secs(600),
+            )
+            .await;
+        match reply {
+            Ok(b) => match serde_json::from_slice::<RpcReply<SnapshotResponse<C>>>(&b) {
+                Ok(RpcReply::Ok(r)) => Ok(r),
+                Ok(RpcReply::Err(e)) => Err(StreamingError::Network(NetworkError::new(&Remote(
+                    format!("node {}: {e}", self.target),
+                )))),
+                Err(e) => Err(StreamingError::Network(NetworkError::new(&Remote(
+                    e.to_string(),
+                )))),
+            },
+            Err(e @ ClientError::Unreachable { .. }) => {
+                Err(StreamingError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e) => Err(StreamingError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+/// Splits a snapshot transfer body into its header and state.
+pub fn decode_snapshot_body(b: &[u8]) -> Result<(SnapshotHeader, Vec<u8>), String> {
+    let len = b
+        .get(..4)
+        .map(|l| u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize)
+        .ok_or("snapshot body too short")?;
+    let end = 4usize.checked_add(len).filter(|e| *e <= b.len());
+    let end = end.ok_or("snapshot header truncated")?;
+    let h = serde_json::from_slice(&b[4..end]).map_err(|e| e.to_string())?;
+    Ok((h, b[end..].to_vec()))
+}
+
+// ---------------------------------------------------------------------------
+// Object presence before apply.
+
+/// Makes an entry's objects present on this node before the entry applies: what is
+/// missing (this node was down or slow when the push happened) is fetched from the
+/// group's other members, retried until it arrives or the node stops.
+pub struct ObjectSync<D: Dir> {
+    pub store: Store<D>,
+    pub client: Rc<NodeClient>,
+    pub shard: usize,
+    pub self_id: u64,
+    /// Set once the group's raft handle exists (it is created with these hooks).
+    pub raft: Rc<OnceCell<ShardRaft<D>>>,
+}
+
+impl<D: Dir> std::fmt::Debug for ObjectSync<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectSync")
+            .field("shard", &self.shard)
+            .finish()
+    }
+}
+
+impl<D: Dir> Clone for ObjectSync<D> {
+    fn clone(&self) -> Self {
+        ObjectSync {
+            store: self.store.clone(),
+            client: self.client.clone(),
+            shard: self.shard,
+            self_id: self.self_id,
+            raft: self.raft.clone(),
+        }
+    }
+}
+
+/// The other members of a group (id, address), leader first if known.
+pub fn peers_of<D: Dir>(raft: &ShardRaft<D>, self_id: u64) -> Vec<(u64, String)> {
+    let m = raft.metrics().borrow_watched().clone();
+    let mut v: Vec<(u64, String)> = m
+        .membership_config
+        .nodes()
+        .filter(|(id, _)| **id != self_id)
+        .map(|(id, n)| (*id, n.addr.clone()))
+        .collect();
+    if let Some(l) = m.current_leader {
+        v.sort_by_key(|(id, _)| *id != l);
+    }
+    v
+}
+
+impl<D: Dir> ObjectSync<D> {
+    /// Fetches the objects of `oids` missing in `ns` from peers until all are here.
+    pub async fn fetch_missing(&self, ns: u64, oids: Vec<Oid>) -> Result<(), io::Error> {
+        let mut missing: Vec<Oid> = oids;
+        let mut round = 0u32;
+        loop {
+            let have = self.store.contains_many(Namespace(ns), &missing);
+            missing = missing
+                .into_iter()
+                .zip(have)
+                .filter(|(_, h)| !h)
+                .map(|(o, _)| o)
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if crate::serve::stop_requested() {
+                return Err(io::Error::other("stopping"));
+            }
+            let peers = match self.raft.get() {
+                Some(r) => peers_of(r, self.self_id),
+                None => Vec::new(),
+            };
+            for (id, addr) in peers {
+                for chunk in missing.chunks(10_000) {
+                    let body = Bytes::from(encode_ids(ns, chunk));
+                    match self
+                        .client
+                        .post(
+                            &addr,
+                            &rpc_path(self.shard, "fetch"),
+                            body,
+                            Duration::from_secs(300),
+                        )
+                        .await
+                    {
+                        Ok(b) => match decode_objects(&b) {
+                            Ok(objs) => {
+                                let n = objs.len();
+                                store_objects(&self.store, ns, objs)
+                                    .await
+                                    .map_err(io::Error::other)?;
+                                if n > 0 {
+                                    info!(
+                                        shard = self.shard,
+                                        from = id,
+                                        objects = n,
+                                        "fetched missing objects from a peer"
+                                    );
+                                }
+                            }
+                            Err(e) => {
+                                warn!(shard = self.shard, peer = id, error = %e, "object fetch")
+                            }
+                        },
+                        Err(e) => {
+                            warn!(shard = self.shard, peer = id, error = %e, "object fetch");
+                            break;
+                        }
+                    }
+                }
+                let have = self.store.contains_many(Namespace(ns), &missing);
+                if have.iter().all(|h| *h) {
+                    return Ok(());
+                }
+            }
+            round += 1;
+            if round % 20 == 1 {
+                warn!(
+                    shard = self.shard,
+                    missing = missing.len(),
+                    "waiting for objects of a committed push; no reachable peer has them yet"
+                );
+            }
+            glommio::timer::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Fetches every object a peer has in `ns` and this node lacks.
+    async fn sync_namespace(&self, ns: u64) -> Result<(), io::Error> {
+        loop {
+            let peers = match self.raft.get() {
+                Some(r) => peers_of(r, self.self_id),
+                None => Vec::new(),
+            };
+            for (_, addr) in &peers {
+                let body = Bytes::from(encode_ids(ns, &[]));
+                let inv = self
+                    .client
+                    .post(
+                        addr,
+                        &rpc_path(self.shard, "inventory"),
+                        body,
+                        Duration::from_secs(60),
+                    )
+                    .await;
+                if let Ok(b) = inv {
+                    if let Ok((_, oids)) = decode_ids(&b) {
+                        return self.fetch_missing(ns, oids).await;
+                    }
+                }
+            }
+            if crate::serve::stop_requested() {
+                return Err(io::Error::other("stopping"));
+            }
+            glommio::timer::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+impl<D: Dir> Hooks for ObjectSync<D> {
+    fn before_apply(&self, cmd: &Command) -> LocalBoxFuture<'static, Result<(), io::Error>> {
+        let this = self.clone();
+        match cmd {
+            Command::UpdateRefs { id, objects, .. } => {
+                let ns = *id;
+                let oids: Vec<Oid> = objects
+                    .iter()
+                    .filter_map(|h| parse_hex(h.as_bytes()))
+                    .collect();
+                Box::pin(async move { this.fetch_missing(ns, oids).await })
+            }
+            Command::DeleteRepo { id, .. } => {
+                let ns = *id;
+                Box::pin(async move {
+                    this.store
+                        .append(vec![Write::DropNamespace(Namespace(ns))])
+                        .await
+                        .map(|_| ())
+                        .map_err(io::Error::other)
+                })
+            }
+            _ => Box::pin(async { Ok(()) }),
+        }
+    }
+
+    fn before_install(&self, state: &State) -> LocalBoxFuture<'static, Result<(), io::Error>> {
+        let this = self.clone();
+        let namespaces: Vec<u64> = state
+            .repos
+            .values()
+            .filter(|r| !r.refs.is_empty())
+            .map(|r| r.id)
+            .collect();
+        Box::pin(async move {
+            for ns in namespaces {
+                this.sync_namespace(ns).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_sync_bodies_round_trip_and_reject_damage() {
+        let objs = vec![
+            StoredObject {
+                oid: [1; 20],
+                kind: ObjectKind::Blob,
+                object_size: 5,
+                entry_size: 5,
+                base: None,
+                deflated: vec![9, 9, 9],
+            },
+            StoredObject {
+                oid: [2; 20],
+                kind: ObjectKind::Tree,
+                object_size: 50,
+                entry_size: 7,
+                base: Some([1; 20]),
+                deflated: vec![],
+            },
+        ];
+        let b = encode_objects(&objs);
+        assert_eq!(decode_objects(&b).expect("decodes"), objs);
+        for cut in 1..b.len() {
+            assert!(decode_objects(&b[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad = b.clone();
+        bad[20] = 9;
+        assert!(decode_objects(&bad).is_err());
+        assert!(decode_objects(&[]).expect("empty").is_empty());
+    }
+
+    #[test]
+    fn id_lists_round_trip() {
+        let b = encode_ids(7, &[[3; 20], [4; 20]]);
+        assert_eq!(
+            decode_ids(&b).expect("decodes"),
+            (7, vec![[3; 20], [4; 20]])
+        );
+        assert!(decode_ids(&b[..b.len() - 1]).is_err());
+        assert!(decode_ids(&b[..4]).is_err());
+    }
+
+    #[test]
+    fn snapshot_bodies_reject_truncation() {
+        assert!(decode_snapshot_body(&[1, 0]).is_err());
+        assert!(decode_snapshot_body(&[200, 0, 0, 0, b'{']).is_err());
+    }
+}
