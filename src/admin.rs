@@ -256,14 +256,17 @@ pub fn nodestatus(cfg: &AdminConfig, json: bool, nagios: bool) -> Result<i32> {
         }
         Err(e) => return Err(e),
     };
+    let (code, summary) = health(&v);
     if json {
         println!("{v}");
     } else if nagios {
+        let label = ["OK", "WARNING", "CRITICAL"][code.min(2) as usize];
         println!(
-            "OK: node {} of region {} is serving",
+            "{label}: node {} of region {}: {summary}",
             v["NodeName"].as_str().unwrap_or("?"),
             v["RegionName"].as_str().unwrap_or("?")
         );
+        return Ok(code);
     } else {
         println!(
             "Node:         {} (id {})",
@@ -273,25 +276,92 @@ pub fn nodestatus(cfg: &AdminConfig, json: bool, nagios: bool) -> Result<i32> {
         println!("Region:       {}", v["RegionName"].as_str().unwrap_or("?"));
         println!("Cluster:      {}", v["ClusterName"].as_str().unwrap_or("?"));
         println!("Version:      {}", v["Version"].as_str().unwrap_or("?"));
-        println!("Status:       {}", v["Status"].as_str().unwrap_or("?"));
-        println!("Mode:         {}", v["Mode"].as_str().unwrap_or("?"));
+        println!(
+            "Status:       {} ({summary})",
+            v["Status"].as_str().unwrap_or("?")
+        );
         println!("Uptime:       {} s", v["UptimeSeconds"]);
         println!("Repositories: {}", v["Repositories"]);
         println!("Objects:      {}", v["Objects"]);
-        match v["Shards"].as_array() {
-            Some(shards) => {
-                println!("Shards:       {}", shards.len());
-                for (k, st) in shards.iter().enumerate() {
-                    println!(
-                        "  shard {k}: {} bytes written in {} batches, {} checkpoints, {} damaged regions",
-                        st["BytesWritten"], st["Batches"], st["Checkpoints"], st["Corruptions"]
-                    );
+        if let Some(peers) = v["Peers"].as_object() {
+            let list: Vec<String> = peers
+                .iter()
+                .map(|(id, a)| format!("{id}={}", a.as_str().unwrap_or("?")))
+                .collect();
+            println!("Members:      {}", list.join(", "));
+        }
+        if let Some(shards) = v["Shards"].as_array() {
+            println!("Shards:       {}", shards.len());
+            for (k, st) in shards.iter().enumerate() {
+                let r = &st["Raft"];
+                println!(
+                    "  shard {k}: {} leader {} term {} committed {} applied {}",
+                    r["State"].as_str().unwrap_or("?"),
+                    r["Leader"],
+                    r["Term"],
+                    r["Committed"],
+                    r["Applied"]
+                );
+                if let Some(members) = r["Members"].as_object() {
+                    for (id, m) in members {
+                        let lag = match &m["Lag"] {
+                            serde_json::Value::Null => String::new(),
+                            l => format!(", {l} entries behind"),
+                        };
+                        println!(
+                            "    node {id} at {}{}{lag}",
+                            m["Address"].as_str().unwrap_or("?"),
+                            if m["Voter"].as_bool() == Some(true) {
+                                ""
+                            } else {
+                                " (learner)"
+                            }
+                        );
+                    }
                 }
+                println!(
+                    "    storage: {} bytes written in {} batches, {} checkpoints, {} damaged regions",
+                    st["BytesWritten"], st["Batches"], st["Checkpoints"], st["Corruptions"]
+                );
             }
-            None => println!("Storage:      {}", v["Storage"]),
         }
     }
-    Ok(0)
+    Ok(code)
+}
+
+/// Entries a member may trail the leader before `--nagios` warns.
+const LAG_WARNING: u64 = 1000;
+
+/// Monitoring verdict of a `nodestatus` answer: 0 OK, 1 WARNING, 2 CRITICAL (the
+/// Nagios exit codes), with a one-line reason.
+pub fn health(v: &serde_json::Value) -> (i32, String) {
+    let status = v["Status"].as_str().unwrap_or("unknown");
+    if status != "ok" {
+        return (2, status.to_string());
+    }
+    let mut behind = Vec::new();
+    let mut corrupt = 0;
+    for (k, st) in v["Shards"].as_array().into_iter().flatten().enumerate() {
+        corrupt += st["Corruptions"].as_u64().unwrap_or(0);
+        for (id, m) in st["Raft"]["Members"].as_object().into_iter().flatten() {
+            if m["Lag"].as_u64().is_some_and(|l| l > LAG_WARNING) {
+                behind.push(format!(
+                    "node {id} trails shard {k} by {} entries",
+                    m["Lag"]
+                ));
+            }
+        }
+    }
+    if corrupt > 0 {
+        return (
+            1,
+            format!("{corrupt} damaged storage regions (see the log)"),
+        );
+    }
+    if !behind.is_empty() {
+        return (1, behind.join("; "));
+    }
+    (0, "every shard has a leader".into())
 }
 
 #[cfg(test)]

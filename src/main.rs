@@ -153,8 +153,8 @@ enum RepoCommand {
 struct QuickstartArgs {
     #[arg(long, default_value = "quickstart")]
     dir: PathBuf,
-    /// Nodes in the region (1 until replication lands).
-    #[arg(long, default_value_t = 1)]
+    /// Nodes in the region (a push needs a majority of them).
+    #[arg(long, default_value_t = 3)]
     nodes: u32,
     #[arg(long, default_value_t = 8443)]
     port: u16,

@@ -258,6 +258,13 @@ impl<D: Dir> NodeBackend<D> {
         voter
     }
 
+    /// Whether this node has applied every entry it holds (after a join: it has the
+    /// region's repositories and their objects).
+    pub fn caught_up(&self) -> bool {
+        let m = self.raft().metrics().borrow_watched().clone();
+        m.last_applied.map(|l| l.index) >= m.last_log_index && m.current_leader.is_some()
+    }
+
     fn ns_of(&self, repo: &str) -> Option<u64> {
         self.inner
             .sm

@@ -137,8 +137,8 @@ fn stop_all(children: &mut [Child]) {
 
 /// The whole command.
 pub fn run(q: &Quickstart) -> Result<()> {
-    if q.nodes != 1 {
-        bail!("--nodes {}: a region of several nodes needs replication, which is not available yet; use --nodes 1", q.nodes);
+    if q.nodes == 0 || q.nodes > 99 {
+        bail!("--nodes {}: a region has 1 to 99 nodes", q.nodes);
     }
     if q.port == 0 || u32::from(q.port) + 2 * q.nodes > 65535 {
         bail!("--port {} leaves no room for {} nodes", q.port, q.nodes);
@@ -151,8 +151,13 @@ pub fn run(q: &Quickstart) -> Result<()> {
             dir.display()
         );
         println!(
-            "  repospanner --config {}/nodeK/config.yml serve --spawn   (once, first node)",
+            "  repospanner --config {}/node1/config.yml serve --spawn   (once, first node)",
             dir.display()
+        );
+        println!(
+            "  repospanner --config {}/nodeK/config.yml serve --joinnode https://127.0.0.1:{}   (once, other nodes, node 1 running)",
+            dir.display(),
+            ports(q.port, 1).1
         );
         println!(
             "  repospanner --config {}/nodeK/config.yml serve",
@@ -163,20 +168,30 @@ pub fn run(q: &Quickstart) -> Result<()> {
     let exe = std::env::current_exe().context("locating the repospanner binary")?;
     crate::serve::install_signal_handlers();
     let mut children = Vec::new();
+    let ca_pem = std::fs::read(dir.join("ca").join("ca.crt"))?;
     for k in 1..=q.nodes {
         let node = dir.join(format!("node{k}"));
         let config = node.join("config.yml");
         let log = node.join("node.log");
         if !node.join("state").join("node.json").exists() {
-            let out = Command::new(&exe)
-                .arg("--config")
-                .arg(&config)
-                .args(["serve", "--spawn"])
-                .output()
-                .context("running serve --spawn")?;
+            // The first node starts the region; the others join it (node 1 runs).
+            let mut c = Command::new(&exe);
+            c.arg("--config").arg(&config);
+            if k == 1 {
+                c.args(["serve", "--spawn"]);
+            } else {
+                println!("Node {k} is joining the region...");
+                c.args([
+                    "serve",
+                    "--joinnode",
+                    &format!("https://127.0.0.1:{}", ports(q.port, 1).1),
+                ]);
+            }
+            let out = c.output().context("initialising a node")?;
             if !out.status.success() {
+                stop_all(&mut children);
                 bail!(
-                    "serve --spawn of node {k} failed:\n{}",
+                    "initialising node {k} failed:\n{}",
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
@@ -194,12 +209,9 @@ pub fn run(q: &Quickstart) -> Result<()> {
             .spawn()
             .context("starting a node")?;
         children.push(child);
-    }
-    // Wait until every node answers.
-    let ca_pem = std::fs::read(dir.join("ca").join("ca.crt"))?;
-    for k in 1..=q.nodes {
+        // Wait until it answers.
         let url = format!("https://localhost:{}", ports(q.port, k).0);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if crate::admin::request(&url, &ca_pem, None, "GET", "/", None)
                 .is_ok_and(|r| r.status == 200)

@@ -561,7 +561,7 @@ async fn join_shard(
         }
     }
     // The leader said yes; wait until this node has seen the membership itself.
-    while !backend.is_voter() && !stop_requested() {
+    while !(stop_requested() || backend.is_voter() && backend.caught_up()) {
         glommio::timer::sleep(Duration::from_millis(100)).await;
     }
     info!(

@@ -856,24 +856,46 @@ async fn admin<B: Backend + 'static>(
         ("nodestatus", Method::GET) => {
             let mut status = ctx.backend.node_status();
             if !local_only {
-                // Shard k's storage at index k; repository and object counts summed.
+                // Shard k's storage and raft status at index k; repository and object
+                // counts summed; the node is "ok" only if every shard is.
                 let mut shards = vec![serde_json::Value::Null; ctx.shards];
                 let count = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
-                let mut repos = count(&status, "Repositories");
-                let mut objects = count(&status, "Objects");
-                if let Some(slot) = shards.get_mut(ctx.shard) {
-                    *slot = status["Storage"].clone();
-                }
-                for v in gather(ctx, &req, peer).await {
-                    repos += count(&v, "Repositories");
-                    objects += count(&v, "Objects");
+                let mut repos = 0;
+                let mut objects = 0;
+                let mut worst = "ok".to_string();
+                let mut all = vec![status.clone()];
+                all.extend(gather(ctx, &req, peer).await);
+                for v in &all {
+                    repos += count(v, "Repositories");
+                    objects += count(v, "Objects");
+                    let st = v["Status"].as_str().unwrap_or("unknown");
+                    if st != "ok" {
+                        worst = format!("shard {}: {st}", v["Shard"]);
+                    }
                     let k = v["Shard"].as_u64().unwrap_or(0) as usize;
                     if let Some(slot) = shards.get_mut(k) {
-                        *slot = v["Storage"].clone();
+                        let mut e = v["Storage"].clone();
+                        e["Raft"] = v["Raft"].clone();
+                        *slot = e;
                     }
                 }
+                if all.len() < ctx.shards {
+                    worst = "some shards did not answer".into();
+                }
+                status["Status"] = worst.into();
                 status["Repositories"] = repos.into();
                 status["Objects"] = objects.into();
+                // The region's members as this node knows them (shard 0's group).
+                let mut peers = serde_json::Map::new();
+                if let Some(members) = shards
+                    .first()
+                    .and_then(|s| s["Raft"]["Members"].as_object())
+                {
+                    for (id, m) in members {
+                        peers.insert(id.clone(), m["Address"].clone());
+                    }
+                }
+                status["Peers"] = serde_json::Value::Object(peers);
                 status["Shards"] = serde_json::Value::Array(shards);
             }
             json(StatusCode::OK, &status, node)

@@ -146,13 +146,23 @@ impl State {
 
 /// Side effects around applying, provided by the node.
 pub trait Hooks {
-    /// Runs before `cmd` applies (the node makes its objects present locally). An
-    /// error is fatal for the group on this node, so wait and retry instead of failing
-    /// for anything but a stop.
-    fn before_apply(&self, cmd: &Command) -> LocalBoxFuture<'static, Result<(), io::Error>>;
+    /// Runs before `cmd` applies (the node makes its objects present locally).
+    /// `members`: the group's members (id, address) as of the entries applied so far
+    /// (it is known even while openraft replays the log at start). An error is fatal
+    /// for the group on this node, so wait and retry instead of failing for anything
+    /// but a stop.
+    fn before_apply(
+        &self,
+        cmd: &Command,
+        members: Vec<(u64, String)>,
+    ) -> LocalBoxFuture<'static, Result<(), io::Error>>;
     /// Runs before a snapshot's state replaces the current one (the node makes every
-    /// repository's objects present).
-    fn before_install(&self, state: &State) -> LocalBoxFuture<'static, Result<(), io::Error>>;
+    /// repository's objects present). `members`: the snapshot's membership.
+    fn before_install(
+        &self,
+        state: &State,
+        members: Vec<(u64, String)>,
+    ) -> LocalBoxFuture<'static, Result<(), io::Error>>;
 }
 
 /// Hooks that do nothing (tests of the replicated logic alone).
@@ -160,12 +170,27 @@ pub trait Hooks {
 pub struct NoHooks;
 
 impl Hooks for NoHooks {
-    fn before_apply(&self, _: &Command) -> LocalBoxFuture<'static, Result<(), io::Error>> {
+    fn before_apply(
+        &self,
+        _: &Command,
+        _: Vec<(u64, String)>,
+    ) -> LocalBoxFuture<'static, Result<(), io::Error>> {
         Box::pin(async { Ok(()) })
     }
-    fn before_install(&self, _: &State) -> LocalBoxFuture<'static, Result<(), io::Error>> {
+    fn before_install(
+        &self,
+        _: &State,
+        _: Vec<(u64, String)>,
+    ) -> LocalBoxFuture<'static, Result<(), io::Error>> {
         Box::pin(async { Ok(()) })
     }
+}
+
+fn members_of(m: &StoredMembershipOf<C>) -> Vec<(u64, String)> {
+    m.membership()
+        .nodes()
+        .map(|(id, n)| (*id, n.addr.clone()))
+        .collect()
 }
 
 #[derive(Debug, Default)]
@@ -327,7 +352,8 @@ impl<D: Dir> RaftStateMachine<C> for StateMachine<D> {
     {
         while let Some((entry, responder)) = entries.try_next().await? {
             if let EntryPayload::Normal(cmd) = &entry.payload {
-                self.hooks.before_apply(cmd).await?;
+                let members = members_of(&self.inner.borrow().membership);
+                self.hooks.before_apply(cmd, members).await?;
             }
             let response = {
                 let mut i = self.inner.borrow_mut();
@@ -360,7 +386,9 @@ impl<D: Dir> RaftStateMachine<C> for StateMachine<D> {
     ) -> Result<(), io::Error> {
         let data = snapshot;
         let state: State = serde_json::from_slice(&data).map_err(io_err)?;
-        self.hooks.before_install(&state).await?;
+        self.hooks
+            .before_install(&state, members_of(&meta.last_membership))
+            .await?;
         self.persist(meta, &data).await?;
         let mut i = self.inner.borrow_mut();
         i.applied = meta.last_log_id;

@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use super::BIN;
 
-/// Two free consecutive loopback ports (user, node).
-fn free_ports() -> u16 {
+/// `2 * nodes` free consecutive loopback ports (user, node of each node).
+fn free_ports(nodes: u16) -> u16 {
     for _ in 0..200 {
         let p: u16 = 20000 + (rand_u32() % 40000) as u16;
-        let a = std::net::TcpListener::bind(("127.0.0.1", p));
-        let b = std::net::TcpListener::bind(("127.0.0.1", p + 1));
-        if a.is_ok() && b.is_ok() {
+        let held: Vec<_> = (0..2 * nodes)
+            .map(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)))
+            .collect();
+        if held.iter().all(Result::is_ok) {
             return p;
         }
     }
@@ -29,11 +30,13 @@ fn rand_u32() -> u32 {
     t ^ (std::process::id() << 12) ^ (&t as *const u32 as usize as u32)
 }
 
-/// A one-node region.
+/// A region of `nodes` nodes (node K is 1-based; the methods without `_of`/`_at`
+/// address node 1).
 pub struct Region {
     pub dir: tempfile::TempDir,
     pub port: u16,
-    child: Option<Child>,
+    pub nodes: usize,
+    children: Vec<Option<Child>>,
 }
 
 impl Region {
@@ -41,7 +44,24 @@ impl Region {
         self.dir.path().join("qs")
     }
     pub fn config(&self) -> PathBuf {
-        self.qs().join("node1/config.yml")
+        self.config_of(1)
+    }
+    pub fn config_of(&self, k: usize) -> PathBuf {
+        self.qs().join(format!("node{k}/config.yml"))
+    }
+    /// User endpoint of node `k`.
+    pub fn url_of(&self, k: usize) -> String {
+        format!("https://localhost:{}", self.port + 2 * (k as u16 - 1))
+    }
+    /// Node endpoint of node `k`.
+    pub fn rpc_addr_of(&self, k: usize) -> String {
+        format!("127.0.0.1:{}", self.port + 2 * (k as u16 - 1) + 1)
+    }
+    pub fn repo_url_of(&self, k: usize, repo: &str) -> String {
+        format!("{}/repo/{repo}.git", self.url_of(k))
+    }
+    pub fn log_of(&self, k: usize) -> String {
+        std::fs::read_to_string(self.qs().join(format!("node{k}/node.log"))).unwrap_or_default()
     }
     pub fn ca_dir(&self) -> PathBuf {
         self.qs().join("ca")
@@ -56,7 +76,7 @@ impl Region {
         format!("https://localhost:{}", self.port + 1)
     }
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.qs().join("node1/node.log")).unwrap_or_default()
+        self.log_of(1)
     }
 
     /// Writes the region, spawns and starts its node, waits until it answers.
@@ -66,13 +86,39 @@ impl Region {
 
     /// Like [`Region::start`], with `extra` YAML appended to the node's config.
     pub fn start_with(extra: &str) -> Region {
+        Region::start_n(1, extra)
+    }
+
+    /// Writes a region of `nodes` nodes; spawns node 1, joins the others to it (each
+    /// with `serve --joinnode`, as an operator would) and starts them all.
+    pub fn start_n(nodes: usize, extra: &str) -> Region {
+        let r = Region::write(nodes, extra);
+        let mut r = r;
+        let out = r.repospanner(&["serve", "--spawn"]);
+        assert!(
+            out.status.success(),
+            "spawn: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        r.start_node();
+        for k in 2..=nodes {
+            r.join(k);
+            r.start_node_at(k);
+        }
+        r
+    }
+
+    /// Writes the files of a region of `nodes` nodes (nothing runs).
+    pub fn write(nodes: usize, extra: &str) -> Region {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_ports();
+        let port = free_ports(nodes as u16);
         let qs = dir.path().join("qs");
         let out = Command::new(BIN)
             .args([
                 "quickstart",
                 "--no-start",
+                "--nodes",
+                &nodes.to_string(),
                 "--port",
                 &port.to_string(),
                 "--dir",
@@ -86,74 +132,114 @@ impl Region {
             String::from_utf8_lossy(&out.stderr)
         );
         if !extra.is_empty() {
-            let config = qs.join("node1/config.yml");
-            let mut text = std::fs::read_to_string(&config).expect("config");
-            text.push_str(extra);
-            std::fs::write(&config, text).expect("config");
+            for k in 1..=nodes {
+                let config = qs.join(format!("node{k}/config.yml"));
+                let mut text = std::fs::read_to_string(&config).expect("config");
+                text.push_str(extra);
+                std::fs::write(&config, text).expect("config");
+            }
         }
-        let mut r = Region {
+        Region {
             dir,
             port,
-            child: None,
-        };
-        let out = r.repospanner(&["serve", "--spawn"]);
+            nodes,
+            children: (0..nodes).map(|_| None).collect(),
+        }
+    }
+
+    /// `serve --joinnode` for node `k` (through node 1), waiting until it is done.
+    pub fn join(&self, k: usize) {
+        let out = self.join_via(k, 1);
         assert!(
             out.status.success(),
-            "spawn: {}",
+            "join of node {k}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        r.start_node();
-        r
+    }
+
+    /// `serve --joinnode https://<node via>` for node `k`; returns its output.
+    pub fn join_via(&self, k: usize, via: usize) -> Output {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(self.config_of(k))
+            .args([
+                "serve",
+                "--joinnode",
+                &format!("https://{}", self.rpc_addr_of(via)),
+            ])
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("join")
     }
 
     pub fn start_node(&mut self) {
+        self.start_node_at(1);
+    }
+
+    /// Starts node `k` (its state exists) and waits until it answers.
+    pub fn start_node_at(&mut self, k: usize) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.qs().join("node1/node.log"))
+            .open(self.qs().join(format!("node{k}/node.log")))
             .expect("log");
         let child = Command::new(BIN)
             .arg("--config")
-            .arg(self.config())
+            .arg(self.config_of(k))
             .arg("serve")
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))
             .spawn()
             .expect("start node");
-        self.child = Some(child);
+        self.children[k - 1] = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         let ca = std::fs::read(self.ca_dir().join("ca.crt")).expect("ca");
         while Instant::now() < deadline {
-            if repospanner::admin::request(&self.url(), &ca, None, "GET", "/", None)
+            if repospanner::admin::request(&self.url_of(k), &ca, None, "GET", "/", None)
                 .is_ok_and(|r| r.status == 200)
             {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("node did not start:\n{}", self.log());
+        panic!("node {k} did not start:\n{}", self.log_of(k));
     }
 
-    /// The node's process id.
+    /// Node 1's process id.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.children[0].as_ref().map(Child::id)
     }
 
-    /// Stops the node with `signal` and waits for it.
+    /// Stops node 1 with `signal` and waits for it.
     pub fn stop(&mut self, signal: i32) {
-        if let Some(mut c) = self.child.take() {
+        self.stop_at(1, signal);
+    }
+
+    /// Stops node `k` with `signal` and waits for it.
+    pub fn stop_at(&mut self, k: usize, signal: i32) {
+        if let Some(mut c) = self.children[k - 1].take() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(c.id() as i32, signal) };
             let _ = c.wait();
         }
     }
 
+    /// Whether node `k` runs.
+    pub fn running(&self, k: usize) -> bool {
+        self.children[k - 1].is_some()
+    }
+
     /// `repospanner --config <node1 config> args...`
     pub fn repospanner(&self, args: &[&str]) -> Output {
+        self.repospanner_at(1, args)
+    }
+
+    /// `repospanner --config <node k config> args...`
+    pub fn repospanner_at(&self, k: usize, args: &[&str]) -> Output {
         Command::new(BIN)
             .arg("--config")
-            .arg(self.config())
+            .arg(self.config_of(k))
             .args(args)
             .env("RUST_LOG", "warn")
             .output()
@@ -254,6 +340,8 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
-        self.stop(libc::SIGTERM);
+        for k in 1..=self.nodes {
+            self.stop_at(k, libc::SIGTERM);
+        }
     }
 }

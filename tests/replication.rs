@@ -1,0 +1,331 @@
+//! Regions of several real nodes on loopback, the real git client, real TLS: pushes
+//! to any node are served by every node; a killed minority does not stop the region
+//! and catches up; a lost majority makes pushes fail cleanly; nodes join a running
+//! region, also several at once, and a wiped node is rebuilt from its peers.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::region::Region;
+
+/// Short timeouts so the tests of lost majorities finish quickly.
+const FAST: &str = "limits:\n  replication_timeout_seconds: 6\n";
+
+fn refs_at(region: &Region, k: usize, repo: &str) -> String {
+    let out = region.git(
+        Some("admin"),
+        region.dir.path(),
+        &["ls-remote", &region.repo_url_of(k, repo)],
+    );
+    assert!(
+        out.status.success(),
+        "ls-remote from node {k}: {}\n--- node {k} log tail:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tail(&region.log_of(k))
+    );
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines.join("\n")
+}
+
+fn tail(log: &str) -> String {
+    let v: Vec<&str> = log.lines().rev().take(25).collect();
+    v.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+fn work_repo(region: &Region, name: &str) -> PathBuf {
+    let t = region.dir.path();
+    let w = t.join(name);
+    region.git_ok(
+        t,
+        &["init", "-q", "-b", "master", w.to_str().expect("path")],
+    );
+    w
+}
+
+fn commit(region: &Region, w: &Path, n: usize) -> String {
+    std::fs::write(w.join(format!("f{}", n % 7)), format!("content {n}\n")).expect("write");
+    region.git_ok(w, &["add", "-A"]);
+    region.git_ok(w, &["commit", "-qm", &format!("commit {n}")]);
+    region.git_ok(w, &["rev-parse", "HEAD"]).trim().to_owned()
+}
+
+fn clone_and_fsck(region: &Region, k: usize, repo: &str, dest: &str) -> PathBuf {
+    let d = region.dir.path().join(dest);
+    region.git_ok(
+        region.dir.path(),
+        &[
+            "clone",
+            "-q",
+            &region.repo_url_of(k, repo),
+            d.to_str().expect("path"),
+        ],
+    );
+    region.git_ok(&d, &["fsck", "--full", "--strict"]);
+    d
+}
+
+fn admin_at(region: &Region, k: usize, args: &[&str]) -> String {
+    let mut all = vec!["admin"];
+    all.extend_from_slice(args);
+    let out = region.repospanner_at(k, &all);
+    assert!(
+        out.status.success(),
+        "admin {args:?} on node {k}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn three_nodes_push_to_any_clone_from_every() {
+    let region = Region::start_n(3, "");
+    let w = work_repo(&region, "w");
+    for n in 0..3 {
+        commit(&region, &w, n);
+    }
+    region.git_ok(&w, &["tag", "-a", "-m", "v1", "v1"]);
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(1, "test"), "master", "v1"],
+    );
+    // Every node serves it at once (reads are linearizable).
+    let expected = refs_at(&region, 1, "test");
+    assert!(expected.contains("refs/tags/v1"), "{expected}");
+    for k in 2..=3 {
+        assert_eq!(refs_at(&region, k, "test"), expected, "node {k}");
+        clone_and_fsck(&region, k, "test", &format!("clone{k}"));
+    }
+    // Push to each node in turn, each on top of the last.
+    for k in [2, 3, 1] {
+        let tip = commit(&region, &w, 10 + k);
+        region.git_ok(
+            &w,
+            &["push", "-q", &region.repo_url_of(k, "test"), "master"],
+        );
+        for j in 1..=3 {
+            assert!(
+                refs_at(&region, j, "test").contains(&format!("{tip}\trefs/heads/master")),
+                "push to node {k} not seen on node {j}"
+            );
+        }
+    }
+    // Admin operations on any node are visible on all.
+    admin_at(&region, 2, &["repo", "create", "made-on-two"]);
+    for k in 1..=3 {
+        assert!(
+            admin_at(&region, k, &["repo", "list"]).contains("made-on-two"),
+            "node {k}"
+        );
+    }
+    admin_at(
+        &region,
+        3,
+        &["repo", "edit", "made-on-two", "--public=true"],
+    );
+    let out = region.git(
+        None,
+        region.dir.path(),
+        &["ls-remote", &region.repo_url_of(1, "made-on-two")],
+    );
+    assert!(out.status.success(), "public after an edit on node 3");
+    // Every node knows the whole region.
+    let status = admin_at(&region, 2, &["nodestatus", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert_eq!(v["Peers"].as_object().map(|p| p.len()), Some(3), "{v}");
+    assert_eq!(v["Status"], "ok", "{v}");
+    let out = region.repospanner_at(3, &["admin", "nodestatus", "--nagios"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn a_killed_minority_does_not_stop_pushes_and_catches_up() {
+    let mut region = Region::start_n(3, FAST);
+    let w = work_repo(&region, "w");
+    commit(&region, &w, 0);
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(1, "test"), "master"],
+    );
+    region.stop_at(3, libc::SIGKILL);
+    let mut tips = Vec::new();
+    for n in 1..=4 {
+        let tip = commit(&region, &w, n);
+        // Through either live node.
+        let k = 1 + n % 2;
+        region.git_ok(
+            &w,
+            &["push", "-q", &region.repo_url_of(k, "test"), "master"],
+        );
+        tips.push(tip);
+    }
+    // A branch whose objects node 3 has never seen.
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(2, "test"), "master:side"],
+    );
+    region.start_node_at(3);
+    let expected = refs_at(&region, 1, "test");
+    assert!(expected.contains(tips.last().expect("tip")), "{expected}");
+    assert_eq!(refs_at(&region, 3, "test"), expected);
+    let c = clone_and_fsck(&region, 3, "test", "after");
+    let log = region.git_ok(&c, &["log", "--format=%H", "origin/master"]);
+    for t in &tips {
+        assert!(
+            log.contains(t.as_str()),
+            "acknowledged push {t} missing on node 3"
+        );
+    }
+}
+
+#[test]
+fn without_a_majority_pushes_fail_cleanly_and_resume_after() {
+    let mut region = Region::start_n(3, FAST);
+    let w = work_repo(&region, "w");
+    let first = commit(&region, &w, 0);
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(1, "test"), "master"],
+    );
+    region.stop_at(2, libc::SIGKILL);
+    region.stop_at(3, libc::SIGKILL);
+    commit(&region, &w, 1);
+    let out = region.git(
+        Some("admin"),
+        &w,
+        &["push", &region.repo_url_of(1, "test"), "master"],
+    );
+    assert!(!out.status.success(), "a push without a majority must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("majority") || err.contains("current") || err.contains("503"),
+        "the error says why: {err}"
+    );
+    // A read from the lone node either proves it is current or fails clearly.
+    let out = region.git(
+        Some("admin"),
+        region.dir.path(),
+        &["ls-remote", &region.repo_url_of(1, "test")],
+    );
+    if out.status.success() {
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&first));
+    }
+    region.start_node_at(2);
+    region.start_node_at(3);
+    // The failed push changed nothing.
+    for k in 1..=3 {
+        assert!(
+            refs_at(&region, k, "test").contains(&format!("{first}\trefs/heads/master")),
+            "node {k}"
+        );
+    }
+    let tip = commit(&region, &w, 2);
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(3, "test"), "master"],
+    );
+    for k in 1..=3 {
+        assert!(refs_at(&region, k, "test").contains(&tip), "node {k}");
+    }
+}
+
+#[test]
+fn killing_the_leader_during_pushes_loses_no_acknowledged_push() {
+    let mut region = Region::start_n(3, FAST);
+    let w = work_repo(&region, "w");
+    let mut acked: Vec<String> = Vec::new();
+    // Node 1 spawned the region, so it leads every group until it dies.
+    for n in 0..12 {
+        if n == 4 {
+            region.stop_at(1, libc::SIGKILL);
+        }
+        let tip = commit(&region, &w, n);
+        let k = if region.running(1) { 1 } else { 2 + n % 2 };
+        let out = region.git(
+            Some("admin"),
+            &w,
+            &["push", &region.repo_url_of(k, "test"), "master"],
+        );
+        if out.status.success() {
+            acked.push(tip);
+        } else {
+            // Not acknowledged: the next push builds on the server's state.
+            region.git_ok(
+                &w,
+                &["fetch", "-q", &region.repo_url_of(2, "test"), "master"],
+            );
+            region.git_ok(&w, &["reset", "-q", "--hard", "FETCH_HEAD"]);
+        }
+    }
+    assert!(acked.len() >= 6, "pushes kept succeeding: {acked:?}");
+    region.start_node_at(1);
+    for k in 1..=3 {
+        let c = clone_and_fsck(&region, k, "test", &format!("c{k}"));
+        let log = region.git_ok(&c, &["log", "--format=%H", "origin/master"]);
+        for t in &acked {
+            assert!(
+                log.contains(t.as_str()),
+                "acknowledged {t} missing on node {k}"
+            );
+        }
+    }
+}
+
+#[test]
+fn nodes_join_a_running_region_at_once_and_a_wiped_node_rejoins() {
+    let mut region = Region::write(5, FAST);
+    let out = region.repospanner(&["serve", "--spawn"]);
+    assert!(out.status.success());
+    region.start_node();
+    region.join(2);
+    region.start_node_at(2);
+    region.join(3);
+    region.start_node_at(3);
+    let w = work_repo(&region, "w");
+    let tip = commit(&region, &w, 0);
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(2, "test"), "master"],
+    );
+    // Nodes 4 and 5 join at the same time, through different members.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| region.join_via(4, 1));
+        let b = s.spawn(|| region.join_via(5, 3));
+        (a.join().expect("join 4"), b.join().expect("join 5"))
+    });
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    region.start_node_at(4);
+    region.start_node_at(5);
+    for k in 4..=5 {
+        assert!(refs_at(&region, k, "test").contains(&tip), "node {k}");
+        clone_and_fsck(&region, k, "test", &format!("n{k}"));
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&admin_at(&region, 4, &["nodestatus", "--json"])).expect("json");
+    assert_eq!(v["Peers"].as_object().map(|p| p.len()), Some(5), "{v}");
+    // Node 3 loses its disk and rejoins with the same identity.
+    region.stop_at(3, libc::SIGKILL);
+    let tip2 = commit(&region, &w, 1);
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(4, "test"), "master"],
+    );
+    let node3 = region.qs().join("node3");
+    std::fs::remove_dir_all(node3.join("state")).expect("wipe state");
+    std::fs::remove_dir_all(node3.join("git")).expect("wipe git");
+    region.join(3);
+    region.start_node_at(3);
+    assert!(refs_at(&region, 3, "test").contains(&tip2));
+    clone_and_fsck(&region, 3, "test", "rebuilt");
+}
