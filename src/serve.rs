@@ -208,10 +208,24 @@ pub fn join(config: &Config, url: &str) -> Result<()> {
         let info: serde_json::Value = executor("join", move || {
             Box::pin(async move {
                 let client = node_client(&sc2)?;
-                let b = client
-                    .get(&peer2, "/rpc/info", Duration::from_secs(30))
-                    .await
-                    .with_context(|| format!("asking {peer2} about the region"))?;
+                // The node may be starting: keep asking for a minute.
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                let b = loop {
+                    match client
+                        .get(&peer2, "/rpc/info", Duration::from_secs(30))
+                        .await
+                    {
+                        Ok(b) => break b,
+                        Err(e) if e.unreachable() && std::time::Instant::now() < deadline => {
+                            warn!(peer = %peer2, error = %e, "the node to join does not answer yet; retrying");
+                            glommio::timer::sleep(Duration::from_millis(500)).await;
+                        }
+                        Err(e) => {
+                            return Err(e)
+                                .with_context(|| format!("asking {peer2} about the region"))
+                        }
+                    }
+                };
                 serde_json::from_slice(&b).context("the node's answer to /rpc/info")
             })
         })??;
