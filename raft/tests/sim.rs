@@ -334,7 +334,8 @@ fn raft_and_the_state_machine_survive_drops_delays_and_partitions() {
                 // Refused (someone else's ambiguous write won) or no answer: learn the
                 // current value from the group before the next write.
                 _ => {
-                    let leader = world.borrow().nodes[&1].current_leader().await;
+                    let one = world.borrow().nodes[&1].clone();
+                    let leader = one.current_leader().await;
                     if let Some(l) = leader {
                         let raft = world.borrow().nodes.get(&l).cloned();
                         if let Some(raft) = raft {
@@ -367,12 +368,12 @@ fn raft_and_the_state_machine_survive_drops_delays_and_partitions() {
             w.isolated.clear();
             w.drop_pct = 0;
         }
-        let fin = loop {
-            if let Some(Response::Refs(_)) = write(&world, 1, update("x", "y")).await {
-                break;
-            }
-        };
-        let _ = fin;
+        // One more committed entry (refused by its compare-and-swap) flushes the
+        // commit index to everyone.
+        while !matches!(
+            write(&world, 1, update("x", "y")).await,
+            Some(Response::Refs(_))
+        ) {}
         let settle = Instant::now() + Duration::from_secs(20);
         let final_value = loop {
             let values: BTreeSet<String> = ids
