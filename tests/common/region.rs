@@ -260,24 +260,21 @@ impl Region {
 
     /// A `git` command as `user` (None: no client certificate), in `cwd`.
     pub fn git(&self, user: Option<&str>, cwd: &Path, args: &[&str]) -> Output {
-        let mut c = Command::new("git");
-        c.args(args)
-            .current_dir(cwd)
-            .env_remove("GIT_SSL_CERT")
-            .env_remove("GIT_SSL_KEY")
-            .env("GIT_SSL_CAINFO", self.ca_dir().join("ca.crt"))
-            .env("HOME", self.dir.path())
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_AUTHOR_NAME", "Tester")
-            .env("GIT_AUTHOR_EMAIL", "tester@example.com")
-            .env("GIT_COMMITTER_NAME", "Tester")
-            .env("GIT_COMMITTER_EMAIL", "tester@example.com");
-        if let Some(u) = user {
-            c.env("GIT_SSL_CERT", self.ca_dir().join(format!("{u}.crt")))
-                .env("GIT_SSL_KEY", self.ca_dir().join(format!("{u}.key")));
+        self.git_client(user).run(cwd, args)
+    }
+
+    /// What runs `git` against this region as `user`, usable from other threads.
+    pub fn git_client(&self, user: Option<&str>) -> GitClient {
+        GitClient {
+            home: self.dir.path().to_owned(),
+            ca: self.ca_dir().join("ca.crt"),
+            identity: user.map(|u| {
+                (
+                    self.ca_dir().join(format!("{u}.crt")),
+                    self.ca_dir().join(format!("{u}.key")),
+                )
+            }),
         }
-        c.output().expect("git")
     }
 
     /// Like [`Region::git`] as admin, asserting success; returns stdout.
@@ -343,5 +340,46 @@ impl Drop for Region {
         for k in 1..=self.nodes {
             self.stop_at(k, libc::SIGTERM);
         }
+    }
+}
+
+/// Runs the real `git` against a region (CA, HOME and a client certificate set).
+#[derive(Debug, Clone)]
+pub struct GitClient {
+    home: PathBuf,
+    ca: PathBuf,
+    identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl GitClient {
+    pub fn run(&self, cwd: &Path, args: &[&str]) -> Output {
+        let mut c = Command::new("git");
+        c.args(args)
+            .current_dir(cwd)
+            .env_remove("GIT_SSL_CERT")
+            .env_remove("GIT_SSL_KEY")
+            .env("GIT_SSL_CAINFO", &self.ca)
+            .env("HOME", &self.home)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_AUTHOR_NAME", "Tester")
+            .env("GIT_AUTHOR_EMAIL", "tester@example.com")
+            .env("GIT_COMMITTER_NAME", "Tester")
+            .env("GIT_COMMITTER_EMAIL", "tester@example.com");
+        if let Some((cert, key)) = &self.identity {
+            c.env("GIT_SSL_CERT", cert).env("GIT_SSL_KEY", key);
+        }
+        c.output().expect("git")
+    }
+
+    /// Like [`GitClient::run`], asserting success; returns stdout.
+    pub fn ok(&self, cwd: &Path, args: &[&str]) -> String {
+        let out = self.run(cwd, args);
+        assert!(
+            out.status.success(),
+            "git {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
