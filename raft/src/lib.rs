@@ -3,11 +3,9 @@
 //! on the shard's storage engine ([`log_store`]) and the state machine
 //! ([`state_machine`]).
 //!
-//! Status: the building blocks pass openraft's runtime conformance suite and its storage
-//! suite, and a single-member group elects itself, commits and survives a restart on
-//! real files. The network between nodes, membership changes driven by `serve
-//! --joinnode`, and the push path through raft are the replication issue's remaining
-//! work. Depends only on `storage`.
+//! One group per shard: shard k of every node of the region. The network between
+//! members and the side effects around applying (object presence) are provided by the
+//! node (the root package's `cluster` module). Depends only on `storage`.
 
 pub mod log_store;
 pub mod runtime;
