@@ -101,12 +101,29 @@ fn three_nodes_push_to_any_clone_from_every() {
         assert_eq!(refs_at(&region, k, "test"), expected, "node {k}");
         clone_and_fsck(&region, k, "test", &format!("clone{k}"));
     }
-    // Push to each node in turn, each on top of the last.
+    // Push to each node in turn, each on top of the last; git shows the replication.
     for k in [2, 3, 1] {
         let tip = commit(&region, &w, 10 + k);
-        region.git_ok(
+        let out = region.git(
+            Some("admin"),
             &w,
-            &["push", "-q", &region.repo_url_of(k, "test"), "master"],
+            &[
+                "push",
+                "--progress",
+                &region.repo_url_of(k, "test"),
+                "master",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let progress = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            progress.contains("replicating: 2/3 nodes")
+                || progress.contains("replicating: 3/3 nodes"),
+            "{progress}"
         );
         for j in 1..=3 {
             assert!(
