@@ -1,11 +1,15 @@
-//! `cargo bench --bench git_http`: a repoSpanner node against `git http-backend` behind
-//! nginx (fcgiwrap, client certificates), side by side in the same run, with the real
-//! git client: small-push latency, push and clone of a generated ~100 MiB repository,
-//! and server CPU per clone. Needs `nginx` and `fcgiwrap` (Debian packages); without
-//! them it measures the node alone and says so.
+//! `cargo bench --bench git_http`: a repoSpanner node and a 3-node region against
+//! `git http-backend` behind nginx (fcgiwrap, client certificates), side by side in the
+//! same run, with the real git client: small-push latency, push and clone of a generated
+//! ~100 MiB repository (the region's clone from a node other than the one pushed to),
+//! server CPU per clone; and pushes per second of 32 concurrent pushers to distinct
+//! repositories, from a load generator that speaks the push protocol itself (so git's
+//! start-up does not hide the server). Needs `nginx` and `fcgiwrap` (Debian packages);
+//! without them it measures repoSpanner alone and says so.
 //!
 //! `BENCH_MB=N` sets the size of the big repository (default 100), `BENCH_PUSHES=N` the
-//! number of small pushes (default 20).
+//! number of small pushes (default 20), `BENCH_PUSHERS=N` and `BENCH_SECONDS=N` the
+//! concurrent-push load (default 32 pushers for 10 s).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -116,6 +120,8 @@ fn generate(env: &Env, w: &Path, mb: usize) {
 struct Server {
     name: &'static str,
     url: String,
+    /// Where clones are measured from (another node of a region).
+    clone_url: String,
     /// Processes whose CPU is the server's.
     pids: Vec<u32>,
     children: Vec<Child>,
@@ -131,63 +137,98 @@ impl Drop for Server {
     }
 }
 
-fn start_node(dir: &Path, port: u16) -> (Server, Env) {
+/// Repositories the concurrent pushers write to.
+const PUSH_REPOS: usize = 32;
+
+/// A region of `nodes` nodes made as operators do (spawn, join, serve); the server's
+/// CPU counts every node.
+fn start_region(dir: &Path, port: u16, nodes: usize) -> (Server, Env) {
     let qs = dir.join("qs");
     run(Command::new(BIN)
         .args([
             "quickstart",
             "--no-start",
+            "--nodes",
+            &nodes.to_string(),
             "--port",
             &port.to_string(),
             "--dir",
         ])
         .arg(&qs));
-    let config = qs.join("node1/config.yml");
+    let config = |k: usize| qs.join(format!("node{k}/config.yml"));
     run(Command::new(BIN)
         .arg("--config")
-        .arg(&config)
+        .arg(config(1))
         .args(["serve", "--spawn"]));
-    let log = std::fs::File::create(qs.join("node1/node.log")).expect("log");
-    let child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("node");
     let env = Env {
         dir: dir.to_owned(),
         ca: qs.join("ca/ca.crt"),
         cert: qs.join("ca/admin.crt"),
         key: qs.join("ca/admin.key"),
     };
-    let url = format!("https://localhost:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while env
-        .git(dir, &["ls-remote", &format!("{url}/repo/test.git")])
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "node did not start");
-        std::thread::sleep(Duration::from_millis(100));
+    let mut children = Vec::new();
+    for k in 1..=nodes {
+        if k > 1 {
+            run(Command::new(BIN)
+                .arg("--config")
+                .arg(config(k))
+                .args([
+                    "serve",
+                    "--joinnode",
+                    &format!("https://127.0.0.1:{}", port + 1),
+                ])
+                .env("RUST_LOG", "warn"));
+        }
+        let log = std::fs::File::create(qs.join(format!("node{k}/node.log"))).expect("log");
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(config(k))
+            .arg("serve")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("node");
+        children.push(child);
+        let url = format!("https://localhost:{}", port + 2 * (k as u16 - 1));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while env
+            .git(dir, &["ls-remote", &format!("{url}/repo/test.git")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "node {k} did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
-    for r in ["small", "big"] {
+    let repos = ["small".to_string(), "big".to_string()]
+        .into_iter()
+        .chain((0..PUSH_REPOS).map(|i| format!("p{i}")));
+    for r in repos {
         run(Command::new(BIN)
             .arg("--config")
-            .arg(&config)
-            .args(["admin", "repo", "create", r])
+            .arg(config(1))
+            .args(["admin", "repo", "create", &r])
             .env("RUST_LOG", "warn"));
     }
-    let pid = child.id();
+    let url = format!("https://localhost:{port}");
+    let clone_url = if nodes > 1 {
+        format!("https://localhost:{}", port + 2)
+    } else {
+        url.clone()
+    };
     (
         Server {
-            name: "repospanner",
+            name: if nodes > 1 {
+                "3-node region"
+            } else {
+                "repospanner"
+            },
             url,
-            pids: vec![pid],
-            children: vec![child],
+            clone_url,
+            pids: children.iter().map(Child::id).collect(),
+            children,
         },
         env,
     )
@@ -202,7 +243,10 @@ fn start_nginx(dir: &Path, env: &Env, port: u16) -> Option<Server> {
     let root = dir.join("nginx");
     let repos = root.join("repos");
     std::fs::create_dir_all(root.join("logs")).ok()?;
-    for r in ["small", "big"] {
+    let names = ["small".to_string(), "big".to_string()]
+        .into_iter()
+        .chain((0..PUSH_REPOS).map(|i| format!("p{i}")));
+    for r in names {
         let p = repos.join(format!("{r}.git"));
         env.git_ok(dir, &["init", "-q", "--bare", p.to_str()?]);
         env.git_ok(&p, &["config", "http.receivepack", "true"]);
@@ -312,6 +356,7 @@ http {{
     }
     Some(Server {
         name: "git http-backend",
+        clone_url: url.clone(),
         url,
         pids,
         children: vec![nginx, fcgi],
@@ -370,6 +415,7 @@ fn measure(env: &Env, s: &Server, work: &Path, big: &Path, pushes: usize) -> Fig
     );
     let big_push = t.elapsed().as_secs_f64();
     let target = work.join(format!("clone-{}", s.name.replace(' ', "-")));
+    let url_big = format!("{}/repo/big.git", s.clone_url);
     let cpu0 = server_cpu(s);
     let t = Instant::now();
     env.git_ok(
@@ -394,22 +440,146 @@ fn measure(env: &Env, s: &Server, work: &Path, big: &Path, pushes: usize) -> Fig
     }
 }
 
+/// One commit (blob, tree, commit) as a pack, built by hand: what a pusher sends.
+fn one_commit_pack(content: &[u8], parent: Option<&str>, seq: usize) -> (Vec<u8>, String) {
+    use sha1::Digest;
+    use std::io::Write;
+    fn id(kind: &str, body: &[u8]) -> [u8; 20] {
+        let mut h = sha1::Sha1::new();
+        h.update(format!("{kind} {}\0", body.len()).as_bytes());
+        h.update(body);
+        h.finalize().into()
+    }
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+    let blob = content.to_vec();
+    let blob_id = id("blob", &blob);
+    let mut tree = b"100644 f.txt\0".to_vec();
+    tree.extend_from_slice(&blob_id);
+    let tree_id = id("tree", &tree);
+    let mut commit = format!("tree {}\n", hex(&tree_id));
+    if let Some(p) = parent {
+        commit.push_str(&format!("parent {p}\n"));
+    }
+    commit.push_str(&format!(
+        "author b <b@example.com> {} +0000\ncommitter b <b@example.com> {} +0000\n\npush {seq}\n",
+        1_700_000_000 + seq,
+        1_700_000_000 + seq
+    ));
+    let commit = commit.into_bytes();
+    let commit_id = id("commit", &commit);
+    let mut pack = b"PACK".to_vec();
+    pack.extend_from_slice(&2u32.to_be_bytes());
+    pack.extend_from_slice(&3u32.to_be_bytes());
+    for (kind, body) in [(3u8, &blob), (2, &tree), (1, &commit)] {
+        let mut size = body.len();
+        let mut byte = (kind << 4) | (size & 15) as u8;
+        size >>= 4;
+        while size > 0 {
+            pack.push(byte | 0x80);
+            byte = (size & 0x7f) as u8;
+            size >>= 7;
+        }
+        pack.push(byte);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(body).expect("deflate");
+        pack.extend_from_slice(&z.finish().expect("deflate"));
+    }
+    let trailer: [u8; 20] = sha1::Sha1::digest(&pack).into();
+    pack.extend_from_slice(&trailer);
+    (pack, hex(&commit_id))
+}
+
+/// A receive-pack request body updating refs/heads/master from `old` to `new`.
+fn push_body(old: &str, new: &str, pack: &[u8]) -> Vec<u8> {
+    let line = format!("{old} {new} refs/heads/master\0report-status\n");
+    let mut b = format!("{:04x}{line}0000", line.len() + 4).into_bytes();
+    b.extend_from_slice(pack);
+    b
+}
+
+/// Pushes per second of `pushers` threads, each pushing one commit at a time to its own
+/// repository for `secs` seconds, speaking the push protocol directly.
+fn push_rate(env: &Env, s: &Server, pushers: usize, secs: u64) -> (f64, usize) {
+    let ca = std::fs::read(&env.ca).expect("ca");
+    let cert = std::fs::read(&env.cert).expect("cert");
+    let key = std::fs::read(&env.key).expect("key");
+    let end = Instant::now() + Duration::from_secs(secs);
+    let failures = std::sync::atomic::AtomicUsize::new(0);
+    let done: usize = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..pushers)
+            .map(|i| {
+                let (ca, cert, key, failures) = (&ca, &cert, &key, &failures);
+                let url = s.url.clone();
+                sc.spawn(move || {
+                    let mut old = "0".repeat(40);
+                    let mut n = 0;
+                    let mut seq = 0;
+                    while Instant::now() < end {
+                        seq += 1;
+                        let content = format!("{} pusher {i} push {seq}\n", s.name);
+                        let parent = (old != "0".repeat(40)).then_some(old.as_str());
+                        let (pack, new) = one_commit_pack(content.as_bytes(), parent, seq);
+                        let body = push_body(&old, &new, &pack);
+                        let r = repospanner::admin::request_raw(
+                            &url,
+                            ca,
+                            Some((cert, key)),
+                            "POST",
+                            &format!("/repo/p{}.git/git-receive-pack", i % PUSH_REPOS),
+                            &[("content-type", "application/x-git-receive-pack-request")],
+                            Some(&body),
+                        );
+                        match r {
+                            Ok(r)
+                                if r.status == 200
+                                    && String::from_utf8_lossy(&r.body)
+                                        .contains("ok refs/heads/master") =>
+                            {
+                                old = new;
+                                n += 1;
+                            }
+                            _ => {
+                                failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    (
+        done as f64 / secs as f64,
+        failures.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let mb: usize = std::env::var("BENCH_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    let pushes: usize = std::env::var("BENCH_PUSHES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let var = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let mb = var("BENCH_MB", 100);
+    let pushes = var("BENCH_PUSHES", 20);
+    let pushers = var("BENCH_PUSHERS", 32);
+    let secs = var("BENCH_SECONDS", 10) as u64;
     let dir = tempfile::tempdir().expect("tempdir");
     let base_port = 30000 + (std::process::id() % 20000) as u16;
-    let (node, env) = start_node(dir.path(), base_port);
-    let nginx = start_nginx(dir.path(), &env, base_port + 10);
+    let one_dir = dir.path().join("one");
+    let three_dir = dir.path().join("three");
+    std::fs::create_dir_all(&one_dir).expect("dir");
+    std::fs::create_dir_all(&three_dir).expect("dir");
+    let (node, env) = start_region(&one_dir, base_port, 1);
+    let (region, env3) = start_region(&three_dir, base_port + 20, 3);
+    let nginx = start_nginx(&one_dir, &env, base_port + 10);
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).expect("work");
     let big = work.join("big-src");
@@ -424,53 +594,79 @@ fn main() {
                 >> 20
         })
         .unwrap_or(0);
-    println!("## git over HTTPS with client certificates: repoSpanner-rs node vs git http-backend behind nginx (same machine, same run)");
+    println!("## git over HTTPS with client certificates: repoSpanner-rs (one node; a 3-node region) vs git http-backend behind nginx (same machine, same run)");
     println!(
         "generated a repository of 200 commits, {pack_mb} MiB packed, in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let ours = measure(&env, &node, &work, &big, pushes);
     let theirs = nginx
         .as_ref()
         .map(|n| measure(&env, n, &work, &big, pushes));
-    let row = |what: &str, a: f64, b: Option<f64>, unit: &str| match b {
-        Some(b) => println!(
-            "{what:<28} repospanner {a:>8.3} {unit} | http-backend {b:>8.3} {unit} | ratio {:.2}",
-            a / b
+    let one = measure(&env, &node, &work, &big, pushes);
+    let three = measure(&env3, &region, &work, &big, pushes);
+    let rate_theirs = nginx.as_ref().map(|n| push_rate(&env, n, pushers, secs));
+    let rate_one = push_rate(&env, &node, pushers, secs);
+    let rate_three = push_rate(&env3, &region, pushers, secs);
+    let row = |what: &str, a: f64, b: f64, base: Option<f64>, unit: &str| {
+        match base {
+        Some(c) => println!(
+            "{what:<30} one node {a:>8.3} {unit} ({:.2}x) | 3 nodes {b:>8.3} {unit} ({:.2}x) | http-backend {c:>8.3} {unit}",
+            a / c,
+            b / c
         ),
         None => println!(
-            "{what:<28} repospanner {a:>8.3} {unit} | (no baseline: install nginx and fcgiwrap)"
+            "{what:<30} one node {a:>8.3} {unit} | 3 nodes {b:>8.3} {unit} | (no baseline: install nginx and fcgiwrap)"
         ),
+    }
     };
+    let base = |f: fn(&Figures) -> f64| theirs.as_ref().map(f);
     row(
         "small push p50",
-        ours.small_p50,
-        theirs.as_ref().map(|t| t.small_p50),
+        one.small_p50,
+        three.small_p50,
+        base(|t| t.small_p50),
         "s",
     );
     row(
         "small push p99",
-        ours.small_p99,
-        theirs.as_ref().map(|t| t.small_p99),
+        one.small_p99,
+        three.small_p99,
+        base(|t| t.small_p99),
         "s",
     );
     row(
         &format!("push of {pack_mb} MiB repository"),
-        ours.big_push,
-        theirs.as_ref().map(|t| t.big_push),
+        one.big_push,
+        three.big_push,
+        base(|t| t.big_push),
         "s",
     );
     row(
-        "clone of it",
-        ours.clone,
-        theirs.as_ref().map(|t| t.clone),
+        "clone of it (3 nodes: node 2)",
+        one.clone,
+        three.clone,
+        base(|t| t.clone),
         "s",
     );
     row(
         "server CPU per clone",
-        ours.clone_cpu,
-        theirs.as_ref().map(|t| t.clone_cpu),
+        one.clone_cpu,
+        three.clone_cpu,
+        base(|t| t.clone_cpu),
         "s",
     );
-    println!("(ratio = repospanner / baseline; below 1 is better)");
+    row(
+        &format!("pushes/s, {pushers} pushers"),
+        rate_one.0,
+        rate_three.0,
+        rate_theirs.map(|r| r.0),
+        "/s",
+    );
+    println!(
+        "(failed pushes during the load: one node {}, 3 nodes {}, http-backend {})",
+        rate_one.1,
+        rate_three.1,
+        rate_theirs.map_or("-".to_string(), |r| r.1.to_string())
+    );
+    println!("(ratio = repospanner / baseline: below 1 is better for times, above 1 for pushes/s; 3-node CPU counts all three nodes)");
 }
