@@ -37,6 +37,9 @@ use crate::cluster::{
     raft_config, rpc_path, store_objects, Network, ObjectSync, RpcReply, ShardRaft,
 };
 
+/// Size of one object-sync request body to a peer.
+const SYNC_CHUNK_BYTES: usize = 8 << 20;
+
 /// Who this node is.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Identity {
@@ -551,17 +554,38 @@ impl<D: Dir> Backend for NodeBackend<D> {
         let total = voters.len().max(1);
         let (tx, mut rx) = futures_channel::mpsc::unbounded::<(u64, Result<(), String>)>();
         if !peers.is_empty() {
-            let mut body = encode_ids(ns, &[]);
-            body.extend_from_slice(&encode_objects(&objects));
-            let body = Bytes::from(body);
+            // In bodies of about SYNC_CHUNK_BYTES: a peer stores one while the next is
+            // on its way, and holds no more than one in memory.
+            let mut chunks = Vec::new();
+            let mut start = 0;
+            while start < objects.len() {
+                let mut end = start;
+                let mut bytes = 0;
+                while end < objects.len() && (end == start || bytes < SYNC_CHUNK_BYTES) {
+                    bytes += objects[end].deflated.len() + 64;
+                    end += 1;
+                }
+                let mut body = encode_ids(ns, &[]);
+                body.extend_from_slice(&encode_objects(&objects[start..end]));
+                chunks.push(Bytes::from(body));
+                start = end;
+            }
+            let chunks = Rc::new(chunks);
             for (id, addr) in peers {
-                let (tx, body, client) = (tx.clone(), body.clone(), self.inner.client.clone());
+                let (tx, chunks, client) = (tx.clone(), chunks.clone(), self.inner.client.clone());
                 let path = rpc_path(self.inner.shard, "objects");
-                let timeout = self.inner.timeout;
+                let deadline = Instant::now() + self.inner.timeout;
                 // Sends to every member; a slow one finishes in the background.
                 glommio::spawn_local(async move {
-                    let r = client.post(&addr, &path, body, timeout).await;
-                    let _ = tx.unbounded_send((id, r.map(|_| ()).map_err(|e| e.to_string())));
+                    let mut r = Ok(());
+                    for c in chunks.iter() {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if let Err(e) = client.post(&addr, &path, c.clone(), left).await {
+                            r = Err(e.to_string());
+                            break;
+                        }
+                    }
+                    let _ = tx.unbounded_send((id, r));
                 })
                 .detach();
             }
