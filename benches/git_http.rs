@@ -166,7 +166,21 @@ fn start_region(dir: &Path, port: u16, nodes: usize) -> (Server, Env) {
         cert: qs.join("ca/admin.crt"),
         key: qs.join("ca/admin.key"),
     };
-    let mut children = Vec::new();
+    // Killed on drop, also if starting a later node fails.
+    let mut server = Server {
+        name: if nodes > 1 {
+            "3-node region"
+        } else {
+            "repospanner"
+        },
+        url: format!("https://localhost:{port}"),
+        clone_url: format!(
+            "https://localhost:{}",
+            if nodes > 1 { port + 2 } else { port }
+        ),
+        pids: Vec::new(),
+        children: Vec::new(),
+    };
     for k in 1..=nodes {
         if k > 1 {
             run(Command::new(BIN)
@@ -189,7 +203,8 @@ fn start_region(dir: &Path, port: u16, nodes: usize) -> (Server, Env) {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("node");
-        children.push(child);
+        server.pids.push(child.id());
+        server.children.push(child);
         let url = format!("https://localhost:{}", port + 2 * (k as u16 - 1));
         let deadline = Instant::now() + Duration::from_secs(30);
         while env
@@ -198,7 +213,11 @@ fn start_region(dir: &Path, port: u16, nodes: usize) -> (Server, Env) {
             .map(|o| !o.status.success())
             .unwrap_or(true)
         {
-            assert!(Instant::now() < deadline, "node {k} did not start");
+            assert!(
+                Instant::now() < deadline,
+                "node {k} did not start:\n{}",
+                std::fs::read_to_string(qs.join(format!("node{k}/node.log"))).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -212,26 +231,7 @@ fn start_region(dir: &Path, port: u16, nodes: usize) -> (Server, Env) {
             .args(["admin", "repo", "create", &r])
             .env("RUST_LOG", "warn"));
     }
-    let url = format!("https://localhost:{port}");
-    let clone_url = if nodes > 1 {
-        format!("https://localhost:{}", port + 2)
-    } else {
-        url.clone()
-    };
-    (
-        Server {
-            name: if nodes > 1 {
-                "3-node region"
-            } else {
-                "repospanner"
-            },
-            url,
-            clone_url,
-            pids: children.iter().map(Child::id).collect(),
-            children,
-        },
-        env,
-    )
+    (server, env)
 }
 
 fn start_nginx(dir: &Path, env: &Env, port: u16) -> Option<Server> {
@@ -572,7 +572,8 @@ fn main() {
     let pushers = var("BENCH_PUSHERS", 32);
     let secs = var("BENCH_SECONDS", 10) as u64;
     let dir = tempfile::tempdir().expect("tempdir");
-    let base_port = 30000 + (std::process::id() % 20000) as u16;
+    // Below the ephemeral range (32768-60999), so no outgoing connection holds a port.
+    let base_port = 20000 + (std::process::id() % 12000) as u16;
     let one_dir = dir.path().join("one");
     let three_dir = dir.path().join("three");
     std::fs::create_dir_all(&one_dir).expect("dir");

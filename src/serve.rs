@@ -340,6 +340,9 @@ fn run(config: &Config, join: Option<String>) -> Result<()> {
         };
         let h = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{k}"))
+            // Pack verification runs on this thread, on any CPU: the shard's own core
+            // stays free for its executor (heartbeats, other requests).
+            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1))
             .spawn(move || async move {
                 run_shard(k, shards, sc, tls, identity, limits, connections_max, to_peers, inbox, join).await
             })

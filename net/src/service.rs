@@ -774,12 +774,13 @@ async fn receive_pack_body<B: Backend + 'static>(
                 let _ = progress_tx.clone().try_send(Bytes::from(o));
             }
         };
+        let pack = Bytes::from(body).slice(push.pack_at..);
         let report = receive::receive(
             &ctx.backend,
             &repo,
             &state,
             &push,
-            &body[push.pack_at..],
+            pack,
             &limits,
             pre_read,
             progress,

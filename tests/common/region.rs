@@ -11,7 +11,8 @@ use super::BIN;
 /// `2 * nodes` free consecutive loopback ports (user, node of each node).
 fn free_ports(nodes: u16) -> u16 {
     for _ in 0..200 {
-        let p: u16 = 20000 + (rand_u32() % 40000) as u16;
+        // Below the ephemeral range (32768-60999): no outgoing connection takes them.
+        let p: u16 = 20000 + (rand_u32() % 12000) as u16;
         let held: Vec<_> = (0..2 * nodes)
             .map(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)))
             .collect();

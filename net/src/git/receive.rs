@@ -229,7 +229,7 @@ pub async fn receive<B: Backend>(
     repo: &str,
     state: &RepoState,
     req: &PushRequest,
-    pack_bytes: &[u8],
+    pack_bytes: bytes::Bytes,
     limits: &Limits,
     pre_read: Option<Result<Vec<pack::Entry>, pack::PackError>>,
     mut progress: impl FnMut(String),
@@ -246,7 +246,7 @@ pub async fn receive<B: Backend>(
             return Report::all_failed(commands, Err("missing pack".into()), "unpacker error");
         }
         // Entries already read while the pack arrived, or read now.
-        let entries = match pre_read.unwrap_or_else(|| pack::read_entries(pack_bytes, limits)) {
+        let entries = match pre_read.unwrap_or_else(|| pack::read_entries(&pack_bytes, limits)) {
             Ok(e) => e,
             Err(e) => return Report::all_failed(commands, Err(e.to_string()), "unpacker error"),
         };
@@ -273,8 +273,15 @@ pub async fn receive<B: Backend>(
                 }
             }
         }
-        resolved = match pack::resolve(pack_bytes, &entries, limits, |o| externals.get(o).cloned())
-        {
+        // Inflating and hashing a large pack takes seconds of CPU: off the executor, so
+        // the shard keeps serving (raft heartbeats above all) meanwhile.
+        let (pack, limits_copy) = (pack_bytes.clone(), *limits);
+        let resolution = glommio::executor()
+            .spawn_blocking(move || {
+                pack::resolve(&pack, &entries, &limits_copy, |o| externals.get(o).cloned())
+            })
+            .await;
+        resolved = match resolution {
             Ok(r) => r,
             Err(e) => return Report::all_failed(commands, Err(e.to_string()), "unpacker error"),
         };
