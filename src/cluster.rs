@@ -402,6 +402,29 @@ pub struct ObjectSync<D: Dir> {
     pub self_id: u64,
     /// Set once the group's raft handle exists (it is created with these hooks).
     pub raft: Rc<OnceCell<ShardRaft<D>>>,
+    /// When object sync into each namespace last made progress (see [`SyncActivity`]).
+    pub activity: SyncActivity,
+}
+
+/// When a peer's object sync into a namespace last started or stored a body. An entry
+/// that commits while its objects are still arriving (this node was not among the
+/// first majority) waits for them instead of fetching them a second time.
+#[derive(Debug, Clone, Default)]
+pub struct SyncActivity(Rc<std::cell::RefCell<std::collections::HashMap<u64, std::time::Instant>>>);
+
+/// How long after the last sync activity a namespace counts as still receiving.
+const SYNC_QUIET: Duration = Duration::from_secs(2);
+
+impl SyncActivity {
+    pub fn touch(&self, ns: u64) {
+        self.0.borrow_mut().insert(ns, std::time::Instant::now());
+    }
+    fn receiving(&self, ns: u64) -> bool {
+        self.0
+            .borrow()
+            .get(&ns)
+            .is_some_and(|t| t.elapsed() < SYNC_QUIET)
+    }
 }
 
 impl<D: Dir> std::fmt::Debug for ObjectSync<D> {
@@ -420,6 +443,7 @@ impl<D: Dir> Clone for ObjectSync<D> {
             shard: self.shard,
             self_id: self.self_id,
             raft: self.raft.clone(),
+            activity: self.activity.clone(),
         }
     }
 }
@@ -477,6 +501,11 @@ impl<D: Dir> ObjectSync<D> {
             }
             if crate::serve::stop_requested() {
                 return Err(io::Error::other("stopping"));
+            }
+            if self.activity.receiving(ns) {
+                // A peer is still sending them.
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                continue;
             }
             for (id, addr) in self.peers(known) {
                 for chunk in missing.chunks(10_000) {

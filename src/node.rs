@@ -34,7 +34,7 @@ use tracing::{info, warn};
 
 use crate::cluster::{
     decode_ids, decode_objects, decode_snapshot_body, encode_ids, encode_objects, peers_of,
-    raft_config, rpc_path, store_objects, Network, ObjectSync, RpcReply, ShardRaft,
+    raft_config, rpc_path, store_objects, Network, ObjectSync, RpcReply, ShardRaft, SyncActivity,
 };
 
 /// Size of one object-sync request body to a peer.
@@ -64,6 +64,7 @@ struct Inner<D: Dir> {
     /// How long a push waits for a majority, and a read for proof it is current.
     timeout: Duration,
     pushes: Cell<u64>,
+    activity: SyncActivity,
 }
 
 /// A shard's repositories.
@@ -179,12 +180,14 @@ impl<D: Dir> NodeBackend<D> {
         timeout: Duration,
     ) -> Result<Self, BackendError> {
         let cell = Rc::new(OnceCell::new());
+        let activity = SyncActivity::default();
         let hooks = ObjectSync {
             store: store.clone(),
             client: client.clone(),
             shard,
             self_id: identity.id,
             raft: cell.clone(),
+            activity: activity.clone(),
         };
         let sm = StateMachine::open(store.clone(), Rc::new(hooks))
             .await
@@ -215,6 +218,7 @@ impl<D: Dir> NodeBackend<D> {
                 started: Instant::now(),
                 timeout,
                 pushes: Cell::new(0),
+                activity,
             }),
         })
     }
@@ -754,9 +758,11 @@ impl<D: Dir> Backend for NodeBackend<D> {
                 let (ns, _) =
                     decode_ids(body.get(..8).unwrap_or(&[])).map_err(|e| (400, e.to_string()))?;
                 let objs = decode_objects(&body[8..]).map_err(|e| (400, e.to_string()))?;
+                self.inner.activity.touch(ns);
                 store_objects(&self.inner.store, ns, objs)
                     .await
                     .map_err(|e| (500, e.to_string()))?;
+                self.inner.activity.touch(ns);
                 Ok(b"ok".to_vec())
             }
             "fetch" => {
