@@ -202,6 +202,9 @@ pub fn decode_ids(b: &[u8]) -> Result<(u64, Vec<Oid>), WireError> {
     Ok((ns, oids))
 }
 
+/// Largest answer to one `fetch` (the asker asks again for what is still missing).
+pub const FETCH_REPLY_BYTES: usize = 32 << 20;
+
 /// Largest single append when storing synced objects.
 const APPEND_BYTES: usize = 64 << 20;
 
@@ -508,9 +511,22 @@ impl<D: Dir> ObjectSync<D> {
                 continue;
             }
             for (id, addr) in self.peers(known) {
-                for chunk in missing.chunks(10_000) {
-                    let body = Bytes::from(encode_ids(ns, chunk));
-                    match self
+                // Ask this peer until it has nothing more of what is missing (each
+                // answer is bounded, see `FETCH_REPLY_BYTES`).
+                loop {
+                    let have = self.store.contains_many(Namespace(ns), &missing);
+                    missing = missing
+                        .into_iter()
+                        .zip(have)
+                        .filter(|(_, h)| !h)
+                        .map(|(o, _)| o)
+                        .collect();
+                    if missing.is_empty() {
+                        return Ok(());
+                    }
+                    let ask = &missing[..missing.len().min(10_000)];
+                    let body = Bytes::from(encode_ids(ns, ask));
+                    let reply = self
                         .client
                         .post(
                             &addr,
@@ -518,36 +534,28 @@ impl<D: Dir> ObjectSync<D> {
                             body,
                             Duration::from_secs(300),
                         )
-                        .await
-                    {
-                        Ok(b) => match decode_objects(&b) {
-                            Ok(objs) => {
-                                let n = objs.len();
-                                store_objects(&self.store, ns, objs)
-                                    .await
-                                    .map_err(io::Error::other)?;
-                                if n > 0 {
-                                    info!(
-                                        shard = self.shard,
-                                        from = id,
-                                        objects = n,
-                                        "fetched missing objects from a peer"
-                                    );
-                                }
-                            }
-                            Err(e) => {
-                                warn!(shard = self.shard, peer = id, error = %e, "object fetch")
-                            }
-                        },
+                        .await;
+                    let objs = match reply.map(|b| decode_objects(&b)) {
+                        Ok(Ok(objs)) if !objs.is_empty() => objs,
+                        Ok(Ok(_)) => break,
+                        Ok(Err(e)) => {
+                            warn!(shard = self.shard, peer = id, error = %e, "object fetch");
+                            break;
+                        }
                         Err(e) => {
                             warn!(shard = self.shard, peer = id, error = %e, "object fetch");
                             break;
                         }
-                    }
-                }
-                let have = self.store.contains_many(Namespace(ns), &missing);
-                if have.iter().all(|h| *h) {
-                    return Ok(());
+                    };
+                    info!(
+                        shard = self.shard,
+                        from = id,
+                        objects = objs.len(),
+                        "fetched missing objects from a peer"
+                    );
+                    store_objects(&self.store, ns, objs)
+                        .await
+                        .map_err(io::Error::other)?;
                 }
             }
             round += 1;

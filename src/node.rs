@@ -35,6 +35,7 @@ use tracing::{info, warn};
 use crate::cluster::{
     decode_ids, decode_objects, decode_snapshot_body, encode_ids, encode_objects, peers_of,
     raft_config, rpc_path, store_objects, Network, ObjectSync, RpcReply, ShardRaft, SyncActivity,
+    FETCH_REPLY_BYTES,
 };
 
 /// Size of one object-sync request body to a peer.
@@ -768,7 +769,11 @@ impl<D: Dir> Backend for NodeBackend<D> {
             "fetch" => {
                 let (ns, oids) = decode_ids(&body).map_err(|e| (400, e.to_string()))?;
                 let mut found = Vec::new();
+                let mut bytes = 0;
                 for o in oids {
+                    if bytes >= FETCH_REPLY_BYTES {
+                        break;
+                    }
                     if let Some(obj) = self
                         .inner
                         .store
@@ -776,6 +781,7 @@ impl<D: Dir> Backend for NodeBackend<D> {
                         .await
                         .map_err(|e| (500, e.to_string()))?
                     {
+                        bytes += obj.deflated.len() + 64;
                         found.push(obj);
                     }
                 }
@@ -859,12 +865,19 @@ impl<D: Dir> Backend for NodeBackend<D> {
         let id = &self.inner.identity;
         let s = self.inner.store.stats();
         let m = self.raft().metrics().borrow_watched().clone();
-        let status = if m.current_leader.is_some() && m.running_state.is_ok() {
-            "ok"
-        } else if m.running_state.is_err() {
+        let voters = m.membership_config.voter_ids().count();
+        let quorum_age = m.last_quorum_acked.as_ref().map(|i| i.elapsed());
+        let status = if m.running_state.is_err() {
             "failed"
-        } else {
+        } else if m.current_leader.is_none() {
             "no leader"
+        } else if m.state == ServerState::Leader
+            && voters > 1
+            && quorum_age.is_none_or(|a| a > Duration::from_secs(3))
+        {
+            "leader without a quorum"
+        } else {
+            "ok"
         };
         serde_json::json!({
             "NodeID": id.id,

@@ -216,6 +216,21 @@ fn without_a_majority_pushes_fail_cleanly_and_resume_after() {
     );
     region.stop_at(2, libc::SIGKILL);
     region.stop_at(3, libc::SIGKILL);
+    // Monitoring sees it: the lone node's groups have no quorum (CRITICAL).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = region.repospanner_at(1, &["admin", "nodestatus", "--nagios"]);
+        if out.status.code() == Some(2) {
+            assert!(String::from_utf8_lossy(&out.stdout).starts_with("CRITICAL"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nagios still says: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     commit(&region, &w, 1);
     let out = region.git(
         Some("admin"),
