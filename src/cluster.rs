@@ -38,15 +38,15 @@ use tracing::{info, warn};
 /// A shard's raft handle.
 pub type ShardRaft<D> = Raft<C, StateMachine<D>>;
 
-/// The raft settings of every group. Heartbeats keep an idle region quiet (five
-/// small requests a second per peer); an election follows 1-2 s of silence.
+/// The raft settings of every group. Heartbeats keep an idle region quiet (two small
+/// requests a second per peer and group); an election follows 1.5-3 s of silence.
 pub fn raft_config() -> Arc<openraft::Config> {
     Arc::new(
         openraft::Config {
             cluster_name: "repospanner".into(),
-            heartbeat_interval: 200,
-            election_timeout_min: 1000,
-            election_timeout_max: 2000,
+            heartbeat_interval: 500,
+            election_timeout_min: 1500,
+            election_timeout_max: 3000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),
             max_in_snapshot_log_to_keep: 500,
             ..Default::default()

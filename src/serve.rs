@@ -504,9 +504,11 @@ async fn run_shard(
         .detach();
     }
     // Listeners run until a signal; a listener that fails ends the node.
+    // The stop flag is checked twice a second: a signal handler can only set a flag, and
+    // an idle node should wake as rarely as it can.
     let watch = async {
         while !stop_requested() {
-            glommio::timer::sleep(Duration::from_millis(200)).await;
+            glommio::timer::sleep(Duration::from_millis(500)).await;
         }
     };
     let r = futures_lite::future::or(
