@@ -272,15 +272,35 @@ pub enum RpcReply<T> {
 #[error("{0}")]
 struct Remote(String);
 
+/// Why a raft RPC failed: the peer was not reached, or something else went wrong.
+enum Failure {
+    Unreachable(ClientError),
+    Network(String),
+}
+
+impl Failure {
+    fn rpc(self) -> RPCError<C> {
+        match self {
+            Failure::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
+            Failure::Network(e) => RPCError::Network(NetworkError::new(&Remote(e))),
+        }
+    }
+    fn streaming(self) -> StreamingError<C> {
+        match self {
+            Failure::Unreachable(e) => StreamingError::Unreachable(Unreachable::new(&e)),
+            Failure::Network(e) => StreamingError::Network(NetworkError::new(&Remote(e))),
+        }
+    }
+}
+
 impl Peer {
-    async fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+    /// POSTs `body` to operation `op` of the peer and reads its [`RpcReply`].
+    async fn exchange<Resp: serde::de::DeserializeOwned>(
         &self,
         op: &str,
-        req: &Req,
+        body: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Resp, RPCError<C>> {
-        let body = serde_json::to_vec(req)
-            .map_err(|e| RPCError::Network(NetworkError::new(&Remote(e.to_string()))))?;
+    ) -> Result<Resp, Failure> {
         let reply = self
             .client
             .post(
@@ -293,19 +313,25 @@ impl Peer {
         match reply {
             Ok(b) => match serde_json::from_slice::<RpcReply<Resp>>(&b) {
                 Ok(RpcReply::Ok(r)) => Ok(r),
-                Ok(RpcReply::Err(e)) => Err(RPCError::Network(NetworkError::new(&Remote(
-                    format!("node {}: {e}", self.target),
-                )))),
-                Err(e) => Err(RPCError::Network(NetworkError::new(&Remote(format!(
+                Ok(RpcReply::Err(e)) => Err(Failure::Network(format!("node {}: {e}", self.target))),
+                Err(e) => Err(Failure::Network(format!(
                     "node {}: unreadable answer: {e}",
                     self.target
-                ))))),
+                ))),
             },
-            Err(e @ ClientError::Unreachable { .. }) => {
-                Err(RPCError::Unreachable(Unreachable::new(&e)))
-            }
-            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+            Err(e @ ClientError::Unreachable { .. }) => Err(Failure::Unreachable(e)),
+            Err(e) => Err(Failure::Network(e.to_string())),
         }
+    }
+
+    async fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        op: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<C>> {
+        let body = serde_json::to_vec(req).map_err(|e| Failure::Network(e.to_string()).rpc())?;
+        self.exchange(op, body, timeout).await.map_err(Failure::rpc)
     }
 }
 
@@ -346,37 +372,16 @@ impl RaftNetworkV2<C> for Peer {
             vote,
             meta: snapshot.meta,
         })
-        .map_err(|e| StreamingError::Network(NetworkError::new(&Remote(e.to_string()))))?;
+        .map_err(|e| Failure::Network(e.to_string()).streaming())?;
         let mut body = Vec::with_capacity(4 + header.len() + snapshot.snapshot.len());
         body.extend_from_slice(&(header.len() as u32).to_le_bytes());
         body.extend_from_slice(&header);
         body.extend_from_slice(&snapshot.snapshot);
         // Installing waits for the receiver to fetch the objects the snapshot's refs
         // need, which can take a while.
-        let reply = self
-            .client
-            .post(
-                &self.addr,
-                &rpc_path(self.shard, "snapshot"),
-                Bytes::from(body),
-                Duration::from_secs(600),
-            )
-            .await;
-        match reply {
-            Ok(b) => match serde_json::from_slice::<RpcReply<SnapshotResponse<C>>>(&b) {
-                Ok(RpcReply::Ok(r)) => Ok(r),
-                Ok(RpcReply::Err(e)) => Err(StreamingError::Network(NetworkError::new(&Remote(
-                    format!("node {}: {e}", self.target),
-                )))),
-                Err(e) => Err(StreamingError::Network(NetworkError::new(&Remote(
-                    e.to_string(),
-                )))),
-            },
-            Err(e @ ClientError::Unreachable { .. }) => {
-                Err(StreamingError::Unreachable(Unreachable::new(&e)))
-            }
-            Err(e) => Err(StreamingError::Network(NetworkError::new(&e))),
-        }
+        self.exchange("snapshot", body, Duration::from_secs(600))
+            .await
+            .map_err(Failure::streaming)
     }
 }
 

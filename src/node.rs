@@ -163,6 +163,15 @@ fn rpc_reply<T: Serialize, E: std::fmt::Display>(
     serde_json::to_vec(&reply).map_err(|e| (500, e.to_string()))
 }
 
+/// `fut`'s output, or `None` if it takes longer than `d` (then it is dropped).
+async fn within<T>(d: Duration, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        glommio::timer::sleep(d).await;
+        None
+    })
+    .await
+}
+
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, (u16, String)> {
     serde_json::from_slice(body).map_err(|e| (400, format!("malformed request: {e}")))
 }
@@ -307,12 +316,7 @@ impl<D: Dir> NodeBackend<D> {
             match self.leader() {
                 Some((l, _)) if l == self.inner.identity.id => {
                     sent = true;
-                    let w = self.raft().client_write(cmd.clone());
-                    let r = futures_lite::future::or(async { Some(w.await) }, async {
-                        glommio::timer::sleep(left).await;
-                        None
-                    })
-                    .await;
+                    let r = within(left, self.raft().client_write(cmd.clone())).await;
                     match r {
                         Some(Ok(resp)) => return Ok(resp.data),
                         Some(Err(e)) if e.forward_to_leader().is_some() => {}
@@ -372,12 +376,9 @@ impl<D: Dir> NodeBackend<D> {
 
     /// The read index of the group, confirmed by a quorum (leader only).
     async fn read_index(&self) -> Result<u64, String> {
-        let r = futures_lite::future::or(
-            async { Some(self.raft().ensure_linearizable(ReadPolicy::ReadIndex).await) },
-            async {
-                glommio::timer::sleep(self.inner.timeout).await;
-                None
-            },
+        let r = within(
+            self.inner.timeout,
+            self.raft().ensure_linearizable(ReadPolicy::ReadIndex),
         )
         .await;
         match r {
@@ -607,12 +608,8 @@ impl<D: Dir> Backend for NodeBackend<D> {
         let mut failures = Vec::new();
         while acks < need {
             let left = deadline.saturating_duration_since(Instant::now());
-            let next = futures_lite::future::or(async { rx.next().await.map(Some) }, async {
-                glommio::timer::sleep(left).await;
-                Some(None)
-            })
-            .await;
-            match next {
+            // `None`: time is up; `Some(None)`: every send finished.
+            match within(left, rx.next()).await {
                 Some(Some((id, Ok(())))) => {
                     if voters.contains(&id) {
                         acks += 1;
@@ -623,7 +620,6 @@ impl<D: Dir> Backend for NodeBackend<D> {
                     warn!(repo, peer = id, error = %e, "object replication to a peer failed");
                     failures.push(format!("node {id}: {e}"));
                 }
-                // Every send finished, or the time is up.
                 None | Some(None) => {
                     return Err(err(format!(
                         "only {acks} of {total} nodes hold the objects durably, {need} needed; nothing was changed ({})",
