@@ -428,3 +428,77 @@ fn a_push_over_the_size_limit_is_refused_and_changes_nothing() {
         region.git_ok(&w, &["push", "-q", &region.repo_url("test"), "master"]);
     }
 }
+
+/// The node endpoint: a node of another region is refused; malformed node-to-node
+/// requests get a clear error and change nothing; the node keeps serving.
+#[test]
+fn the_node_endpoint_refuses_strangers_and_garbage() {
+    let region = Region::start();
+    let rpc = region.rpc_url();
+    let out = region.repospanner(&["ca", "node", "elsewhere", "stranger"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = region.http_to(
+        &rpc,
+        Some("stranger.elsewhere"),
+        "GET",
+        "/rpc/ping",
+        &[],
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    let node = Some("node1.local");
+    let post = |path: &str, body: &[u8]| region.http_to(&rpc, node, "POST", path, &[], Some(body));
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("/rpc/shard/999/append", b"{}".to_vec(), 404),
+        ("/rpc/shard/0/nonsense", Vec::new(), 404),
+        ("/rpc/shard/0/append", b"not json".to_vec(), 400),
+        ("/rpc/shard/0/vote", b"{\"vote\": 1}".to_vec(), 400),
+        ("/rpc/shard/0/propose", b"{\"Bogus\":{}}".to_vec(), 400),
+        ("/rpc/shard/0/objects", vec![1, 2, 3], 400),
+        (
+            "/rpc/shard/0/objects",
+            {
+                // A namespace, then an object whose length runs past the end.
+                let mut b = 7u64.to_le_bytes().to_vec();
+                b.extend_from_slice(&[0x11; 20]);
+                b.push(3);
+                b.extend_from_slice(&[0; 17]);
+                b.extend_from_slice(&u32::MAX.to_le_bytes());
+                b
+            },
+            400,
+        ),
+        ("/rpc/shard/0/fetch", vec![0; 9], 400),
+        ("/rpc/shard/0/snapshot", vec![255, 255, 255, 255, b'{'], 400),
+        ("/rpc/shard/0/join", b"[]".to_vec(), 400),
+    ];
+    for (path, body, want) in cases {
+        let r = post(path, &body);
+        assert_eq!(
+            r.status,
+            want,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // Still serving, nothing changed.
+    let r = region.http(
+        Some("admin"),
+        "GET",
+        "/repo/test.git/info/refs?service=git-upload-pack",
+        &[],
+        None,
+    );
+    assert_eq!(r.status, 200);
+    let out = region.repospanner(&["admin", "nodestatus", "--nagios"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -361,3 +361,20 @@ fn nodes_join_a_running_region_at_once_and_a_wiped_node_rejoins() {
     assert!(refs_at(&region, 3, "test").contains(&tip2));
     clone_and_fsck(&region, 3, "test", "rebuilt");
 }
+
+#[test]
+fn a_bad_join_url_is_refused_and_writes_nothing() {
+    let region = Region::write(2, "");
+    for url in [
+        "http://127.0.0.1:1",
+        "https://",
+        "https://nohost",
+        "127.0.0.1:8444",
+    ] {
+        let out = region.repospanner_at(2, &["serve", "--joinnode", url]);
+        assert!(!out.status.success(), "{url} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("https://<node>:<rpcport>"), "{url}: {err}");
+    }
+    assert!(!region.qs().join("node2/state/node.json").exists());
+}
