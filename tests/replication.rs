@@ -132,6 +132,35 @@ fn three_nodes_push_to_any_clone_from_every() {
             );
         }
     }
+    // A push larger than one object-sync body (several 3 MiB files and a 20 MiB one,
+    // incompressible) reaches every node whole.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    for i in 0..4 {
+        std::fs::write(w.join(format!("big{i}.bin")), noise(3 << 20)).expect("write");
+    }
+    std::fs::write(w.join("huge.bin"), noise(20 << 20)).expect("write");
+    region.git_ok(&w, &["add", "-A"]);
+    region.git_ok(&w, &["commit", "-qm", "large files"]);
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(2, "test"), "master"],
+    );
+    let expected = refs_at(&region, 2, "test");
+    for k in [1, 3] {
+        assert_eq!(refs_at(&region, k, "test"), expected, "node {k}");
+    }
+    clone_and_fsck(&region, 3, "test", "large3");
+
     // Admin operations on any node are visible on all.
     admin_at(&region, 2, &["repo", "create", "made-on-two"]);
     for k in 1..=3 {
