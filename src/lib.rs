@@ -10,6 +10,7 @@ pub mod config;
 pub mod node;
 pub mod quickstart;
 pub mod serve;
+pub mod staging;
 
 /// The version reported by `repospanner version` and in the git agent string.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

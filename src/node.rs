@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use repospanner_net::backend::{Backend, BackendError, RawObject, RefUpdate, RepoState};
+use repospanner_net::backend::{Backend, BackendError, RawObject, RefUpdate, RepoState, Staged};
 use repospanner_net::client::{ClientError, NodeClient};
 use repospanner_net::git::{hex, ObjectKind, Oid};
 use repospanner_raft::openraft::async_runtime::watch::WatchReceiver;
@@ -37,6 +37,7 @@ use crate::cluster::{
     raft_config, rpc_path, store_objects, Network, ObjectSync, RpcReply, ShardRaft, SyncActivity,
     FETCH_REPLY_BYTES,
 };
+use crate::staging::{decode_commit, decode_stage, encode_commit, InStages, OutStages, Placed};
 
 /// Size of one object-sync request body to a peer.
 const SYNC_CHUNK_BYTES: usize = 8 << 20;
@@ -66,6 +67,8 @@ struct Inner<D: Dir> {
     timeout: Duration,
     pushes: Cell<u64>,
     activity: SyncActivity,
+    out_stages: OutStages,
+    in_stages: InStages,
 }
 
 /// A shard's repositories.
@@ -229,6 +232,8 @@ impl<D: Dir> NodeBackend<D> {
                 timeout,
                 pushes: Cell::new(0),
                 activity,
+                out_stages: OutStages::default(),
+                in_stages: InStages::default(),
             }),
         })
     }
@@ -532,15 +537,65 @@ impl<D: Dir> Backend for NodeBackend<D> {
         }
     }
 
+    fn stage_begin(&self, repo: &str) -> Option<u64> {
+        let ns = self.ns_of(repo)?;
+        let peers = peers_of(self.raft(), self.inner.identity.id);
+        if peers.is_empty() {
+            return None;
+        }
+        let id = random_u64();
+        self.inner.out_stages.begin(
+            id,
+            ns,
+            self.inner.shard,
+            peers,
+            &self.inner.client,
+            self.inner.timeout,
+        );
+        Some(id)
+    }
+
+    fn stage_data(&self, id: u64, data: &Bytes) {
+        self.inner.out_stages.data(id, data);
+    }
+
+    fn stage_end(&self, id: u64, complete: bool) {
+        self.inner.out_stages.end(id, complete);
+    }
+
     async fn store(
         &self,
         repo: &str,
         objects: Vec<RawObject>,
+        staged: Option<Staged>,
         progress: &mut dyn FnMut(String),
     ) -> Result<(), BackendError> {
         let ns = self
             .ns_of(repo)
             .ok_or_else(|| err("repository was deleted"))?;
+        // Members that hold the whole body get a commit naming the objects in it.
+        let (mut held, commit) = match staged {
+            Some(st) if st.ranges.len() == objects.len() => {
+                let placed: Vec<Placed> = objects
+                    .iter()
+                    .zip(st.ranges)
+                    .map(|(o, range)| Placed {
+                        oid: o.oid,
+                        kind: to_storage_kind(o.kind),
+                        object_size: o.object_size,
+                        entry_size: o.entry_size,
+                        base: o.base,
+                        range,
+                    })
+                    .collect();
+                (
+                    self.inner.out_stages.take(st.id),
+                    Some(Bytes::from(encode_commit(st.id, ns, &placed))),
+                )
+            }
+            Some(st) => (self.inner.out_stages.take(st.id), None),
+            None => (std::collections::HashMap::new(), None),
+        };
         let objects: Vec<StoredObject> = objects
             .into_iter()
             .map(|o| StoredObject {
@@ -580,9 +635,22 @@ impl<D: Dir> Backend for NodeBackend<D> {
             for (id, addr) in peers {
                 let (tx, chunks, client) = (tx.clone(), chunks.clone(), self.inner.client.clone());
                 let path = rpc_path(self.inner.shard, "objects");
+                let commit_path = rpc_path(self.inner.shard, "commit");
                 let deadline = Instant::now() + self.inner.timeout;
+                let staged_here = held.remove(&id);
+                let commit = commit.clone();
                 // Sends to every member; a slow one finishes in the background.
                 glommio::spawn_local(async move {
+                    if let (Some(holds), Some(commit)) = (staged_here, commit) {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if within(left, holds).await == Some(Ok(true)) {
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            if client.post(&addr, &commit_path, commit, left).await.is_ok() {
+                                let _ = tx.unbounded_send((id, Ok(())));
+                                return;
+                            }
+                        }
+                    }
                     let mut r = Ok(());
                     for c in chunks.iter() {
                         let left = deadline.saturating_duration_since(Instant::now());
@@ -760,6 +828,36 @@ impl<D: Dir> Backend for NodeBackend<D> {
                     .await
                     .map_err(|e| (500, e.to_string()))?;
                 self.inner.activity.touch(ns);
+                Ok(b"ok".to_vec())
+            }
+            "stage" => {
+                let (id, ns, offset, data) =
+                    decode_stage(&body).map_err(|e| (400, e.to_string()))?;
+                self.inner.activity.touch(ns);
+                self.inner
+                    .in_stages
+                    .append(id, offset, data)
+                    .map_err(|e| (409, e.to_string()))?;
+                Ok(b"ok".to_vec())
+            }
+            "commit" => {
+                let (id, ns, placed) = decode_commit(&body).map_err(|e| (400, e.to_string()))?;
+                let objs = self
+                    .inner
+                    .in_stages
+                    .commit(id, placed)
+                    .map_err(|e| (409, e.to_string()))?;
+                self.inner.activity.touch(ns);
+                let n = objs.len();
+                store_objects(&self.inner.store, ns, objs)
+                    .await
+                    .map_err(|e| (500, e.to_string()))?;
+                self.inner.activity.touch(ns);
+                info!(
+                    shard = self.inner.shard,
+                    objects = n,
+                    "stored the objects of a push staged while it arrived"
+                );
                 Ok(b"ok".to_vec())
             }
             "fetch" => {

@@ -160,6 +160,11 @@ fn three_nodes_push_to_any_clone_from_every() {
         assert_eq!(refs_at(&region, k, "test"), expected, "node {k}");
     }
     clone_and_fsck(&region, 3, "test", "large3");
+    // The members received that push while it arrived (staged), not after it.
+    let staged = (1..=3)
+        .filter(|k| region.log_of(*k).contains("staged while it arrived"))
+        .count();
+    assert!(staged >= 1, "no member stored a staged push");
 
     // Admin operations on any node are visible on all.
     admin_at(&region, 2, &["repo", "create", "made-on-two"]);

@@ -40,6 +40,16 @@ pub struct RefUpdate {
     pub new: Option<Oid>,
 }
 
+/// Where the objects of a push lie in its request body, if the body was passed to the
+/// other members while it arrived (see [`Backend::stage_begin`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staged {
+    pub id: u64,
+    /// For each object given to [`Backend::store`], in order: its deflated data's byte
+    /// range in the request body.
+    pub ranges: Vec<std::ops::Range<usize>>,
+}
+
 /// A backend failure (storage, replication): reported to the client, logged.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -67,8 +77,17 @@ pub trait Backend {
         &self,
         repo: &str,
         objects: Vec<RawObject>,
+        staged: Option<Staged>,
         progress: &mut dyn FnMut(String),
     ) -> Result<(), BackendError>;
+    /// Starts passing a push's raw request body to the other members while it arrives,
+    /// so that after verification they need only be told which bytes are which objects.
+    /// `None`: nobody to pass it to.
+    fn stage_begin(&self, repo: &str) -> Option<u64>;
+    /// The next piece of staged body `id`.
+    fn stage_data(&self, id: u64, data: &bytes::Bytes);
+    /// The end of staged body `id` (`complete`: the whole body arrived).
+    fn stage_end(&self, id: u64, complete: bool);
     /// Applies ref updates, each a compare-and-swap on its old value; with `atomic`,
     /// all or none. `objects`: what the push stored for them. Returns one result per
     /// update.

@@ -24,6 +24,10 @@ use crate::http::{self, Body, Budget, Held, Peer};
 use crate::route::{self, Peers, Req};
 use glommio::channels::shared_channel::SharedReceiver;
 
+/// Push bodies at least this large are passed to the other members while they arrive;
+/// smaller ones go after verification, in one request per member.
+const STAGE_FROM_BYTES: usize = 1 << 20;
+
 /// Limits on what a request may carry.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -652,7 +656,7 @@ async fn receive_pack<B: Backend + 'static>(
     req: Req,
     held: Held,
 ) -> Response<Body> {
-    receive_pack_body(ctx, repo, state, req.body, None, held).await
+    receive_pack_body(ctx, repo, state, req.body, None, None, held).await
 }
 
 /// A push read while it arrives: authorised before its body is read, its pack parsed,
@@ -688,25 +692,49 @@ async fn receive_streaming<B: Backend + 'static>(
     let mut pack_at = None;
     let mut stream = crate::git::pack::PackStream::new(limits);
     let mut parse_error = None;
+    // Once a body is large enough for it to matter, the other members receive it while
+    // it arrives (a body that turns out to be broken is dropped by them later).
+    let mut stage = None;
+    let mut stage_considered = false;
+    let abandon = |ctx: &Ctx<B>, stage: Option<u64>| {
+        if let Some(id) = stage {
+            ctx.backend.stage_end(id, false);
+        }
+    };
     loop {
         let data = match source.next().await {
             Ok(Some(d)) => d,
             Ok(None) => break,
-            Err(e) => return body_error(&e, &node),
+            Err(e) => {
+                abandon(&ctx, stage);
+                return body_error(&e, &node);
+            }
         };
         if let Err(e) = got.push(&data) {
+            abandon(&ctx, stage);
             return body_error(&e, &node);
+        }
+        if let Some(id) = stage {
+            ctx.backend.stage_data(id, &data);
+        } else if !stage_considered && got.bytes.len() >= STAGE_FROM_BYTES {
+            stage_considered = true;
+            stage = ctx.backend.stage_begin(&repo);
+            if let Some(id) = stage {
+                ctx.backend
+                    .stage_data(id, &Bytes::copy_from_slice(&got.bytes));
+            }
         }
         let buf = &got.bytes;
         if pack_at.is_none() {
             match receive::commands_end(buf) {
                 Ok(at) => pack_at = at,
                 Err(e) => {
+                    abandon(&ctx, stage);
                     return git_error(
                         &e.to_string(),
                         &node,
                         "application/x-git-receive-pack-result",
-                    )
+                    );
                 }
             }
         }
@@ -718,6 +746,9 @@ async fn receive_streaming<B: Backend + 'static>(
         }
         glommio::yield_if_needed().await;
     }
+    if let Some(id) = stage {
+        ctx.backend.stage_end(id, true);
+    }
     let http::Gathered {
         bytes: buf, held, ..
     } = got;
@@ -726,7 +757,8 @@ async fn receive_streaming<B: Backend + 'static>(
         (Some(at), None) if buf.len() > at => Some(stream.finish(&buf[at..])),
         _ => None,
     };
-    receive_pack_body(ctx, repo, state, buf, pre_read, held).await
+    let staged = stage.zip(pack_at);
+    receive_pack_body(ctx, repo, state, buf, pre_read, staged, held).await
 }
 
 /// The push in `body` (commands, options, pack), with its entries if they were read
@@ -737,6 +769,7 @@ async fn receive_pack_body<B: Backend + 'static>(
     state: RepoState,
     body: Vec<u8>,
     pre_read: Option<Result<Vec<crate::git::pack::Entry>, crate::git::pack::PackError>>,
+    staged: Option<(u64, usize)>,
     held: Held,
 ) -> Response<Body> {
     let node = ctx.node_name.clone();
@@ -781,6 +814,7 @@ async fn receive_pack_body<B: Backend + 'static>(
             &state,
             &push,
             pack,
+            staged,
             &limits,
             pre_read,
             progress,

@@ -13,7 +13,7 @@ use super::pack::{self, Limits, Resolved};
 use super::pktline::{self, Pkt, Reader};
 use super::refs::valid_ref_name;
 use super::{hex, parse_hex, ObjectKind, Oid, ZERO};
-use crate::backend::{Backend, RawObject, RefUpdate, RepoState};
+use crate::backend::{Backend, RawObject, RefUpdate, RepoState, Staged};
 
 /// Capabilities of receive-pack.
 pub fn receive_caps() -> String {
@@ -230,6 +230,7 @@ pub async fn receive<B: Backend>(
     state: &RepoState,
     req: &PushRequest,
     pack_bytes: bytes::Bytes,
+    staged: Option<(u64, usize)>,
     limits: &Limits,
     pre_read: Option<Result<Vec<pack::Entry>, pack::PackError>>,
     mut progress: impl FnMut(String),
@@ -341,7 +342,16 @@ pub async fn receive<B: Backend>(
             })
             .collect();
         let n = raws.len();
-        if let Err(e) = b.store(repo, raws, &mut progress).await {
+        // Where each object's bytes lie in the request body the members hold.
+        let staged = staged.map(|(id, pack_at)| Staged {
+            id,
+            ranges: resolved
+                .iter()
+                .filter(|r| needed.contains(&r.oid))
+                .map(|r| r.data.start + pack_at..r.data.end + pack_at)
+                .collect(),
+        });
+        if let Err(e) = b.store(repo, raws, staged, &mut progress).await {
             return Report::all_failed(
                 commands,
                 Err(format!("storing objects failed: {e}")),
