@@ -555,8 +555,8 @@ impl<D: Dir> Backend for NodeBackend<D> {
         Some(id)
     }
 
-    fn stage_data(&self, id: u64, data: &Bytes) {
-        self.inner.out_stages.data(id, data);
+    async fn stage_data(&self, id: u64, data: &Bytes) {
+        self.inner.out_stages.data(id, data).await;
     }
 
     fn stage_end(&self, id: u64, complete: bool) {

@@ -334,7 +334,11 @@ fn run(config: &Config, join: Option<String>) -> Result<()> {
         let tls = tls.clone();
         let identity = state.identity.clone();
         let join = join.clone();
-        let placement = match allowed.get(k % allowed.len().max(1)) {
+        // Offset by the node id: when several nodes share a machine (tests, a laptop),
+        // the members of one group land on different CPUs. One node per machine: no
+        // difference.
+        let cpu = (k + state.identity.id as usize) % allowed.len().max(1);
+        let placement = match allowed.get(cpu) {
             Some(cpu) => glommio::Placement::Fixed(*cpu),
             None => glommio::Placement::Unbound,
         };

@@ -3,8 +3,10 @@
 //! objects (a *commit*), instead of receiving every object then.
 //!
 //! Sender ([`OutStages`]): one task per member forwards the body in bodies of about
-//! [`STAGE_CHUNK_BYTES`] (`/rpc/shard/k/stage`). A member that falls too far behind
-//! or fails is given up on; it gets the objects the ordinary way after verification.
+//! [`STAGE_CHUNK_BYTES`] (`/rpc/shard/k/stage`). Reading the client's body waits while
+//! a member is far behind (flow control), so every byte crosses to each member once.
+//! A member that stalls or fails is given up on; it gets the objects the ordinary way
+//! after verification.
 //!
 //! Receiver ([`InStages`]): holds each staged body in memory (at most
 //! [`STAGED_BYTES_MAX`] per shard, idle ones dropped after [`STAGE_IDLE`]) until its
@@ -25,8 +27,10 @@ use crate::cluster::{rpc_path, WireError};
 
 /// Size of one staging request body.
 pub const STAGE_CHUNK_BYTES: usize = 8 << 20;
-/// Bytes a member may fall behind before it is given up on.
-const STAGE_QUEUE_MAX: usize = 64 << 20;
+/// Bytes a member may fall behind before the body's arrival waits for it.
+const STAGE_QUEUE_MAX: usize = 32 << 20;
+/// A member that takes no staged bytes for this long is given up on.
+const STAGE_STALL: Duration = Duration::from_secs(5);
 /// Staged bytes a shard holds at once.
 pub const STAGED_BYTES_MAX: usize = 2 << 30;
 /// A staged body nobody touched for this long is dropped.
@@ -170,7 +174,8 @@ pub fn decode_commit(b: &[u8]) -> Result<(u64, u64, Vec<Placed>), WireError> {
 struct OutPeer {
     id: u64,
     tx: Option<futures_channel::mpsc::UnboundedSender<Bytes>>,
-    queued: Rc<Cell<usize>>,
+    /// Bytes that may still be queued for the member (the body's arrival waits for it).
+    room: Rc<glommio::sync::Semaphore>,
     /// Set when the whole body was handed to the member's task.
     complete: Rc<Cell<bool>>,
     /// `true` once the member holds the whole body.
@@ -212,9 +217,9 @@ impl OutStages {
         for (peer, addr) in peers {
             let (tx, mut rx) = futures_channel::mpsc::unbounded::<Bytes>();
             let (done_tx, done_rx) = futures_channel::oneshot::channel();
-            let queued = Rc::new(Cell::new(0usize));
+            let room = Rc::new(glommio::sync::Semaphore::new(STAGE_QUEUE_MAX as u64));
             let complete = Rc::new(Cell::new(false));
-            let (q, c, client) = (queued.clone(), complete.clone(), client.clone());
+            let (q, c, client) = (room.clone(), complete.clone(), client.clone());
             let path = rpc_path(shard, "stage");
             glommio::spawn_local(async move {
                 let mut buf: Vec<u8> = Vec::new();
@@ -227,14 +232,15 @@ impl OutStages {
                     async move { client.post(&addr, &path, body, timeout).await.is_ok() }
                 };
                 while let Some(b) = rx.next().await {
-                    q.set(q.get().saturating_sub(b.len()));
                     if !ok {
+                        q.signal(b.len() as u64);
                         continue;
                     }
                     buf.extend_from_slice(&b);
                     if buf.len() >= STAGE_CHUNK_BYTES {
                         ok = send(&buf, offset).await;
                         offset += buf.len() as u64;
+                        q.signal(buf.len() as u64);
                         buf.clear();
                     }
                 }
@@ -247,7 +253,7 @@ impl OutStages {
             out.push(OutPeer {
                 id: peer,
                 tx: Some(tx),
-                queued,
+                room,
                 complete,
                 result: Some(done_rx),
             });
@@ -264,20 +270,40 @@ impl OutStages {
         );
     }
 
-    /// The next piece of body `id`.
-    pub fn data(&self, id: u64, data: &Bytes) {
-        if let Some(stage) = self.stages.borrow_mut().get_mut(&id) {
-            for p in &mut stage.peers {
-                if p.queued.get() + data.len() > STAGE_QUEUE_MAX {
-                    // Too far behind: it gets the objects after verification instead.
+    /// The next piece of body `id`. Waits while a member is more than
+    /// [`STAGE_QUEUE_MAX`] behind (so the body arrives as fast as the members take it);
+    /// a member that takes nothing for [`STAGE_STALL`] is given up on (it gets the
+    /// objects after verification).
+    pub async fn data(&self, id: u64, data: &Bytes) {
+        let targets: Vec<(usize, Rc<glommio::sync::Semaphore>)> =
+            match self.stages.borrow().get(&id) {
+                Some(stage) => stage
+                    .peers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.tx.is_some())
+                    .map(|(i, p)| (i, p.room.clone()))
+                    .collect(),
+                None => return,
+            };
+        let n = (data.len() as u64).min(STAGE_QUEUE_MAX as u64);
+        for (i, room) in targets {
+            let got = futures_lite::future::or(async { room.acquire(n).await.is_ok() }, async {
+                glommio::timer::sleep(STAGE_STALL).await;
+                false
+            })
+            .await;
+            let mut stages = self.stages.borrow_mut();
+            let Some(p) = stages.get_mut(&id).and_then(|s| s.peers.get_mut(i)) else {
+                return;
+            };
+            if !got {
+                p.tx = None;
+                continue;
+            }
+            if let Some(tx) = &p.tx {
+                if tx.unbounded_send(data.clone()).is_err() {
                     p.tx = None;
-                    continue;
-                }
-                if let Some(tx) = &p.tx {
-                    p.queued.set(p.queued.get() + data.len());
-                    if tx.unbounded_send(data.clone()).is_err() {
-                        p.tx = None;
-                    }
                 }
             }
         }

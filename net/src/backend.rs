@@ -84,8 +84,8 @@ pub trait Backend {
     /// so that after verification they need only be told which bytes are which objects.
     /// `None`: nobody to pass it to.
     fn stage_begin(&self, repo: &str) -> Option<u64>;
-    /// The next piece of staged body `id`.
-    fn stage_data(&self, id: u64, data: &bytes::Bytes);
+    /// The next piece of staged body `id` (may wait for slow members).
+    async fn stage_data(&self, id: u64, data: &bytes::Bytes);
     /// The end of staged body `id` (`complete`: the whole body arrived).
     fn stage_end(&self, id: u64, complete: bool);
     /// Applies ref updates, each a compare-and-swap on its old value; with `atomic`,

@@ -715,13 +715,14 @@ async fn receive_streaming<B: Backend + 'static>(
             return body_error(&e, &node);
         }
         if let Some(id) = stage {
-            ctx.backend.stage_data(id, &data);
+            ctx.backend.stage_data(id, &data).await;
         } else if !stage_considered && got.bytes.len() >= STAGE_FROM_BYTES {
             stage_considered = true;
             stage = ctx.backend.stage_begin(&repo);
             if let Some(id) = stage {
                 ctx.backend
-                    .stage_data(id, &Bytes::copy_from_slice(&got.bytes));
+                    .stage_data(id, &Bytes::copy_from_slice(&got.bytes))
+                    .await;
             }
         }
         let buf = &got.bytes;
