@@ -9,7 +9,8 @@
 //!
 //! `BENCH_MB=N` sets the size of the big repository (default 100), `BENCH_PUSHES=N` the
 //! number of small pushes (default 20), `BENCH_PUSHERS=N` and `BENCH_SECONDS=N` the
-//! concurrent-push load (default 32 pushers for 10 s).
+//! concurrent-push load (default 32 pushers for 10 s). `BENCH_LOG=info` sets the nodes'
+//! log level, `BENCH_KEEP=1` keeps the directory with their logs.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -198,7 +199,10 @@ fn start_region(dir: &Path, port: u16, nodes: usize) -> (Server, Env) {
             .arg("--config")
             .arg(config(k))
             .arg("serve")
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -572,6 +576,12 @@ fn main() {
     let pushers = var("BENCH_PUSHERS", 32);
     let secs = var("BENCH_SECONDS", 10) as u64;
     let dir = tempfile::tempdir().expect("tempdir");
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        println!(
+            "keeping {} (node logs in */qs/nodeK/node.log)",
+            dir.path().display()
+        );
+    }
     // Below the ephemeral range (32768-60999), so no outgoing connection holds a port.
     let base_port = 20000 + (std::process::id() % 12000) as u16;
     let one_dir = dir.path().join("one");
@@ -670,4 +680,8 @@ fn main() {
         rate_theirs.map_or("-".to_string(), |r| r.1.to_string())
     );
     println!("(ratio = repospanner / baseline: below 1 is better for times, above 1 for pushes/s; 3-node CPU counts all three nodes)");
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        drop((node, region, nginx));
+        let _ = dir.keep();
+    }
 }

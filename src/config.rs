@@ -219,6 +219,9 @@ pub struct Limits {
     /// beyond it is refused with 503 at once. Each shard gets an equal part, but never
     /// less than one push of `pack_bytes_max`.
     pub buffered_bytes_max: u64,
+    /// Push bodies at least this large are passed to the other nodes while they arrive
+    /// (staged); 0: never, objects go to them after verification. See deploy/README.md.
+    pub stage_push_bytes: u64,
 }
 
 impl Default for Limits {
@@ -230,6 +233,7 @@ impl Default for Limits {
             connections_max: 4096,
             replication_timeout_seconds: 30,
             buffered_bytes_max: 4 << 30,
+            stage_push_bytes: 0,
         }
     }
 }

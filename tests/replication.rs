@@ -84,7 +84,8 @@ fn admin_at(region: &Region, k: usize, args: &[&str]) -> String {
 
 #[test]
 fn three_nodes_push_to_any_clone_from_every() {
-    let region = Region::start_n(3, "");
+    // Pushes of 1 MiB and more are staged on the members while they arrive.
+    let region = Region::start_n(3, "limits:\n  stage_push_bytes: 1048576\n");
     let w = work_repo(&region, "w");
     for n in 0..3 {
         commit(&region, &w, n);
@@ -220,11 +221,17 @@ fn a_killed_minority_does_not_stop_pushes_and_catches_up() {
         );
         tips.push(tip);
     }
-    // A branch whose objects node 3 has never seen.
-    region.git_ok(
-        &w,
-        &["push", "-q", &region.repo_url_of(2, "test"), "master:side"],
-    );
+    // A branch whose objects node 3 has never seen, larger than one object-sync body
+    // (these regions do not stage: objects go after verification).
+    let noise: Vec<u8> = (0..(12u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(w.join("side.bin"), noise).expect("write");
+    region.git_ok(&w, &["checkout", "-q", "-b", "side"]);
+    region.git_ok(&w, &["add", "-A"]);
+    region.git_ok(&w, &["commit", "-qm", "side"]);
+    region.git_ok(&w, &["push", "-q", &region.repo_url_of(2, "test"), "side"]);
+    region.git_ok(&w, &["checkout", "-q", "master"]);
     region.start_node_at(3);
     let expected = refs_at(&region, 1, "test");
     assert!(expected.contains(tips.last().expect("tip")), "{expected}");

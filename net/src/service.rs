@@ -24,10 +24,6 @@ use crate::http::{self, Body, Budget, Held, Peer};
 use crate::route::{self, Peers, Req};
 use glommio::channels::shared_channel::SharedReceiver;
 
-/// Push bodies at least this large are passed to the other members while they arrive;
-/// smaller ones go after verification, in one request per member.
-const STAGE_FROM_BYTES: usize = 1 << 20;
-
 /// Limits on what a request may carry.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -36,6 +32,9 @@ pub struct Limits {
     pub refs_per_push_max: u32,
     /// Largest negotiation (upload-pack request) body.
     pub negotiation_bytes_max: u64,
+    /// Push bodies at least this large are passed to the other members while they
+    /// arrive (0: never; smaller ones go after verification).
+    pub stage_push_bytes: u64,
 }
 
 /// Everything a request handler needs.
@@ -716,7 +715,10 @@ async fn receive_streaming<B: Backend + 'static>(
         }
         if let Some(id) = stage {
             ctx.backend.stage_data(id, &data).await;
-        } else if !stage_considered && got.bytes.len() >= STAGE_FROM_BYTES {
+        } else if !stage_considered
+            && ctx.limits.stage_push_bytes > 0
+            && got.bytes.len() as u64 >= ctx.limits.stage_push_bytes
+        {
             stage_considered = true;
             stage = ctx.backend.stage_begin(&repo);
             if let Some(id) = stage {
