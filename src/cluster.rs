@@ -39,16 +39,18 @@ use tracing::{info, warn};
 pub type ShardRaft<D> = Raft<C, StateMachine<D>>;
 
 /// The raft settings of every group. Heartbeats keep an idle region quiet (two small
-/// requests a second per peer and group); an election follows 1.5-3 s of silence.
-pub fn raft_config() -> Arc<openraft::Config> {
+/// requests a second per peer and group); an election follows 1.5-3 s of silence. A
+/// snapshot every `snapshot_entries` entries; a quarter of that is kept after it for
+/// members that lag a little.
+pub fn raft_config(snapshot_entries: u64) -> Arc<openraft::Config> {
     Arc::new(
         openraft::Config {
             cluster_name: "repospanner".into(),
             heartbeat_interval: 500,
             election_timeout_min: 1500,
             election_timeout_max: 3000,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),
-            max_in_snapshot_log_to_keep: 500,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_entries.max(1)),
+            max_in_snapshot_log_to_keep: snapshot_entries / 4,
             ..Default::default()
         }
         .validate()

@@ -63,6 +63,24 @@ pub struct Config {
     pub silly: SillySection,
     pub limits: Limits,
     pub spawn: SpawnSection,
+    pub raft: RaftSection,
+}
+
+/// Replication settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSection {
+    /// A shard's group snapshots its state every this many log entries and purges the
+    /// log before it (keeping a quarter of it for members that lag a little).
+    pub snapshot_entries: u64,
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        RaftSection {
+            snapshot_entries: 2000,
+        }
+    }
 }
 
 /// What `serve --spawn` creates in a new region.
@@ -307,6 +325,7 @@ impl Config {
                 "limits.replication_timeout_seconds",
                 u64::from(l.replication_timeout_seconds),
             ),
+            ("raft.snapshot_entries", self.raft.snapshot_entries),
         ] {
             if v == 0 {
                 return Err(invalid(key, "0", "must be greater than zero"));
@@ -441,6 +460,7 @@ impl Config {
             paranoid: self.checks.paranoid,
             default_head: self.silly.defaulthead.clone(),
             limits: self.limits.clone(),
+            raft: self.raft.clone(),
         })
     }
 }
@@ -482,6 +502,7 @@ pub struct ServeConfig {
     pub paranoid: bool,
     pub default_head: String,
     pub limits: Limits,
+    pub raft: RaftSection,
 }
 
 fn invalid(key: &str, value: &str, reason: &str) -> ConfigError {

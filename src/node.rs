@@ -191,6 +191,7 @@ impl<D: Dir> NodeBackend<D> {
         shard: usize,
         client: Rc<NodeClient>,
         timeout: Duration,
+        snapshot_entries: u64,
     ) -> Result<Self, BackendError> {
         let cell = Rc::new(OnceCell::new());
         let activity = SyncActivity::default();
@@ -207,7 +208,7 @@ impl<D: Dir> NodeBackend<D> {
             .map_err(|e| err(format!("shard {shard} state machine: {e}")))?;
         let raft = openraft::Raft::new(
             identity.id,
-            raft_config(),
+            raft_config(snapshot_entries),
             Network {
                 client: client.clone(),
                 shard,

@@ -179,6 +179,7 @@ async fn open_shard(
         k,
         client,
         Duration::from_secs(u64::from(sc.limits.replication_timeout_seconds)),
+        sc.raft.snapshot_entries,
     )
     .await
     .map_err(|e| anyhow::anyhow!(e))

@@ -419,3 +419,62 @@ fn a_bad_join_url_is_refused_and_writes_nothing() {
     }
     assert!(!region.qs().join("node2/state/node.json").exists());
 }
+
+#[test]
+fn a_node_away_past_the_log_catches_up_from_a_snapshot() {
+    // Snapshots every 20 entries, 5 kept: a short absence outlives the log.
+    let mut region = Region::start_n(
+        3,
+        "raft:\n  snapshot_entries: 20\nlimits:\n  replication_timeout_seconds: 6\n",
+    );
+    let w = work_repo(&region, "w");
+    commit(&region, &w, 0);
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(1, "test"), "master"],
+    );
+    region.stop_at(3, libc::SIGKILL);
+    // While node 3 is away: pushes, and enough entries on every shard to purge the log.
+    let tip = commit(&region, &w, 1);
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(1, "test"), "master"],
+    );
+    for i in 0..120 {
+        let body = format!("{{\"Reponame\": \"away{i}\"}}");
+        let r = region.http_to(
+            &region.url_of(1 + i % 2),
+            Some("admin"),
+            "POST",
+            "/admin/createrepo",
+            &[],
+            Some(body.as_bytes()),
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(2, "away7"), "master"],
+    );
+    region.start_node_at(3);
+    for repo in ["test", "away7"] {
+        assert_eq!(
+            refs_at(&region, 3, repo),
+            refs_at(&region, 1, repo),
+            "{repo}"
+        );
+    }
+    assert!(refs_at(&region, 3, "test").contains(&tip));
+    clone_and_fsck(&region, 3, "away7", "snap-away7");
+    clone_and_fsck(&region, 3, "test", "snap-test");
+    assert!(
+        admin_at(&region, 3, &["repo", "list"]).contains("away119"),
+        "node 3 knows every repository"
+    );
+    let log = region.log_of(3);
+    assert!(
+        log.contains("install complete snapshot") && log.contains("fetched missing objects"),
+        "node 3 caught up without a snapshot?\n{}",
+        tail(&log)
+    );
+}
