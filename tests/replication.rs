@@ -69,6 +69,19 @@ fn clone_and_fsck(region: &Region, k: usize, repo: &str, dest: &str) -> PathBuf 
     d
 }
 
+/// A clone of `test` from node `k` (into `dest`) is sound and its master has every
+/// commit of `acked`.
+fn serves_all(region: &Region, k: usize, dest: &str, acked: &[String]) {
+    let c = clone_and_fsck(region, k, "test", dest);
+    let log = region.git_ok(&c, &["log", "--format=%H", "origin/master"]);
+    for t in acked {
+        assert!(
+            log.contains(t.as_str()),
+            "acknowledged push {t} missing on node {k}"
+        );
+    }
+}
+
 fn admin_at(region: &Region, k: usize, args: &[&str]) -> String {
     let mut all = vec!["admin"];
     all.extend_from_slice(args);
@@ -236,14 +249,7 @@ fn a_killed_minority_does_not_stop_pushes_and_catches_up() {
     let expected = refs_at(&region, 1, "test");
     assert!(expected.contains(tips.last().expect("tip")), "{expected}");
     assert_eq!(refs_at(&region, 3, "test"), expected);
-    let c = clone_and_fsck(&region, 3, "test", "after");
-    let log = region.git_ok(&c, &["log", "--format=%H", "origin/master"]);
-    for t in &tips {
-        assert!(
-            log.contains(t.as_str()),
-            "acknowledged push {t} missing on node 3"
-        );
-    }
+    serves_all(&region, 3, "after", &tips);
 }
 
 #[test]
@@ -343,14 +349,7 @@ fn killing_the_leader_during_pushes_loses_no_acknowledged_push() {
     assert!(acked.len() >= 6, "pushes kept succeeding: {acked:?}");
     region.start_node_at(1);
     for k in 1..=3 {
-        let c = clone_and_fsck(&region, k, "test", &format!("c{k}"));
-        let log = region.git_ok(&c, &["log", "--format=%H", "origin/master"]);
-        for t in &acked {
-            assert!(
-                log.contains(t.as_str()),
-                "acknowledged {t} missing on node {k}"
-            );
-        }
+        serves_all(&region, k, &format!("c{k}"), &acked);
     }
 }
 
