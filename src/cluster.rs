@@ -74,21 +74,61 @@ pub fn rpc_path(shard: usize, op: &str) -> String {
 pub fn encode_objects<'a>(objects: impl IntoIterator<Item = &'a StoredObject>) -> Vec<u8> {
     let mut out = Vec::new();
     for o in objects {
-        out.extend_from_slice(&o.oid);
-        out.push(o.kind as u8);
-        out.extend_from_slice(&o.object_size.to_le_bytes());
-        out.extend_from_slice(&o.entry_size.to_le_bytes());
-        match &o.base {
-            Some(b) => {
-                out.push(1);
-                out.extend_from_slice(b);
-            }
-            None => out.push(0),
-        }
+        put_head(&mut out, &Head::of(o));
         out.extend_from_slice(&(o.deflated.len() as u32).to_le_bytes());
         out.extend_from_slice(&o.deflated);
     }
     out
+}
+
+/// What describes a stored object besides its bytes (object sync and staged commits
+/// share its encoding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub oid: Oid,
+    pub kind: ObjectKind,
+    pub object_size: u64,
+    pub entry_size: u64,
+    pub base: Option<Oid>,
+}
+
+impl Head {
+    pub fn of(o: &StoredObject) -> Head {
+        Head {
+            oid: o.oid,
+            kind: o.kind,
+            object_size: o.object_size,
+            entry_size: o.entry_size,
+            base: o.base,
+        }
+    }
+
+    /// The stored object with these facts and `deflated` bytes.
+    pub fn with(self, deflated: Vec<u8>) -> StoredObject {
+        StoredObject {
+            oid: self.oid,
+            kind: self.kind,
+            object_size: self.object_size,
+            entry_size: self.entry_size,
+            base: self.base,
+            deflated,
+        }
+    }
+}
+
+/// oid[20] kind[1] object_size[u64 LE] entry_size[u64 LE] has_base[1] (base[20])
+pub fn put_head(out: &mut Vec<u8>, h: &Head) {
+    out.extend_from_slice(&h.oid);
+    out.push(h.kind as u8);
+    out.extend_from_slice(&h.object_size.to_le_bytes());
+    out.extend_from_slice(&h.entry_size.to_le_bytes());
+    match &h.base {
+        Some(b) => {
+            out.push(1);
+            out.extend_from_slice(b);
+        }
+        None => out.push(0),
+    }
 }
 
 /// Why an object sync body could not be read.
@@ -99,13 +139,53 @@ pub struct WireError {
     pub what: &'static str,
 }
 
-struct Reader<'a> {
+/// Reads the node-to-node binary formats.
+#[derive(Debug)]
+pub struct Reader<'a> {
     b: &'a [u8],
     at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], WireError> {
+    pub fn new(b: &'a [u8]) -> Self {
+        Reader { b, at: 0 }
+    }
+    pub fn done(&self) -> bool {
+        self.at >= self.b.len()
+    }
+    /// The bytes not read yet.
+    pub fn rest(&self) -> &'a [u8] {
+        &self.b[self.at.min(self.b.len())..]
+    }
+    /// Reads what [`put_head`] wrote.
+    pub fn head(&mut self) -> Result<Head, WireError> {
+        let oid = self.oid("object id")?;
+        let at = self.at;
+        let kind = ObjectKind::from_u8(self.take(1, "kind")?[0]).ok_or(WireError {
+            at,
+            what: "unknown object kind",
+        })?;
+        let object_size = self.u64("object size")?;
+        let entry_size = self.u64("entry size")?;
+        let base = match self.take(1, "base flag")?[0] {
+            0 => None,
+            1 => Some(self.oid("base id")?),
+            _ => {
+                return Err(WireError {
+                    at: self.at - 1,
+                    what: "bad base flag",
+                })
+            }
+        };
+        Ok(Head {
+            oid,
+            kind,
+            object_size,
+            entry_size,
+            base,
+        })
+    }
+    pub fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], WireError> {
         let end = self
             .at
             .checked_add(n)
@@ -115,17 +195,17 @@ impl<'a> Reader<'a> {
         self.at = end;
         Ok(s)
     }
-    fn oid(&mut self, what: &'static str) -> Result<Oid, WireError> {
+    pub fn oid(&mut self, what: &'static str) -> Result<Oid, WireError> {
         let mut o = [0u8; 20];
         o.copy_from_slice(self.take(20, what)?);
         Ok(o)
     }
-    fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
+    pub fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
         let mut v = [0u8; 8];
         v.copy_from_slice(self.take(8, what)?);
         Ok(u64::from_le_bytes(v))
     }
-    fn u32(&mut self, what: &'static str) -> Result<u32, WireError> {
+    pub fn u32(&mut self, what: &'static str) -> Result<u32, WireError> {
         let mut v = [0u8; 4];
         v.copy_from_slice(self.take(4, what)?);
         Ok(u32::from_le_bytes(v))
@@ -134,45 +214,12 @@ impl<'a> Reader<'a> {
 
 /// Decodes an object sync body.
 pub fn decode_objects(b: &[u8]) -> Result<Vec<StoredObject>, WireError> {
-    let mut r = Reader { b, at: 0 };
+    let mut r = Reader::new(b);
     let mut out = Vec::new();
-    while r.at < b.len() {
-        let oid = r.oid("object id")?;
-        let at = r.at;
-        let kind = match r.take(1, "kind")?[0] {
-            1 => ObjectKind::Commit,
-            2 => ObjectKind::Tree,
-            3 => ObjectKind::Blob,
-            4 => ObjectKind::Tag,
-            _ => {
-                return Err(WireError {
-                    at,
-                    what: "unknown object kind",
-                })
-            }
-        };
-        let object_size = r.u64("object size")?;
-        let entry_size = r.u64("entry size")?;
-        let base = match r.take(1, "base flag")?[0] {
-            0 => None,
-            1 => Some(r.oid("base id")?),
-            _ => {
-                return Err(WireError {
-                    at: r.at - 1,
-                    what: "bad base flag",
-                })
-            }
-        };
+    while !r.done() {
+        let head = r.head()?;
         let len = r.u32("length")? as usize;
-        let deflated = r.take(len, "object data")?.to_vec();
-        out.push(StoredObject {
-            oid,
-            kind,
-            object_size,
-            entry_size,
-            base,
-            deflated,
-        });
+        out.push(head.with(r.take(len, "object data")?.to_vec()));
     }
     Ok(out)
 }
@@ -189,7 +236,7 @@ pub fn encode_ids(ns: u64, oids: &[Oid]) -> Vec<u8> {
 
 /// Decodes [`encode_ids`].
 pub fn decode_ids(b: &[u8]) -> Result<(u64, Vec<Oid>), WireError> {
-    let mut r = Reader { b, at: 0 };
+    let mut r = Reader::new(b);
     let ns = r.u64("namespace")?;
     if !(b.len() - 8).is_multiple_of(20) {
         return Err(WireError {
@@ -198,7 +245,7 @@ pub fn decode_ids(b: &[u8]) -> Result<(u64, Vec<Oid>), WireError> {
         });
     }
     let mut oids = Vec::with_capacity((b.len() - 8) / 20);
-    while r.at < b.len() {
+    while !r.done() {
         oids.push(r.oid("object id")?);
     }
     Ok((ns, oids))
@@ -263,11 +310,13 @@ pub struct Peer {
     target: u64,
 }
 
-/// What a raft RPC answers: openraft's result, or the peer's raft error as text.
+/// What a node-to-node operation answers: its result, the peer's error as text, or
+/// that the peer is not the group's leader (the caller asks again, elsewhere).
 #[derive(Debug, Serialize, Deserialize)]
 pub enum RpcReply<T> {
     Ok(T),
     Err(String),
+    NotLeader,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -316,6 +365,10 @@ impl Peer {
             Ok(b) => match serde_json::from_slice::<RpcReply<Resp>>(&b) {
                 Ok(RpcReply::Ok(r)) => Ok(r),
                 Ok(RpcReply::Err(e)) => Err(Failure::Network(format!("node {}: {e}", self.target))),
+                Ok(RpcReply::NotLeader) => Err(Failure::Network(format!(
+                    "node {} is not the leader",
+                    self.target
+                ))),
                 Err(e) => Err(Failure::Network(format!(
                     "node {}: unreadable answer: {e}",
                     self.target
@@ -458,9 +511,23 @@ impl<D: Dir> Clone for ObjectSync<D> {
     }
 }
 
+/// Reads a group's current metrics without copying them (they hold the membership and
+/// per-member progress; the hot paths only need a field or two).
+pub fn with_metrics<D: Dir, T>(
+    raft: &ShardRaft<D>,
+    f: impl FnOnce(&openraft::RaftMetrics<C>) -> T,
+) -> T {
+    let rx = raft.metrics();
+    let m = rx.borrow_watched();
+    f(&m)
+}
+
 /// The other members of a group (id, address), leader first if known.
 pub fn peers_of<D: Dir>(raft: &ShardRaft<D>, self_id: u64) -> Vec<(u64, String)> {
-    let m = raft.metrics().borrow_watched().clone();
+    with_metrics(raft, |m| members_but(m, self_id))
+}
+
+pub fn members_but(m: &openraft::RaftMetrics<C>, self_id: u64) -> Vec<(u64, String)> {
     let mut v: Vec<(u64, String)> = m
         .membership_config
         .nodes()
@@ -489,6 +556,13 @@ impl<D: Dir> ObjectSync<D> {
         v
     }
 
+    /// Drops from `oids` what `ns` holds.
+    fn keep_missing(&self, ns: u64, oids: &mut Vec<Oid>) {
+        let have = self.store.contains_many(Namespace(ns), oids);
+        let mut have = have.into_iter();
+        oids.retain(|_| !have.next().unwrap_or(false));
+    }
+
     /// Fetches the objects of `oids` missing in `ns` from peers until all are here.
     pub async fn fetch_missing(
         &self,
@@ -499,13 +573,7 @@ impl<D: Dir> ObjectSync<D> {
         let mut missing: Vec<Oid> = oids;
         let mut round = 0u32;
         loop {
-            let have = self.store.contains_many(Namespace(ns), &missing);
-            missing = missing
-                .into_iter()
-                .zip(have)
-                .filter(|(_, h)| !h)
-                .map(|(o, _)| o)
-                .collect();
+            self.keep_missing(ns, &mut missing);
             if missing.is_empty() {
                 return Ok(());
             }
@@ -521,13 +589,7 @@ impl<D: Dir> ObjectSync<D> {
                 // Ask this peer until it has nothing more of what is missing (each
                 // answer is bounded, see `FETCH_REPLY_BYTES`).
                 loop {
-                    let have = self.store.contains_many(Namespace(ns), &missing);
-                    missing = missing
-                        .into_iter()
-                        .zip(have)
-                        .filter(|(_, h)| !h)
-                        .map(|(o, _)| o)
-                        .collect();
+                    self.keep_missing(ns, &mut missing);
                     if missing.is_empty() {
                         return Ok(());
                     }

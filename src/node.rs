@@ -33,9 +33,9 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::cluster::{
-    decode_ids, decode_objects, decode_snapshot_body, encode_ids, encode_objects, peers_of,
-    raft_config, rpc_path, store_objects, Network, ObjectSync, RpcReply, ShardRaft, SyncActivity,
-    FETCH_REPLY_BYTES,
+    decode_ids, decode_objects, decode_snapshot_body, encode_ids, encode_objects, members_but,
+    peers_of, raft_config, rpc_path, store_objects, with_metrics, Head, Network, ObjectSync,
+    RpcReply, ShardRaft, SyncActivity, FETCH_REPLY_BYTES,
 };
 use crate::staging::{decode_commit, decode_stage, encode_commit, InStages, OutStages, Placed};
 
@@ -154,6 +154,32 @@ enum ProposeError {
 pub struct JoinRequest {
     pub id: u64,
     pub addr: String,
+}
+
+/// Why the leader-only operations (propose, read index) could not answer.
+#[derive(Debug)]
+enum LeaderError {
+    NotLeader,
+    Failed(String),
+}
+
+impl std::fmt::Display for LeaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LeaderError::NotLeader => f.write_str("not the leader"),
+            LeaderError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Encodes a leader-only operation's outcome (`NotLeader` stays typed on the wire).
+fn leader_reply<T: Serialize>(r: Result<T, LeaderError>) -> Result<Vec<u8>, (u16, String)> {
+    match r {
+        Err(LeaderError::NotLeader) => {
+            serde_json::to_vec(&RpcReply::<T>::NotLeader).map_err(|e| (500, e.to_string()))
+        }
+        r => rpc_reply(r),
+    }
 }
 
 fn rpc_reply<T: Serialize, E: std::fmt::Display>(
@@ -275,17 +301,18 @@ impl<D: Dir> NodeBackend<D> {
 
     /// Whether this node is a voter of the group.
     pub fn is_voter(&self) -> bool {
-        let m = self.raft().metrics().borrow_watched().clone();
         let me = self.inner.identity.id;
-        let voter = m.membership_config.voter_ids().any(|id| id == me);
-        voter
+        with_metrics(self.raft(), |m| {
+            m.membership_config.voter_ids().any(|id| id == me)
+        })
     }
 
     /// Whether this node has applied every entry it holds (after a join: it has the
     /// region's repositories and their objects).
     pub fn caught_up(&self) -> bool {
-        let m = self.raft().metrics().borrow_watched().clone();
-        m.last_applied.map(|l| l.index) >= m.last_log_index && m.current_leader.is_some()
+        with_metrics(self.raft(), |m| {
+            m.last_applied.map(|l| l.index) >= m.last_log_index && m.current_leader.is_some()
+        })
     }
 
     fn ns_of(&self, repo: &str) -> Option<u64> {
@@ -295,10 +322,11 @@ impl<D: Dir> NodeBackend<D> {
     }
 
     fn leader(&self) -> Option<(u64, Option<String>)> {
-        let m = self.raft().metrics().borrow_watched().clone();
-        let l = m.current_leader?;
-        let addr = m.membership_config.get_node(&l).map(|n| n.addr.clone());
-        Some((l, addr))
+        with_metrics(self.raft(), |m| {
+            let l = m.current_leader?;
+            let addr = m.membership_config.get_node(&l).map(|n| n.addr.clone());
+            Some((l, addr))
+        })
     }
 
     /// Proposes `cmd` to the group (through the leader) and waits for its answer.
@@ -346,7 +374,7 @@ impl<D: Dir> NodeBackend<D> {
                         Ok(b) => match serde_json::from_slice::<RpcReply<Response>>(&b) {
                             Ok(RpcReply::Ok(resp)) => return Ok(resp),
                             // The leader moved before it proposed: try again.
-                            Ok(RpcReply::Err(e)) if e.starts_with("not the leader") => {}
+                            Ok(RpcReply::NotLeader) => {}
                             Ok(RpcReply::Err(e)) => {
                                 return Err(ProposeError::Unknown(format!("leader: {e}")))
                             }
@@ -381,7 +409,7 @@ impl<D: Dir> NodeBackend<D> {
     }
 
     /// The read index of the group, confirmed by a quorum (leader only).
-    async fn read_index(&self) -> Result<u64, String> {
+    async fn read_index(&self) -> Result<u64, LeaderError> {
         let r = within(
             self.inner.timeout,
             self.raft().ensure_linearizable(ReadPolicy::ReadIndex),
@@ -389,9 +417,11 @@ impl<D: Dir> NodeBackend<D> {
         .await;
         match r {
             Some(Ok(id)) => Ok(id.log_id().index),
-            Some(Err(e)) if e.forward_to_leader().is_some() => Err("not the leader".into()),
-            Some(Err(e)) => Err(e.to_string()),
-            None => Err("no quorum confirmed the leadership in time".into()),
+            Some(Err(e)) if e.forward_to_leader().is_some() => Err(LeaderError::NotLeader),
+            Some(Err(e)) => Err(LeaderError::Failed(e.to_string())),
+            None => Err(LeaderError::Failed(
+                "no quorum confirmed the leadership in time".into(),
+            )),
         }
     }
 
@@ -418,6 +448,7 @@ impl<D: Dir> NodeBackend<D> {
             return match serde_json::from_slice::<RpcReply<()>>(&b) {
                 Ok(RpcReply::Ok(())) => Ok(()),
                 Ok(RpcReply::Err(e)) => Err(e),
+                Ok(RpcReply::NotLeader) => Err("the leader moved; ask again".into()),
                 Err(e) => Err(e.to_string()),
             };
         }
@@ -581,11 +612,13 @@ impl<D: Dir> Backend for NodeBackend<D> {
                     .iter()
                     .zip(st.ranges)
                     .map(|(o, range)| Placed {
-                        oid: o.oid,
-                        kind: to_storage_kind(o.kind),
-                        object_size: o.object_size,
-                        entry_size: o.entry_size,
-                        base: o.base,
+                        head: Head {
+                            oid: o.oid,
+                            kind: to_storage_kind(o.kind),
+                            object_size: o.object_size,
+                            entry_size: o.entry_size,
+                            base: o.base,
+                        },
                         range,
                     })
                     .collect();
@@ -608,10 +641,13 @@ impl<D: Dir> Backend for NodeBackend<D> {
                 deflated: o.deflated,
             })
             .collect();
-        let m = self.raft().metrics().borrow_watched().clone();
         let me = self.inner.identity.id;
-        let voters: BTreeSet<u64> = m.membership_config.voter_ids().collect();
-        let peers = peers_of(self.raft(), me);
+        let (voters, peers): (BTreeSet<u64>, _) = with_metrics(self.raft(), |m| {
+            (
+                m.membership_config.voter_ids().collect(),
+                members_but(m, me),
+            )
+        });
         let need = voters.len() / 2 + 1;
         let total = voters.len().max(1);
         let (tx, mut rx) = futures_channel::mpsc::unbounded::<(u64, Result<(), String>)>();
@@ -768,8 +804,8 @@ impl<D: Dir> Backend for NodeBackend<D> {
             let index = match self.leader() {
                 Some((l, _)) if l == self.inner.identity.id => match self.read_index().await {
                     Ok(_) => return Ok(()),
-                    Err(e) if e == "not the leader" => None,
-                    Err(e) => return Err(unavailable(&e)),
+                    Err(LeaderError::NotLeader) => None,
+                    Err(LeaderError::Failed(e)) => return Err(unavailable(&e)),
                 },
                 Some((_, Some(addr))) => {
                     let r = self
@@ -784,7 +820,7 @@ impl<D: Dir> Backend for NodeBackend<D> {
                         .await;
                     match r.map(|b| serde_json::from_slice::<RpcReply<u64>>(&b)) {
                         Ok(Ok(RpcReply::Ok(i))) => Some(i),
-                        Ok(Ok(RpcReply::Err(e))) if e == "not the leader" => None,
+                        Ok(Ok(RpcReply::NotLeader)) => None,
                         Ok(Ok(RpcReply::Err(e))) => return Err(unavailable(&e)),
                         Ok(Err(e)) => return Err(unavailable(&e.to_string())),
                         Err(e) if e.unreachable() => None,
@@ -889,15 +925,13 @@ impl<D: Dir> Backend for NodeBackend<D> {
             "propose" => {
                 let cmd: Command = parse(&body)?;
                 let r = raft.client_write(cmd).await;
-                match r {
-                    Ok(resp) => rpc_reply::<_, String>(Ok(resp.data)),
-                    Err(e) if e.forward_to_leader().is_some() => {
-                        rpc_reply::<Response, _>(Err("not the leader"))
-                    }
-                    Err(e) => rpc_reply::<Response, _>(Err(e)),
-                }
+                leader_reply(match r {
+                    Ok(resp) => Ok(resp.data),
+                    Err(e) if e.forward_to_leader().is_some() => Err(LeaderError::NotLeader),
+                    Err(e) => Err(LeaderError::Failed(e.to_string())),
+                })
             }
-            "readindex" => rpc_reply(self.read_index().await),
+            "readindex" => leader_reply(self.read_index().await),
             "join" => {
                 let req: JoinRequest = parse(&body)?;
                 rpc_reply(self.join(req).await)

@@ -572,6 +572,7 @@ async fn join_shard(
             Ok(b) => match serde_json::from_slice::<crate::cluster::RpcReply<()>>(&b) {
                 Ok(crate::cluster::RpcReply::Ok(())) => Ok(()),
                 Ok(crate::cluster::RpcReply::Err(e)) => Err(e),
+                Ok(crate::cluster::RpcReply::NotLeader) => Err("the leader moved".into()),
                 Err(e) => Err(e.to_string()),
             },
             Err(e) => Err(e.to_string()),

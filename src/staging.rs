@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use repospanner_net::client::NodeClient;
-use repospanner_storage::{ObjectKind, Oid, StoredObject};
+use repospanner_storage::StoredObject;
 
-use crate::cluster::{rpc_path, WireError};
+use crate::cluster::{put_head, rpc_path, Head, Reader, WireError};
 
 /// Size of one staging request body.
 pub const STAGE_CHUNK_BYTES: usize = 8 << 20;
@@ -49,55 +49,32 @@ pub fn encode_stage(id: u64, ns: u64, offset: u64, data: &[u8]) -> Vec<u8> {
     b
 }
 
-fn u64_at(b: &[u8], at: usize, what: &'static str) -> Result<u64, WireError> {
-    b.get(at..at + 8)
-        .map(|s| {
-            let mut v = [0u8; 8];
-            v.copy_from_slice(s);
-            u64::from_le_bytes(v)
-        })
-        .ok_or(WireError { at, what })
-}
-
 /// Decodes [`encode_stage`]: (id, namespace, offset, data).
 pub fn decode_stage(b: &[u8]) -> Result<(u64, u64, u64, &[u8]), WireError> {
+    let mut r = Reader::new(b);
     Ok((
-        u64_at(b, 0, "stage id")?,
-        u64_at(b, 8, "namespace")?,
-        u64_at(b, 16, "offset")?,
-        &b[24..],
+        r.u64("stage id")?,
+        r.u64("namespace")?,
+        r.u64("offset")?,
+        r.rest(),
     ))
 }
 
 /// An object of a commit: everything but its bytes, which are a range of the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placed {
-    pub oid: Oid,
-    pub kind: ObjectKind,
-    pub object_size: u64,
-    pub entry_size: u64,
-    pub base: Option<Oid>,
+    pub head: Head,
     pub range: Range<usize>,
 }
 
-/// `commit` body: id, namespace, then per object
-/// oid[20] kind[1] object_size[8] entry_size[8] has_base[1] (base[20]) start[8] end[8].
+/// `commit` body: id, namespace, then per object its [`put_head`] and the range of
+/// its bytes in the staged body (start[8] end[8]).
 pub fn encode_commit(id: u64, ns: u64, objects: &[Placed]) -> Vec<u8> {
     let mut b = Vec::with_capacity(16 + objects.len() * 74);
     b.extend_from_slice(&id.to_le_bytes());
     b.extend_from_slice(&ns.to_le_bytes());
     for o in objects {
-        b.extend_from_slice(&o.oid);
-        b.push(o.kind as u8);
-        b.extend_from_slice(&o.object_size.to_le_bytes());
-        b.extend_from_slice(&o.entry_size.to_le_bytes());
-        match &o.base {
-            Some(base) => {
-                b.push(1);
-                b.extend_from_slice(base);
-            }
-            None => b.push(0),
-        }
+        put_head(&mut b, &o.head);
         b.extend_from_slice(&(o.range.start as u64).to_le_bytes());
         b.extend_from_slice(&(o.range.end as u64).to_le_bytes());
     }
@@ -106,62 +83,22 @@ pub fn encode_commit(id: u64, ns: u64, objects: &[Placed]) -> Vec<u8> {
 
 /// Decodes [`encode_commit`]: (id, namespace, objects).
 pub fn decode_commit(b: &[u8]) -> Result<(u64, u64, Vec<Placed>), WireError> {
-    let id = u64_at(b, 0, "stage id")?;
-    let ns = u64_at(b, 8, "namespace")?;
-    let mut at = 16;
+    let mut r = Reader::new(b);
+    let id = r.u64("stage id")?;
+    let ns = r.u64("namespace")?;
     let mut out = Vec::new();
-    let oid_at = |at: usize, what| -> Result<Oid, WireError> {
-        let s = b.get(at..at + 20).ok_or(WireError { at, what })?;
-        let mut o = [0u8; 20];
-        o.copy_from_slice(s);
-        Ok(o)
-    };
-    while at < b.len() {
-        let oid = oid_at(at, "object id")?;
-        at += 20;
-        let kind = b
-            .get(at)
-            .and_then(|k| ObjectKind::from_u8(*k))
-            .ok_or(WireError {
-                at,
-                what: "object kind",
-            })?;
-        at += 1;
-        let object_size = u64_at(b, at, "object size")?;
-        let entry_size = u64_at(b, at + 8, "entry size")?;
-        at += 16;
-        let base = match b.get(at) {
-            Some(0) => {
-                at += 1;
-                None
-            }
-            Some(1) => {
-                let o = oid_at(at + 1, "base id")?;
-                at += 21;
-                Some(o)
-            }
-            _ => {
-                return Err(WireError {
-                    at,
-                    what: "base flag",
-                })
-            }
-        };
-        let start = u64_at(b, at, "range start")? as usize;
-        let end = u64_at(b, at + 8, "range end")? as usize;
+    while !r.done() {
+        let head = r.head()?;
+        let start = r.u64("range start")? as usize;
+        let end = r.u64("range end")? as usize;
         if start > end {
             return Err(WireError {
-                at,
+                at: b.len() - r.rest().len() - 16,
                 what: "range ends before it starts",
             });
         }
-        at += 16;
         out.push(Placed {
-            oid,
-            kind,
-            object_size,
-            entry_size,
-            base,
+            head,
             range: start..end,
         });
     }
@@ -425,16 +362,9 @@ impl InStages {
                 let deflated = s
                     .bytes
                     .get(p.range.clone())
-                    .ok_or_else(|| StageError::OutOfRange(repospanner_net::git::hex(&p.oid)))?
+                    .ok_or_else(|| StageError::OutOfRange(repospanner_net::git::hex(&p.head.oid)))?
                     .to_vec();
-                Ok(StoredObject {
-                    oid: p.oid,
-                    kind: p.kind,
-                    object_size: p.object_size,
-                    entry_size: p.entry_size,
-                    base: p.base,
-                    deflated,
-                })
+                Ok(p.head.with(deflated))
             })
             .collect()
     }
@@ -443,14 +373,17 @@ impl InStages {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use repospanner_storage::{ObjectKind, Oid};
 
     fn placed(range: Range<usize>, base: Option<Oid>) -> Placed {
         Placed {
-            oid: [7; 20],
-            kind: ObjectKind::Blob,
-            object_size: 10,
-            entry_size: 3,
-            base,
+            head: Head {
+                oid: [7; 20],
+                kind: ObjectKind::Blob,
+                object_size: 10,
+                entry_size: 3,
+                base,
+            },
             range,
         }
     }

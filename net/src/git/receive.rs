@@ -329,9 +329,12 @@ pub async fn receive<B: Backend>(
         .filter(|i| refusals[*i].is_none())
         .collect();
     if !accepted.is_empty() {
-        let raws: Vec<RawObject> = resolved
+        let kept: Vec<&Resolved> = resolved
             .iter()
             .filter(|r| needed.contains(&r.oid))
+            .collect();
+        let raws: Vec<RawObject> = kept
+            .iter()
             .map(|r| RawObject {
                 oid: r.oid,
                 kind: r.kind,
@@ -345,9 +348,8 @@ pub async fn receive<B: Backend>(
         // Where each object's bytes lie in the request body the members hold.
         let staged = staged.map(|(id, pack_at)| Staged {
             id,
-            ranges: resolved
+            ranges: kept
                 .iter()
-                .filter(|r| needed.contains(&r.oid))
                 .map(|r| r.data.start + pack_at..r.data.end + pack_at)
                 .collect(),
         });
