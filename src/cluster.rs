@@ -104,7 +104,7 @@ impl Head {
     }
 
     /// The stored object with these facts and `deflated` bytes.
-    pub fn with(self, deflated: Vec<u8>) -> StoredObject {
+    pub fn with(self, deflated: Bytes) -> StoredObject {
         StoredObject {
             oid: self.oid,
             kind: self.kind,
@@ -212,14 +212,16 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes an object sync body.
-pub fn decode_objects(b: &[u8]) -> Result<Vec<StoredObject>, WireError> {
+/// Decodes an object sync body; the objects' bytes are slices of `b`, not copies.
+pub fn decode_objects(b: &Bytes) -> Result<Vec<StoredObject>, WireError> {
     let mut r = Reader::new(b);
     let mut out = Vec::new();
     while !r.done() {
         let head = r.head()?;
         let len = r.u32("length")? as usize;
-        out.push(head.with(r.take(len, "object data")?.to_vec()));
+        let at = r.at;
+        r.take(len, "object data")?;
+        out.push(head.with(b.slice(at..at + len)));
     }
     Ok(out)
 }
@@ -731,7 +733,7 @@ mod tests {
                 object_size: 5,
                 entry_size: 5,
                 base: None,
-                deflated: vec![9, 9, 9],
+                deflated: vec![9, 9, 9].into(),
             },
             StoredObject {
                 oid: [2; 20],
@@ -739,19 +741,20 @@ mod tests {
                 object_size: 50,
                 entry_size: 7,
                 base: Some([1; 20]),
-                deflated: vec![],
+                deflated: Bytes::new(),
             },
         ];
         let b = encode_objects(&objs);
+        let b = Bytes::from(b);
         assert_eq!(decode_objects(&b).expect("decodes"), objs);
         let first = encode_objects(&objs[..1]).len();
         for cut in (1..b.len()).filter(|c| *c != first) {
-            assert!(decode_objects(&b[..cut]).is_err(), "cut at {cut}");
+            assert!(decode_objects(&b.slice(..cut)).is_err(), "cut at {cut}");
         }
-        let mut bad = b.clone();
+        let mut bad = b.to_vec();
         bad[20] = 9;
-        assert!(decode_objects(&bad).is_err());
-        assert!(decode_objects(&[]).expect("empty").is_empty());
+        assert!(decode_objects(&Bytes::from(bad)).is_err());
+        assert!(decode_objects(&Bytes::new()).expect("empty").is_empty());
     }
 
     #[test]

@@ -859,7 +859,9 @@ impl<D: Dir> Backend for NodeBackend<D> {
             "objects" => {
                 let (ns, _) =
                     decode_ids(body.get(..8).unwrap_or(&[])).map_err(|e| (400, e.to_string()))?;
-                let objs = decode_objects(&body[8..]).map_err(|e| (400, e.to_string()))?;
+                // decode_ids checked that the body holds at least 8 bytes.
+                let objs = decode_objects(&Bytes::from(body).slice(8..))
+                    .map_err(|e| (400, e.to_string()))?;
                 self.inner.activity.touch(ns);
                 store_objects(&self.inner.store, ns, objs)
                     .await

@@ -364,7 +364,7 @@ impl InStages {
                     .get(p.range.clone())
                     .ok_or_else(|| StageError::OutOfRange(repospanner_net::git::hex(&p.head.oid)))?
                     .to_vec();
-                Ok(p.head.with(deflated))
+                Ok(p.head.with(deflated.into()))
             })
             .collect()
     }
@@ -426,7 +426,7 @@ mod tests {
         ));
         s.append(3, 0, b"hello world").expect("start");
         let objs = s.commit(3, vec![placed(6..11, None)]).expect("commit");
-        assert_eq!(objs[0].deflated, b"world");
+        assert_eq!(objs[0].deflated, &b"world"[..]);
         assert_eq!(s.commit(3, Vec::new()), Err(StageError::Unknown(3)));
     }
 }

@@ -27,7 +27,8 @@ pub struct RawObject {
     pub object_size: u64,
     pub entry_size: u64,
     pub base: Option<Oid>,
-    pub deflated: Vec<u8>,
+    /// Shared with the pushed pack (or the read buffer), not copied.
+    pub deflated: bytes::Bytes,
 }
 
 /// One ref update of a push, after validation.

@@ -95,6 +95,8 @@ impl Source {
 
 /// How many body chunks may be in flight from the accepting shard to the owner.
 const BODY_QUEUE: usize = 16;
+/// Bytes of a streamed body passed to the owner at a time.
+const FORWARD_BATCH: usize = 256 << 10;
 
 /// How many forwarded requests may queue between two shards.
 const QUEUE: usize = 256;
@@ -183,9 +185,29 @@ pub async fn forward_streaming(
     glommio::spawn_local(async move {
         let tx = tx.connect().await;
         let mut source = Source::Client(body);
+        // TLS hands over ~16 KiB at a time; each message between shards may wake the
+        // other executor, so pieces go over in batches. Nothing waits on a partial
+        // batch: the owner answers a push only after its whole body.
+        let mut batch = bytes::BytesMut::new();
         loop {
             let chunk = match source.next().await {
-                Ok(Some(b)) => BodyChunk::Data(b),
+                Ok(Some(b)) => {
+                    batch.extend_from_slice(&b);
+                    if batch.len() < FORWARD_BATCH {
+                        continue;
+                    }
+                    BodyChunk::Data(batch.split().freeze())
+                }
+                Ok(None) if !batch.is_empty() => {
+                    if tx
+                        .send(BodyChunk::Data(batch.split().freeze()))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    BodyChunk::End
+                }
                 Ok(None) => BodyChunk::End,
                 Err(e) => BodyChunk::Failed(e.to_string()),
             };

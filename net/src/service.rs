@@ -695,6 +695,7 @@ async fn receive_streaming<B: Backend + 'static>(
     // it arrives (a body that turns out to be broken is dropped by them later).
     let mut stage = None;
     let mut stage_considered = false;
+    let arriving = std::time::Instant::now();
     let abandon = |ctx: &Ctx<B>, stage: Option<u64>| {
         if let Some(id) = stage {
             ctx.backend.stage_end(id, false);
@@ -752,6 +753,12 @@ async fn receive_streaming<B: Backend + 'static>(
     if let Some(id) = stage {
         ctx.backend.stage_end(id, true);
     }
+    info!(
+        repo = %repo,
+        bytes = got.bytes.len(),
+        ms = arriving.elapsed().as_millis() as u64,
+        "push body received"
+    );
     let http::Gathered {
         bytes: buf, held, ..
     } = got;

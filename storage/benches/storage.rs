@@ -37,7 +37,7 @@ fn fake_object(seed: u64, len: usize) -> StoredObject {
         object_size: len as u64,
         entry_size: len as u64,
         base: None,
-        deflated: noise(seed, len),
+        deflated: noise(seed, len).into(),
     }
 }
 
@@ -378,7 +378,7 @@ async fn bench_delta() {
                 object_size: sizes[f[0]],
                 entry_size,
                 base,
-                deflated: pack[off + hl..off + in_pack].to_vec(),
+                deflated: pack[off + hl..off + in_pack].to_vec().into(),
             },
         ));
     }

@@ -63,15 +63,24 @@ pub struct StoredObject {
     pub entry_size: u64,
     /// For a delta entry, the object it is a delta against (same namespace).
     pub base: Option<Oid>,
-    /// The zlib stream exactly as it was in the pack.
-    pub deflated: Vec<u8>,
+    /// The zlib stream exactly as it was in the pack (shared, not copied, on its way
+    /// from a pushed pack to the write buffer).
+    pub deflated: bytes::Bytes,
 }
 
 const FIXED: usize = 8 + 20 + 1 + 1 + 8 + 8;
 
 /// Encodes an object record payload.
 pub fn encode(ns: Namespace, o: &StoredObject) -> Vec<u8> {
-    let mut out = Vec::with_capacity(FIXED + 20 + o.deflated.len());
+    let mut out = encode_head(ns, o);
+    out.extend_from_slice(&o.deflated);
+    out
+}
+
+/// Encodes the part of an object record payload before the deflated bytes (the whole
+/// payload is this followed by `o.deflated`).
+pub fn encode_head(ns: Namespace, o: &StoredObject) -> Vec<u8> {
+    let mut out = Vec::with_capacity(FIXED + 20);
     out.extend_from_slice(&ns.0.to_le_bytes());
     out.extend_from_slice(&o.oid);
     out.push(o.kind as u8);
@@ -81,7 +90,6 @@ pub fn encode(ns: Namespace, o: &StoredObject) -> Vec<u8> {
     if let Some(b) = &o.base {
         out.extend_from_slice(b);
     }
-    out.extend_from_slice(&o.deflated);
     out
 }
 
@@ -130,7 +138,7 @@ pub fn decode(p: &[u8]) -> Option<(Namespace, StoredObject)> {
             object_size,
             entry_size,
             base,
-            deflated: p[at..].to_vec(),
+            deflated: bytes::Bytes::copy_from_slice(&p[at..]),
         },
     ))
 }
@@ -285,7 +293,7 @@ mod tests {
                 object_size: 123,
                 entry_size: 45,
                 base,
-                deflated: vec![1, 2, 3],
+                deflated: vec![1, 2, 3].into(),
             };
             let p = encode(Namespace(77), &o);
             assert_eq!(decode(&p), Some((Namespace(77), o)));

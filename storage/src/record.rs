@@ -121,18 +121,32 @@ pub struct RecordBytes {
     pub payload: Vec<u8>,
 }
 
-/// Appends the encoding of one record to `out`.
+/// Appends the encoding of one record to `out`; its payload is `payload`.
 pub fn encode_record(out: &mut Vec<u8>, salt: u64, kind: RecordKind, flags: u8, payload: &[u8]) {
-    let len =
-        u32::try_from(payload.len()).expect("record payloads are limited to 4 GiB by the store");
+    encode_record_parts(out, salt, kind, flags, payload, &[]);
+}
+
+/// Appends the encoding of one record whose payload is `head` followed by `tail`
+/// (written straight into `out`, never assembled elsewhere first).
+pub fn encode_record_parts(
+    out: &mut Vec<u8>,
+    salt: u64,
+    kind: RecordKind,
+    flags: u8,
+    head: &[u8],
+    tail: &[u8],
+) {
+    let len = u32::try_from(head.len() + tail.len())
+        .expect("record payloads are limited to 4 GiB by the store");
     let mut h = [0u8; RECORD_HEADER_LEN];
     h[0..4].copy_from_slice(&len.to_le_bytes());
     h[4] = kind as u8;
     h[5] = flags;
-    let c = crc(salt, &[&h[..8], payload]);
+    let c = crc(salt, &[&h[..8], head, tail]);
     h[8..12].copy_from_slice(&c.to_le_bytes());
     out.extend_from_slice(&h);
-    out.extend_from_slice(payload);
+    out.extend_from_slice(head);
+    out.extend_from_slice(tail);
 }
 
 /// A record read back and checked.

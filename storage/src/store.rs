@@ -135,8 +135,23 @@ struct Tail<F> {
     block: Vec<u8>,
 }
 
+/// A record ready to be written: its payload is `head` followed by `tail` (an object's
+/// deflated bytes, shared with the caller rather than copied).
+struct Encoded {
+    kind: RecordKind,
+    flags: u8,
+    head: Vec<u8>,
+    tail: bytes::Bytes,
+}
+
+impl Encoded {
+    fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+}
+
 struct Pending {
-    writes: Vec<(RecordKind, u8, Vec<u8>)>,
+    writes: Vec<Encoded>,
     bytes: usize,
     done: oneshot::Sender<Result<Vec<Loc>>>,
 }
@@ -240,9 +255,16 @@ impl<'f, F: SegmentFile> Window<'f, F> {
     }
 }
 
-fn encode_write(w: &Write, opts: &Options) -> (RecordKind, u8, Vec<u8>) {
-    match w {
-        Write::Object(ns, o) => (RecordKind::Object, 0, object::encode(*ns, o)),
+fn encode_write(w: &Write, opts: &Options) -> Encoded {
+    let (kind, flags, head) = match w {
+        Write::Object(ns, o) => {
+            return Encoded {
+                kind: RecordKind::Object,
+                flags: 0,
+                head: object::encode_head(*ns, o),
+                tail: o.deflated.clone(),
+            }
+        }
         Write::Opaque { stream, key, data } => {
             let mut p = Vec::with_capacity(9 + data.len());
             p.push(*stream);
@@ -269,6 +291,12 @@ fn encode_write(w: &Write, opts: &Options) -> (RecordKind, u8, Vec<u8>) {
             (RecordKind::DeleteRange, 0, p)
         }
         Write::DropNamespace(ns) => (RecordKind::DropNamespace, 0, ns.0.to_le_bytes().to_vec()),
+    };
+    Encoded {
+        kind,
+        flags,
+        head,
+        tail: bytes::Bytes::new(),
     }
 }
 
@@ -468,10 +496,7 @@ impl<D: Dir> Store<D> {
             .iter()
             .map(|w| encode_write(w, &inner.opts))
             .collect();
-        let bytes: usize = encoded
-            .iter()
-            .map(|(_, _, p)| RECORD_HEADER_LEN + p.len())
-            .sum();
+        let bytes: usize = encoded.iter().map(|e| RECORD_HEADER_LEN + e.len()).sum();
         if bytes > inner.opts.append_bytes_max {
             return Err(Error::TooLarge {
                 bytes: bytes as u64,
@@ -637,9 +662,9 @@ impl<D: Dir> Store<D> {
         let mut count = 0u32;
         let body_at = frame_at + FRAME_HEADER_LEN as u64;
         for p in batch {
-            for (kind, flags, payload) in &p.writes {
+            for e in &p.writes {
                 let at = buf.len() - body_start;
-                record::encode_record(&mut buf, salt, *kind, *flags, payload);
+                record::encode_record_parts(&mut buf, salt, e.kind, e.flags, &e.head, &e.tail);
                 locs.push(Loc {
                     segment: segment.id,
                     offset: body_at + at as u64,
@@ -680,9 +705,10 @@ impl<D: Dir> Store<D> {
             let mut index = inner.index.borrow_mut();
             let mut l = locs.iter();
             for p in batch {
-                for (kind, _, payload) in &p.writes {
+                for e in &p.writes {
                     if let Some(loc) = l.next() {
-                        index.apply(*kind, payload, *loc);
+                        // The keys are in the head.
+                        index.apply(e.kind, &e.head, *loc);
                     }
                 }
             }

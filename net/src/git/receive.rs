@@ -238,6 +238,7 @@ pub async fn receive<B: Backend>(
     let commands = &req.commands;
     let atomic = req.caps.contains("atomic");
     let mut refusals = check_commands(commands, state);
+    let mut phases = Phases::start();
     let needs_pack = commands.iter().any(|c| c.new != ZERO);
 
     // Unpack and verify.
@@ -290,6 +291,7 @@ pub async fn receive<B: Backend>(
             "Resolving deltas: {} objects verified",
             resolved.len()
         ));
+        phases.mark("resolve");
     }
 
     // Connectivity: every new tip and everything it reaches is in the pack or stored.
@@ -323,6 +325,7 @@ pub async fn receive<B: Backend>(
             *r = Some("atomic push failure".into());
         }
     }
+    phases.mark("connect");
 
     // Store what the accepted updates need, durably, before any ref moves.
     let accepted: Vec<usize> = (0..commands.len())
@@ -341,7 +344,7 @@ pub async fn receive<B: Backend>(
                 object_size: r.object_size,
                 entry_size: r.entry_size,
                 base: r.base,
-                deflated: pack_bytes[r.data.clone()].to_vec(),
+                deflated: pack_bytes.slice(r.data.clone()),
             })
             .collect();
         let n = raws.len();
@@ -361,6 +364,7 @@ pub async fn receive<B: Backend>(
             );
         }
         progress(format!("Stored {n} new objects"));
+        phases.mark("store");
         let updates: Vec<RefUpdate> = accepted
             .iter()
             .map(|&i| {
@@ -388,6 +392,8 @@ pub async fn receive<B: Backend>(
             }
         }
     }
+    phases.mark("refs");
+    tracing::info!(repo, objects = resolved.len(), phases = %phases, "push verified and applied");
     Report {
         unpack: Ok(()),
         refs: commands
@@ -395,6 +401,38 @@ pub async fn receive<B: Backend>(
             .zip(refusals)
             .map(|(c, r)| (c.name.clone(), r.map_or(Ok(()), Err)))
             .collect(),
+    }
+}
+
+/// How long each phase of a push took, for the log.
+#[derive(Debug)]
+struct Phases {
+    last: std::time::Instant,
+    done: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Phases {
+    fn start() -> Phases {
+        Phases {
+            last: std::time::Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.done.push((name, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, d)) in self.done.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{name}={}ms", d.as_millis())?;
+        }
+        Ok(())
     }
 }
 

@@ -49,7 +49,7 @@ pub fn full(kind: ObjectKind, content: &[u8]) -> StoredObject {
         object_size: content.len() as u64,
         entry_size: content.len() as u64,
         base: None,
-        deflated: deflate(content),
+        deflated: deflate(content).into(),
     }
 }
 
@@ -85,7 +85,7 @@ pub fn delta(
             object_size: content.len() as u64,
             entry_size: d.len() as u64,
             base: Some(base.oid),
-            deflated: deflate(&d),
+            deflated: deflate(&d).into(),
         },
         content,
     )
