@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use repospanner_net::backend::{Backend, BackendError, RawObject, RefUpdate, RepoState, Staged};
+use repospanner_net::backend::{
+    Backend, BackendError, RawHead, RawObject, RefUpdate, RepoState, Staged,
+};
 use repospanner_net::client::{ClientError, NodeClient};
 use repospanner_net::git::{hex, ObjectKind, Oid};
 use repospanner_raft::openraft::async_runtime::watch::WatchReceiver;
@@ -559,6 +561,25 @@ impl<D: Dir> Backend for NodeBackend<D> {
                 entry_size: o.entry_size,
                 base: o.base,
                 deflated: o.deflated,
+            }))
+    }
+
+    async fn raw_head(&self, repo: &str, oid: &Oid) -> Result<Option<RawHead>, BackendError> {
+        let Some(ns) = self.ns_of(repo) else {
+            return Ok(None);
+        };
+        Ok(self
+            .inner
+            .store
+            .read_head(Namespace(ns), oid)
+            .await
+            .map_err(err)?
+            .map(|h| RawHead {
+                oid: h.oid,
+                kind: from_storage_kind(h.kind),
+                object_size: h.object_size,
+                entry_size: h.entry_size,
+                base: h.base,
             }))
     }
 

@@ -31,6 +31,29 @@ pub struct RawObject {
     pub deflated: bytes::Bytes,
 }
 
+/// What a stored pack entry says of its object, without its bytes: enough to plan a
+/// pack (order, delta bases) before any entry is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawHead {
+    pub oid: Oid,
+    pub kind: ObjectKind,
+    pub object_size: u64,
+    pub entry_size: u64,
+    pub base: Option<Oid>,
+}
+
+impl RawObject {
+    pub fn head(&self) -> RawHead {
+        RawHead {
+            oid: self.oid,
+            kind: self.kind,
+            object_size: self.object_size,
+            entry_size: self.entry_size,
+            base: self.base,
+        }
+    }
+}
+
 /// One ref update of a push, after validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefUpdate {
@@ -69,6 +92,8 @@ pub trait Backend {
     ) -> Result<Option<(ObjectKind, Vec<u8>)>, BackendError>;
     /// The stored pack entry of an object of the repository.
     async fn raw(&self, repo: &str, oid: &Oid) -> Result<Option<RawObject>, BackendError>;
+    /// The head of the stored pack entry of an object (see [`RawHead`]).
+    async fn raw_head(&self, repo: &str, oid: &Oid) -> Result<Option<RawHead>, BackendError>;
     /// Which of `oids` the repository has.
     fn has_many(&self, repo: &str, oids: &[Oid]) -> Vec<bool>;
     /// Stores verified objects durably (not yet referenced by any ref): on this node

@@ -610,21 +610,38 @@ async fn upload_pack<B: Backend + 'static>(
             return;
         }
         let planned = started.elapsed();
-        let mut chunks = Vec::new();
-        upload::encode_pack(&plan, |b| chunks.push(b));
-        let mut buf = Vec::new();
-        for c in chunks {
-            band(sideband, &mut buf, &c);
-            if buf.len() >= 256 << 10
-                && tx
-                    .send(Bytes::from(std::mem::take(&mut buf)))
-                    .await
-                    .is_err()
+        // Entries are read a batch at a time and framed straight into the response;
+        // the channel's bound makes a slow client slow the reading down.
+        let mut out = pktline::BandWriter::new(1, sideband);
+        let mut pack = upload::PackOut::new(&plan, &mut |b| out.write(b));
+        loop {
+            let more = match pack
+                .next_batch(&ctx.backend, &repo, &plan, &mut |b| out.write(b))
+                .await
             {
+                Ok(more) => more,
+                Err(e) => {
+                    // The pack has started: the client is told why it stops.
+                    warn!(repo = %repo, error = %e, "fetch failed while sending the pack");
+                    let mut o = out.take();
+                    if let Some(max) = sideband {
+                        pktline::sideband(&mut o, 3, format!("{e}\n").as_bytes(), max);
+                    }
+                    let _ = tx.send(Bytes::from(o)).await;
+                    return;
+                }
+            };
+            if !more {
+                break;
+            }
+            if out.len() >= 256 << 10 && tx.send(Bytes::from(out.take())).await.is_err() {
                 return;
             }
         }
-        pktline::flush(&mut buf);
+        let mut buf = out.take();
+        if sideband.is_some() {
+            pktline::flush(&mut buf);
+        }
         let _ = tx.send(Bytes::from(buf)).await;
         info!(
             repo = %repo,

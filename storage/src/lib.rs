@@ -53,7 +53,7 @@ mod store;
 
 pub use index::Loc;
 pub use io::{DmaDir, Faults, MemDir};
-pub use object::{Namespace, ObjectKind, Oid, StoredObject};
+pub use object::{Namespace, ObjectHead, ObjectKind, Oid, StoredObject};
 pub use store::{Corruption, Options, RecoveryReport, Stats, Store, VerifyReport, Write};
 
 /// Log sequence number: every record gets the next one.

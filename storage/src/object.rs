@@ -105,8 +105,22 @@ pub fn decode_key(p: &[u8]) -> Option<(Namespace, Oid)> {
     Some((Namespace(u64::from_le_bytes(ns)), oid))
 }
 
-/// Decodes an object payload; `None` if it is malformed.
-pub fn decode(p: &[u8]) -> Option<(Namespace, StoredObject)> {
+/// What an object record says of its object, without the deflated bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectHead {
+    pub oid: Oid,
+    pub kind: ObjectKind,
+    pub object_size: u64,
+    pub entry_size: u64,
+    pub base: Option<Oid>,
+}
+
+/// The most bytes an object payload's head takes (see [`decode_head`]).
+pub const HEAD_MAX: usize = FIXED + 20;
+
+/// Decodes the head of an object payload: its namespace, the object's facts and where
+/// the deflated bytes start. `p` may be only the start of the payload.
+pub fn decode_head(p: &[u8]) -> Option<(Namespace, ObjectHead, usize)> {
     let (ns, oid) = decode_key(p)?;
     let kind = ObjectKind::from_u8(p[28])?;
     let has_base = match p[29] {
@@ -132,13 +146,34 @@ pub fn decode(p: &[u8]) -> Option<(Namespace, StoredObject)> {
     };
     Some((
         ns,
-        StoredObject {
+        ObjectHead {
             oid,
             kind,
             object_size,
             entry_size,
             base,
-            deflated: bytes::Bytes::copy_from_slice(&p[at..]),
+        },
+        at,
+    ))
+}
+
+/// Decodes an object payload; `None` if it is malformed.
+pub fn decode(p: &[u8]) -> Option<(Namespace, StoredObject)> {
+    decode_shared(&bytes::Bytes::copy_from_slice(p))
+}
+
+/// Decodes an object payload whose deflated bytes stay shared with `p`.
+pub fn decode_shared(p: &bytes::Bytes) -> Option<(Namespace, StoredObject)> {
+    let (ns, h, at) = decode_head(p)?;
+    Some((
+        ns,
+        StoredObject {
+            oid: h.oid,
+            kind: h.kind,
+            object_size: h.object_size,
+            entry_size: h.entry_size,
+            base: h.base,
+            deflated: p.slice(at..),
         },
     ))
 }

@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::index::{self, Covered, Index, Loc};
 use crate::io::{Dir, SegmentFile};
-use crate::object::{self, ContentError, Namespace, ObjectKind, Oid, StoredObject};
+use crate::object::{self, ContentError, Namespace, ObjectHead, ObjectKind, Oid, StoredObject};
 use crate::record::{
     self, FrameHeader, RecordKind, SegmentHeader, FLAG_ZSTD, FRAME_HEADER_LEN, RECORD_HEADER_LEN,
     SEGMENT_HEADER_LEN,
@@ -776,18 +776,8 @@ impl<D: Dir> Store<D> {
     }
 
     /// Reads and checks the record at `loc`.
-    async fn read_record(&self, loc: Loc) -> Result<(RecordKind, u8, Vec<u8>)> {
-        let seg = self
-            .inner
-            .segments
-            .borrow()
-            .get(&loc.segment)
-            .cloned()
-            .ok_or_else(|| Error::Corrupt {
-                segment: loc.segment,
-                offset: loc.offset,
-                reason: "segment is missing or damaged".into(),
-            })?;
+    async fn read_record(&self, loc: Loc) -> Result<(RecordKind, u8, bytes::Bytes)> {
+        let seg = self.segment_of(loc)?;
         let name = segment_name(seg.id);
         let bytes = seg
             .file
@@ -799,7 +789,52 @@ impl<D: Dir> Store<D> {
             offset: loc.offset,
             reason: format!("record check failed: {e:?}"),
         })?;
-        Ok((r.kind, r.flags, r.payload.to_vec()))
+        Ok((r.kind, r.flags, bytes::Bytes::copy_from_slice(r.payload)))
+    }
+
+    fn segment_of(&self, loc: Loc) -> Result<Rc<Segment<D::File>>> {
+        self.inner
+            .segments
+            .borrow()
+            .get(&loc.segment)
+            .cloned()
+            .ok_or_else(|| Error::Corrupt {
+                segment: loc.segment,
+                offset: loc.offset,
+                reason: "segment is missing or damaged".into(),
+            })
+    }
+
+    /// What the record of `oid` in `ns` says of the object (kind, sizes, delta base),
+    /// read from the start of the record only: for planning a fetch before its entries
+    /// are read. The record's checksum covers all of it and is not checked here; the
+    /// entry read later ([`Store::read_raw`]) is checked, and callers compare the two.
+    pub async fn read_head(&self, ns: Namespace, oid: &Oid) -> Result<Option<ObjectHead>> {
+        let Some(loc) = self.inner.index.borrow().objects.get(&(ns, *oid)).copied() else {
+            return Ok(None);
+        };
+        let seg = self.segment_of(loc)?;
+        let len = (loc.len as usize).min(RECORD_HEADER_LEN + object::HEAD_MAX);
+        let bytes = seg
+            .file
+            .read_at(loc.offset, len)
+            .await
+            .map_err(io_err("read", &segment_name(seg.id)))?;
+        let corrupt = |reason: &str| Error::Corrupt {
+            segment: loc.segment,
+            offset: loc.offset,
+            reason: reason.into(),
+        };
+        let head = bytes
+            .get(RECORD_HEADER_LEN..)
+            .filter(|_| bytes.get(4) == Some(&(RecordKind::Object as u8)))
+            .and_then(object::decode_head);
+        match head {
+            Some((n, h, _)) if n == ns && h.oid == *oid => Ok(Some(h)),
+            _ => Err(corrupt(
+                "object record head does not decode to the indexed object",
+            )),
+        }
     }
 
     /// Whether `ns` holds `oid`.
@@ -847,7 +882,7 @@ impl<D: Dir> Store<D> {
         if kind != RecordKind::Object {
             return Err(corrupt("index points at a record that is not an object"));
         }
-        match object::decode(&payload) {
+        match object::decode_shared(&payload) {
             Some((n, o)) if n == ns && o.oid == *oid => Ok(Some(o)),
             _ => Err(corrupt(
                 "object record does not decode to the indexed object",

@@ -105,6 +105,23 @@ async fn check<D: Dir>(store: &Store<D>) {
         "a delta comes back as the delta it was"
     );
     assert_eq!(raw.base, Some(d2.oid));
+    // The head alone (for planning a fetch) says the same as the whole record.
+    for o in [&blob, &base, &d1, &d3] {
+        let h = store
+            .read_head(NS, &o.oid)
+            .await
+            .expect("read head")
+            .expect("present");
+        assert_eq!(
+            (h.oid, h.kind, h.object_size, h.entry_size, h.base),
+            (o.oid, o.kind, o.object_size, o.entry_size, o.base)
+        );
+    }
+    assert!(store
+        .read_head(Namespace(99), &blob.oid)
+        .await
+        .expect("read head")
+        .is_none());
     let (kind, content) = store
         .read_object(NS, &d3.oid)
         .await

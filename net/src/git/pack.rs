@@ -750,25 +750,33 @@ impl PackWriter {
         self.written += b.len() as u64;
     }
 
-    /// Encodes one entry; returns its bytes (to send as they are made).
+    /// Encodes one entry; returns its bytes.
     pub fn entry(&mut self, e: &OutEntry<'_>) -> Vec<u8> {
-        let offset = self.written;
         let mut out = Vec::new();
-        match e {
+        self.entry_to(e, &mut |b| out.extend_from_slice(b));
+        out
+    }
+
+    /// Encodes one entry into `sink`: its header, then its deflated bytes as they are
+    /// (never copied here).
+    pub fn entry_to(&mut self, e: &OutEntry<'_>, sink: &mut dyn FnMut(&[u8])) {
+        let offset = self.written;
+        let mut head = Vec::with_capacity(32);
+        let deflated = match e {
             OutEntry::Full {
                 kind,
                 size,
                 deflated,
             } => {
-                entry_header(&mut out, *kind as u8, *size);
-                out.extend_from_slice(deflated);
+                entry_header(&mut head, *kind as u8, *size);
+                deflated
             }
             OutEntry::OfsDelta {
                 base_index,
                 size,
                 deflated,
             } => {
-                entry_header(&mut out, 6, *size);
+                entry_header(&mut head, 6, *size);
                 let mut rel = offset - self.offsets[*base_index];
                 let mut bytes = vec![(rel & 0x7f) as u8];
                 rel >>= 7;
@@ -778,22 +786,24 @@ impl PackWriter {
                     rel >>= 7;
                 }
                 bytes.reverse();
-                out.extend_from_slice(&bytes);
-                out.extend_from_slice(deflated);
+                head.extend_from_slice(&bytes);
+                deflated
             }
             OutEntry::RefDelta {
                 base,
                 size,
                 deflated,
             } => {
-                entry_header(&mut out, 7, *size);
-                out.extend_from_slice(base);
-                out.extend_from_slice(deflated);
+                entry_header(&mut head, 7, *size);
+                head.extend_from_slice(base);
+                deflated
             }
-        }
+        };
         self.offsets.push(offset);
-        self.feed(&out);
-        out
+        self.feed(&head);
+        self.feed(deflated);
+        sink(&head);
+        sink(deflated);
     }
 
     /// The trailer: SHA-1 of everything written.

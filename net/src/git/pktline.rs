@@ -146,6 +146,76 @@ pub fn sideband(out: &mut Vec<u8>, band: u8, payload: &[u8], max: usize) {
     }
 }
 
+/// Writes a byte stream as side-band packets on one band, each of at most `max` bytes
+/// (header included), straight into one buffer; without side-band (`max` = `None`) the
+/// bytes pass as they are. The same bytes as [`sideband`], however the stream is split.
+#[derive(Debug)]
+pub struct BandWriter {
+    out: Vec<u8>,
+    band: u8,
+    max: Option<usize>,
+    /// Where the open packet's header is in `out`.
+    open: Option<usize>,
+}
+
+impl BandWriter {
+    pub fn new(band: u8, max: Option<usize>) -> BandWriter {
+        BandWriter {
+            out: Vec::new(),
+            band,
+            max: max.map(|m| m.clamp(6, MAX_PKT)),
+            open: None,
+        }
+    }
+
+    pub fn write(&mut self, mut data: &[u8]) {
+        let Some(max) = self.max else {
+            self.out.extend_from_slice(data);
+            return;
+        };
+        while !data.is_empty() {
+            let at = match self.open {
+                Some(at) => at,
+                None => {
+                    let at = self.out.len();
+                    self.out.extend_from_slice(b"0000");
+                    self.out.push(self.band);
+                    self.open = Some(at);
+                    at
+                }
+            };
+            let n = (max - (self.out.len() - at)).min(data.len());
+            self.out.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.out.len() - at == max {
+                self.close();
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(at) = self.open.take() {
+            let len = format!("{:04x}", self.out.len() - at);
+            self.out[at..at + 4].copy_from_slice(len.as_bytes());
+        }
+    }
+
+    /// Bytes written and not yet taken.
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    /// Everything written so far, as whole packets.
+    pub fn take(&mut self) -> Vec<u8> {
+        self.close();
+        std::mem::take(&mut self.out)
+    }
+}
+
 /// Strips one trailing newline.
 pub fn chomp(b: &[u8]) -> &[u8] {
     b.strip_suffix(b"\n").unwrap_or(b)
@@ -154,6 +224,50 @@ pub fn chomp(b: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The band-1 payload of a stream of side-band packets, checking each packet's size.
+    fn unband(mut b: &[u8], max: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            match decode(b) {
+                Ok(Decoded::Pkt(Pkt::Data(d), n)) => {
+                    assert!(n <= max && d.len() > 1 && d[0] == 1, "packet of {n} bytes");
+                    out.extend_from_slice(&d[1..]);
+                    b = &b[n..];
+                }
+                other => panic!("not a data packet: {other:?}"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn band_writer_frames_a_stream_as_sideband_does_however_it_is_split() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for max in [1000, MAX_PKT] {
+            let mut expected = Vec::new();
+            sideband(&mut expected, 1, &data, max);
+            for split in [1usize, 999, 4096, 65_515, 70_000, 200_000] {
+                // Written in pieces, taken once: the very same bytes.
+                let mut w = BandWriter::new(1, Some(max));
+                for piece in data.chunks(split) {
+                    w.write(piece);
+                }
+                assert_eq!(w.take(), expected, "max {max}, pieces of {split}");
+                // Taken between pieces: shorter packets, the same payload.
+                let mut got = Vec::new();
+                for piece in data.chunks(split) {
+                    w.write(piece);
+                    got.extend(w.take());
+                }
+                assert_eq!(unband(&got, max), data, "max {max}, pieces of {split}");
+            }
+        }
+        let mut plain = BandWriter::new(1, None);
+        plain.write(b"abc");
+        plain.write(b"");
+        assert_eq!(plain.take(), b"abc");
+    }
 
     fn check(input: &[u8], expected: Result<Decoded<'_>, PktError>) {
         assert_eq!(

@@ -13,7 +13,7 @@ use super::objects::links;
 use super::pack::{OutEntry, PackWriter};
 use super::pktline::{self, Pkt, Reader};
 use super::{hex, parse_hex, ObjectKind, Oid};
-use crate::backend::{Backend, RawObject, RepoState};
+use crate::backend::{Backend, RawHead, RepoState};
 
 /// The agent string we announce.
 pub fn agent() -> String {
@@ -329,7 +329,8 @@ const READ_AHEAD: usize = 64;
 /// What a fetch sends: objects in pack order and the new shallow boundary.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
-    pub objects: Vec<RawObject>,
+    /// Heads only: entries are read as the pack is sent ([`PackOut`]).
+    pub objects: Vec<RawHead>,
     /// Commits sent without their parents (`deepen`).
     pub shallow: Vec<Oid>,
     /// How many entries are REF_DELTA against objects the client has.
@@ -531,15 +532,16 @@ pub async fn plan<B: Backend>(
     // Read entries; bring in delta bases the client lacks; order bases first.
     let thin_ok = req.has("thin-pack");
     progress(format!("Counting objects: {} objects to send", order.len()));
-    // Stored entries are read many at a time: io_uring serves concurrent reads in
-    // parallel, where one at a time would pay the device latency per object.
-    let mut raws: HashMap<Oid, RawObject> = HashMap::with_capacity(order.len());
+    // Only the heads of stored entries (kind, size, delta base) are read here, many at
+    // a time: io_uring serves concurrent reads in parallel, where one at a time would
+    // pay the device latency per object.
+    let mut raws: HashMap<Oid, RawHead> = HashMap::with_capacity(order.len());
     let mut i = 0;
     while i < order.len() {
         let end = (i + READ_AHEAD).min(order.len());
         let chunk: Vec<Oid> = order[i..end].to_vec();
         i = end;
-        let read = futures_util::future::join_all(chunk.iter().map(|o| b.raw(repo, o))).await;
+        let read = futures_util::future::join_all(chunk.iter().map(|o| b.raw_head(repo, o))).await;
         for (oid, r) in chunk.into_iter().zip(read) {
             let raw = r
                 .map_err(be)?
@@ -639,35 +641,96 @@ async fn walk_trees<B: Backend>(
     Ok(())
 }
 
-/// Encodes the planned objects as pack bytes, in chunks handed to `emit`.
-pub fn encode_pack(plan: &Plan, mut emit: impl FnMut(Vec<u8>)) {
-    let (mut w, header) = PackWriter::new(plan.objects.len() as u32);
-    emit(header);
-    let mut index: HashMap<Oid, usize> = HashMap::with_capacity(plan.objects.len());
-    for (i, r) in plan.objects.iter().enumerate() {
-        let e = match r.base {
-            Some(base) => match index.get(&base) {
-                Some(&bi) => OutEntry::OfsDelta {
-                    base_index: bi,
-                    size: r.entry_size,
-                    deflated: &r.deflated,
-                },
-                None => OutEntry::RefDelta {
-                    base,
-                    size: r.entry_size,
-                    deflated: &r.deflated,
-                },
-            },
-            None => OutEntry::Full {
-                kind: r.kind,
-                size: r.entry_size,
-                deflated: &r.deflated,
-            },
-        };
-        emit(w.entry(&e));
-        index.insert(r.oid, i);
+/// Stored entries read for the pack at a time: at most this many bytes (by their
+/// inflated size, which bounds a deflated entry's size but for zlib's few bytes of
+/// framing), or [`READ_AHEAD`] entries.
+const SEND_BATCH_BYTES: u64 = 4 << 20;
+
+/// Writes the pack of a [`Plan`] while reading its entries, a batch at a time, so a
+/// clone holds one batch of the repository in memory, whatever its size.
+#[derive(Debug)]
+pub struct PackOut {
+    /// `None` once the trailer is written.
+    writer: Option<PackWriter>,
+    /// Pack position of each object written (for OFS_DELTA).
+    index: HashMap<Oid, usize>,
+    next: usize,
+}
+
+impl PackOut {
+    /// Starts the pack of `plan`; the header goes to `sink`.
+    pub fn new(plan: &Plan, sink: &mut dyn FnMut(&[u8])) -> PackOut {
+        let (writer, header) = PackWriter::new(plan.objects.len() as u32);
+        sink(&header);
+        PackOut {
+            writer: Some(writer),
+            index: HashMap::with_capacity(plan.objects.len()),
+            next: 0,
+        }
     }
-    emit(w.finish());
+
+    /// Reads the next batch of entries and writes them to `sink`; after the last, the
+    /// trailer. Returns whether more follows.
+    pub async fn next_batch<B: Backend>(
+        &mut self,
+        b: &B,
+        repo: &str,
+        plan: &Plan,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<bool, UploadError> {
+        let Some(writer) = self.writer.as_mut() else {
+            return Ok(false);
+        };
+        let start = self.next;
+        let mut end = start;
+        let mut bytes = 0u64;
+        while end < plan.objects.len() && end - start < READ_AHEAD && bytes < SEND_BATCH_BYTES {
+            bytes += plan.objects[end].entry_size;
+            end += 1;
+        }
+        let heads = &plan.objects[start..end];
+        let read = futures_util::future::join_all(heads.iter().map(|h| b.raw(repo, &h.oid))).await;
+        for (h, r) in heads.iter().zip(read) {
+            let r = r.map_err(be)?.ok_or_else(|| {
+                UploadError::Backend(format!("object {} is missing", hex(&h.oid)))
+            })?;
+            if r.head() != *h {
+                return Err(UploadError::Backend(format!(
+                    "object {}: its stored entry does not match what was planned",
+                    hex(&h.oid)
+                )));
+            }
+            let e = match h.base {
+                Some(base) => match self.index.get(&base) {
+                    Some(&bi) => OutEntry::OfsDelta {
+                        base_index: bi,
+                        size: h.entry_size,
+                        deflated: &r.deflated,
+                    },
+                    None => OutEntry::RefDelta {
+                        base,
+                        size: h.entry_size,
+                        deflated: &r.deflated,
+                    },
+                },
+                None => OutEntry::Full {
+                    kind: h.kind,
+                    size: h.entry_size,
+                    deflated: &r.deflated,
+                },
+            };
+            writer.entry_to(&e, sink);
+            self.index.insert(h.oid, self.next);
+            self.next += 1;
+        }
+        if self.next < plan.objects.len() {
+            return Ok(true);
+        }
+        if let Some(w) = self.writer.take() {
+            sink(&w.finish());
+        }
+        Ok(false)
+    }
 }
 
 /// Formats the v0 negotiation part of a response (before any pack). `ready`: the
