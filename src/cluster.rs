@@ -256,27 +256,35 @@ pub fn decode_ids(b: &[u8]) -> Result<(u64, Vec<Oid>), WireError> {
 /// Largest answer to one `fetch` (the asker asks again for what is still missing).
 pub const FETCH_REPLY_BYTES: usize = 32 << 20;
 
-/// Largest single append when storing synced objects.
-const APPEND_BYTES: usize = 64 << 20;
+/// Largest single append when storing objects: one O_DSYNC write each. Measured on
+/// this project's machines: direct synchronous writes of 8-16 MiB run at the device's
+/// speed (4 MiB at a quarter of it); larger ones only cost memory (the frame and its
+/// DMA copy).
+const APPEND_BYTES: usize = 16 << 20;
 
-/// Stores objects durably in namespace `ns`, in batches.
+/// Stores objects durably in namespace `ns`: appends of about [`APPEND_BYTES`], all
+/// queued at once so the store's writer goes from one to the next without waiting.
 pub async fn store_objects<D: Dir>(
     store: &Store<D>,
     ns: u64,
     objects: Vec<StoredObject>,
 ) -> Result<(), repospanner_storage::Error> {
+    let mut appends = Vec::new();
     let mut batch = Vec::new();
     let mut bytes = 0;
     for o in objects {
         bytes += o.deflated.len() + 128;
         batch.push(Write::Object(Namespace(ns), o));
         if bytes >= APPEND_BYTES {
-            store.append(std::mem::take(&mut batch)).await?;
+            appends.push(store.append(std::mem::take(&mut batch)));
             bytes = 0;
         }
     }
     if !batch.is_empty() {
-        store.append(batch).await?;
+        appends.push(store.append(batch));
+    }
+    for r in futures_util::future::join_all(appends).await {
+        r?;
     }
     Ok(())
 }

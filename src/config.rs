@@ -233,9 +233,10 @@ pub struct Limits {
     pub connections_max: u32,
     /// How long a push waits for a majority before failing, in seconds.
     pub replication_timeout_seconds: u32,
-    /// Most bytes of request bodies (pushes) the node holds in memory at once; a push
-    /// beyond it is refused with 503 at once. Each shard gets an equal part, but never
-    /// less than one push of `pack_bytes_max`.
+    /// Most bytes of request bodies (pushes) the node holds at once, in memory or, for
+    /// a body past 4 MiB, in an unnamed file under `<git dir>/spool` until it is
+    /// verified and stored; a push beyond it is refused with 503 at once. Each shard
+    /// gets an equal part, but never less than one push of `pack_bytes_max`.
     pub buffered_bytes_max: u64,
     /// Push bodies at least this large are passed to the other nodes while they arrive
     /// (staged); 0: never, objects go to them after verification. See deploy/README.md.

@@ -315,6 +315,8 @@ fn run(config: &Config, join: Option<String>) -> Result<()> {
         &sc.node_key_pem,
         &sc.server_certs,
     )?;
+    let spool = spool_dir(&sc.git_dir);
+    std::fs::create_dir_all(&spool).with_context(|| format!("creating {}", spool.display()))?;
     install_signal_handlers();
     let limits = Limits {
         pack_bytes_max: sc.limits.pack_bytes_max,
@@ -416,6 +418,12 @@ fn allowed_cpus() -> Vec<usize> {
 }
 
 /// Where shard `k` keeps its log.
+/// Where large push bodies wait while they are verified (files without names: see
+/// `repospanner_net::spool`).
+fn spool_dir(git_dir: &Path) -> PathBuf {
+    git_dir.join("spool")
+}
+
 fn shard_dir(git_dir: &Path, k: usize) -> PathBuf {
     git_dir.join(format!("shard-{k}"))
 }
@@ -480,6 +488,7 @@ async fn run_shard(
         shards,
         peers,
         budget: repospanner_net::http::Budget::new(per_shard),
+        spool_dir: Some(spool_dir(&sc.git_dir)),
     });
     let _ = ctx_cell.set(ctx.clone());
     let user_ctx = ctx.clone();

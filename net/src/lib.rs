@@ -11,4 +11,5 @@ pub mod git;
 pub mod http;
 pub mod route;
 pub mod service;
+pub mod spool;
 pub mod tls;

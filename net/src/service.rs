@@ -22,6 +22,7 @@ use crate::git::refs::valid_repo_name;
 use crate::git::upload::{self, FetchRequest};
 use crate::http::{self, Body, Budget, Held, Peer};
 use crate::route::{self, Peers, Req};
+use crate::spool;
 use glommio::channels::shared_channel::SharedReceiver;
 
 /// Limits on what a request may carry.
@@ -52,6 +53,8 @@ pub struct Ctx<B> {
     pub peers: Peers,
     /// Bytes of request bodies this shard may hold at once.
     pub budget: Budget,
+    /// Where large push bodies are spooled while they are verified (`None`: memory).
+    pub spool_dir: Option<std::path::PathBuf>,
 }
 
 fn respond(status: StatusCode, ctype: &str, body: impl Into<Bytes>, node: &str) -> Response<Body> {
@@ -672,7 +675,7 @@ async fn receive_pack<B: Backend + 'static>(
     req: Req,
     held: Held,
 ) -> Response<Body> {
-    receive_pack_body(ctx, repo, state, req.body, None, None, held).await
+    receive_pack_body(ctx, repo, state, Bytes::from(req.body), None, None, held).await
 }
 
 /// A push read while it arrives: authorised before its body is read, its pack parsed,
@@ -704,7 +707,9 @@ async fn receive_streaming<B: Backend + 'static>(
         object_bytes_max: ctx.limits.object_bytes_max,
         ..PackLimits::default()
     };
-    let mut got = http::Gathered::new(ctx.limits.pack_bytes_max, &ctx.budget);
+    let max = ctx.limits.pack_bytes_max;
+    let mut got = spool::Body::new();
+    let mut held = http::Held::default();
     let mut pack_at = None;
     let mut stream = crate::git::pack::PackStream::new(limits);
     let mut parse_error = None;
@@ -727,25 +732,41 @@ async fn receive_streaming<B: Backend + 'static>(
                 return body_error(&e, &node);
             }
         };
-        if let Err(e) = got.push(&data) {
+        if got.len() as u64 + data.len() as u64 > max {
             abandon(&ctx, stage);
-            return body_error(&e, &node);
+            return body_error(&http::BodyError::TooLarge(max), &node);
+        }
+        match ctx.budget.try_take(data.len()) {
+            Some(h) => held.merge(h),
+            None => {
+                abandon(&ctx, stage);
+                return body_error(&http::BodyError::Busy, &node);
+            }
+        }
+        if let Err(e) = got.push(&data, ctx.spool_dir.as_deref(), max as usize) {
+            abandon(&ctx, stage);
+            warn!(repo = %repo, error = %e, "spooling a push failed");
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("spooling the push failed: {e}"),
+                &node,
+            );
         }
         if let Some(id) = stage {
             ctx.backend.stage_data(id, &data).await;
         } else if !stage_considered
             && ctx.limits.stage_push_bytes > 0
-            && got.bytes.len() as u64 >= ctx.limits.stage_push_bytes
+            && got.len() as u64 >= ctx.limits.stage_push_bytes
         {
             stage_considered = true;
             stage = ctx.backend.stage_begin(&repo);
             if let Some(id) = stage {
                 ctx.backend
-                    .stage_data(id, &Bytes::copy_from_slice(&got.bytes))
+                    .stage_data(id, &Bytes::copy_from_slice(got.as_slice()))
                     .await;
             }
         }
-        let buf = &got.bytes;
+        let buf = got.as_slice();
         if pack_at.is_none() {
             match receive::commands_end(buf) {
                 Ok(at) => pack_at = at,
@@ -772,13 +793,11 @@ async fn receive_streaming<B: Backend + 'static>(
     }
     info!(
         repo = %repo,
-        bytes = got.bytes.len(),
+        bytes = got.len(),
         ms = arriving.elapsed().as_millis() as u64,
         "push body received"
     );
-    let http::Gathered {
-        bytes: buf, held, ..
-    } = got;
+    let buf = got.into_bytes();
     let pre_read = match (pack_at, parse_error) {
         (_, Some(e)) => Some(Err(e)),
         (Some(at), None) if buf.len() > at => Some(stream.finish(&buf[at..])),
@@ -794,14 +813,14 @@ async fn receive_pack_body<B: Backend + 'static>(
     ctx: Rc<Ctx<B>>,
     repo: String,
     state: RepoState,
-    body: Vec<u8>,
+    body: Bytes,
     pre_read: Option<Result<Vec<crate::git::pack::Entry>, crate::git::pack::PackError>>,
     staged: Option<(u64, usize)>,
     held: Held,
 ) -> Response<Body> {
     let node = ctx.node_name.clone();
     let ctype = "application/x-git-receive-pack-result";
-    if body == b"0000" {
+    if body.as_ref() == b"0000" {
         // git's probe before a large chunked POST.
         return respond(StatusCode::OK, ctype, Vec::new(), &node);
     }
@@ -834,7 +853,7 @@ async fn receive_pack_body<B: Backend + 'static>(
                 let _ = progress_tx.clone().try_send(Bytes::from(o));
             }
         };
-        let pack = Bytes::from(body).slice(push.pack_at..);
+        let pack = body.slice(push.pack_at..);
         let report = receive::receive(
             &ctx.backend,
             &repo,

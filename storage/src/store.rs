@@ -789,7 +789,9 @@ impl<D: Dir> Store<D> {
             offset: loc.offset,
             reason: format!("record check failed: {e:?}"),
         })?;
-        Ok((r.kind, r.flags, bytes::Bytes::copy_from_slice(r.payload)))
+        let (kind, flags) = (r.kind, r.flags);
+        let payload = RECORD_HEADER_LEN..RECORD_HEADER_LEN + r.payload.len();
+        Ok((kind, flags, bytes::Bytes::from(bytes).slice(payload)))
     }
 
     fn segment_of(&self, loc: Loc) -> Result<Rc<Segment<D::File>>> {

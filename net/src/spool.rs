@@ -1,0 +1,181 @@
+//! Request bodies too large to keep in memory: a push's body goes to an anonymous file
+//! (`O_TMPFILE`, so nothing is left behind by a crash) in the node's spool directory as
+//! it arrives, and is read back through a shared mapping, so verification and storing
+//! see one contiguous pack without the node holding it in anonymous memory. The kernel
+//! may write the pages back and drop them under memory pressure, where a `Vec` would
+//! have to stay resident.
+//!
+//! Small bodies stay in memory ([`Body::Mem`]); a body moves to a file once it grows
+//! past [`SPOOL_AFTER`].
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use bytes::Bytes;
+
+/// Bodies larger than this go to a spool file.
+pub const SPOOL_AFTER: usize = 4 << 20;
+
+/// A body being received: in memory, or in a spool file.
+#[derive(Debug)]
+pub enum Body {
+    Mem(Vec<u8>),
+    File(Spool),
+}
+
+impl Body {
+    pub fn new() -> Body {
+        Body::Mem(Vec::new())
+    }
+
+    /// Appends `data`; moves the body to a file in `dir` once it is past
+    /// [`SPOOL_AFTER`] (`dir` = `None`: memory only). `cap` bounds the whole body.
+    pub fn push(&mut self, data: &[u8], dir: Option<&Path>, cap: usize) -> io::Result<()> {
+        match self {
+            Body::Mem(v) => {
+                if let (Some(dir), true) = (dir, v.len() + data.len() > SPOOL_AFTER) {
+                    let mut s = Spool::create(dir, cap)?;
+                    s.push(v)?;
+                    s.push(data)?;
+                    *self = Body::File(s);
+                } else {
+                    v.extend_from_slice(data);
+                }
+                Ok(())
+            }
+            Body::File(s) => s.push(data),
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Body::Mem(v) => v,
+            Body::File(s) => s.as_slice(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole body, shared (slices of a spooled body stay in the file's mapping).
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            Body::Mem(v) => Bytes::from(v),
+            Body::File(s) => Bytes::from_owner(s),
+        }
+    }
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Body::new()
+    }
+}
+
+/// An unnamed file that grows by appends and is read through a mapping of its
+/// largest possible size (only the written part is ever touched).
+#[derive(Debug)]
+pub struct Spool {
+    file: File,
+    map: memmap2::Mmap,
+    len: usize,
+}
+
+impl Spool {
+    /// An empty spool file in `dir` for at most `cap` bytes.
+    pub fn create(dir: &Path, cap: usize) -> io::Result<Spool> {
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir)
+        {
+            Ok(f) => f,
+            // A file system without O_TMPFILE: a named file, unlinked at once.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                let path = dir.join(format!(
+                    "push-{}-{:x}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos())
+                ));
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)?;
+                std::fs::remove_file(&path)?;
+                f
+            }
+            Err(e) => return Err(e),
+        };
+        // SAFETY: the file has no name, so nothing else can truncate or change it;
+        // only bytes already written (below `len`) are ever read through the map.
+        let map = unsafe { memmap2::MmapOptions::new().len(cap.max(1)).map(&file)? };
+        Ok(Spool { file, map, len: 0 })
+    }
+
+    fn push(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.len + data.len() > self.map.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "spooled body is larger than its limit",
+            ));
+        }
+        // Into the page cache: a copy, as appending to a Vec would be.
+        self.file.write_all_at(data, self.len as u64)?;
+        self.len += data.len();
+        Ok(())
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.map[..self.len]
+    }
+}
+
+impl AsRef<[u8]> for Spool {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_moves_to_a_file_past_the_threshold_and_reads_back_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data: Vec<u8> = (0..(SPOOL_AFTER + 300_000) as u32)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let mut b = Body::new();
+        for piece in data.chunks(70_001) {
+            b.push(piece, Some(dir.path()), data.len()).expect("push");
+        }
+        assert!(matches!(b, Body::File(_)), "spooled");
+        assert_eq!(b.as_slice(), &data[..]);
+        let shared = b.into_bytes();
+        assert_eq!(shared.slice(100..200), data[100..200]);
+        // Nothing is left in the directory: the file never had a name.
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+        drop(shared);
+
+        // Memory only without a directory; a body over its limit is refused.
+        let mut m = Body::new();
+        m.push(&data, None, data.len()).expect("push");
+        assert!(matches!(m, Body::Mem(_)));
+        let mut f = Body::new();
+        assert!(f.push(&data, Some(dir.path()), 10).is_err());
+    }
+}
