@@ -306,7 +306,31 @@ fn hostile_input_is_refused_and_changes_nothing() {
     huge.extend_from_slice(&[0; 20]);
     let huge = retrail(huge);
 
+    // Packs large enough to be spooled and read on a thread of their own: a corrupt
+    // trailer, and a pack cut short in the middle of an object.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..6 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let dn = deflate(&noise);
+    let big = pack(&[OutEntry::Full {
+        kind: ObjectKind::Blob,
+        size: noise.len() as u64,
+        deflated: &dn,
+    }]);
+    let mut big_bad_trailer = big.clone();
+    let n = big_bad_trailer.len();
+    big_bad_trailer[n - 3] ^= 0x40;
+    let big_cut = big[..big.len() / 2].to_vec();
+
     for (what, p) in [
+        ("large pack, bad trailer", &big_bad_trailer),
+        ("large pack, cut short", &big_cut),
         ("bad trailer", &bad_trailer),
         ("wrong count", &wrong_count),
         ("ofs before start", &ofs),

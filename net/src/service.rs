@@ -678,6 +678,132 @@ async fn receive_pack<B: Backend + 'static>(
     receive_pack_body(ctx, repo, state, Bytes::from(req.body), None, None, held).await
 }
 
+/// Reads a push's pack while it arrives: on the executor while the body is small; once
+/// it is spooled, on the shard's blocking thread, so inflating and hashing overlap the
+/// transfer instead of holding up the executor's reading of the socket.
+enum PackReading {
+    Here {
+        stream: Option<crate::git::pack::PackStream>,
+        /// A bad pack is reported once the whole request has arrived.
+        error: Option<crate::git::pack::PackError>,
+    },
+    Away {
+        /// How much of the body is written (the reader reads up to it).
+        tx: std::sync::mpsc::Sender<usize>,
+        result: std::pin::Pin<Box<dyn std::future::Future<Output = PackRead>>>,
+    },
+}
+
+type PackRead = Result<Vec<crate::git::pack::Entry>, crate::git::pack::PackError>;
+
+impl PackReading {
+    /// Reads what arrived of the pack that starts at `at` in `body`.
+    fn advance(&mut self, body: &spool::Body, at: usize) {
+        match self {
+            PackReading::Here {
+                stream,
+                error: None,
+            } => match (body, stream.take()) {
+                (spool::Body::File(f), Some(st)) => *self = PackReading::away(st, f.view(), at),
+                (_, Some(mut st)) => {
+                    let r = st.advance(body.as_slice().get(at..).unwrap_or_default());
+                    *stream = Some(st);
+                    if let Err(e) = r {
+                        *self = PackReading::Here {
+                            stream: None,
+                            error: Some(e),
+                        };
+                    }
+                }
+                (_, None) => {}
+            },
+            PackReading::Here { .. } => {}
+            PackReading::Away { tx, .. } => {
+                // The reader is gone only if it panicked; finish() reports that.
+                let _ = tx.send(body.len());
+            }
+        }
+    }
+
+    /// Moves reading to a thread of its own. Not the shard's blocking pool: a push that
+    /// arrives slowly would hold it for as long, and other pushes verify there.
+    fn away(
+        mut stream: crate::git::pack::PackStream,
+        view: spool::SpoolView,
+        at: usize,
+    ) -> PackReading {
+        use crate::git::pack::PackError;
+        let (tx, rx) = std::sync::mpsc::channel::<usize>();
+        let _ = tx.send(view.len());
+        let (done_tx, done_rx) = futures_channel::oneshot::channel::<PackRead>();
+        let started = std::thread::Builder::new()
+            .name("pack-reader".into())
+            .spawn(move || {
+                let mut last = at;
+                let mut error = None;
+                while let Ok(len) = rx.recv() {
+                    last = len;
+                    if error.is_none() {
+                        let r = match view.get(at..len) {
+                            Some(b) => stream.advance(b),
+                            None => Err(PackError::Truncated),
+                        };
+                        error = r.err();
+                    }
+                }
+                let r = match (error, view.get(at..last)) {
+                    (Some(e), _) => Err(e),
+                    (None, Some(b)) => stream.finish(b),
+                    (None, None) => Err(PackError::Truncated),
+                };
+                let _ = done_tx.send(r);
+            });
+        match started {
+            Ok(_) => PackReading::Away {
+                tx,
+                result: Box::pin(async move {
+                    done_rx
+                        .await
+                        .unwrap_or_else(|_| Err(PackError::Header("the pack reader thread failed")))
+                }),
+            },
+            Err(e) => {
+                warn!(error = %e, "no thread for reading a pack: the push fails");
+                PackReading::Here {
+                    stream: None,
+                    error: Some(PackError::Header("no thread to read the pack")),
+                }
+            }
+        }
+    }
+
+    /// The pack's entries, once `body` (the whole request) has arrived.
+    async fn finish(self, body: &[u8], at: usize) -> PackRead {
+        match self {
+            PackReading::Here { error: Some(e), .. } => Err(e),
+            PackReading::Here {
+                stream: Some(st), ..
+            } => st.finish(body.get(at..).unwrap_or_default()),
+            PackReading::Here { .. } => Err(crate::git::pack::PackError::Truncated),
+            PackReading::Away { tx, result } => {
+                drop(tx);
+                result.await
+            }
+        }
+    }
+
+    /// Stops reading: a reader away finishes on its own and its result is dropped.
+    fn abandon(self) {
+        if let PackReading::Away { tx, result } = self {
+            drop(tx);
+            glommio::spawn_local(async move {
+                let _ = result.await;
+            })
+            .detach();
+        }
+    }
+}
+
 /// A push read while it arrives: authorised before its body is read, its pack parsed,
 /// inflated and hashed piece by piece as the body comes in (overlapping the transfer),
 /// then verified and applied as any push.
@@ -711,98 +837,94 @@ async fn receive_streaming<B: Backend + 'static>(
     let mut got = spool::Body::new();
     let mut held = http::Held::default();
     let mut pack_at = None;
-    let mut stream = crate::git::pack::PackStream::new(limits);
-    let mut parse_error = None;
+    let mut reading = PackReading::Here {
+        stream: Some(crate::git::pack::PackStream::new(limits)),
+        error: None,
+    };
     // Once a body is large enough for it to matter, the other members receive it while
     // it arrives (a body that turns out to be broken is dropped by them later).
     let mut stage = None;
     let mut stage_considered = false;
     let arriving = std::time::Instant::now();
-    let abandon = |ctx: &Ctx<B>, stage: Option<u64>| {
+    let received: Result<(), Response<Body>> = async {
+        loop {
+            let data = match source.next().await {
+                Ok(Some(d)) => d,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(body_error(&e, &node)),
+            };
+            if got.len() as u64 + data.len() as u64 > max {
+                return Err(body_error(&http::BodyError::TooLarge(max), &node));
+            }
+            match ctx.budget.try_take(data.len()) {
+                Some(h) => held.merge(h),
+                None => return Err(body_error(&http::BodyError::Busy, &node)),
+            }
+            if let Err(e) = got.push(&data, ctx.spool_dir.as_deref(), max as usize) {
+                warn!(repo = %repo, error = %e, "spooling a push failed");
+                return Err(text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("spooling the push failed: {e}"),
+                    &node,
+                ));
+            }
+            if let Some(id) = stage {
+                ctx.backend.stage_data(id, &data).await;
+            } else if !stage_considered
+                && ctx.limits.stage_push_bytes > 0
+                && got.len() as u64 >= ctx.limits.stage_push_bytes
+            {
+                stage_considered = true;
+                stage = ctx.backend.stage_begin(&repo);
+                if let Some(id) = stage {
+                    ctx.backend
+                        .stage_data(id, &Bytes::copy_from_slice(got.as_slice()))
+                        .await;
+                }
+            }
+            if pack_at.is_none() {
+                match receive::commands_end(got.as_slice()) {
+                    Ok(at) => pack_at = at,
+                    Err(e) => {
+                        return Err(git_error(
+                            &e.to_string(),
+                            &node,
+                            "application/x-git-receive-pack-result",
+                        ))
+                    }
+                }
+            }
+            if let Some(at) = pack_at {
+                reading.advance(&got, at);
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+    .await;
+    if let Err(response) = received {
         if let Some(id) = stage {
             ctx.backend.stage_end(id, false);
         }
-    };
-    loop {
-        let data = match source.next().await {
-            Ok(Some(d)) => d,
-            Ok(None) => break,
-            Err(e) => {
-                abandon(&ctx, stage);
-                return body_error(&e, &node);
-            }
-        };
-        if got.len() as u64 + data.len() as u64 > max {
-            abandon(&ctx, stage);
-            return body_error(&http::BodyError::TooLarge(max), &node);
-        }
-        match ctx.budget.try_take(data.len()) {
-            Some(h) => held.merge(h),
-            None => {
-                abandon(&ctx, stage);
-                return body_error(&http::BodyError::Busy, &node);
-            }
-        }
-        if let Err(e) = got.push(&data, ctx.spool_dir.as_deref(), max as usize) {
-            abandon(&ctx, stage);
-            warn!(repo = %repo, error = %e, "spooling a push failed");
-            return text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("spooling the push failed: {e}"),
-                &node,
-            );
-        }
-        if let Some(id) = stage {
-            ctx.backend.stage_data(id, &data).await;
-        } else if !stage_considered
-            && ctx.limits.stage_push_bytes > 0
-            && got.len() as u64 >= ctx.limits.stage_push_bytes
-        {
-            stage_considered = true;
-            stage = ctx.backend.stage_begin(&repo);
-            if let Some(id) = stage {
-                ctx.backend
-                    .stage_data(id, &Bytes::copy_from_slice(got.as_slice()))
-                    .await;
-            }
-        }
-        let buf = got.as_slice();
-        if pack_at.is_none() {
-            match receive::commands_end(buf) {
-                Ok(at) => pack_at = at,
-                Err(e) => {
-                    abandon(&ctx, stage);
-                    return git_error(
-                        &e.to_string(),
-                        &node,
-                        "application/x-git-receive-pack-result",
-                    );
-                }
-            }
-        }
-        if let (Some(at), None) = (pack_at, &parse_error) {
-            // A bad pack is reported once the whole request has arrived.
-            if let Err(e) = stream.advance(&buf[at..]) {
-                parse_error = Some(e);
-            }
-        }
-        glommio::yield_if_needed().await;
+        reading.abandon();
+        return response;
     }
     if let Some(id) = stage {
         ctx.backend.stage_end(id, true);
     }
+    let buf = got.into_bytes();
+    let pre_read = match pack_at {
+        Some(at) if buf.len() > at => Some(reading.finish(&buf, at).await),
+        _ => {
+            reading.abandon();
+            None
+        }
+    };
     info!(
         repo = %repo,
-        bytes = got.len(),
+        bytes = buf.len(),
         ms = arriving.elapsed().as_millis() as u64,
-        "push body received"
+        "push body received and read"
     );
-    let buf = got.into_bytes();
-    let pre_read = match (pack_at, parse_error) {
-        (_, Some(e)) => Some(Err(e)),
-        (Some(at), None) if buf.len() > at => Some(stream.finish(&buf[at..])),
-        _ => None,
-    };
     let staged = stage.zip(pack_at);
     receive_pack_body(ctx, repo, state, buf, pre_read, staged, held).await
 }

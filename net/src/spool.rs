@@ -12,6 +12,8 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -84,8 +86,36 @@ impl Default for Body {
 #[derive(Debug)]
 pub struct Spool {
     file: File,
-    map: memmap2::Mmap,
-    len: usize,
+    view: SpoolView,
+}
+
+/// The written part of a spool file, readable from any thread while more is appended.
+#[derive(Debug, Clone)]
+pub struct SpoolView {
+    map: Arc<memmap2::Mmap>,
+    /// Bytes written so far: only these are ever read.
+    len: Arc<AtomicUsize>,
+}
+
+impl SpoolView {
+    /// The bytes in `range`; `None` if they are not all written yet.
+    pub fn get(&self, range: std::ops::Range<usize>) -> Option<&[u8]> {
+        if range.start > range.end || range.end > self.len.load(Ordering::Acquire) {
+            return None;
+        }
+        // SAFETY: the range lies within the mapping (len never exceeds its size) and
+        // within the written part of the file, which nothing changes any more: appends
+        // go after `len`, and the file has no name for anything else to reach it by.
+        Some(unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(range.start), range.len()) })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl Spool {
@@ -120,26 +150,38 @@ impl Spool {
             Err(e) => return Err(e),
         };
         // SAFETY: the file has no name, so nothing else can truncate or change it;
-        // only bytes already written (below `len`) are ever read through the map.
+        // only bytes already written are ever read through the map (SpoolView::get).
         let map = unsafe { memmap2::MmapOptions::new().len(cap.max(1)).map(&file)? };
-        Ok(Spool { file, map, len: 0 })
+        Ok(Spool {
+            file,
+            view: SpoolView {
+                map: Arc::new(map),
+                len: Arc::new(AtomicUsize::new(0)),
+            },
+        })
     }
 
     fn push(&mut self, data: &[u8]) -> io::Result<()> {
-        if self.len + data.len() > self.map.len() {
+        let len = self.view.len();
+        if len + data.len() > self.view.map.len() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "spooled body is larger than its limit",
             ));
         }
         // Into the page cache: a copy, as appending to a Vec would be.
-        self.file.write_all_at(data, self.len as u64)?;
-        self.len += data.len();
+        self.file.write_all_at(data, len as u64)?;
+        self.view.len.store(len + data.len(), Ordering::Release);
         Ok(())
     }
 
     pub fn as_slice(&self) -> &[u8] {
-        &self.map[..self.len]
+        self.view.get(0..self.view.len()).unwrap_or_default()
+    }
+
+    /// A reader of the written part, for another thread.
+    pub fn view(&self) -> SpoolView {
+        self.view.clone()
     }
 }
 
