@@ -683,7 +683,7 @@ async fn receive_pack<B: Backend + 'static>(
 /// transfer instead of holding up the executor's reading of the socket.
 enum PackReading {
     Here {
-        stream: Option<crate::git::pack::PackStream>,
+        stream: Option<Box<crate::git::pack::PackStream>>,
         /// A bad pack is reported once the whole request has arrived.
         error: Option<crate::git::pack::PackError>,
     },
@@ -704,7 +704,7 @@ impl PackReading {
                 stream,
                 error: None,
             } => match (body, stream.take()) {
-                (spool::Body::File(f), Some(st)) => *self = PackReading::away(st, f.view(), at),
+                (spool::Body::File(f), Some(st)) => *self = PackReading::away(*st, f.view(), at),
                 (_, Some(mut st)) => {
                     let r = st.advance(body.as_slice().get(at..).unwrap_or_default());
                     *stream = Some(st);
@@ -764,7 +764,7 @@ impl PackReading {
                 result: Box::pin(async move {
                     done_rx
                         .await
-                        .unwrap_or_else(|_| Err(PackError::Header("the pack reader thread failed")))
+                        .unwrap_or(Err(PackError::Header("the pack reader thread failed")))
                 }),
             },
             Err(e) => {
@@ -838,7 +838,7 @@ async fn receive_streaming<B: Backend + 'static>(
     let mut held = http::Held::default();
     let mut pack_at = None;
     let mut reading = PackReading::Here {
-        stream: Some(crate::git::pack::PackStream::new(limits)),
+        stream: Some(Box::new(crate::git::pack::PackStream::new(limits))),
         error: None,
     };
     // Once a body is large enough for it to matter, the other members receive it while
