@@ -43,6 +43,8 @@ use crate::staging::{decode_commit, decode_stage, encode_commit, InStages, OutSt
 
 /// Size of one object-sync request body to a peer.
 const SYNC_CHUNK_BYTES: usize = 8 << 20;
+/// Object-sync bodies in flight to one peer at once (each on its own connection).
+const SYNC_IN_FLIGHT: usize = 2;
 
 /// Who this node is.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -674,7 +676,7 @@ impl<D: Dir> Backend for NodeBackend<D> {
         let (tx, mut rx) = futures_channel::mpsc::unbounded::<(u64, Result<(), String>)>();
         if !peers.is_empty() {
             // In bodies of about SYNC_CHUNK_BYTES: a peer stores one while the next is
-            // on its way, and holds no more than one in memory.
+            // on its way, and holds no more than SYNC_IN_FLIGHT in memory.
             let mut chunks = Vec::new();
             let mut start = 0;
             while start < objects.len() {
@@ -709,14 +711,23 @@ impl<D: Dir> Backend for NodeBackend<D> {
                             }
                         }
                     }
+                    // Two bodies in flight to each member: it stores one while the
+                    // next is on its way.
+                    use futures_util::StreamExt;
+                    let mut sends = futures_util::stream::iter(chunks.iter().cloned())
+                        .map(|c| {
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            client.post(&addr, &path, c, left)
+                        })
+                        .buffer_unordered(SYNC_IN_FLIGHT);
                     let mut r = Ok(());
-                    for c in chunks.iter() {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if let Err(e) = client.post(&addr, &path, c.clone(), left).await {
+                    while let Some(sent) = sends.next().await {
+                        if let Err(e) = sent {
                             r = Err(e.to_string());
                             break;
                         }
                     }
+                    drop(sends);
                     let _ = tx.unbounded_send((id, r));
                 })
                 .detach();
