@@ -613,16 +613,16 @@ async fn upload_pack<B: Backend + 'static>(
             return;
         }
         let planned = started.elapsed();
-        // Entries are read a batch at a time and framed straight into the response;
-        // the channel's bound makes a slow client slow the reading down.
+        // Entries are read a batch at a time and framed straight into the response,
+        // the next batch read while the last is sent; the channel's bound makes a slow
+        // client slow the reading down.
         let mut out = pktline::BandWriter::new(1, sideband);
         let mut pack = upload::PackOut::new(&plan, &mut |b| out.write(b));
+        let mut end = upload::batch_end(&plan, 0);
+        let mut read = upload::read_batch(&ctx.backend, &repo, &plan.objects[..end]).await;
         loop {
-            let more = match pack
-                .next_batch(&ctx.backend, &repo, &plan, &mut |b| out.write(b))
-                .await
-            {
-                Ok(more) => more,
+            let batch = match read {
+                Ok(b) => b,
                 Err(e) => {
                     // The pack has started: the client is told why it stops.
                     warn!(repo = %repo, error = %e, "fetch failed while sending the pack");
@@ -634,13 +634,28 @@ async fn upload_pack<B: Backend + 'static>(
                     return;
                 }
             };
-            if !more {
+            pack.write(&batch, &mut |b| out.write(b));
+            drop(batch);
+            let start = end;
+            if start == plan.objects.len() {
                 break;
             }
-            if out.len() >= 256 << 10 && tx.send(Bytes::from(out.take())).await.is_err() {
+            end = upload::batch_end(&plan, start);
+            let full = (out.len() >= 256 << 10).then(|| Bytes::from(out.take()));
+            let send = async {
+                match full {
+                    Some(b) => tx.send(b).await.is_ok(),
+                    None => true,
+                }
+            };
+            let next = upload::read_batch(&ctx.backend, &repo, &plan.objects[start..end]);
+            let (sent, next) = futures_util::future::join(send, next).await;
+            if !sent {
                 return;
             }
+            read = next;
         }
+        pack.finish(&mut |b| out.write(b));
         let mut buf = out.take();
         if sideband.is_some() {
             pktline::flush(&mut buf);

@@ -13,7 +13,7 @@ use super::objects::links;
 use super::pack::{OutEntry, PackWriter};
 use super::pktline::{self, Pkt, Reader};
 use super::{hex, parse_hex, ObjectKind, Oid};
-use crate::backend::{Backend, RawHead, RepoState};
+use crate::backend::{Backend, RawHead, RawObject, RepoState};
 
 /// The agent string we announce.
 pub fn agent() -> String {
@@ -646,51 +646,29 @@ async fn walk_trees<B: Backend>(
 /// framing), or [`READ_AHEAD`] entries.
 const SEND_BATCH_BYTES: u64 = 4 << 20;
 
-/// Writes the pack of a [`Plan`] while reading its entries, a batch at a time, so a
-/// clone holds one batch of the repository in memory, whatever its size.
-#[derive(Debug)]
-pub struct PackOut {
-    /// `None` once the trailer is written.
-    writer: Option<PackWriter>,
-    /// Pack position of each object written (for OFS_DELTA).
-    index: HashMap<Oid, usize>,
-    next: usize,
+/// Where the batch of entries that starts at `start` ends: at most
+/// [`SEND_BATCH_BYTES`] (by inflated size) or [`READ_AHEAD`] entries, at least one.
+pub fn batch_end(plan: &Plan, start: usize) -> usize {
+    let mut end = start;
+    let mut bytes = 0u64;
+    while end < plan.objects.len() && end - start < READ_AHEAD && bytes < SEND_BATCH_BYTES {
+        bytes += plan.objects[end].entry_size;
+        end += 1;
+    }
+    end
 }
 
-impl PackOut {
-    /// Starts the pack of `plan`; the header goes to `sink`.
-    pub fn new(plan: &Plan, sink: &mut dyn FnMut(&[u8])) -> PackOut {
-        let (writer, header) = PackWriter::new(plan.objects.len() as u32);
-        sink(&header);
-        PackOut {
-            writer: Some(writer),
-            index: HashMap::with_capacity(plan.objects.len()),
-            next: 0,
-        }
-    }
-
-    /// Reads the next batch of entries and writes them to `sink`; after the last, the
-    /// trailer. Returns whether more follows.
-    pub async fn next_batch<B: Backend>(
-        &mut self,
-        b: &B,
-        repo: &str,
-        plan: &Plan,
-        sink: &mut dyn FnMut(&[u8]),
-    ) -> Result<bool, UploadError> {
-        let Some(writer) = self.writer.as_mut() else {
-            return Ok(false);
-        };
-        let start = self.next;
-        let mut end = start;
-        let mut bytes = 0u64;
-        while end < plan.objects.len() && end - start < READ_AHEAD && bytes < SEND_BATCH_BYTES {
-            bytes += plan.objects[end].entry_size;
-            end += 1;
-        }
-        let heads = &plan.objects[start..end];
-        let read = futures_util::future::join_all(heads.iter().map(|h| b.raw(repo, &h.oid))).await;
-        for (h, r) in heads.iter().zip(read) {
+/// Reads the stored entries of `heads` (concurrently), each checked against its head.
+pub async fn read_batch<B: Backend>(
+    b: &B,
+    repo: &str,
+    heads: &[RawHead],
+) -> Result<Vec<RawObject>, UploadError> {
+    let read = futures_util::future::join_all(heads.iter().map(|h| b.raw(repo, &h.oid))).await;
+    heads
+        .iter()
+        .zip(read)
+        .map(|(h, r)| {
             let r = r.map_err(be)?.ok_or_else(|| {
                 UploadError::Backend(format!("object {} is missing", hex(&h.oid)))
             })?;
@@ -700,36 +678,63 @@ impl PackOut {
                     hex(&h.oid)
                 )));
             }
-            let e = match h.base {
+            Ok(r)
+        })
+        .collect()
+}
+
+/// Writes the pack of a [`Plan`] from its entries, given a batch at a time in plan
+/// order ([`batch_end`], [`read_batch`]), so a clone holds a batch or two of the
+/// repository in memory, whatever its size.
+#[derive(Debug)]
+pub struct PackOut {
+    writer: PackWriter,
+    /// Pack position of each object written (for OFS_DELTA).
+    index: HashMap<Oid, usize>,
+}
+
+impl PackOut {
+    /// Starts the pack of `plan`; the header goes to `sink`.
+    pub fn new(plan: &Plan, sink: &mut dyn FnMut(&[u8])) -> PackOut {
+        let (writer, header) = PackWriter::new(plan.objects.len() as u32);
+        sink(&header);
+        PackOut {
+            writer,
+            index: HashMap::with_capacity(plan.objects.len()),
+        }
+    }
+
+    /// Writes the next entries (in plan order) to `sink`.
+    pub fn write(&mut self, entries: &[RawObject], sink: &mut dyn FnMut(&[u8])) {
+        for r in entries {
+            let e = match r.base {
                 Some(base) => match self.index.get(&base) {
                     Some(&bi) => OutEntry::OfsDelta {
                         base_index: bi,
-                        size: h.entry_size,
+                        size: r.entry_size,
                         deflated: &r.deflated,
                     },
                     None => OutEntry::RefDelta {
                         base,
-                        size: h.entry_size,
+                        size: r.entry_size,
                         deflated: &r.deflated,
                     },
                 },
                 None => OutEntry::Full {
-                    kind: h.kind,
-                    size: h.entry_size,
+                    kind: r.kind,
+                    size: r.entry_size,
                     deflated: &r.deflated,
                 },
             };
-            writer.entry_to(&e, sink);
-            self.index.insert(h.oid, self.next);
-            self.next += 1;
+            self.writer.entry_to(&e, sink);
+            let n = self.index.len();
+            self.index.insert(r.oid, n);
         }
-        if self.next < plan.objects.len() {
-            return Ok(true);
-        }
-        if let Some(w) = self.writer.take() {
-            sink(&w.finish());
-        }
-        Ok(false)
+    }
+
+    /// Writes the trailer.
+    pub fn finish(self, sink: &mut dyn FnMut(&[u8])) {
+        sink(&self.writer.finish());
     }
 }
 
