@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::BIN;
 
 /// `2 * nodes` free consecutive loopback ports (user, node of each node).
-fn free_ports(nodes: u16) -> u16 {
+pub fn free_ports(nodes: u16) -> u16 {
     for _ in 0..200 {
         // Below the ephemeral range (32768-60999): no outgoing connection takes them.
         let p: u16 = 20000 + (rand_u32() % 12000) as u16;
