@@ -369,6 +369,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn nagios_levels() {
+        let status = |status: &str, corruptions: u64, lag: u64| {
+            serde_json::json!({
+                "Status": status,
+                "Shards": [
+                    {"Corruptions": 0, "Raft": {"Members": {"1": {"Lag": 0}}}},
+                    {"Corruptions": corruptions, "Raft": {"Members": {"1": {"Lag": 0}, "2": {"Lag": lag}}}},
+                ]
+            })
+        };
+        assert_eq!(health(&status("ok", 0, 0)).0, 0);
+        assert_eq!(health(&status("ok", 0, LAG_WARNING)).0, 0);
+        let (code, msg) = health(&status("ok", 0, LAG_WARNING + 1));
+        assert_eq!(code, 1);
+        assert!(msg.contains("node 2 trails shard 1"), "{msg}");
+        let (code, msg) = health(&status("ok", 3, 0));
+        assert_eq!(code, 1);
+        assert!(msg.contains("3 damaged storage regions"), "{msg}");
+        let (code, msg) = health(&status("no leader", 3, LAG_WARNING + 1));
+        assert_eq!(code, 2, "no leader outranks the warnings");
+        assert_eq!(msg, "no leader");
+        assert_eq!(health(&serde_json::json!({})).0, 2, "no status is critical");
+    }
+
+    #[test]
     fn parses_replies() {
         let r = parse_reply(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").expect("reply");
         assert_eq!((r.status, r.body.as_slice()), (200, &b"{}"[..]));
