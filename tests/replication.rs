@@ -403,6 +403,57 @@ fn nodes_join_a_running_region_at_once_and_a_wiped_node_rejoins() {
 }
 
 #[test]
+fn a_join_killed_midway_can_be_retried() {
+    let mut region = Region::write(3, FAST);
+    let out = region.repospanner(&["serve", "--spawn"]);
+    assert!(out.status.success());
+    region.start_node();
+    region.join(2);
+    region.start_node_at(2);
+    let w = work_repo(&region, "w");
+    let tip = commit(&region, &w, 0);
+    region.git_ok(&w, &["push", "-q", &region.repo_url("test"), "master"]);
+    // Node 3 starts joining and is SIGKILLed once it has written its state, before
+    // the join is done (a finished join exits on its own).
+    let mut joining = std::process::Command::new(common::BIN)
+        .arg("--config")
+        .arg(region.config_of(3))
+        .args([
+            "serve",
+            "--joinnode",
+            &format!("https://{}", region.rpc_addr_of(1)),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("join");
+    let state = region.qs().join("node3/state/node.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !state.exists() {
+        assert!(std::time::Instant::now() < deadline, "no state after 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let midway = joining.try_wait().expect("wait").is_none();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(joining.id() as i32, libc::SIGKILL) };
+    let _ = joining.wait();
+    assert!(midway, "the join finished before it could be interrupted");
+    // Running the same command again finishes the join.
+    region.join(3);
+    region.start_node_at(3);
+    assert!(refs_at(&region, 3, "test").contains(&tip));
+    clone_and_fsck(&region, 3, "test", "after-retry");
+    // And node 3 is a voter: with node 1 gone, nodes 2 and 3 still take pushes.
+    region.stop_at(1, libc::SIGKILL);
+    let tip2 = commit(&region, &w, 1);
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(3, "test"), "master"],
+    );
+    assert!(refs_at(&region, 2, "test").contains(&tip2));
+}
+
+#[test]
 fn a_bad_join_url_is_refused_and_writes_nothing() {
     let region = Region::write(2, "");
     for url in [
