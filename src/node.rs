@@ -70,6 +70,9 @@ struct Inner<D: Dir> {
     /// How long a push waits for a majority, and a read for proof it is current.
     timeout: Duration,
     pushes: Cell<u64>,
+    /// Whether this node answers vote requests. Not while it joins: a node whose disk
+    /// was wiped has forgotten the votes it gave, and could vote twice in one term.
+    votes: Cell<bool>,
     activity: SyncActivity,
     out_stages: OutStages,
     in_stages: InStages,
@@ -262,6 +265,7 @@ impl<D: Dir> NodeBackend<D> {
                 started: Instant::now(),
                 timeout,
                 pushes: Cell::new(0),
+                votes: Cell::new(true),
                 activity,
                 out_stages: OutStages::default(),
                 in_stages: InStages::default(),
@@ -301,6 +305,12 @@ impl<D: Dir> NodeBackend<D> {
         if let Err(e) = self.raft().shutdown().await {
             warn!(shard = self.inner.shard, error = ?e, "raft shutdown");
         }
+    }
+
+    /// Makes this node refuse vote requests (`false`) while it joins the region: it
+    /// then learns the group's current term from the leader before it can vote.
+    pub fn set_voting(&self, votes: bool) {
+        self.inner.votes.set(votes);
     }
 
     /// Whether this node is a voter of the group.
@@ -879,6 +889,10 @@ impl<D: Dir> Backend for NodeBackend<D> {
         let raft = self.raft();
         match op {
             "append" => rpc_reply(raft.append_entries(parse(&body)?).await),
+            "vote" if !self.inner.votes.get() => Err((
+                503,
+                "this node is joining the region and does not vote until the join is done".into(),
+            )),
             "vote" => rpc_reply(raft.vote(parse(&body)?).await),
             "snapshot" => {
                 let (h, data) = decode_snapshot_body(&body).map_err(|e| (400, e))?;

@@ -204,6 +204,9 @@ pub fn join(config: &Config, url: &str) -> Result<()> {
     if !path.exists() {
         std::fs::create_dir_all(&sc.state_dir)
             .with_context(|| format!("creating {}", sc.state_dir.display()))?;
+        // Before the state: a node with state and this marker has not finished
+        // joining, and `serve` refuses to run it (see `run`).
+        mark_joining(&sc.state_dir)?;
         let sc2 = sc.clone();
         let peer2 = peer.clone();
         let info: serde_json::Value = executor("join", move || {
@@ -244,8 +247,27 @@ pub fn join(config: &Config, url: &str) -> Result<()> {
         info!(peer = %peer, shards, "joining the region");
     } else {
         info!(peer = %peer, "state exists; resuming the join");
+        mark_joining(&sc.state_dir)?;
     }
-    run(config, Some(peer))
+    run(config, Some(peer))?;
+    if JOIN_DONE.load(Ordering::SeqCst) {
+        let marker = sc.state_dir.join(JOINING);
+        std::fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
+        std::fs::File::open(&sc.state_dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// In the state directory while a join is under way (see [`join`]).
+const JOINING: &str = "joining";
+
+fn mark_joining(state_dir: &Path) -> Result<()> {
+    let marker = state_dir.join(JOINING);
+    std::fs::write(&marker, b"serve --joinnode has not finished\n")
+        .with_context(|| format!("writing {}", marker.display()))?;
+    std::fs::File::open(&marker)?.sync_all()?;
+    std::fs::File::open(state_dir)?.sync_all()?;
+    Ok(())
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -279,6 +301,8 @@ pub fn serve(config: &Config) -> Result<()> {
 
 /// How many shards have finished joining (see [`join`]).
 static JOINED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Every shard has joined (the node stops because its join is done).
+static JOIN_DONE: AtomicBool = AtomicBool::new(false);
 
 fn run(config: &Config, join: Option<String>) -> Result<()> {
     let sc = config.serve()?;
@@ -293,6 +317,12 @@ fn run(config: &Config, join: Option<String>) -> Result<()> {
     };
     let state: NodeState =
         serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))?;
+    if join.is_none() && sc.state_dir.join(JOINING).exists() {
+        bail!(
+            "this node's join did not finish ({} exists): run `repospanner serve --joinnode https://<node>:<rpcport>` again; until it finishes the node must not vote",
+            sc.state_dir.join(JOINING).display()
+        );
+    }
     if state.format != FORMAT {
         bail!(
             "{} has state format {}, this version needs {FORMAT}: the node was created by another version; wipe its state and git directories and rejoin it with --joinnode",
@@ -447,6 +477,8 @@ async fn run_shard(
     let client = node_client(&sc)?;
     let backend = open_shard(&sc, k, identity.clone(), client.clone()).await?;
     let store = backend.store().clone();
+    // A joining node learns the group's term from its leader before it may vote.
+    backend.set_voting(join.is_none());
     // Inboxes first: connecting a sender waits for its receiver to connect.
     let ctx_cell: Rc<std::cell::OnceCell<Rc<Ctx<NodeBackend<DmaDir>>>>> =
         Rc::new(std::cell::OnceCell::new());
@@ -605,6 +637,7 @@ async fn join_shard(
     );
     if JOINED.fetch_add(1, Ordering::SeqCst) + 1 == shards {
         info!("joined every shard's group; run `repospanner serve` to serve");
+        JOIN_DONE.store(true, Ordering::SeqCst);
         request_stop();
     }
 }

@@ -433,12 +433,46 @@ fn a_join_killed_midway_can_be_retried() {
         assert!(std::time::Instant::now() < deadline, "no state after 30 s");
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
+    // While it joins it does not vote: a wiped node has forgotten its votes.
+    let ca = std::fs::read(region.ca_dir().join("ca.crt")).expect("ca");
+    let node_cert = std::fs::read(region.ca_dir().join("node1.local.crt")).expect("cert");
+    let node_key = std::fs::read(region.ca_dir().join("node1.local.key")).expect("key");
+    let vote = loop {
+        match repospanner::admin::request_raw(
+            &format!("https://{}", region.rpc_addr_of(3)),
+            &ca,
+            Some((&node_cert, &node_key)),
+            "POST",
+            "/rpc/shard/0/vote",
+            &[],
+            Some(b"{}"),
+        ) {
+            Ok(r) => break r,
+            Err(_) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "node 3 never listened"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+    };
     let midway = joining.try_wait().expect("wait").is_none();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(joining.id() as i32, libc::SIGKILL) };
     let _ = joining.wait();
     assert!(midway, "the join finished before it could be interrupted");
-    // Running the same command again finishes the join.
+    assert_eq!(vote.status, 503, "{}", String::from_utf8_lossy(&vote.body));
+    assert!(String::from_utf8_lossy(&vote.body).contains("joining"));
+    // `serve` refuses a node whose join did not finish.
+    let out = region.repospanner_at(3, &["serve"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("join did not finish"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Running the join again finishes it.
     region.join(3);
     region.start_node_at(3);
     assert!(refs_at(&region, 3, "test").contains(&tip));
