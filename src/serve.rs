@@ -382,7 +382,14 @@ fn run(config: &Config, join: Option<String>) -> Result<()> {
             // stays free for its executor (heartbeats, other requests).
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1))
             .spawn(move || async move {
-                run_shard(k, shards, sc, tls, identity, limits, connections_max, to_peers, inbox, join).await
+                let r = run_shard(k, shards, sc, tls, identity, limits, connections_max, to_peers, inbox, join).await;
+                // A shard that ends, whyever, ends the node: the others must not serve on
+                // without it (its repositories would answer 503 until someone looked).
+                if let Err(e) = &r {
+                    tracing::error!(shard = k, error = %format!("{e:#}"), "shard failed; stopping the node");
+                }
+                request_stop();
+                r
             })
             .map_err(|e| anyhow::anyhow!("starting shard {k} (is RLIMIT_MEMLOCK at least 512 KiB per core? see deploy/README.md): {e}"))?;
         handles.push(h);

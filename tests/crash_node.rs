@@ -112,3 +112,50 @@ fn a_second_serve_on_the_same_state_is_refused() {
     // The first one is unharmed.
     region.git_ok(region.dir.path(), &["ls-remote", &region.repo_url("test")]);
 }
+
+#[test]
+fn a_shard_that_cannot_start_stops_the_whole_node() {
+    let region = Region::write(1, "");
+    // Three shards, so a failing shard 0 is not the last one joined.
+    let config = region.config();
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replacen("storage:\n", "storage:\n  shards: 3\n", 1),
+    )
+    .expect("config");
+    let out = region.repospanner(&["serve", "--spawn"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Shard 0's log directory becomes a file: that shard cannot open its store.
+    let shard0 = region.qs().join("node1/git/shard-0");
+    std::fs::remove_dir_all(&shard0).expect("remove shard 0");
+    std::fs::write(&shard0, b"not a directory").expect("file");
+    let mut serve = std::process::Command::new(common::BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = serve.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = serve.kill();
+            panic!("the node kept running without shard 0");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("shard-0"), "{err}");
+}
