@@ -562,3 +562,133 @@ fn a_node_away_past_the_log_catches_up_from_a_snapshot() {
         tail(&log)
     );
 }
+
+/// A pkt-line.
+fn pkt(s: &str) -> String {
+    format!("{:04x}{s}", s.len() + 4)
+}
+
+/// Streams a push (with curl) that makes `name` point at `tip`, a stored commit, to node
+/// 1; once node 1 has authorized it, stops nodes 2 and 3 (SIGSTOP) so no majority can
+/// confirm the proposal in time, then resumes the nodes in `resume` only. Returns the
+/// report.
+fn push_with_majority_frozen(region: &Region, name: &str, tip: &str, resume: &[usize]) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let ca = region.ca_dir();
+    let mut curl = Command::new("curl")
+        .args(["-sS", "--http1.1", "-X", "POST", "-T", "-"])
+        .arg("--cacert")
+        .arg(ca.join("ca.crt"))
+        .arg("--cert")
+        .arg(ca.join("admin.crt"))
+        .arg("--key")
+        .arg(ca.join("admin.key"))
+        .args([
+            "-H",
+            "Content-Type: application/x-git-receive-pack-request",
+            "-H",
+            "Transfer-Encoding: chunked",
+        ])
+        .arg(format!("{}/repo/test.git/git-receive-pack", region.url()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl (apt-get install curl)");
+    let mut stdin = curl.stdin.take().expect("stdin");
+    let zero = "0".repeat(40);
+    let command = pkt(&format!("{zero} {tip} {name}\0report-status\n"));
+    stdin.write_all(command.as_bytes()).expect("write");
+    stdin.flush().expect("flush");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let pid = |k: usize| region.pid_of(k).expect("running") as i32;
+    for k in [2, 3] {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid(k), libc::SIGSTOP) };
+    }
+    // The rest: flush, then an empty pack (header and its SHA-1).
+    let mut pack = b"PACK\0\0\0\x02\0\0\0\0".to_vec();
+    let sum = <sha1::Sha1 as sha1::Digest>::digest(&pack);
+    pack.extend_from_slice(&sum);
+    stdin.write_all(b"0000").expect("write");
+    stdin.write_all(&pack).expect("write");
+    drop(stdin);
+    let out = curl.wait_with_output().expect("curl");
+    for &k in resume {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid(k), libc::SIGCONT) };
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The push id in a report of a push whose outcome is unknown.
+fn push_id(report: &str, name: &str) -> String {
+    assert!(report.contains(&format!("ng {name}")), "{report}");
+    assert!(report.contains("may still be applied"), "{report}");
+    report
+        .split("push ")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .expect("push id in the report")
+        .to_owned()
+}
+
+/// Whether node `k`'s log says push `id` moved its ref.
+fn log_says_applied(region: &Region, k: usize, id: &str) -> bool {
+    region
+        .log_of(k)
+        .lines()
+        .any(|l| l.contains(&format!("push {id} to test")) && l.contains("applied, 1 refs moved"))
+}
+
+#[test]
+fn a_push_not_confirmed_in_time_reports_its_id_and_every_log_tells_its_outcome() {
+    let region = Region::start_n(3, FAST);
+    let w = work_repo(&region, "w");
+    let tip = commit(&region, &w, 0);
+    region.git_ok(&w, &["push", "-q", &region.repo_url("test"), "master"]);
+
+    // Node 2 comes back alone: node 1 holds the longest log, so whoever leads next
+    // keeps the entry, and the push the client was told is unknown is applied.
+    let report = push_with_majority_frozen(&region, "refs/heads/late", &tip, &[2]);
+    let late = push_id(&report, "refs/heads/late");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !log_says_applied(&region, 1, &late) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "push {late} never applied:\n{}",
+            tail(&region.log_of(1))
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(refs_at(&region, 1, "test").contains("refs/heads/late"));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(region.pid_of(3).expect("running") as i32, libc::SIGCONT) };
+
+    // Both come back: the outcome may go either way; every node says the same as the
+    // refs once a later push has committed after it.
+    let report = push_with_majority_frozen(&region, "refs/heads/either", &tip, &[2, 3]);
+    let either = push_id(&report, "refs/heads/either");
+    let tip2 = commit(&region, &w, 1);
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(2, "test"), "master"],
+    );
+    let moved = refs_at(&region, 1, "test").contains("refs/heads/either");
+    eprintln!("push {either}, whose outcome was unknown: applied = {moved}");
+    for k in 1..=3 {
+        let refs = refs_at(&region, k, "test");
+        assert!(
+            refs.contains(&tip2) && refs.contains("refs/heads/late"),
+            "node {k}"
+        );
+        assert_eq!(refs.contains("refs/heads/either"), moved, "node {k}");
+        assert!(log_says_applied(&region, k, &late), "node {k}");
+        assert_eq!(
+            log_says_applied(&region, k, &either),
+            moved,
+            "node {k}:\n{}",
+            tail(&region.log_of(k))
+        );
+    }
+}

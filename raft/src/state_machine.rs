@@ -368,6 +368,22 @@ impl<D: Dir> RaftStateMachine<C> for StateMachine<D> {
                     EntryPayload::Blank => Response::Done,
                 }
             };
+            if let EntryPayload::Normal(cmd) = &entry.payload {
+                // Every member logs every change it applies: the outcome of a push whose
+                // proposer timed out (the client was given its push id) is found here.
+                let outcome = match &response {
+                    Response::Refused(why) => format!("refused: {why}"),
+                    Response::Refs(refs) => {
+                        let refused = refs.iter().filter(|r| r.is_err()).count();
+                        format!(
+                            "applied, {} refs moved, {refused} refused",
+                            refs.len() - refused
+                        )
+                    }
+                    Response::Done => "applied".to_string(),
+                };
+                tracing::info!(index = entry.log_id().index(), "{cmd}: {outcome}");
+            }
             if let Some(r) = responder {
                 r.send(response);
             }

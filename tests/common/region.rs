@@ -209,7 +209,12 @@ impl Region {
 
     /// Node 1's process id.
     pub fn pid(&self) -> Option<u32> {
-        self.children[0].as_ref().map(Child::id)
+        self.pid_of(1)
+    }
+
+    /// Node `k`'s process id.
+    pub fn pid_of(&self, k: usize) -> Option<u32> {
+        self.children[k - 1].as_ref().map(Child::id)
     }
 
     /// Stops node 1 with `signal` and waits for it.
