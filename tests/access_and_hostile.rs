@@ -177,6 +177,19 @@ fn access_control() {
     assert!(!foreign.status.success());
 }
 
+/// `len` incompressible bytes (xorshift from `seed`).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 fn deflate(data: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
@@ -308,15 +321,7 @@ fn hostile_input_is_refused_and_changes_nothing() {
 
     // Packs large enough to be spooled and read on a thread of their own: a corrupt
     // trailer, and a pack cut short in the middle of an object.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let noise: Vec<u8> = (0..6 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = noise(0x9e37_79b9_7f4a_7c15, 6 << 20);
     let dn = deflate(&noise);
     let big = pack(&[OutEntry::Full {
         kind: ObjectKind::Blob,
@@ -412,15 +417,7 @@ fn a_push_over_the_size_limit_is_refused_and_changes_nothing() {
     region.git_ok(&w, &["push", "-q", &region.repo_url("test"), "master"]);
     let before = region.git_ok(t, &["ls-remote", &region.repo_url("test")]);
     // 3 MiB of incompressible data: the pack is over the 1 MiB limit.
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let big: Vec<u8> = (0..3 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let big = noise(0x2545_f491_4f6c_dd1d, 3 << 20);
     std::fs::write(w.join("big"), big).expect("write");
     region.git_ok(&w, &["add", "-A"]);
     region.git_ok(&w, &["commit", "-qm", "big"]);
