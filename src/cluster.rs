@@ -262,28 +262,33 @@ pub const FETCH_REPLY_BYTES: usize = 32 << 20;
 /// DMA copy).
 const APPEND_BYTES: usize = 16 << 20;
 
-/// Stores objects durably in namespace `ns`: appends of about [`APPEND_BYTES`], all
-/// queued at once so the store's writer goes from one to the next without waiting.
+/// Stores objects durably in namespace `ns`: appends of about [`APPEND_BYTES`], two
+/// queued at a time, so the store's writer goes from one to the next without waiting
+/// while the raft log's small appends never queue behind more than two of them.
 pub async fn store_objects<D: Dir>(
     store: &Store<D>,
     ns: u64,
     objects: Vec<StoredObject>,
 ) -> Result<(), repospanner_storage::Error> {
-    let mut appends = Vec::new();
+    use futures_util::StreamExt;
+    let mut batches = Vec::new();
     let mut batch = Vec::new();
     let mut bytes = 0;
     for o in objects {
         bytes += o.deflated.len() + 128;
         batch.push(Write::Object(Namespace(ns), o));
         if bytes >= APPEND_BYTES {
-            appends.push(store.append(std::mem::take(&mut batch)));
+            batches.push(std::mem::take(&mut batch));
             bytes = 0;
         }
     }
     if !batch.is_empty() {
-        appends.push(store.append(batch));
+        batches.push(batch);
     }
-    for r in futures_util::future::join_all(appends).await {
+    let mut appends = futures_util::stream::iter(batches)
+        .map(|b| store.append(b))
+        .buffered(2);
+    while let Some(r) = appends.next().await {
         r?;
     }
     Ok(())

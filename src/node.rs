@@ -307,10 +307,12 @@ impl<D: Dir> NodeBackend<D> {
         }
     }
 
-    /// Makes this node refuse vote requests (`false`) while it joins the region: it
-    /// then learns the group's current term from the leader before it can vote.
+    /// Makes this node neither grant votes nor campaign (`false`) while it joins the
+    /// region: it learns the group's current term from the leader before it votes,
+    /// for another node or for itself.
     pub fn set_voting(&self, votes: bool) {
         self.inner.votes.set(votes);
+        self.raft().runtime_config().elect(votes);
     }
 
     /// Whether this node is a voter of the group.
@@ -686,7 +688,9 @@ impl<D: Dir> Backend for NodeBackend<D> {
         let (tx, mut rx) = futures_channel::mpsc::unbounded::<(u64, Result<(), String>)>();
         if !peers.is_empty() {
             // In bodies of about SYNC_CHUNK_BYTES: a peer stores one while the next is
-            // on its way, and holds no more than SYNC_IN_FLIGHT in memory.
+            // on its way, and holds no more than SYNC_IN_FLIGHT in memory. Bodies are
+            // made as they are sent (the objects' bytes are shared with the pack), so
+            // the sender holds no copy of the whole push either.
             let mut chunks = Vec::new();
             let mut start = 0;
             while start < objects.len() {
@@ -696,14 +700,14 @@ impl<D: Dir> Backend for NodeBackend<D> {
                     bytes += objects[end].deflated.len() + 64;
                     end += 1;
                 }
-                let mut body = encode_ids(ns, &[]);
-                body.extend_from_slice(&encode_objects(&objects[start..end]));
-                chunks.push(Bytes::from(body));
+                chunks.push(start..end);
                 start = end;
             }
             let chunks = Rc::new(chunks);
+            let shared = Rc::new(objects.clone());
             for (id, addr) in peers {
                 let (tx, chunks, client) = (tx.clone(), chunks.clone(), self.inner.client.clone());
+                let shared = shared.clone();
                 let path = rpc_path(self.inner.shard, "objects");
                 let commit_path = rpc_path(self.inner.shard, "commit");
                 let deadline = Instant::now() + self.inner.timeout;
@@ -725,9 +729,11 @@ impl<D: Dir> Backend for NodeBackend<D> {
                     // next is on its way.
                     use futures_util::StreamExt;
                     let mut sends = futures_util::stream::iter(chunks.iter().cloned())
-                        .map(|c| {
+                        .map(|range| {
+                            let mut body = encode_ids(ns, &[]);
+                            body.extend_from_slice(&encode_objects(&shared[range]));
                             let left = deadline.saturating_duration_since(Instant::now());
-                            client.post(&addr, &path, c, left)
+                            client.post(&addr, &path, Bytes::from(body), left)
                         })
                         .buffer_unordered(SYNC_IN_FLIGHT);
                     let mut r = Ok(());

@@ -201,9 +201,12 @@ pub fn join(config: &Config, url: &str) -> Result<()> {
         .ok_or_else(|| anyhow::anyhow!("--joinnode {url:?}: expected https://<node>:<rpcport>"))?
         .to_owned();
     let path = state_path(&sc);
+    std::fs::create_dir_all(&sc.state_dir)
+        .with_context(|| format!("creating {}", sc.state_dir.display()))?;
+    // Nothing is written while another process serves this node (`run` takes the
+    // lock again; a marker left by a refused join would keep the node from starting).
+    let lock = lock_state(&sc.state_dir)?;
     if !path.exists() {
-        std::fs::create_dir_all(&sc.state_dir)
-            .with_context(|| format!("creating {}", sc.state_dir.display()))?;
         // Before the state: a node with state and this marker has not finished
         // joining, and `serve` refuses to run it (see `run`).
         mark_joining(&sc.state_dir)?;
@@ -242,13 +245,13 @@ pub fn join(config: &Config, url: &str) -> Result<()> {
             shards: shards as u32,
             format: FORMAT,
         };
-        let _lock = lock_state(&sc.state_dir)?;
         write_state(&path, &state, &sc.state_dir)?;
         info!(peer = %peer, shards, "joining the region");
     } else {
         info!(peer = %peer, "state exists; resuming the join");
         mark_joining(&sc.state_dir)?;
     }
+    drop(lock);
     run(config, Some(peer))?;
     if JOIN_DONE.load(Ordering::SeqCst) {
         let marker = sc.state_dir.join(JOINING);
@@ -347,7 +350,19 @@ fn run(config: &Config, join: Option<String>) -> Result<()> {
     )?;
     let spool = spool_dir(&sc.git_dir);
     std::fs::create_dir_all(&spool).with_context(|| format!("creating {}", spool.display()))?;
+    // Spool files have no names, but for the fallback's, which a crash can leave.
+    if let Ok(rd) = std::fs::read_dir(&spool) {
+        for e in rd.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     install_signal_handlers();
+    // A panic on any shard stops the node: the others must not serve on without it.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        request_stop();
+        default_hook(info);
+    }));
     let limits = Limits {
         pack_bytes_max: sc.limits.pack_bytes_max,
         object_bytes_max: sc.limits.object_bytes_max,

@@ -109,6 +109,13 @@ fn a_second_serve_on_the_same_state_is_refused() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already serving"), "{err}");
+    // A join run against the serving node's state is refused too, and leaves nothing
+    // that would keep the node from starting again.
+    let out = region.repospanner(&["serve", "--joinnode", &region.rpc_url()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already serving"), "{err}");
+    assert!(!region.qs().join("node1/state/joining").exists());
     // The first one is unharmed.
     region.git_ok(region.dir.path(), &["ls-remote", &region.repo_url("test")]);
 }

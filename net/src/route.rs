@@ -93,8 +93,9 @@ impl Source {
     }
 }
 
-/// How many body chunks may be in flight from the accepting shard to the owner.
-const BODY_QUEUE: usize = 16;
+/// How many body chunks (of up to [`FORWARD_BATCH`]) may be in flight from the
+/// accepting shard to the owner: 1 MiB per forwarded push.
+const BODY_QUEUE: usize = 4;
 /// Bytes of a streamed body passed to the owner at a time.
 const FORWARD_BATCH: usize = 256 << 10;
 

@@ -694,8 +694,9 @@ async fn receive_pack<B: Backend + 'static>(
 }
 
 /// Reads a push's pack while it arrives: on the executor while the body is small; once
-/// it is spooled, on the shard's blocking thread, so inflating and hashing overlap the
-/// transfer instead of holding up the executor's reading of the socket.
+/// it is spooled, on a thread of its own (at most [`READERS_MAX`] in a process; past
+/// that, on the executor), so inflating and hashing overlap the transfer instead of
+/// holding up the executor's reading of the socket.
 enum PackReading {
     Here {
         stream: Option<Box<crate::git::pack::PackStream>>,
@@ -705,8 +706,35 @@ enum PackReading {
     Away {
         /// How much of the body is written (the reader reads up to it).
         tx: std::sync::mpsc::Sender<usize>,
+        /// Set when the push failed: the reader stops at once.
+        cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
         result: std::pin::Pin<Box<dyn std::future::Future<Output = PackRead>>>,
     },
+}
+
+/// Pack reader threads running in this process, and their most.
+static READERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+const READERS_MAX: usize = 16;
+
+/// A pack reader's place in [`READERS`], given back on drop.
+struct ReaderSlot;
+
+impl ReaderSlot {
+    fn take() -> Option<ReaderSlot> {
+        use std::sync::atomic::Ordering;
+        if READERS.fetch_add(1, Ordering::AcqRel) < READERS_MAX {
+            Some(ReaderSlot)
+        } else {
+            READERS.fetch_sub(1, Ordering::AcqRel);
+            None
+        }
+    }
+}
+
+impl Drop for ReaderSlot {
+    fn drop(&mut self) {
+        READERS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 type PackRead = Result<Vec<crate::git::pack::Entry>, crate::git::pack::PackError>;
@@ -718,20 +746,28 @@ impl PackReading {
             PackReading::Here {
                 stream,
                 error: None,
-            } => match (body, stream.take()) {
-                (spool::Body::File(f), Some(st)) => *self = PackReading::away(*st, f.view(), at),
-                (_, Some(mut st)) => {
-                    let r = st.advance(body.as_slice().get(at..).unwrap_or_default());
-                    *stream = Some(st);
-                    if let Err(e) = r {
-                        *self = PackReading::Here {
-                            stream: None,
-                            error: Some(e),
-                        };
+            } => {
+                if let spool::Body::File(f) = body {
+                    if stream.is_some() {
+                        if let Some(slot) = ReaderSlot::take() {
+                            if let Some(st) = stream.take() {
+                                *self = PackReading::away(*st, f.view(), at, slot);
+                                return;
+                            }
+                        }
                     }
                 }
-                (_, None) => {}
-            },
+                let r = match stream.as_mut() {
+                    Some(st) => st.advance(body.as_slice().get(at..).unwrap_or_default()),
+                    None => Ok(()),
+                };
+                if let Err(e) = r {
+                    *self = PackReading::Here {
+                        stream: None,
+                        error: Some(e),
+                    };
+                }
+            }
             PackReading::Here { .. } => {}
             PackReading::Away { tx, .. } => {
                 // The reader is gone only if it panicked; finish() reports that.
@@ -746,17 +782,29 @@ impl PackReading {
         mut stream: crate::git::pack::PackStream,
         view: spool::SpoolView,
         at: usize,
+        slot: ReaderSlot,
     ) -> PackReading {
         use crate::git::pack::PackError;
+        use std::sync::atomic::Ordering;
         let (tx, rx) = std::sync::mpsc::channel::<usize>();
         let _ = tx.send(view.len());
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = cancel.clone();
         let (done_tx, done_rx) = futures_channel::oneshot::channel::<PackRead>();
         let started = std::thread::Builder::new()
             .name("pack-reader".into())
             .spawn(move || {
+                let _slot = slot;
                 let mut last = at;
                 let mut error = None;
-                while let Ok(len) = rx.recv() {
+                while let Ok(mut len) = rx.recv() {
+                    // Whatever arrived meanwhile, at once.
+                    while let Ok(l) = rx.try_recv() {
+                        len = l;
+                    }
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
                     last = len;
                     if error.is_none() {
                         let r = match view.get(at..len) {
@@ -765,6 +813,9 @@ impl PackReading {
                         };
                         error = r.err();
                     }
+                }
+                if stop.load(Ordering::Acquire) {
+                    return;
                 }
                 let r = match (error, view.get(at..last)) {
                     (Some(e), _) => Err(e),
@@ -776,6 +827,7 @@ impl PackReading {
         match started {
             Ok(_) => PackReading::Away {
                 tx,
+                cancel,
                 result: Box::pin(async move {
                     done_rx
                         .await
@@ -800,21 +852,17 @@ impl PackReading {
                 stream: Some(st), ..
             } => st.finish(body.get(at..).unwrap_or_default()),
             PackReading::Here { .. } => Err(crate::git::pack::PackError::Truncated),
-            PackReading::Away { tx, result } => {
+            PackReading::Away { tx, result, .. } => {
                 drop(tx);
                 result.await
             }
         }
     }
 
-    /// Stops reading: a reader away finishes on its own and its result is dropped.
+    /// Stops reading: a reader away stops before its next piece.
     fn abandon(self) {
-        if let PackReading::Away { tx, result } = self {
-            drop(tx);
-            glommio::spawn_local(async move {
-                let _ = result.await;
-            })
-            .detach();
+        if let PackReading::Away { cancel, .. } = self {
+            cancel.store(true, std::sync::atomic::Ordering::Release);
         }
     }
 }

@@ -129,8 +129,9 @@ impl Spool {
             .open(dir)
         {
             Ok(f) => f,
-            // A file system without O_TMPFILE: a named file, unlinked at once.
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            // A file system (or kernel) without O_TMPFILE: a named file, unlinked at once
+            // (the node empties the directory when it starts, should a crash leave one).
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
                 let path = dir.join(format!(
                     "push-{}-{:x}",
                     std::process::id(),

@@ -369,8 +369,10 @@ impl<D: Dir> RaftStateMachine<C> for StateMachine<D> {
                 }
             };
             if let EntryPayload::Normal(cmd) = &entry.payload {
-                // Every member logs every change it applies: the outcome of a push whose
-                // proposer timed out (the client was given its push id) is found here.
+                // Every member logs every change it applies from its log (not those it
+                // receives inside a snapshot; replayed entries again after a restart):
+                // the outcome of a push whose proposer timed out (the client was given
+                // its push id) is found here.
                 let outcome = match &response {
                     Response::Refused(why) => format!("refused: {why}"),
                     Response::Refs(refs) => {

@@ -691,6 +691,8 @@ pub struct PackOut {
     writer: PackWriter,
     /// Pack position of each object written (for OFS_DELTA).
     index: HashMap<Oid, usize>,
+    /// Entries written.
+    written: usize,
 }
 
 impl PackOut {
@@ -701,6 +703,7 @@ impl PackOut {
         PackOut {
             writer,
             index: HashMap::with_capacity(plan.objects.len()),
+            written: 0,
         }
     }
 
@@ -727,8 +730,8 @@ impl PackOut {
                 },
             };
             self.writer.entry_to(&e, sink);
-            let n = self.index.len();
-            self.index.insert(r.oid, n);
+            self.index.insert(r.oid, self.written);
+            self.written += 1;
         }
     }
 
