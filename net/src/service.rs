@@ -641,10 +641,10 @@ async fn upload_pack<B: Backend + 'static>(
                 break;
             }
             end = upload::batch_end(&plan, start);
-            let full = (out.len() >= 256 << 10).then(|| Bytes::from(out.take()));
+            let full = (out.len() >= SEND_PIECE).then(|| Bytes::from(out.take()));
             let send = async {
                 match full {
-                    Some(b) => tx.send(b).await.is_ok(),
+                    Some(b) => send_pieces(&mut tx, b).await,
                     None => true,
                 }
             };
@@ -660,7 +660,7 @@ async fn upload_pack<B: Backend + 'static>(
         if sideband.is_some() {
             pktline::flush(&mut buf);
         }
-        let _ = tx.send(Bytes::from(buf)).await;
+        let _ = send_pieces(&mut tx, Bytes::from(buf)).await;
         info!(
             repo = %repo,
             objects = plan.objects.len(),
@@ -675,6 +675,22 @@ async fn upload_pack<B: Backend + 'static>(
         r.headers_mut().insert("content-type", v);
     }
     r
+}
+
+/// The most bytes of a response handed to the connection at a time: the response
+/// channel holds a few of them, so a batch with a large object is not queued whole.
+const SEND_PIECE: usize = 256 << 10;
+
+/// Sends `b` in pieces of at most [`SEND_PIECE`] (slices, not copies); false if the
+/// client went away.
+async fn send_pieces(tx: &mut futures_channel::mpsc::Sender<Bytes>, mut b: Bytes) -> bool {
+    while !b.is_empty() {
+        let piece = b.split_to(b.len().min(SEND_PIECE));
+        if tx.send(piece).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 fn git_error(msg: &str, node: &str, ctype: &str) -> Response<Body> {
