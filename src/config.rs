@@ -241,6 +241,10 @@ pub struct Limits {
     /// Push bodies at least this large are passed to the other nodes while they arrive
     /// (staged); 0: never, objects go to them after verification. See deploy/README.md.
     pub stage_push_bytes: u64,
+    /// A push is refused (507) when spooling it would leave less than this free on the
+    /// git directory's file system, so pushes in flight never fill the disk the store
+    /// writes to.
+    pub disk_reserve_bytes: u64,
 }
 
 impl Default for Limits {
@@ -253,6 +257,7 @@ impl Default for Limits {
             replication_timeout_seconds: 30,
             buffered_bytes_max: 4 << 30,
             stage_push_bytes: 0,
+            disk_reserve_bytes: 1 << 30,
         }
     }
 }

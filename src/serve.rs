@@ -369,6 +369,7 @@ fn run(config: &Config, join: Option<String>) -> Result<()> {
         refs_per_push_max: sc.limits.refs_per_push_max,
         negotiation_bytes_max: 256 << 20,
         stage_push_bytes: sc.limits.stage_push_bytes,
+        disk_reserve_bytes: sc.limits.disk_reserve_bytes,
     };
     let connections_max = sc.limits.connections_max;
     let shards = state.shards.max(1) as usize;

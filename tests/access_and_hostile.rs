@@ -402,6 +402,46 @@ fn hostile_input_is_refused_and_changes_nothing() {
 }
 
 #[test]
+fn a_push_that_would_eat_the_disk_reserve_is_refused_and_changes_nothing() {
+    // A reserve larger than any disk: every push big enough to be spooled is refused.
+    let region = Region::start_with("limits:\n  disk_reserve_bytes: 1125899906842624\n");
+    let t = region.dir.path();
+    let w = t.join("w");
+    region.git_ok(
+        t,
+        &["init", "-q", "-b", "master", w.to_str().expect("path")],
+    );
+    std::fs::write(w.join("small"), b"small").expect("write");
+    region.git_ok(&w, &["add", "-A"]);
+    region.git_ok(&w, &["commit", "-qm", "small"]);
+    region.git_ok(&w, &["push", "-q", &region.repo_url("test"), "master"]);
+    let before = region.git_ok(t, &["ls-remote", &region.repo_url("test")]);
+    std::fs::write(w.join("big"), noise(0x1234_5678_9abc_def1, 6 << 20)).expect("write");
+    region.git_ok(&w, &["add", "-A"]);
+    region.git_ok(&w, &["commit", "-qm", "big"]);
+    let out = region.git(
+        Some("admin"),
+        &w,
+        &["push", "-q", &region.repo_url("test"), "master"],
+    );
+    assert!(
+        !out.status.success(),
+        "a push past the disk reserve was accepted"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("507"), "{err}");
+    assert!(
+        region.log().contains("limits.disk_reserve_bytes"),
+        "{}",
+        region.log()
+    );
+    assert_eq!(
+        region.git_ok(t, &["ls-remote", &region.repo_url("test")]),
+        before
+    );
+}
+
+#[test]
 fn a_push_over_the_size_limit_is_refused_and_changes_nothing() {
     let region =
         Region::start_with("limits:\n  pack_bytes_max: 1048576\n  buffered_bytes_max: 4194304\n");

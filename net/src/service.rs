@@ -36,6 +36,8 @@ pub struct Limits {
     /// Push bodies at least this large are passed to the other members while they
     /// arrive (0: never; smaller ones go after verification).
     pub stage_push_bytes: u64,
+    /// Free space a spooled push must leave on its file system.
+    pub disk_reserve_bytes: u64,
 }
 
 /// Everything a request handler needs.
@@ -939,10 +941,19 @@ async fn receive_streaming<B: Backend + 'static>(
                 Some(h) => held.merge(h),
                 None => return Err(body_error(&http::BodyError::Busy, &node)),
             }
-            if let Err(e) = got.push(&data, ctx.spool_dir.as_deref(), max as usize) {
+            let spool = ctx
+                .spool_dir
+                .as_deref()
+                .map(|dir| (dir, ctx.limits.disk_reserve_bytes));
+            if let Err(e) = got.push(&data, spool, max as usize) {
                 warn!(repo = %repo, error = %e, "spooling a push failed");
+                let status = if e.kind() == std::io::ErrorKind::StorageFull {
+                    StatusCode::INSUFFICIENT_STORAGE
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
                 return Err(text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
+                    status,
                     &format!("spooling the push failed: {e}"),
                     &node,
                 ));

@@ -32,13 +32,14 @@ impl Body {
         Body::Mem(Vec::new())
     }
 
-    /// Appends `data`; moves the body to a file in `dir` once it is past
-    /// [`SPOOL_AFTER`] (`dir` = `None`: memory only). `cap` bounds the whole body.
-    pub fn push(&mut self, data: &[u8], dir: Option<&Path>, cap: usize) -> io::Result<()> {
+    /// Appends `data`; moves the body to a file in `spool.0` once it is past
+    /// [`SPOOL_AFTER`] (`spool` = `None`: memory only), refusing to leave less than
+    /// `spool.1` bytes free there. `cap` bounds the whole body.
+    pub fn push(&mut self, data: &[u8], spool: Option<(&Path, u64)>, cap: usize) -> io::Result<()> {
         match self {
             Body::Mem(v) => {
-                if let (Some(dir), true) = (dir, v.len() + data.len() > SPOOL_AFTER) {
-                    let mut s = Spool::create(dir, cap)?;
+                if let (Some((dir, reserve)), true) = (spool, v.len() + data.len() > SPOOL_AFTER) {
+                    let mut s = Spool::create(dir, cap, reserve)?;
                     s.push(v)?;
                     s.push(data)?;
                     *self = Body::File(s);
@@ -87,6 +88,24 @@ impl Default for Body {
 pub struct Spool {
     file: File,
     view: SpoolView,
+    /// Free space to leave on the file system, and how far the file may grow before
+    /// that is checked again.
+    reserve: u64,
+    checked_to: usize,
+}
+
+/// How much a spool file grows between two looks at the free space.
+const CHECK_EVERY: usize = 16 << 20;
+
+/// Bytes free for an unprivileged writer on the file system of `f`.
+fn free_bytes(f: &File) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fstatvfs fills a statvfs we own, from a descriptor we own.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatvfs(f.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// The written part of a spool file, readable from any thread while more is appended.
@@ -119,8 +138,9 @@ impl SpoolView {
 }
 
 impl Spool {
-    /// An empty spool file in `dir` for at most `cap` bytes.
-    pub fn create(dir: &Path, cap: usize) -> io::Result<Spool> {
+    /// An empty spool file in `dir` for at most `cap` bytes, that refuses to grow when
+    /// that would leave less than `reserve` bytes free.
+    pub fn create(dir: &Path, cap: usize, reserve: u64) -> io::Result<Spool> {
         let file = match std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -159,6 +179,8 @@ impl Spool {
                 map: Arc::new(map),
                 len: Arc::new(AtomicUsize::new(0)),
             },
+            reserve,
+            checked_to: 0,
         })
     }
 
@@ -169,6 +191,21 @@ impl Spool {
                 io::ErrorKind::InvalidInput,
                 "spooled body is larger than its limit",
             ));
+        }
+        if len + data.len() > self.checked_to {
+            // Room for this and the next CHECK_EVERY bytes, beside the reserve.
+            let want = (data.len() + CHECK_EVERY) as u64;
+            let free = free_bytes(&self.file)?;
+            if free < self.reserve.saturating_add(want) {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!(
+                        "{free} bytes free on the node's git file system, and limits.disk_reserve_bytes keeps {} of them for the store",
+                        self.reserve
+                    ),
+                ));
+            }
+            self.checked_to = len + data.len() + CHECK_EVERY;
         }
         // Into the page cache: a copy, as appending to a Vec would be.
         self.file.write_all_at(data, len as u64)?;
@@ -204,7 +241,8 @@ mod tests {
             .collect();
         let mut b = Body::new();
         for piece in data.chunks(70_001) {
-            b.push(piece, Some(dir.path()), data.len()).expect("push");
+            b.push(piece, Some((dir.path(), 0)), data.len())
+                .expect("push");
         }
         assert!(matches!(b, Body::File(_)), "spooled");
         assert_eq!(b.as_slice(), &data[..]);
@@ -219,6 +257,12 @@ mod tests {
         m.push(&data, None, data.len()).expect("push");
         assert!(matches!(m, Body::Mem(_)));
         let mut f = Body::new();
-        assert!(f.push(&data, Some(dir.path()), 10).is_err());
+        assert!(f.push(&data, Some((dir.path(), 0)), 10).is_err());
+        // Nothing is spooled that would leave less than the reserve free.
+        let mut r = Body::new();
+        let e = r
+            .push(&data, Some((dir.path(), u64::MAX / 2)), data.len())
+            .expect_err("refused");
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
     }
 }
