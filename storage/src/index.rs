@@ -28,10 +28,14 @@ pub struct Loc {
     pub len: u32,
 }
 
-/// Everything the store can find by key.
+/// Everything the store can find by key. Objects are kept per namespace (repository),
+/// so listing or dropping one repository's objects costs that repository's size, not
+/// the whole store's.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Index {
-    pub objects: HashMap<(Namespace, Oid), Loc>,
+    objects: HashMap<Namespace, HashMap<Oid, Loc>>,
+    /// Objects over every namespace.
+    count: usize,
     pub opaque: BTreeMap<(u8, u64), Loc>,
 }
 
@@ -58,14 +62,46 @@ pub fn delete_range(payload: &[u8]) -> Option<(u8, u64, u64)> {
 }
 
 impl Index {
+    /// Where `oid` of `ns` is stored.
+    pub fn object(&self, ns: Namespace, oid: &Oid) -> Option<Loc> {
+        self.objects.get(&ns)?.get(oid).copied()
+    }
+
+    pub fn contains(&self, ns: Namespace, oid: &Oid) -> bool {
+        self.objects.get(&ns).is_some_and(|m| m.contains_key(oid))
+    }
+
+    /// Every object id of `ns`.
+    pub fn oids_in(&self, ns: Namespace) -> Vec<Oid> {
+        self.objects
+            .get(&ns)
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Objects over every namespace.
+    pub fn object_count(&self) -> usize {
+        self.count
+    }
+
+    /// Indexes `oid` of `ns` at `loc`, unless it is indexed already (the first copy of
+    /// an object stays: every copy holds the same object).
+    pub fn insert_object(&mut self, ns: Namespace, oid: Oid, loc: Loc) {
+        if let std::collections::hash_map::Entry::Vacant(e) =
+            self.objects.entry(ns).or_default().entry(oid)
+        {
+            e.insert(loc);
+            self.count += 1;
+        }
+    }
+
     /// Applies one durable record found at `loc`. Returns false if the payload does not
     /// decode (a bug or a corruption the CRC missed: the caller reports it).
     pub fn apply(&mut self, kind: RecordKind, payload: &[u8], loc: Loc) -> bool {
         match kind {
             RecordKind::Object => match crate::object::decode_key(payload) {
-                // The first copy of an object stays: every copy holds the same object.
-                Some(key) => {
-                    self.objects.entry(key).or_insert(loc);
+                Some((ns, oid)) => {
+                    self.insert_object(ns, oid, loc);
                     true
                 }
                 None => false,
@@ -100,7 +136,9 @@ impl Index {
                 let mut a = [0u8; 8];
                 a.copy_from_slice(payload);
                 let ns = Namespace(u64::from_le_bytes(a));
-                self.objects.retain(|(n, _), _| *n != ns);
+                if let Some(m) = self.objects.remove(&ns) {
+                    self.count -= m.len();
+                }
                 true
             }
         }
@@ -124,20 +162,23 @@ pub struct Covered {
 /// Serialises the index and the position it covers. Entries are sorted so the same
 /// state always gives the same bytes.
 pub fn encode_checkpoint(index: &Index, covered: Covered) -> Vec<u8> {
-    let mut out =
-        Vec::with_capacity(HEADER + index.objects.len() * OBJ + index.opaque.len() * OPQ + 4);
+    let mut out = Vec::with_capacity(HEADER + index.count * OBJ + index.opaque.len() * OPQ + 4);
     out.extend_from_slice(&MAGIC.to_le_bytes());
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&covered.segment.to_le_bytes());
     out.extend_from_slice(&covered.offset.to_le_bytes());
     out.extend_from_slice(&covered.next_lsn.to_le_bytes());
-    out.extend_from_slice(&(index.objects.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(index.count as u64).to_le_bytes());
     out.extend_from_slice(&(index.opaque.len() as u64).to_le_bytes());
-    let mut objects: Vec<_> = index.objects.iter().collect();
-    objects.sort_unstable_by_key(|(k, _)| **k);
+    let mut objects: Vec<_> = index
+        .objects
+        .iter()
+        .flat_map(|(ns, m)| m.iter().map(move |(oid, loc)| ((*ns, *oid), *loc)))
+        .collect();
+    objects.sort_unstable_by_key(|(k, _)| *k);
     for ((ns, oid), loc) in objects {
         out.extend_from_slice(&ns.0.to_le_bytes());
-        out.extend_from_slice(oid);
+        out.extend_from_slice(&oid);
         out.extend_from_slice(&loc.segment.to_le_bytes());
         out.extend_from_slice(&loc.offset.to_le_bytes());
         out.extend_from_slice(&loc.len.to_le_bytes());
@@ -191,17 +232,15 @@ pub fn decode_checkpoint(b: &[u8]) -> Option<(Index, Covered)> {
     if expected != body.len() {
         return None;
     }
-    let mut index = Index {
-        objects: HashMap::with_capacity(n_obj),
-        opaque: BTreeMap::new(),
-    };
+    let mut index = Index::default();
     let mut at = HEADER;
     for _ in 0..n_obj {
         let e = &b[at..at + OBJ];
         let mut oid = [0u8; 20];
         oid.copy_from_slice(&e[8..28]);
-        index.objects.insert(
-            (Namespace(u64_at(e, 0)), oid),
+        index.insert_object(
+            Namespace(u64_at(e, 0)),
+            oid,
             Loc {
                 segment: u64_at(e, 28),
                 offset: u64_at(e, 36),
@@ -242,10 +281,40 @@ mod tests {
         for n in 0..50u64 {
             let mut oid = [0u8; 20];
             oid[0] = n as u8;
-            i.objects.insert((Namespace(n % 3), oid), loc(n));
+            i.insert_object(Namespace(n % 3), oid, loc(n));
             i.opaque.insert(((n % 2) as u8, n), loc(n + 1000));
         }
         i
+    }
+
+    #[test]
+    fn objects_are_kept_per_namespace_and_dropped_with_it() {
+        let obj = |n: u8| crate::object::StoredObject {
+            oid: [n; 20],
+            kind: crate::object::ObjectKind::Blob,
+            object_size: 1,
+            entry_size: 1,
+            base: None,
+            deflated: bytes::Bytes::from_static(b"x"),
+        };
+        let mut i = Index::default();
+        for n in 0..10u8 {
+            let ns = Namespace(u64::from(n % 2));
+            let p = crate::object::encode(ns, &obj(n));
+            assert!(i.apply(RecordKind::Object, &p, loc(u64::from(n))));
+            // A second copy changes nothing.
+            assert!(i.apply(RecordKind::Object, &p, loc(99)));
+        }
+        assert_eq!(i.object_count(), 10);
+        assert_eq!(i.object(Namespace(1), &[3; 20]), Some(loc(3)));
+        assert!(!i.contains(Namespace(0), &[3; 20]));
+        let mut odd = i.oids_in(Namespace(1));
+        odd.sort_unstable();
+        assert_eq!(odd, vec![[1; 20], [3; 20], [5; 20], [7; 20], [9; 20]]);
+        assert!(i.apply(RecordKind::DropNamespace, &1u64.to_le_bytes(), loc(100)));
+        assert_eq!(i.object_count(), 5);
+        assert!(i.oids_in(Namespace(1)).is_empty());
+        assert!(i.contains(Namespace(0), &[4; 20]));
     }
 
     #[test]

@@ -812,7 +812,7 @@ impl<D: Dir> Store<D> {
     /// are read. The record's checksum covers all of it and is not checked here; the
     /// entry read later ([`Store::read_raw`]) is checked, and callers compare the two.
     pub async fn read_head(&self, ns: Namespace, oid: &Oid) -> Result<Option<ObjectHead>> {
-        let Some(loc) = self.inner.index.borrow().objects.get(&(ns, *oid)).copied() else {
+        let Some(loc) = self.inner.index.borrow().object(ns, oid) else {
             return Ok(None);
         };
         let seg = self.segment_of(loc)?;
@@ -841,38 +841,28 @@ impl<D: Dir> Store<D> {
 
     /// Whether `ns` holds `oid`.
     pub fn contains(&self, ns: Namespace, oid: &Oid) -> bool {
-        self.inner.index.borrow().objects.contains_key(&(ns, *oid))
+        self.inner.index.borrow().contains(ns, oid)
     }
 
     /// Existence of many objects at once.
     pub fn contains_many(&self, ns: Namespace, oids: &[Oid]) -> Vec<bool> {
         let index = self.inner.index.borrow();
-        oids.iter()
-            .map(|o| index.objects.contains_key(&(ns, *o)))
-            .collect()
+        oids.iter().map(|o| index.contains(ns, o)).collect()
     }
 
-    /// Every object id stored in `ns` (a scan of the whole index: for catching a
-    /// namespace up from a peer, not for serving).
+    /// Every object id stored in `ns` (for catching a namespace up from a peer).
     pub fn oids_in(&self, ns: Namespace) -> Vec<Oid> {
-        self.inner
-            .index
-            .borrow()
-            .objects
-            .keys()
-            .filter(|(n, _)| *n == ns)
-            .map(|(_, o)| *o)
-            .collect()
+        self.inner.index.borrow().oids_in(ns)
     }
 
-    /// Number of objects stored in `ns`.
+    /// Number of objects stored, over every namespace.
     pub fn object_count(&self) -> usize {
-        self.inner.index.borrow().objects.len()
+        self.inner.index.borrow().object_count()
     }
 
     /// The stored pack entry of `oid` in `ns` (for copying into an outgoing pack).
     pub async fn read_raw(&self, ns: Namespace, oid: &Oid) -> Result<Option<StoredObject>> {
-        let Some(loc) = self.inner.index.borrow().objects.get(&(ns, *oid)).copied() else {
+        let Some(loc) = self.inner.index.borrow().object(ns, oid) else {
             return Ok(None);
         };
         let (kind, _, payload) = self.read_record(loc).await?;
