@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::noise;
 use common::region::Region;
 use repospanner_net::git::pack::{OutEntry, PackWriter};
 use repospanner_net::git::{hex, pktline, ObjectKind};
@@ -177,17 +178,25 @@ fn access_control() {
     assert!(!foreign.status.success());
 }
 
-/// `len` incompressible bytes (xorshift from `seed`).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+/// A work tree with one small commit pushed to `test`; returns it and `ls-remote`.
+fn pushed_once(region: &Region) -> (std::path::PathBuf, String) {
+    let t = region.dir.path();
+    let w = t.join("w");
+    region.git_ok(
+        t,
+        &["init", "-q", "-b", "master", w.to_str().expect("path")],
+    );
+    commit_file(region, &w, "small", b"small");
+    region.git_ok(&w, &["push", "-q", &region.repo_url("test"), "master"]);
+    let before = region.git_ok(t, &["ls-remote", &region.repo_url("test")]);
+    (w, before)
+}
+
+/// Writes `name` in work tree `w` and commits it.
+fn commit_file(region: &Region, w: &std::path::Path, name: &str, data: &[u8]) {
+    std::fs::write(w.join(name), data).expect("write");
+    region.git_ok(w, &["add", "-A"]);
+    region.git_ok(w, &["commit", "-qm", name]);
 }
 
 fn deflate(data: &[u8]) -> Vec<u8> {
@@ -406,19 +415,8 @@ fn a_push_that_would_eat_the_disk_reserve_is_refused_and_changes_nothing() {
     // A reserve larger than any disk: every push big enough to be spooled is refused.
     let region = Region::start_with("limits:\n  disk_reserve_bytes: 1125899906842624\n");
     let t = region.dir.path();
-    let w = t.join("w");
-    region.git_ok(
-        t,
-        &["init", "-q", "-b", "master", w.to_str().expect("path")],
-    );
-    std::fs::write(w.join("small"), b"small").expect("write");
-    region.git_ok(&w, &["add", "-A"]);
-    region.git_ok(&w, &["commit", "-qm", "small"]);
-    region.git_ok(&w, &["push", "-q", &region.repo_url("test"), "master"]);
-    let before = region.git_ok(t, &["ls-remote", &region.repo_url("test")]);
-    std::fs::write(w.join("big"), noise(0x1234_5678_9abc_def1, 6 << 20)).expect("write");
-    region.git_ok(&w, &["add", "-A"]);
-    region.git_ok(&w, &["commit", "-qm", "big"]);
+    let (w, before) = pushed_once(&region);
+    commit_file(&region, &w, "big", &noise(0x1234_5678_9abc_def1, 6 << 20));
     let out = region.git(
         Some("admin"),
         &w,
@@ -446,21 +444,9 @@ fn a_push_over_the_size_limit_is_refused_and_changes_nothing() {
     let region =
         Region::start_with("limits:\n  pack_bytes_max: 1048576\n  buffered_bytes_max: 4194304\n");
     let t = region.dir.path();
-    let w = t.join("w");
-    region.git_ok(
-        t,
-        &["init", "-q", "-b", "master", w.to_str().expect("path")],
-    );
-    std::fs::write(w.join("small"), b"small").expect("write");
-    region.git_ok(&w, &["add", "-A"]);
-    region.git_ok(&w, &["commit", "-qm", "small"]);
-    region.git_ok(&w, &["push", "-q", &region.repo_url("test"), "master"]);
-    let before = region.git_ok(t, &["ls-remote", &region.repo_url("test")]);
+    let (w, before) = pushed_once(&region);
     // 3 MiB of incompressible data: the pack is over the 1 MiB limit.
-    let big = noise(0x2545_f491_4f6c_dd1d, 3 << 20);
-    std::fs::write(w.join("big"), big).expect("write");
-    region.git_ok(&w, &["add", "-A"]);
-    region.git_ok(&w, &["commit", "-qm", "big"]);
+    commit_file(&region, &w, "big", &noise(0x2545_f491_4f6c_dd1d, 3 << 20));
     let out = region.git(
         Some("admin"),
         &w,

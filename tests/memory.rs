@@ -51,16 +51,8 @@ fn pushing_and_cloning_160_mib_costs_the_node_a_bounded_amount_of_memory() {
         &["init", "-q", "-b", "master", w.to_str().expect("path")],
     );
     // 40 incompressible files of 4 MiB, stored without compression (fast to make).
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for i in 0..40 {
-        let data: Vec<u8> = (0..4 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = common::noise(0x9e37_79b9_7f4a_7c15 + i, 4 << 20);
         std::fs::write(w.join(format!("f{i}")), data).expect("write");
     }
     region.git_ok(&w, &["-c", "core.compression=0", "add", "-A"]);

@@ -148,21 +148,12 @@ fn three_nodes_push_to_any_clone_from_every() {
     }
     // A push larger than one object-sync body (several 3 MiB files and a 20 MiB one,
     // incompressible) reaches every node whole.
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut noise = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
     for i in 0..4 {
-        std::fs::write(w.join(format!("big{i}.bin")), noise(3 << 20)).expect("write");
+        let data = common::noise(0x9e37_79b9_7f4a_7c15 + i, 3 << 20);
+        std::fs::write(w.join(format!("big{i}.bin")), data).expect("write");
     }
-    std::fs::write(w.join("huge.bin"), noise(20 << 20)).expect("write");
+    let huge = common::noise(0x2545_f491_4f6c_dd1d, 20 << 20);
+    std::fs::write(w.join("huge.bin"), huge).expect("write");
     region.git_ok(&w, &["add", "-A"]);
     region.git_ok(&w, &["commit", "-qm", "large files"]);
     region.git_ok(
@@ -355,12 +346,7 @@ fn killing_the_leader_during_pushes_loses_no_acknowledged_push() {
 
 #[test]
 fn nodes_join_a_running_region_at_once_and_a_wiped_node_rejoins() {
-    let mut region = Region::write(5, FAST);
-    let out = region.repospanner(&["serve", "--spawn"]);
-    assert!(out.status.success());
-    region.start_node();
-    region.join(2);
-    region.start_node_at(2);
+    let mut region = Region::start_some(5, FAST, 2);
     region.join(3);
     region.start_node_at(3);
     let w = work_repo(&region, "w");
@@ -404,12 +390,7 @@ fn nodes_join_a_running_region_at_once_and_a_wiped_node_rejoins() {
 
 #[test]
 fn a_join_killed_midway_can_be_retried() {
-    let mut region = Region::write(3, FAST);
-    let out = region.repospanner(&["serve", "--spawn"]);
-    assert!(out.status.success());
-    region.start_node();
-    region.join(2);
-    region.start_node_at(2);
+    let mut region = Region::start_some(3, FAST, 2);
     let w = work_repo(&region, "w");
     let tip = commit(&region, &w, 0);
     region.git_ok(&w, &["push", "-q", &region.repo_url("test"), "master"]);

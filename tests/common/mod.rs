@@ -6,6 +6,19 @@ use std::process::{Command, Output};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_repospanner");
 
+/// `len` incompressible bytes (xorshift from `seed`, which must not be 0).
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// Runs `repospanner` with `args` and returns its output (never panics on failure).
 pub fn run(args: &[&str]) -> Output {
     Command::new(BIN)

@@ -93,8 +93,13 @@ impl Region {
     /// Writes a region of `nodes` nodes; spawns node 1, joins the others to it (each
     /// with `serve --joinnode`, as an operator would) and starts them all.
     pub fn start_n(nodes: usize, extra: &str) -> Region {
-        let r = Region::write(nodes, extra);
-        let mut r = r;
+        Region::start_some(nodes, extra, nodes)
+    }
+
+    /// Writes a region of `nodes` nodes and brings up the first `running` of them as
+    /// [`Region::start_n`] does; the others are left to the test.
+    pub fn start_some(nodes: usize, extra: &str, running: usize) -> Region {
+        let mut r = Region::write(nodes, extra);
         let out = r.repospanner(&["serve", "--spawn"]);
         assert!(
             out.status.success(),
@@ -102,7 +107,7 @@ impl Region {
             String::from_utf8_lossy(&out.stderr)
         );
         r.start_node();
-        for k in 2..=nodes {
+        for k in 2..=running {
             r.join(k);
             r.start_node_at(k);
         }

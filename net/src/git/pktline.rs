@@ -138,12 +138,14 @@ pub fn delim(out: &mut Vec<u8>) {
 /// Appends `payload` on side-band channel `band` (1 data, 2 progress, 3 error), split
 /// into packets of at most `max` bytes (65520 for side-band-64k, 1000 for side-band).
 pub fn sideband(out: &mut Vec<u8>, band: u8, payload: &[u8], max: usize) {
-    for chunk in payload.chunks(max - 5) {
-        let mut p = Vec::with_capacity(chunk.len() + 1);
-        p.push(band);
-        p.extend_from_slice(chunk);
-        data(out, &p);
-    }
+    let mut w = BandWriter {
+        out: std::mem::take(out),
+        band,
+        max: Some(max.clamp(6, MAX_PKT)),
+        open: None,
+    };
+    w.write(payload);
+    *out = w.take();
 }
 
 /// Writes a byte stream as side-band packets on one band, each of at most `max` bytes
@@ -263,6 +265,15 @@ mod tests {
                 assert_eq!(unband(&got, max), data, "max {max}, pieces of {split}");
             }
         }
+        // Against the format itself: "0008", band 2, "abc"; full packets of `max` bytes.
+        let mut small = Vec::new();
+        sideband(&mut small, 2, b"abc", 1000);
+        assert_eq!(small, b"0008\x02abc");
+        let mut two = Vec::new();
+        sideband(&mut two, 1, &[7u8; 996], 1000);
+        assert_eq!(&two[..5], b"03e8\x01");
+        assert_eq!(&two[1000..1006], b"0006\x01\x07");
+        assert_eq!(two.len(), 1006);
         let mut plain = BandWriter::new(1, None);
         plain.write(b"abc");
         plain.write(b"");
