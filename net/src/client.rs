@@ -215,7 +215,7 @@ impl NodeClient {
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| unreachable(format!("bad host name: {e}")))?;
         let tls = futures_rustls::TlsConnector::from(self.tls.clone())
-            .connect(name, tcp)
+            .connect(name, crate::http::buffered(tcp))
             .await
             .map_err(|e| unreachable(format!("TLS: {e}")))?;
         let (sender, conn) = hyper::client::conn::http1::handshake(Io(tls))

@@ -21,7 +21,7 @@ use crate::git::receive;
 use crate::git::refs::valid_repo_name;
 use crate::git::upload::{self, FetchRequest};
 use crate::http::{self, Body, Budget, Held, Peer};
-use crate::route::{self, Peers, Req};
+use crate::route::{self, Peers, Received, Refusal, Req};
 use crate::spool;
 use glommio::channels::shared_channel::SharedReceiver;
 
@@ -147,6 +147,10 @@ pub async fn handle_user<B: Backend + 'static>(
                 headers: parts.headers,
                 body: Vec::new(),
             };
+            if ctx.limits.stage_push_bytes == 0 {
+                return receive_and_forward(ctx, owner, head, body, peer, repo).await;
+            }
+            // Staging passes the body to the members while it arrives, from the owner.
             return route::forward_streaming(
                 &ctx.peers,
                 owner,
@@ -183,14 +187,30 @@ pub async fn handle_user<B: Backend + 'static>(
     }
 }
 
-fn body_error(e: &http::BodyError, node: &str) -> Response<Body> {
+fn body_refusal(e: &http::BodyError) -> Refusal {
     let status = match e {
         http::BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         http::BodyError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         http::BodyError::Stalled(_) => StatusCode::REQUEST_TIMEOUT,
         _ => StatusCode::BAD_REQUEST,
     };
-    text(status, &e.to_string(), node)
+    Refusal {
+        status,
+        message: e.to_string(),
+        git: false,
+    }
+}
+
+fn body_error(e: &http::BodyError, node: &str) -> Response<Body> {
+    refused(&body_refusal(e), node)
+}
+
+fn refused(r: &Refusal, node: &str) -> Response<Body> {
+    if r.git {
+        git_error(&r.message, node, "application/x-git-receive-pack-result")
+    } else {
+        text(r.status, &r.message, node)
+    }
 }
 
 /// Serves a request another shard passed here: its body is accounted in this shard's
@@ -204,7 +224,7 @@ pub async fn dispatch_forwarded<B: Backend + 'static>(
 ) -> Response<Body> {
     if let Some(rx) = body {
         // Connect first, whatever the answer: the accepting shard waits for it.
-        let source = route::Source::Shard(rx.connect().await);
+        let source = route::Source::Shard(route::ShardBody::new(rx.connect().await));
         return match split_repo_path(req.uri.path()) {
             Some((repo, "git-receive-pack")) => {
                 let repo = repo.to_owned();
@@ -755,7 +775,7 @@ impl Drop for ReaderSlot {
     }
 }
 
-type PackRead = Result<Vec<crate::git::pack::Entry>, crate::git::pack::PackError>;
+use crate::git::pack::PackRead;
 
 impl PackReading {
     /// Reads what arrived of the pack that starts at `at` in `body`.
@@ -887,7 +907,8 @@ impl PackReading {
 
 /// A push read while it arrives: authorised before its body is read, its pack parsed,
 /// inflated and hashed piece by piece as the body comes in (overlapping the transfer),
-/// then verified and applied as any push.
+/// then verified and applied as any push. A body another shard accepted arrives whole
+/// (see [`receive_and_forward`]), or, with staging, piece by piece.
 async fn receive_streaming<B: Backend + 'static>(
     ctx: Rc<Ctx<B>>,
     mut source: route::Source,
@@ -910,6 +931,91 @@ async fn receive_streaming<B: Backend + 'static>(
             &node,
         );
     }
+    let whole = match &mut source {
+        route::Source::Shard(sb) => sb.whole().await,
+        route::Source::Client(_) => None,
+    };
+    let (received, held, staged) = match whole {
+        // Received by the accepting shard: its bytes are accounted here from now on.
+        Some(Ok(r)) => match ctx.budget.try_take(r.body.len()) {
+            Some(held) => (*r, held, None),
+            None => return body_error(&http::BodyError::Busy, &node),
+        },
+        Some(Err(refusal)) => return refused(&refusal, &node),
+        None => match receive_body(&ctx, &mut source, &repo, true, &|| false).await {
+            Ok(r) => r,
+            Err(refusal) => return refused(&refusal, &node),
+        },
+    };
+    receive_pack_body(
+        ctx,
+        repo,
+        state,
+        received.body,
+        received.pre_read,
+        staged,
+        held,
+    )
+    .await
+}
+
+/// A push that landed on a shard other than its repository's owner: this shard receives
+/// the body (spools it, reads its pack while it arrives) and passes it to the owner
+/// whole, which authorises the push first and verifies and applies it after. Passing
+/// the body piece by piece instead cost the accepting shard more than receiving it:
+/// glommio parks and wakes its executor for nearly every piece (measured: 0.4-0.6 s of
+/// CPU for a 100 MiB push on the accepting shard, against 0.25 s for all of a push
+/// that lands on its owner). If the owner answers first (a refusal), receiving stops.
+async fn receive_and_forward<B: Backend + 'static>(
+    ctx: Rc<Ctx<B>>,
+    owner: usize,
+    head: Req,
+    body: Incoming,
+    peer: Rc<Peer>,
+    repo: String,
+) -> Response<Body> {
+    let (tx, rx) = glommio::channels::shared_channel::new_bounded(1);
+    let answered = Rc::new(std::cell::Cell::new(false));
+    let stop = answered.clone();
+    let c = ctx.clone();
+    glommio::spawn_local(async move {
+        let tx = tx.connect().await;
+        let mut source = route::Source::Client(body);
+        let stopped = || stop.get();
+        let (msg, held) = match receive_body(&c, &mut source, &repo, false, &stopped).await {
+            Ok((received, held, _)) => (route::BodyChunk::Received(Box::new(received)), Some(held)),
+            Err(refusal) => (route::BodyChunk::Refused(refusal), None),
+        };
+        // The owner takes the body into its own budget when it gets it.
+        let _ = tx.send(msg).await;
+        drop(held);
+    })
+    .detach();
+    let response = route::forward_with(
+        &ctx.peers,
+        owner,
+        head,
+        peer.cert.clone(),
+        peer.addr,
+        false,
+        Some(rx),
+    )
+    .await;
+    answered.set(true);
+    response
+}
+
+/// Reads a push body from `source` to its end: spooled past 4 MiB, within this shard's
+/// budget and `limits.pack_bytes_max`, its pack read while it arrives. With `stage`, a
+/// large body also goes to the other members as it arrives (`limits.stage_push_bytes`).
+/// Stops with a refusal when `stopped()` (the push was answered meanwhile).
+async fn receive_body<B: Backend + 'static>(
+    ctx: &Ctx<B>,
+    source: &mut route::Source,
+    repo: &str,
+    stage: bool,
+    stopped: &dyn Fn() -> bool,
+) -> Result<(Received, Held, Option<(u64, usize)>), Refusal> {
     let limits = PackLimits {
         object_bytes_max: ctx.limits.object_bytes_max,
         ..PackLimits::default()
@@ -924,22 +1030,29 @@ async fn receive_streaming<B: Backend + 'static>(
     };
     // Once a body is large enough for it to matter, the other members receive it while
     // it arrives (a body that turns out to be broken is dropped by them later).
-    let mut stage = None;
-    let mut stage_considered = false;
+    let mut staged = None;
+    let mut stage_considered = !stage;
     let arriving = std::time::Instant::now();
-    let received: Result<(), Response<Body>> = async {
+    let received: Result<(), Refusal> = async {
         loop {
+            if stopped() {
+                return Err(Refusal {
+                    status: StatusCode::CONFLICT,
+                    message: "the push was answered before its body arrived".into(),
+                    git: false,
+                });
+            }
             let data = match source.next().await {
                 Ok(Some(d)) => d,
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(body_error(&e, &node)),
+                Err(e) => return Err(body_refusal(&e)),
             };
             if got.len() as u64 + data.len() as u64 > max {
-                return Err(body_error(&http::BodyError::TooLarge(max), &node));
+                return Err(body_refusal(&http::BodyError::TooLarge(max)));
             }
             match ctx.budget.try_take(data.len()) {
                 Some(h) => held.merge(h),
-                None => return Err(body_error(&http::BodyError::Busy, &node)),
+                None => return Err(body_refusal(&http::BodyError::Busy)),
             }
             let spool = ctx
                 .spool_dir
@@ -952,21 +1065,21 @@ async fn receive_streaming<B: Backend + 'static>(
                 } else {
                     StatusCode::INTERNAL_SERVER_ERROR
                 };
-                return Err(text(
+                return Err(Refusal {
                     status,
-                    &format!("spooling the push failed: {e}"),
-                    &node,
-                ));
+                    message: format!("spooling the push failed: {e}"),
+                    git: false,
+                });
             }
-            if let Some(id) = stage {
+            if let Some(id) = staged {
                 ctx.backend.stage_data(id, &data).await;
             } else if !stage_considered
                 && ctx.limits.stage_push_bytes > 0
                 && got.len() as u64 >= ctx.limits.stage_push_bytes
             {
                 stage_considered = true;
-                stage = ctx.backend.stage_begin(&repo);
-                if let Some(id) = stage {
+                staged = ctx.backend.stage_begin(repo);
+                if let Some(id) = staged {
                     ctx.backend
                         .stage_data(id, &Bytes::copy_from_slice(got.as_slice()))
                         .await;
@@ -976,11 +1089,11 @@ async fn receive_streaming<B: Backend + 'static>(
                 match receive::commands_end(got.as_slice()) {
                     Ok(at) => pack_at = at,
                     Err(e) => {
-                        return Err(git_error(
-                            &e.to_string(),
-                            &node,
-                            "application/x-git-receive-pack-result",
-                        ))
+                        return Err(Refusal {
+                            status: StatusCode::OK,
+                            message: e.to_string(),
+                            git: true,
+                        })
                     }
                 }
             }
@@ -991,14 +1104,14 @@ async fn receive_streaming<B: Backend + 'static>(
         }
     }
     .await;
-    if let Err(response) = received {
-        if let Some(id) = stage {
+    if let Err(refusal) = received {
+        if let Some(id) = staged {
             ctx.backend.stage_end(id, false);
         }
         reading.abandon();
-        return response;
+        return Err(refusal);
     }
-    if let Some(id) = stage {
+    if let Some(id) = staged {
         ctx.backend.stage_end(id, true);
     }
     let buf = got.into_bytes();
@@ -1015,8 +1128,14 @@ async fn receive_streaming<B: Backend + 'static>(
         ms = arriving.elapsed().as_millis() as u64,
         "push body received and read"
     );
-    let staged = stage.zip(pack_at);
-    receive_pack_body(ctx, repo, state, buf, pre_read, staged, held).await
+    Ok((
+        Received {
+            body: buf,
+            pre_read,
+        },
+        held,
+        staged.zip(pack_at),
+    ))
 }
 
 /// The push in `body` (commands, options, pack), with its entries if they were read
@@ -1026,7 +1145,7 @@ async fn receive_pack_body<B: Backend + 'static>(
     repo: String,
     state: RepoState,
     body: Bytes,
-    pre_read: Option<Result<Vec<crate::git::pack::Entry>, crate::git::pack::PackError>>,
+    pre_read: Option<PackRead>,
     staged: Option<(u64, usize)>,
     held: Held,
 ) -> Response<Body> {
