@@ -7,6 +7,10 @@
 //! start-up does not hide the server). Needs `nginx` and `fcgiwrap` (Debian packages);
 //! without them it measures repoSpanner alone and says so.
 //!
+//! The big push and its clone are measured `BENCH_REPS` times (default 3, each into a
+//! repository of its own), the servers taking turns (A B C A B C), and the median is
+//! reported: single runs of them move by a third here.
+//!
 //! `BENCH_MB=N` sets the size of the big repository (default 100), `BENCH_PUSHES=N` the
 //! number of small pushes (default 20), `BENCH_PUSHERS=N` and `BENCH_SECONDS=N` the
 //! concurrent-push load (default 32 pushers for 10 s). `BENCH_LOG=info` sets the nodes'
@@ -141,6 +145,22 @@ impl Drop for Server {
 /// Repositories the concurrent pushers write to.
 const PUSH_REPOS: usize = 32;
 
+/// How many times the big push and its clone are measured (`BENCH_REPS`).
+fn reps() -> usize {
+    std::env::var("BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1)
+}
+
+/// Every repository a server needs: `small`, `big0..`, and the pushers' `p0..`.
+fn repo_names() -> impl Iterator<Item = String> {
+    std::iter::once("small".to_string())
+        .chain((0..reps()).map(|i| format!("big{i}")))
+        .chain((0..PUSH_REPOS).map(|i| format!("p{i}")))
+}
+
 /// A region of `nodes` nodes made as operators do (spawn, join, serve); the server's
 /// CPU counts every node.
 fn start_region(dir: &Path, port: u16, nodes: usize) -> (Server, Env) {
@@ -225,10 +245,7 @@ fn start_region(dir: &Path, port: u16, nodes: usize) -> (Server, Env) {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    let repos = ["small".to_string(), "big".to_string()]
-        .into_iter()
-        .chain((0..PUSH_REPOS).map(|i| format!("p{i}")));
-    for r in repos {
+    for r in repo_names() {
         run(Command::new(BIN)
             .arg("--config")
             .arg(config(1))
@@ -247,10 +264,7 @@ fn start_nginx(dir: &Path, env: &Env, port: u16) -> Option<Server> {
     let root = dir.join("nginx");
     let repos = root.join("repos");
     std::fs::create_dir_all(root.join("logs")).ok()?;
-    let names = ["small".to_string(), "big".to_string()]
-        .into_iter()
-        .chain((0..PUSH_REPOS).map(|i| format!("p{i}")));
-    for r in names {
+    for r in repo_names() {
         let p = repos.join(format!("{r}.git"));
         env.git_ok(dir, &["init", "-q", "--bare", p.to_str()?]);
         env.git_ok(&p, &["config", "http.receivepack", "true"]);
@@ -384,12 +398,13 @@ fn p99(mut v: Vec<f64>) -> f64 {
 struct Figures {
     small_p50: f64,
     small_p99: f64,
-    big_push: f64,
-    clone: f64,
-    clone_cpu: f64,
+    big_push: Vec<f64>,
+    clone: Vec<f64>,
+    clone_cpu: Vec<f64>,
 }
 
-fn measure(env: &Env, s: &Server, work: &Path, big: &Path, pushes: usize) -> Figures {
+/// Small-push latency.
+fn measure(env: &Env, s: &Server, work: &Path, pushes: usize) -> Figures {
     let small = work.join(format!("small-{}", s.name.replace(' ', "-")));
     env.git_ok(
         work,
@@ -405,7 +420,19 @@ fn measure(env: &Env, s: &Server, work: &Path, big: &Path, pushes: usize) -> Fig
         env.git_ok(&small, &["push", "-q", &url_small, "master"]);
         lat.push(t.elapsed().as_secs_f64());
     }
-    let url_big = format!("{}/repo/big.git", s.url);
+    Figures {
+        small_p50: median(lat.clone()),
+        small_p99: p99(lat),
+        big_push: Vec::new(),
+        clone: Vec::new(),
+        clone_cpu: Vec::new(),
+    }
+}
+
+/// Push of the big repository into `big{rep}` and its clone (from another node of a
+/// region), with the server's CPU for the clone.
+fn measure_big(env: &Env, s: &Server, work: &Path, big: &Path, rep: usize, f: &mut Figures) {
+    let url_big = format!("{}/repo/big{rep}.git", s.url);
     let t = Instant::now();
     env.git_ok(
         big,
@@ -417,9 +444,9 @@ fn measure(env: &Env, s: &Server, work: &Path, big: &Path, pushes: usize) -> Fig
             "refs/tags/*:refs/tags/*",
         ],
     );
-    let big_push = t.elapsed().as_secs_f64();
-    let target = work.join(format!("clone-{}", s.name.replace(' ', "-")));
-    let url_big = format!("{}/repo/big.git", s.clone_url);
+    f.big_push.push(t.elapsed().as_secs_f64());
+    let target = work.join(format!("clone-{}-{rep}", s.name.replace(' ', "-")));
+    let url_big = format!("{}/repo/big{rep}.git", s.clone_url);
     let cpu0 = server_cpu(s);
     let t = Instant::now();
     env.git_ok(
@@ -432,16 +459,10 @@ fn measure(env: &Env, s: &Server, work: &Path, big: &Path, pushes: usize) -> Fig
             target.to_str().expect("path"),
         ],
     );
-    let clone = t.elapsed().as_secs_f64();
+    f.clone.push(t.elapsed().as_secs_f64());
     std::thread::sleep(Duration::from_millis(300)); // let fcgiwrap reap its child
-    let clone_cpu = server_cpu(s) - cpu0;
-    Figures {
-        small_p50: median(lat.clone()),
-        small_p99: p99(lat),
-        big_push,
-        clone,
-        clone_cpu,
-    }
+    f.clone_cpu.push(server_cpu(s) - cpu0);
+    let _ = std::fs::remove_dir_all(&target);
 }
 
 /// One commit (blob, tree, commit) as a pack, built by hand: what a pusher sends.
@@ -610,11 +631,16 @@ fn main() {
         "generated a repository of 200 commits, {pack_mb} MiB packed, in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let theirs = nginx
-        .as_ref()
-        .map(|n| measure(&env, n, &work, &big, pushes));
-    let one = measure(&env, &node, &work, &big, pushes);
-    let three = measure(&env3, &region, &work, &big, pushes);
+    let mut theirs = nginx.as_ref().map(|n| measure(&env, n, &work, pushes));
+    let mut one = measure(&env, &node, &work, pushes);
+    let mut three = measure(&env3, &region, &work, pushes);
+    for rep in 0..reps() {
+        if let (Some(n), Some(f)) = (nginx.as_ref(), theirs.as_mut()) {
+            measure_big(&env, n, &work, &big, rep, f);
+        }
+        measure_big(&env, &node, &work, &big, rep, &mut one);
+        measure_big(&env3, &region, &work, &big, rep, &mut three);
+    }
     let rate_theirs = nginx.as_ref().map(|n| push_rate(&env, n, pushers, secs));
     let rate_one = push_rate(&env, &node, pushers, secs);
     let rate_three = push_rate(&env3, &region, pushers, secs);
@@ -631,6 +657,7 @@ fn main() {
     }
     };
     let base = |f: fn(&Figures) -> f64| theirs.as_ref().map(f);
+    let m = |v: &Vec<f64>| median(v.clone());
     row(
         "small push p50",
         one.small_p50,
@@ -647,24 +674,37 @@ fn main() {
     );
     row(
         &format!("push of {pack_mb} MiB repository"),
-        one.big_push,
-        three.big_push,
-        base(|t| t.big_push),
+        m(&one.big_push),
+        m(&three.big_push),
+        base(|t| median(t.big_push.clone())),
         "s",
     );
     row(
         "clone of it (3 nodes: node 2)",
-        one.clone,
-        three.clone,
-        base(|t| t.clone),
+        m(&one.clone),
+        m(&three.clone),
+        base(|t| median(t.clone.clone())),
         "s",
     );
     row(
         "server CPU per clone",
-        one.clone_cpu,
-        three.clone_cpu,
-        base(|t| t.clone_cpu),
+        m(&one.clone_cpu),
+        m(&three.clone_cpu),
+        base(|t| median(t.clone_cpu.clone())),
         "s",
+    );
+    let all = |v: &Vec<f64>| {
+        v.iter()
+            .map(|x| format!("{x:.3}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "(big push and clone: median of {} runs, servers taking turns; push runs: one node {} | 3 nodes {} | http-backend {})",
+        reps(),
+        all(&one.big_push),
+        all(&three.big_push),
+        theirs.as_ref().map_or("-".into(), |t| all(&t.big_push))
     );
     row(
         &format!("pushes/s, {pushers} pushers"),

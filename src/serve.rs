@@ -375,6 +375,7 @@ fn run(config: &Config, join: Option<String>) -> Result<()> {
     let shards = state.shards.max(1) as usize;
     // Pin to the CPUs this process may run on (a container's cpuset may exclude CPU 0).
     let allowed = allowed_cpus();
+    repospanner_net::service::set_reader_cpus(allowed.clone());
     let (mut senders, mut receivers) = repospanner_net::route::mesh(shards);
     let mut handles = Vec::with_capacity(shards);
     for k in (0..shards).rev() {

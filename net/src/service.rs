@@ -750,6 +750,33 @@ enum PackReading {
     },
 }
 
+/// The CPUs pack reader threads may run on: all the process may use. Threads inherit
+/// the pinning of the shard that starts them, so a reader shared its shard's core with
+/// the shard's own receiving while the other cores idled (measured: a 100 MiB body in
+/// 0.39 s, its pack read 0.21 s after that).
+static READER_CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+
+/// Sets the CPUs pack readers run on (once, before the shards are pinned).
+pub fn set_reader_cpus(cpus: Vec<usize>) {
+    let _ = READER_CPUS.set(cpus);
+}
+
+fn unpin_this_thread() {
+    let Some(cpus) = READER_CPUS.get().filter(|c| !c.is_empty()) else {
+        return;
+    };
+    // SAFETY: a cpu_set_t we own, filled with CPU_SET and passed by pointer with its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus.iter().filter(|c| **c < libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::debug!("pack reader keeps its shard's CPU");
+        }
+    }
+}
+
 /// Pack reader threads running in this process, and their most.
 static READERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 const READERS_MAX: usize = 16;
@@ -833,6 +860,7 @@ impl PackReading {
             .name("pack-reader".into())
             .spawn(move || {
                 let _slot = slot;
+                unpin_this_thread();
                 let mut last = at;
                 let mut error = None;
                 while let Ok(mut len) = rx.recv() {
@@ -1024,8 +1052,12 @@ async fn receive_body<B: Backend + 'static>(
     let mut got = spool::Body::new();
     let mut held = http::Held::default();
     let mut pack_at = None;
+    // Hashed here as the pieces arrive (cheap: plain SHA-1), not by the pack reader.
+    let mut trailer = crate::git::pack::Trailer::new();
     let mut reading = PackReading::Here {
-        stream: Some(Box::new(crate::git::pack::PackStream::new(limits))),
+        stream: Some(Box::new(crate::git::pack::PackStream::without_trailer(
+            limits,
+        ))),
         error: None,
     };
     // Once a body is large enough for it to matter, the other members receive it while
@@ -1099,6 +1131,7 @@ async fn receive_body<B: Backend + 'static>(
             }
             if let Some(at) = pack_at {
                 reading.advance(&got, at);
+                trailer.feed(got.as_slice().get(at..).unwrap_or_default());
             }
             glommio::yield_if_needed().await;
         }
@@ -1115,8 +1148,17 @@ async fn receive_body<B: Backend + 'static>(
         ctx.backend.stage_end(id, true);
     }
     let buf = got.into_bytes();
+    let arrived_ms = arriving.elapsed().as_millis() as u64;
     let pre_read = match pack_at {
-        Some(at) if buf.len() > at => Some(reading.finish(&buf, at).await),
+        Some(at) if buf.len() > at => {
+            let pack = buf.get(at..).unwrap_or_default();
+            Some(
+                reading
+                    .finish(&buf, at)
+                    .await
+                    .and_then(|entries| trailer.check(pack).map(|()| entries)),
+            )
+        }
         _ => {
             reading.abandon();
             None
@@ -1125,7 +1167,8 @@ async fn receive_body<B: Backend + 'static>(
     info!(
         repo = %repo,
         bytes = buf.len(),
-        ms = arriving.elapsed().as_millis() as u64,
+        arrived_ms,
+        read_ms = arriving.elapsed().as_millis() as u64,
         "push body received and read"
     );
     Ok((

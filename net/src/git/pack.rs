@@ -84,8 +84,26 @@ pub struct Entry {
     /// For whole objects: the id, computed while the entry was first inflated.
     pub oid: Option<Oid>,
     /// For whole commits, trees and tags: the content (kept for connectivity checks).
+    /// Also for deltas resolved while the pack arrived.
     pub content: Option<Vec<u8>>,
+    /// An OFS_DELTA resolved while the pack arrived (its id is then in `oid`).
+    pub delta: Option<EarlyDelta>,
 }
+
+/// What resolving a delta while its pack arrived found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EarlyDelta {
+    pub kind: ObjectKind,
+    pub object_size: u64,
+    /// The base's id.
+    pub base: Oid,
+}
+
+/// Whole objects up to this size stay in memory after they are read, as bases for the
+/// deltas that follow them ([`PackStream`]); larger bases are inflated again.
+const BASE_CACHE_OBJECT_MAX: u64 = 256 << 10;
+/// Most bytes of such bases held at once (the oldest go first).
+const BASE_CACHE_BYTES_MAX: usize = 32 << 20;
 
 /// An object of the pack after resolution: what the store keeps.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,6 +202,56 @@ struct Inflating {
     oid: Option<sha1_checked::Sha1>,
 }
 
+/// The pack's trailer, a SHA-1 of everything before it, computed as the pack arrives.
+#[derive(Debug, Clone)]
+pub struct Trailer {
+    hasher: sha1::Sha1,
+    hashed: usize,
+}
+
+impl Default for Trailer {
+    fn default() -> Self {
+        Trailer::new()
+    }
+}
+
+impl Trailer {
+    pub fn new() -> Trailer {
+        Trailer {
+            hasher: <sha1::Sha1 as sha1::Digest>::new(),
+            hashed: 0,
+        }
+    }
+
+    /// Hashes what arrived of the pack (`buf`, which only grows), but for its last 20
+    /// bytes, which may be the trailer.
+    pub fn feed(&mut self, buf: &[u8]) {
+        self.hash_upto(buf, buf.len().saturating_sub(20));
+    }
+
+    fn hash_upto(&mut self, buf: &[u8], end: usize) {
+        use sha1::Digest;
+        if end > self.hashed {
+            self.hasher.update(&buf[self.hashed..end]);
+            self.hashed = end;
+        }
+    }
+
+    /// `buf` is the whole pack: its last 20 bytes must be the SHA-1 of the rest.
+    pub fn check(mut self, buf: &[u8]) -> Result<(), PackError> {
+        use sha1::Digest;
+        if buf.len() < 12 + 20 {
+            return Err(PackError::Truncated);
+        }
+        let body_end = buf.len() - 20;
+        self.hash_upto(buf, body_end);
+        if self.hashed != body_end || self.hasher.finalize().as_slice() != &buf[body_end..] {
+            return Err(PackError::BadTrailer);
+        }
+        Ok(())
+    }
+}
+
 /// Reads a pack while it arrives: [`PackStream::advance`] is called with the bytes
 /// received so far (a buffer that only grows) and parses, inflates and hashes every
 /// entry it can, so the work overlaps with the transfer; [`PackStream::finish`] checks
@@ -195,9 +263,15 @@ pub struct PackStream {
     pos: usize,
     entries: Vec<Entry>,
     starts: std::collections::HashSet<usize>,
+    /// Entry index by offset (OFS_DELTA bases).
+    by_offset: HashMap<usize, usize>,
+    /// Contents of recent whole objects and resolved deltas, by entry index.
+    bases: HashMap<usize, std::sync::Arc<[u8]>>,
+    bases_order: std::collections::VecDeque<usize>,
+    bases_bytes: usize,
     current: Option<Inflating>,
-    trailer: sha1::Sha1,
-    hashed: usize,
+    /// `None`: the caller checks the trailer ([`PackStream::without_trailer`]).
+    trailer: Option<Trailer>,
     scratch: Vec<u8>,
 }
 
@@ -293,9 +367,12 @@ impl PackStream {
             pos: 0,
             entries: Vec::new(),
             starts: std::collections::HashSet::new(),
+            by_offset: HashMap::new(),
+            bases: HashMap::new(),
+            bases_order: Default::default(),
+            bases_bytes: 0,
             current: None,
-            trailer: <sha1::Sha1 as sha1::Digest>::new(),
-            hashed: 0,
+            trailer: Some(Trailer::new()),
             scratch: vec![0; 64 << 10],
         }
     }
@@ -305,20 +382,25 @@ impl PackStream {
         self.entries.len()
     }
 
+    /// A reader that leaves the trailer to its caller, who hashes the bytes where it
+    /// has them anyway ([`Trailer`]): the pack reader's thread is a push's bottleneck
+    /// while it arrives (SHA-1 with collision detection of every object), the trailer's
+    /// plain SHA-1 is not.
+    pub fn without_trailer(limits: Limits) -> PackStream {
+        PackStream {
+            trailer: None,
+            ..PackStream::new(limits)
+        }
+    }
+
     /// Parses what `buf` (all pack bytes received so far) allows.
     pub fn advance(&mut self, buf: &[u8]) -> Result<(), PackError> {
         let avail = buf.len().saturating_sub(20);
         self.step(buf, avail)?;
-        self.hash_upto(buf, self.pos);
-        Ok(())
-    }
-
-    fn hash_upto(&mut self, buf: &[u8], end: usize) {
-        use sha1::Digest;
-        if end > self.hashed {
-            self.trailer.update(&buf[self.hashed..end]);
-            self.hashed = end;
+        if let Some(t) = self.trailer.as_mut() {
+            t.hash_upto(buf, self.pos);
         }
+        Ok(())
     }
 
     fn step(&mut self, buf: &[u8], avail: usize) -> Result<(), PackError> {
@@ -360,7 +442,13 @@ impl PackStream {
                     }
                     _ => None,
                 };
-                let keep = matches!(kind, EntryKind::Full(k) if k != ObjectKind::Blob);
+                // Commits, trees and tags for connectivity; small blobs as bases of
+                // deltas to come; OFS_DELTAs to resolve them at once.
+                let keep = match kind {
+                    EntryKind::Full(ObjectKind::Blob) => size <= BASE_CACHE_OBJECT_MAX,
+                    EntryKind::Full(_) | EntryKind::OfsDelta { .. } => true,
+                    EntryKind::RefDelta { .. } => false,
+                };
                 self.current = Some(Inflating {
                     offset: self.pos,
                     kind,
@@ -424,17 +512,122 @@ impl PackStream {
                 }
                 None => None,
             };
-            self.entries.push(Entry {
+            let index = self.entries.len();
+            let mut entry = Entry {
                 offset: cur.offset,
                 kind: cur.kind,
                 size: cur.size,
                 data: cur.data_start..end,
                 oid,
                 content: cur.kept,
-            });
+                delta: None,
+            };
+            match entry.kind {
+                EntryKind::Full(ObjectKind::Blob) => {
+                    if let Some(c) = entry.content.take() {
+                        self.keep_base(index, c.into());
+                    }
+                }
+                EntryKind::OfsDelta { base_offset } => {
+                    let delta = entry.content.take().unwrap_or_default();
+                    if let Some((d, oid, content)) = self.resolve_early(buf, base_offset, &delta)? {
+                        entry.oid = Some(oid);
+                        entry.delta = Some(d);
+                        if d.kind != ObjectKind::Blob {
+                            entry.content = Some(content.clone());
+                        }
+                        if d.object_size <= BASE_CACHE_OBJECT_MAX {
+                            self.keep_base(index, content.into());
+                        }
+                    }
+                }
+                _ => {}
+            }
+            self.entries.push(entry);
             self.starts.insert(cur.offset);
+            self.by_offset.insert(cur.offset, index);
             self.pos = end;
         }
+    }
+
+    fn keep_base(&mut self, index: usize, content: std::sync::Arc<[u8]>) {
+        self.bases_bytes += content.len();
+        self.bases.insert(index, content);
+        self.bases_order.push_back(index);
+        while self.bases_bytes > BASE_CACHE_BYTES_MAX {
+            let Some(old) = self.bases_order.pop_front() else {
+                break;
+            };
+            if let Some(c) = self.bases.remove(&old) {
+                self.bases_bytes -= c.len();
+            }
+        }
+    }
+
+    /// The kind, id and content of entry `index`, if it is a whole object or a delta
+    /// resolved early (from the base cache, or inflated again from `buf`).
+    fn content_of(
+        &self,
+        buf: &[u8],
+        index: usize,
+        depth: usize,
+    ) -> Option<(ObjectKind, Oid, std::sync::Arc<[u8]>)> {
+        if depth > self.limits.delta_depth_max {
+            return None;
+        }
+        let e = self.entries.get(index)?;
+        let (kind, oid) = match (e.kind, e.delta) {
+            (EntryKind::Full(k), _) => (k, e.oid?),
+            (EntryKind::OfsDelta { .. }, Some(d)) => (d.kind, e.oid?),
+            _ => return None,
+        };
+        if let Some(c) = self.bases.get(&index) {
+            return Some((kind, oid, c.clone()));
+        }
+        if let Some(c) = &e.content {
+            return Some((kind, oid, c.as_slice().into()));
+        }
+        let data = inflate_prefix(buf.get(e.data.clone())?, e.size)?.0;
+        let content = match e.kind {
+            EntryKind::OfsDelta { base_offset } => {
+                let (_, _, base) =
+                    self.content_of(buf, *self.by_offset.get(&base_offset)?, depth + 1)?;
+                apply_delta(&base, &data, self.limits.object_bytes_max).ok()?
+            }
+            _ => data,
+        };
+        Some((kind, oid, content.into()))
+    }
+
+    /// Resolves an OFS_DELTA whose base came earlier, as soon as it is read, so that
+    /// little is left to resolve once the pack has arrived. `None` when its base is
+    /// not resolved yet (a REF_DELTA chain) or the delta is bad: [`resolve`] then
+    /// deals with it (and reports what is wrong with it).
+    fn resolve_early(
+        &self,
+        buf: &[u8],
+        base_offset: usize,
+        delta: &[u8],
+    ) -> Result<Option<(EarlyDelta, Oid, Vec<u8>)>, PackError> {
+        let Some(&base_index) = self.by_offset.get(&base_offset) else {
+            return Ok(None);
+        };
+        let Some((kind, base, content)) = self.content_of(buf, base_index, 1) else {
+            return Ok(None);
+        };
+        let Ok(out) = apply_delta(&content, delta, self.limits.object_bytes_max) else {
+            return Ok(None);
+        };
+        let oid = hash(kind, &out)?;
+        Ok(Some((
+            EarlyDelta {
+                kind,
+                object_size: out.len() as u64,
+                base,
+            },
+            oid,
+            out,
+        )))
     }
 
     /// Everything has arrived in `buf`: parses the rest, then checks the count and the
@@ -451,12 +644,8 @@ impl PackStream {
                 offset: self.current.as_ref().map_or(0, |c| c.offset),
             });
         }
-        self.hash_upto(buf, body_end);
-        {
-            use sha1::Digest;
-            if self.trailer.finalize().as_slice() != &buf[body_end..] {
-                return Err(PackError::BadTrailer);
-            }
+        if let Some(t) = self.trailer.take() {
+            t.check(buf)?;
         }
         if self.pos < body_end {
             return Err(if self.entries.len() as u32 == count {
@@ -478,6 +667,9 @@ impl PackStream {
     }
 }
 
+/// The entries of a pack read while it arrived, or why it was refused.
+pub type PackRead = Result<Vec<Entry>, PackError>;
+
 /// Resolves every delta and computes every object id. `external(oid)` gives the
 /// content of an object the repository already has (bases of a thin pack). Objects
 /// the pack carries twice are kept once.
@@ -487,6 +679,34 @@ pub fn resolve(
     limits: &Limits,
     mut external: impl FnMut(&Oid) -> Option<(ObjectKind, Vec<u8>)>,
 ) -> Result<Vec<Resolved>, PackError> {
+    // Every delta resolved while the pack arrived (the usual case): nothing to do.
+    if entries
+        .iter()
+        .all(|e| e.oid.is_some() && (matches!(e.kind, EntryKind::Full(_)) || e.delta.is_some()))
+    {
+        let mut seen = std::collections::HashSet::new();
+        return Ok(entries
+            .iter()
+            .filter_map(|e| {
+                let oid = e.oid?;
+                let (kind, object_size, base) = match (e.kind, e.delta) {
+                    (EntryKind::Full(k), _) => (k, e.size, None),
+                    (_, Some(d)) => (d.kind, d.object_size, Some(d.base)),
+                    _ => return None,
+                };
+                Some(Resolved {
+                    oid,
+                    kind,
+                    object_size,
+                    entry_size: e.size,
+                    base,
+                    data: e.data.clone(),
+                    content: e.content.clone(),
+                })
+            })
+            .filter(|r| seen.insert(r.oid))
+            .collect());
+    }
     let by_offset: HashMap<usize, usize> = entries
         .iter()
         .enumerate()
@@ -881,6 +1101,190 @@ mod tests {
             object_id(ObjectKind::Blob, b"hello world!?").expect("id")
         );
         assert_eq!(c.kind, ObjectKind::Blob);
+    }
+
+    /// The same pack resolved with what was resolved while it arrived forgotten: the
+    /// slow path, the oracle for the early one.
+    fn resolve_late(pack: &[u8], entries: &[Entry], limits: &Limits) -> Vec<Resolved> {
+        let forgotten: Vec<Entry> = entries
+            .iter()
+            .cloned()
+            .map(|mut e| {
+                if e.delta.take().is_some() {
+                    e.oid = None;
+                    e.content = None;
+                }
+                e
+            })
+            .collect();
+        resolve(pack, &forgotten, limits, |_| None).expect("resolves late")
+    }
+
+    #[test]
+    fn ofs_deltas_are_resolved_while_the_pack_arrives_as_the_slow_path_would() {
+        // A chain a -> b -> c of blobs, a big blob (past the base cache) with a delta on
+        // it, and a tree delta (its content is kept for connectivity).
+        let a = b"base text of some length".to_vec();
+        let b = [a.as_slice(), b" one"].concat();
+        let c = [b.as_slice(), b" two"].concat();
+        let big: Vec<u8> = (0..BASE_CACHE_OBJECT_MAX as usize + 10)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let mut big_delta = Vec::new();
+        for mut n in [big.len(), big.len() + 3] {
+            loop {
+                let byte = (n & 0x7f) as u8;
+                n >>= 7;
+                if n == 0 {
+                    big_delta.push(byte);
+                    break;
+                }
+                big_delta.push(byte | 0x80);
+            }
+        }
+        // Copy 65536-byte pieces of the base (size 0 means 0x10000), then the rest.
+        let mut at = 0usize;
+        while at < big.len() {
+            let n = (big.len() - at).min(0x10000);
+            big_delta.push(0x80 | 0x0f | 0x30);
+            big_delta.extend_from_slice(&(at as u32).to_le_bytes());
+            big_delta.extend_from_slice(&((n & 0xffff) as u16).to_le_bytes());
+            at += n;
+        }
+        big_delta.extend_from_slice(&[3, b'x', b'y', b'z']);
+        let tree = b"100644 f\0aaaaaaaaaaaaaaaaaaaa".to_vec();
+        let deltas = [
+            delta_append(&a, b" one"),
+            delta_append(&b, b" two"),
+            delta_append(&tree, b"-"),
+        ];
+        let (da, dbig, dtree) = (deflate(&a), deflate(&big), deflate(&tree));
+        let dd: Vec<Vec<u8>> = deltas.iter().map(|d| deflate(d)).collect();
+        let dbd = deflate(&big_delta);
+        let pack = pack_of(&[
+            OutEntry::Full {
+                kind: ObjectKind::Blob,
+                size: a.len() as u64,
+                deflated: &da,
+            },
+            OutEntry::OfsDelta {
+                base_index: 0,
+                size: deltas[0].len() as u64,
+                deflated: &dd[0],
+            },
+            OutEntry::Full {
+                kind: ObjectKind::Blob,
+                size: big.len() as u64,
+                deflated: &dbig,
+            },
+            OutEntry::OfsDelta {
+                base_index: 1,
+                size: deltas[1].len() as u64,
+                deflated: &dd[1],
+            },
+            OutEntry::OfsDelta {
+                base_index: 2,
+                size: big_delta.len() as u64,
+                deflated: &dbd,
+            },
+            OutEntry::Full {
+                kind: ObjectKind::Tree,
+                size: tree.len() as u64,
+                deflated: &dtree,
+            },
+            OutEntry::OfsDelta {
+                base_index: 5,
+                size: deltas[2].len() as u64,
+                deflated: &dd[2],
+            },
+        ]);
+        let limits = Limits::default();
+        // Fed a few bytes at a time, as it arrives.
+        let mut st = PackStream::new(limits);
+        for end in (0..pack.len()).step_by(7) {
+            st.advance(&pack[..end]).expect("advance");
+        }
+        let entries = st.finish(&pack).expect("entries");
+        assert!(
+            entries
+                .iter()
+                .all(|e| matches!(e.kind, EntryKind::Full(_)) || e.delta.is_some()),
+            "every OFS_DELTA resolved early: {entries:?}"
+        );
+        let early = resolve(&pack, &entries, &limits, |_| None).expect("resolves");
+        assert_eq!(early, resolve_late(&pack, &entries, &limits));
+        let id = |k, c: &[u8]| object_id(k, c).expect("id");
+        let c_id = id(ObjectKind::Blob, &c);
+        let got = early.iter().find(|r| r.oid == c_id).expect("c resolved");
+        assert_eq!(got.base, Some(id(ObjectKind::Blob, &b)));
+        let big2 = [big.as_slice(), b"xyz"].concat();
+        assert!(early.iter().any(|r| r.oid == id(ObjectKind::Blob, &big2)));
+        let tree2 = [tree.as_slice(), b"-"].concat();
+        let t = early
+            .iter()
+            .find(|r| r.oid == id(ObjectKind::Tree, &tree2))
+            .expect("tree delta");
+        assert_eq!(t.content.as_deref(), Some(tree2.as_slice()));
+        assert!(early
+            .iter()
+            .all(|r| (r.kind == ObjectKind::Blob) == r.content.is_none()));
+    }
+
+    #[test]
+    fn the_trailer_checked_beside_the_reader_agrees_with_the_reader() {
+        let a = b"some blob".to_vec();
+        let da = deflate(&a);
+        let good = pack_of(&[OutEntry::Full {
+            kind: ObjectKind::Blob,
+            size: a.len() as u64,
+            deflated: &da,
+        }]);
+        let mut bad = good.clone();
+        let n = bad.len();
+        bad[n - 1] ^= 1;
+        let limits = Limits::default();
+        for (pack, ok) in [(&good, true), (&bad, false)] {
+            let mut st = PackStream::without_trailer(limits);
+            let mut t = Trailer::new();
+            for end in (0..pack.len()).step_by(5) {
+                st.advance(&pack[..end]).expect("advance");
+                t.feed(&pack[..end]);
+            }
+            let entries = st.finish(pack).expect("entries, trailer unchecked");
+            assert_eq!(t.check(pack).is_ok(), ok);
+            assert_eq!(read_entries(pack, &limits).is_ok(), ok);
+            if ok {
+                assert_eq!(Ok(entries), read_entries(pack, &limits));
+            }
+        }
+        assert_eq!(Trailer::new().check(&good[..20]), Err(PackError::Truncated));
+    }
+
+    #[test]
+    fn a_bad_delta_is_left_to_resolve_which_reports_it() {
+        let a = b"hello".to_vec();
+        // Claims a base of 99 bytes.
+        let bad = vec![99u8, 6, 0x90, 5, 1, b'!'];
+        let (da, dbad) = (deflate(&a), deflate(&bad));
+        let pack = pack_of(&[
+            OutEntry::Full {
+                kind: ObjectKind::Blob,
+                size: a.len() as u64,
+                deflated: &da,
+            },
+            OutEntry::OfsDelta {
+                base_index: 0,
+                size: bad.len() as u64,
+                deflated: &dbad,
+            },
+        ]);
+        let limits = Limits::default();
+        let entries = read_entries(&pack, &limits).expect("entries");
+        assert!(entries[1].delta.is_none());
+        assert!(matches!(
+            resolve(&pack, &entries, &limits, |_| None),
+            Err(PackError::BadDelta { .. })
+        ));
     }
 
     #[test]
