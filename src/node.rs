@@ -13,8 +13,8 @@
 //!   confirms its leadership with a quorum (read index); a follower asks the leader
 //!   for its read index and waits until it has applied that far.
 
-use std::cell::{Cell, OnceCell};
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use repospanner_raft::openraft::raft::ReadPolicy;
 use repospanner_raft::openraft::{self, BasicNode, ChangeMembers, ServerState};
 use repospanner_raft::{Command, LogStore, RefChange, Repo, Response, StateMachine};
 use repospanner_storage::io::Dir;
-use repospanner_storage::{Namespace, Store, StoredObject};
+use repospanner_storage::{Namespace, Store, StoredObject, Write};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -76,6 +76,31 @@ struct Inner<D: Dir> {
     activity: SyncActivity,
     out_stages: OutStages,
     in_stages: InStages,
+    /// Pushes whose objects are being written aside while they arrive: the namespace
+    /// they go to and the ids written so far.
+    asides: RefCell<HashMap<u64, Aside>>,
+}
+
+struct Aside {
+    ns: Namespace,
+    written: HashSet<Oid>,
+}
+
+/// The store's opaque stream that lists the namespaces holding objects written aside
+/// (see `Backend::store_aside`), one key each, for as long as they exist: whatever it
+/// lists at start-up is dropped. Such a namespace is random, as repository ids are, and
+/// is known for what it is only by this list: nothing else may ever drop a namespace.
+const ASIDE_STREAM: u8 = 18;
+
+/// The writes that drop aside namespace `ns` and its entry in [`ASIDE_STREAM`].
+fn drop_aside_writes(ns: Namespace) -> Vec<Write> {
+    vec![
+        Write::DropNamespace(ns),
+        Write::DeleteRange {
+            stream: ASIDE_STREAM,
+            keys: ns.0..ns.0 + 1,
+        },
+    ]
 }
 
 /// A shard's repositories.
@@ -119,6 +144,17 @@ fn from_storage_kind(k: repospanner_storage::ObjectKind) -> ObjectKind {
         repospanner_storage::ObjectKind::Tree => ObjectKind::Tree,
         repospanner_storage::ObjectKind::Blob => ObjectKind::Blob,
         repospanner_storage::ObjectKind::Tag => ObjectKind::Tag,
+    }
+}
+
+fn stored(o: RawObject) -> StoredObject {
+    StoredObject {
+        oid: o.oid,
+        kind: to_storage_kind(o.kind),
+        object_size: o.object_size,
+        entry_size: o.entry_size,
+        base: o.base,
+        deflated: o.deflated,
     }
 }
 
@@ -269,8 +305,65 @@ impl<D: Dir> NodeBackend<D> {
                 activity,
                 out_stages: OutStages::default(),
                 in_stages: InStages::default(),
+                asides: RefCell::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Stores a push's objects in namespace `ns`: those written aside while it arrived
+    /// are adopted from there (one small record), the rest written now; then what is
+    /// left aside (objects the push does not keep) is dropped, in the same append.
+    async fn store_here(
+        &self,
+        ns: u64,
+        objects: Vec<StoredObject>,
+        aside: Option<Aside>,
+    ) -> Result<(), repospanner_storage::Error> {
+        let Some(aside) = aside else {
+            return store_objects(&self.inner.store, ns, objects).await;
+        };
+        let (adopted, rest): (Vec<StoredObject>, Vec<StoredObject>) = objects
+            .into_iter()
+            .partition(|o| aside.written.contains(&o.oid));
+        let written = store_objects(&self.inner.store, ns, rest).await;
+        let mut publish = drop_aside_writes(aside.ns);
+        if written.is_ok() {
+            publish.insert(
+                0,
+                Write::Adopt {
+                    from: aside.ns,
+                    to: Namespace(ns),
+                    oids: adopted.iter().map(|o| o.oid).collect(),
+                },
+            );
+        }
+        self.inner.store.append(publish).await?;
+        written
+    }
+
+    /// Drops what pushes that never finished (the node stopped) wrote aside.
+    pub async fn drop_leftover_asides(&self) -> Result<(), BackendError> {
+        let left: Vec<Write> = self
+            .inner
+            .store
+            .opaque_keys(ASIDE_STREAM, 0..u64::MAX)
+            .into_iter()
+            .flat_map(|k| drop_aside_writes(Namespace(k)))
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        info!(
+            shard = self.inner.shard,
+            pushes = left.len(),
+            "dropping objects unfinished pushes wrote aside"
+        );
+        self.inner
+            .store
+            .append(left)
+            .await
+            .map(|_| ())
+            .map_err(|e| err(format!("dropping unfinished pushes' objects: {e}")))
     }
 
     fn raft(&self) -> &ShardRaft<D> {
@@ -604,6 +697,84 @@ impl<D: Dir> Backend for NodeBackend<D> {
         }
     }
 
+    async fn store_aside(
+        &self,
+        repo: &str,
+        aside: u64,
+        objects: Vec<RawObject>,
+    ) -> Result<(), BackendError> {
+        if self.ns_of(repo).is_none() {
+            return Err(err("repository was deleted"));
+        }
+        let known = self.inner.asides.borrow().get(&aside).map(|a| a.ns);
+        let ns = match known {
+            Some(ns) => ns,
+            None => {
+                // Listed before anything is written there (u64::MAX is not a key:
+                // the list is read as the range 0..u64::MAX).
+                let ns = Namespace(random_u64().min(u64::MAX - 1));
+                self.inner
+                    .store
+                    .append(vec![Write::Opaque {
+                        stream: ASIDE_STREAM,
+                        key: ns.0,
+                        data: vec![1],
+                    }])
+                    .await
+                    .map_err(|e| err(format!("storing objects: {e}")))?;
+                info!(
+                    repo,
+                    aside, "writing a push's objects aside while it arrives"
+                );
+                self.inner.asides.borrow_mut().insert(
+                    aside,
+                    Aside {
+                        ns,
+                        written: HashSet::new(),
+                    },
+                );
+                ns
+            }
+        };
+        let oids: Vec<Oid> = objects.iter().map(|o| o.oid).collect();
+        store_objects(
+            &self.inner.store,
+            ns.0,
+            objects.into_iter().map(stored).collect(),
+        )
+        .await
+        .map_err(|e| err(format!("storing objects: {e}")))?;
+        let gone = match self.inner.asides.borrow_mut().get_mut(&aside) {
+            Some(a) => {
+                a.written.extend(oids);
+                false
+            }
+            None => true,
+        };
+        if gone {
+            // The push was dropped while this was being written: drop it again.
+            self.inner
+                .store
+                .append(drop_aside_writes(ns))
+                .await
+                .map_err(|e| err(format!("dropping objects: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn drop_aside(&self, aside: u64) {
+        let Some(a) = self.inner.asides.borrow_mut().remove(&aside) else {
+            return;
+        };
+        let store = self.inner.store.clone();
+        glommio::spawn_local(async move {
+            if let Err(e) = store.append(drop_aside_writes(a.ns)).await {
+                warn!(error = %e, "dropping a failed push's objects (they go at the next start)");
+            }
+        })
+        .detach();
+    }
+
     fn stage_begin(&self, repo: &str) -> Option<u64> {
         let ns = self.ns_of(repo)?;
         let peers = peers_of(self.raft(), self.inner.identity.id);
@@ -635,6 +806,7 @@ impl<D: Dir> Backend for NodeBackend<D> {
         repo: &str,
         objects: Vec<RawObject>,
         staged: Option<Staged>,
+        aside: Option<u64>,
         progress: &mut dyn FnMut(String),
     ) -> Result<(), BackendError> {
         let ns = self
@@ -665,17 +837,8 @@ impl<D: Dir> Backend for NodeBackend<D> {
             Some(st) => (self.inner.out_stages.take(st.id), None),
             None => (std::collections::HashMap::new(), None),
         };
-        let objects: Vec<StoredObject> = objects
-            .into_iter()
-            .map(|o| StoredObject {
-                oid: o.oid,
-                kind: to_storage_kind(o.kind),
-                object_size: o.object_size,
-                entry_size: o.entry_size,
-                base: o.base,
-                deflated: o.deflated,
-            })
-            .collect();
+        let objects: Vec<StoredObject> = objects.into_iter().map(stored).collect();
+        let aside = aside.and_then(|id| self.inner.asides.borrow_mut().remove(&id));
         let me = self.inner.identity.id;
         let (voters, peers): (BTreeSet<u64>, _) = with_metrics(self.raft(), |m| {
             (
@@ -750,7 +913,7 @@ impl<D: Dir> Backend for NodeBackend<D> {
             }
         }
         drop(tx);
-        store_objects(&self.inner.store, ns, objects)
+        self.store_here(ns, objects, aside)
             .await
             .map_err(|e| err(format!("storing objects: {e}")))?;
         let mut acks = usize::from(voters.contains(&me) || voters.is_empty());

@@ -171,7 +171,7 @@ async fn open_shard(
     client: Rc<NodeClient>,
 ) -> Result<NodeBackend<DmaDir>> {
     let store = open_store(&shard_dir(&sc.git_dir, k)).await?;
-    NodeBackend::open(
+    let backend = NodeBackend::open(
         store,
         identity,
         sc.rpc_addr.clone(),
@@ -182,7 +182,12 @@ async fn open_shard(
         sc.raft.snapshot_entries,
     )
     .await
-    .map_err(|e| anyhow::anyhow!(e))
+    .map_err(|e| anyhow::anyhow!(e))?;
+    backend
+        .drop_leftover_asides()
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(backend)
 }
 
 /// `serve --joinnode URL`: creates this node's state from a running node of the

@@ -549,3 +549,75 @@ fn the_node_endpoint_refuses_strangers_and_garbage() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A large push's objects are written aside while it arrives; when the push is then
+/// refused (here: its commit's tree is missing), none of them becomes visible.
+#[test]
+fn a_refused_large_push_leaves_none_of_its_objects_behind() {
+    let region = Region::start();
+    let zero = "0".repeat(40);
+    let post = |body: &[u8]| {
+        let r = region.http(
+            Some("admin"),
+            "POST",
+            "/repo/test.git/git-receive-pack",
+            &[("Content-Type", "application/x-git-receive-pack-request")],
+            Some(body),
+        );
+        (r.status, String::from_utf8_lossy(&r.body).into_owned())
+    };
+    // 40 blobs of 1 MiB (the body is spooled, and objects go aside in batches while it
+    // arrives), then a commit whose tree is in neither the pack nor the repository.
+    let blobs: Vec<Vec<u8>> = (0..40u64).map(|i| noise(i + 77, 1 << 20)).collect();
+    let deflated: Vec<Vec<u8>> = blobs.iter().map(|b| deflate(b)).collect();
+    let commit = format!(
+        "tree {}\nauthor a <a@b> 1 +0000\ncommitter a <a@b> 1 +0000\n\nbroken\n",
+        "ab".repeat(20)
+    );
+    let dc = deflate(commit.as_bytes());
+    let mut entries: Vec<OutEntry<'_>> = blobs
+        .iter()
+        .zip(&deflated)
+        .map(|(b, d)| OutEntry::Full {
+            kind: ObjectKind::Blob,
+            size: b.len() as u64,
+            deflated: d,
+        })
+        .collect();
+    entries.push(OutEntry::Full {
+        kind: ObjectKind::Commit,
+        size: commit.len() as u64,
+        deflated: &dc,
+    });
+    let commit_id = {
+        use sha1::Digest;
+        let mut h = sha1::Sha1::new();
+        h.update(format!("commit {}\0", commit.len()).as_bytes());
+        h.update(commit.as_bytes());
+        hex(&<[u8; 20]>::from(h.finalize()))
+    };
+    let (code, text) = post(&push_body(
+        &zero,
+        &commit_id,
+        b"refs/heads/broken",
+        &pack(&entries),
+    ));
+    assert_eq!(code, 200);
+    assert!(text.contains("ng refs/heads/broken"), "{text}");
+    // None of the blobs is there: a ref to one is a ref to a missing object.
+    let empty = pack(&[]);
+    for b in [&blobs[0], &blobs[39]] {
+        let (_, text) = post(&push_body(
+            &zero,
+            &hex(&blob_id(b)),
+            b"refs/heads/x",
+            &empty,
+        ));
+        assert!(
+            text.contains("ng refs/heads/x") && text.contains("missing"),
+            "{text}"
+        );
+    }
+    let refs = region.git_ok(region.dir.path(), &["ls-remote", &region.repo_url("test")]);
+    assert!(refs.trim().is_empty(), "{refs}");
+}

@@ -166,3 +166,85 @@ fn a_shard_that_cannot_start_stops_the_whole_node() {
     assert!(!status.success(), "{err}");
     assert!(err.contains("shard-0"), "{err}");
 }
+
+/// Large pushes (their objects written aside while they arrive, then published) survive
+/// restarts, a clean one and a SIGKILL in the middle of another large push; what the
+/// killed push wrote aside is dropped at the next start.
+#[test]
+fn large_pushes_survive_restarts_and_a_push_killed_midway_leaves_nothing() {
+    let mut region = Region::start();
+    let t = region.dir.path().to_owned();
+    for r in ["big1", "big2"] {
+        region.repospanner(&["admin", "repo", "create", r]);
+    }
+    let w = t.join("w");
+    region.git_ok(
+        &t,
+        &["init", "-q", "-b", "master", w.to_str().expect("path")],
+    );
+    for i in 0..6u64 {
+        std::fs::write(w.join(format!("b{i}.bin")), common::noise(i + 5, 6 << 20)).expect("write");
+        std::fs::write(w.join("text.txt"), format!("version {i}\n").repeat(2000)).expect("write");
+        region.git_ok(&w, &["add", "-A"]);
+        region.git_ok(&w, &["commit", "-qm", &format!("c{i}")]);
+    }
+    for r in ["test", "big1"] {
+        region.git_ok(&w, &["push", "-q", &region.repo_url(r), "master"]);
+    }
+    let want = region.git_ok(&w, &["rev-parse", "HEAD"]);
+    let check = |region: &Region, repo: &str, n: usize| {
+        let c = t.join(format!("clone-{repo}-{n}"));
+        region.git_ok(
+            &t,
+            &[
+                "clone",
+                "-q",
+                "--mirror",
+                &region.repo_url(repo),
+                c.to_str().expect("path"),
+            ],
+        );
+        region.git_ok(&c, &["fsck", "--full", "--strict"]);
+        assert_eq!(region.git_ok(&c, &["rev-parse", "master"]), want, "{repo}");
+    };
+    region.stop(libc::SIGTERM);
+    region.start_node();
+    check(&region, "test", 1);
+    check(&region, "big1", 1);
+    // A push killed while it arrives.
+    let pid = region.pid().expect("running");
+    let log = region.log_path();
+    let killer = std::thread::spawn(move || {
+        // As soon as the push has written objects aside.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline
+            && std::fs::read_to_string(&log)
+                .map(|l| l.matches("objects aside while it arrives").count() < 3)
+                .unwrap_or(true)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // SAFETY: signalling the node process this test started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    let _ = region.git(
+        Some("admin"),
+        &w,
+        &["push", "-q", &region.repo_url("big2"), "master"],
+    );
+    killer.join().expect("killer");
+    region.stop(libc::SIGKILL);
+    region.start_node();
+    assert!(
+        region
+            .log()
+            .contains("dropping objects unfinished pushes wrote aside"),
+        "{}",
+        region.log()
+    );
+    check(&region, "test", 2);
+    check(&region, "big1", 2);
+    // The killed push either landed whole or not at all; pushing again completes it.
+    region.git_ok(&w, &["push", "-q", &region.repo_url("big2"), "master"]);
+    check(&region, "big2", 2);
+}

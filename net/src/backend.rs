@@ -104,11 +104,23 @@ pub trait Backend {
         repo: &str,
         objects: Vec<RawObject>,
         staged: Option<Staged>,
+        aside: Option<u64>,
         progress: &mut dyn FnMut(String),
     ) -> Result<(), BackendError>;
     /// Starts passing a push's raw request body to the other members while it arrives,
     /// so that after verification they need only be told which bytes are which objects.
     /// `None`: nobody to pass it to.
+    /// Writes verified objects of a push that is still arriving, aside: durable, but
+    /// where no reader of the repository looks. `aside` names the push (an id unique on
+    /// this shard); `store(.., Some(aside), ..)` publishes those of them the push keeps,
+    /// `drop_aside` forgets them (a push that failed; a no-op after `store`).
+    async fn store_aside(
+        &self,
+        repo: &str,
+        aside: u64,
+        objects: Vec<RawObject>,
+    ) -> Result<(), BackendError>;
+    fn drop_aside(&self, aside: u64);
     fn stage_begin(&self, repo: &str) -> Option<u64>;
     /// The next piece of staged body `id` (may wait for slow members).
     async fn stage_data(&self, id: u64, data: &bytes::Bytes);

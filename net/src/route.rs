@@ -65,6 +65,17 @@ pub enum BodyChunk {
     Received(Box<Received>),
     /// The accepting shard refused the body while receiving it.
     Refused(Refusal),
+    /// Objects the accepting shard verified while the body arrives, for the owner to
+    /// write aside (before `Received`).
+    Aside(Vec<crate::backend::RawObject>),
+}
+
+/// What [`ShardBody::whole`] gives of a body the accepting shard receives itself.
+#[derive(Debug)]
+pub enum Whole {
+    Aside(Vec<crate::backend::RawObject>),
+    Received(Box<Received>),
+    Refused(Refusal),
 }
 
 /// A push body read to its end: the whole request, and the entries of its pack, read
@@ -109,15 +120,16 @@ impl ShardBody {
         }
     }
 
-    /// The whole body, if the accepting shard received it itself; `None` if it is
+    /// The next part of a body the accepting shard receives itself; `None` if it is
     /// streamed piece by piece (then read it with [`Source::next`]).
-    pub async fn whole(&mut self) -> Option<Result<Box<Received>, Refusal>> {
+    pub async fn whole(&mut self) -> Option<Whole> {
         if !self.pending.is_empty() || self.peeked.is_some() {
             return None;
         }
         match self.rx.recv().await {
-            Some(BodyChunk::Received(r)) => Some(Ok(r)),
-            Some(BodyChunk::Refused(f)) => Some(Err(f)),
+            Some(BodyChunk::Received(r)) => Some(Whole::Received(r)),
+            Some(BodyChunk::Refused(f)) => Some(Whole::Refused(f)),
+            Some(BodyChunk::Aside(v)) => Some(Whole::Aside(v)),
             other => {
                 self.peeked = other;
                 None
@@ -154,7 +166,7 @@ impl Source {
                     Some(BodyChunk::Data(v)) => sb.pending.extend(v),
                     Some(BodyChunk::End) => return Ok(None),
                     Some(BodyChunk::Failed(e)) => return Err(http::BodyError::Read(e)),
-                    Some(BodyChunk::Received(_) | BodyChunk::Refused(_)) => {
+                    Some(BodyChunk::Received(_) | BodyChunk::Refused(_) | BodyChunk::Aside(_)) => {
                         return Err(http::BodyError::Read(
                             "a whole body where pieces were expected".into(),
                         ))

@@ -728,7 +728,16 @@ async fn receive_pack<B: Backend + 'static>(
     req: Req,
     held: Held,
 ) -> Response<Body> {
-    receive_pack_body(ctx, repo, state, Bytes::from(req.body), None, None, held).await
+    let arrived = Arrived {
+        received: Received {
+            body: Bytes::from(req.body),
+            pre_read: None,
+        },
+        held,
+        staged: None,
+        aside: None,
+    };
+    receive_pack_body(ctx, repo, state, arrived).await
 }
 
 /// Reads a push's pack while it arrives: on the executor while the body is small; once
@@ -746,6 +755,8 @@ enum PackReading {
         tx: std::sync::mpsc::Sender<usize>,
         /// Set when the push failed: the reader stops at once.
         cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        /// Objects whose ids the reader knows, as it learns them.
+        ready: std::sync::mpsc::Receiver<Vec<crate::git::pack::Resolved>>,
         result: std::pin::Pin<Box<dyn std::future::Future<Output = PackRead>>>,
     },
 }
@@ -776,6 +787,9 @@ fn unpin_this_thread() {
         }
     }
 }
+
+/// How far a pack reader reads before it reports what it verified.
+const READ_STEP_BYTES: usize = 8 << 20;
 
 /// Pack reader threads running in this process, and their most.
 static READERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -853,6 +867,9 @@ impl PackReading {
         use std::sync::atomic::Ordering;
         let (tx, rx) = std::sync::mpsc::channel::<usize>();
         let _ = tx.send(view.len());
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        // What the executor's reading found already is ready too.
+        let mut reported = 0;
         let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = cancel.clone();
         let (done_tx, done_rx) = futures_channel::oneshot::channel::<PackRead>();
@@ -871,13 +888,25 @@ impl PackReading {
                     if stop.load(Ordering::Acquire) {
                         return;
                     }
+                    // In steps, so what it verifies is reported as it goes (written
+                    // aside meanwhile) also when it has fallen behind the arrival.
+                    let mut upto = last;
                     last = len;
-                    if error.is_none() {
-                        let r = match view.get(at..len) {
+                    while error.is_none() && upto < len {
+                        upto = (upto + READ_STEP_BYTES).min(len);
+                        let r = match view.get(at..upto) {
                             Some(b) => stream.advance(b),
                             None => Err(PackError::Truncated),
                         };
                         error = r.err();
+                        let found = stream.resolved_since(reported);
+                        reported = stream.entries();
+                        if !found.is_empty() {
+                            let _ = ready_tx.send(found);
+                        }
+                        if stop.load(Ordering::Acquire) {
+                            return;
+                        }
                     }
                 }
                 if stop.load(Ordering::Acquire) {
@@ -894,6 +923,7 @@ impl PackReading {
             Ok(_) => PackReading::Away {
                 tx,
                 cancel,
+                ready,
                 result: Box::pin(async move {
                     done_rx
                         .await
@@ -922,6 +952,56 @@ impl PackReading {
                 drop(tx);
                 result.await
             }
+        }
+    }
+
+    /// Objects whose ids the reader learnt since the last call (only a reader away
+    /// reports them: the pack is spooled).
+    fn take_ready(&mut self) -> Vec<crate::git::pack::Resolved> {
+        let mut all = Vec::new();
+        if let PackReading::Away { ready, .. } = self {
+            while let Ok(v) = ready.try_recv() {
+                all.extend(v);
+            }
+        }
+        all
+    }
+
+    /// Like [`PackReading::finish`], writing aside what a reader away verifies while
+    /// it catches up.
+    async fn finish_writing<B: Backend + 'static>(
+        self,
+        body: &[u8],
+        at: usize,
+        aside: &mut AsideWriter<'_, B>,
+        view: Option<&spool::SpoolView>,
+    ) -> Result<PackRead, Refusal> {
+        match (self, view) {
+            (
+                PackReading::Away {
+                    tx,
+                    mut result,
+                    ready,
+                    ..
+                },
+                Some(view),
+            ) => {
+                drop(tx);
+                loop {
+                    let poll = std::time::Duration::from_millis(5);
+                    if let Ok(r) =
+                        glommio::timer::timeout(poll, async { Ok((&mut result).await) }).await
+                    {
+                        return Ok(r);
+                    }
+                    let mut found = Vec::new();
+                    while let Ok(v) = ready.try_recv() {
+                        found.extend(v);
+                    }
+                    aside.add(view, at, found).await?;
+                }
+            }
+            (reading, _) => Ok(reading.finish(body, at).await),
         }
     }
 
@@ -959,32 +1039,64 @@ async fn receive_streaming<B: Backend + 'static>(
             &node,
         );
     }
-    let whole = match &mut source {
-        route::Source::Shard(sb) => sb.whole().await,
-        route::Source::Client(_) => None,
-    };
-    let (received, held, staged) = match whole {
+    // A body the accepting shard receives itself comes whole, after the objects it
+    // verified meanwhile (written aside here as they come).
+    let mut aside: Option<AsideGuard<B>> = None;
+    let mut whole = None;
+    if let route::Source::Shard(sb) = &mut source {
+        while let Some(part) = sb.whole().await {
+            match part {
+                route::Whole::Aside(objects) => {
+                    let id = aside
+                        .get_or_insert_with(|| AsideGuard {
+                            ctx: ctx.clone(),
+                            id: next_aside(),
+                        })
+                        .id;
+                    if let Err(e) = ctx.backend.store_aside(&repo, id, objects).await {
+                        return text(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            &format!("storing objects failed: {e}"),
+                            &node,
+                        );
+                    }
+                }
+                route::Whole::Received(r) => {
+                    whole = Some(Ok(r));
+                    break;
+                }
+                route::Whole::Refused(f) => {
+                    whole = Some(Err(f));
+                    break;
+                }
+            }
+        }
+    }
+    let arrived = match whole {
         // Received by the accepting shard: its bytes are accounted here from now on.
         Some(Ok(r)) => match ctx.budget.try_take(r.body.len()) {
-            Some(held) => (*r, held, None),
+            Some(held) => Arrived {
+                received: *r,
+                held,
+                staged: None,
+                aside,
+            },
             None => return body_error(&http::BodyError::Busy, &node),
         },
         Some(Err(refusal)) => return refused(&refusal, &node),
-        None => match receive_body(&ctx, &mut source, &repo, true, &|| false).await {
-            Ok(r) => r,
-            Err(refusal) => return refused(&refusal, &node),
-        },
+        None => {
+            let to = if ctx.limits.stage_push_bytes == 0 {
+                AsideTo::Here
+            } else {
+                AsideTo::Nowhere
+            };
+            match receive_body(&ctx, &mut source, &repo, true, to, &|| false).await {
+                Ok(r) => r,
+                Err(refusal) => return refused(&refusal, &node),
+            }
+        }
     };
-    receive_pack_body(
-        ctx,
-        repo,
-        state,
-        received.body,
-        received.pre_read,
-        staged,
-        held,
-    )
-    .await
+    receive_pack_body(ctx, repo, state, arrived).await
 }
 
 /// A push that landed on a shard other than its repository's owner: this shard receives
@@ -1002,7 +1114,7 @@ async fn receive_and_forward<B: Backend + 'static>(
     peer: Rc<Peer>,
     repo: String,
 ) -> Response<Body> {
-    let (tx, rx) = glommio::channels::shared_channel::new_bounded(1);
+    let (tx, rx) = glommio::channels::shared_channel::new_bounded(ASIDE_IN_FLIGHT);
     let answered = Rc::new(std::cell::Cell::new(false));
     let stop = answered.clone();
     let c = ctx.clone();
@@ -1010,8 +1122,12 @@ async fn receive_and_forward<B: Backend + 'static>(
         let tx = tx.connect().await;
         let mut source = route::Source::Client(body);
         let stopped = || stop.get();
-        let (msg, held) = match receive_body(&c, &mut source, &repo, false, &stopped).await {
-            Ok((received, held, _)) => (route::BodyChunk::Received(Box::new(received)), Some(held)),
+        let to = AsideTo::Owner(&tx);
+        let (msg, held) = match receive_body(&c, &mut source, &repo, false, to, &stopped).await {
+            Ok(a) => (
+                route::BodyChunk::Received(Box::new(a.received)),
+                Some(a.held),
+            ),
             Err(refusal) => (route::BodyChunk::Refused(refusal), None),
         };
         // The owner takes the body into its own budget when it gets it.
@@ -1038,12 +1154,13 @@ async fn receive_and_forward<B: Backend + 'static>(
 /// large body also goes to the other members as it arrives (`limits.stage_push_bytes`).
 /// Stops with a refusal when `stopped()` (the push was answered meanwhile).
 async fn receive_body<B: Backend + 'static>(
-    ctx: &Ctx<B>,
+    ctx: &Rc<Ctx<B>>,
     source: &mut route::Source,
     repo: &str,
     stage: bool,
+    aside: AsideTo<'_>,
     stopped: &dyn Fn() -> bool,
-) -> Result<(Received, Held, Option<(u64, usize)>), Refusal> {
+) -> Result<Arrived<B>, Refusal> {
     let limits = PackLimits {
         object_bytes_max: ctx.limits.object_bytes_max,
         ..PackLimits::default()
@@ -1064,6 +1181,7 @@ async fn receive_body<B: Backend + 'static>(
     // it arrives (a body that turns out to be broken is dropped by them later).
     let mut staged = None;
     let mut stage_considered = !stage;
+    let mut aside = AsideWriter::new(ctx, repo, aside);
     let arriving = std::time::Instant::now();
     let received: Result<(), Refusal> = async {
         loop {
@@ -1132,6 +1250,9 @@ async fn receive_body<B: Backend + 'static>(
             if let Some(at) = pack_at {
                 reading.advance(&got, at);
                 trailer.feed(got.as_slice().get(at..).unwrap_or_default());
+                if let spool::Body::File(f) = &got {
+                    aside.add(&f.view(), at, reading.take_ready()).await?;
+                }
             }
             glommio::yield_if_needed().await;
         }
@@ -1147,23 +1268,26 @@ async fn receive_body<B: Backend + 'static>(
     if let Some(id) = staged {
         ctx.backend.stage_end(id, true);
     }
+    let view = match &got {
+        spool::Body::File(f) => Some(f.view()),
+        spool::Body::Mem(_) => None,
+    };
     let buf = got.into_bytes();
     let arrived_ms = arriving.elapsed().as_millis() as u64;
     let pre_read = match pack_at {
         Some(at) if buf.len() > at => {
             let pack = buf.get(at..).unwrap_or_default();
-            Some(
-                reading
-                    .finish(&buf, at)
-                    .await
-                    .and_then(|entries| trailer.check(pack).map(|()| entries)),
-            )
+            let read = reading
+                .finish_writing(&buf, at, &mut aside, view.as_ref())
+                .await?;
+            Some(read.and_then(|entries| trailer.check(pack).map(|()| entries)))
         }
         _ => {
             reading.abandon();
             None
         }
     };
+    aside.finish().await?;
     info!(
         repo = %repo,
         bytes = buf.len(),
@@ -1171,14 +1295,186 @@ async fn receive_body<B: Backend + 'static>(
         read_ms = arriving.elapsed().as_millis() as u64,
         "push body received and read"
     );
-    Ok((
-        Received {
+    Ok(Arrived {
+        received: Received {
             body: buf,
             pre_read,
         },
         held,
-        staged.zip(pack_at),
-    ))
+        staged: staged.zip(pack_at),
+        aside: aside.into_guard(),
+    })
+}
+
+/// A push body received here ([`receive_body`]).
+struct Arrived<B: Backend> {
+    received: Received,
+    held: Held,
+    /// The members hold it too (staging): its id, and where the pack starts.
+    staged: Option<(u64, usize)>,
+    aside: Option<AsideGuard<B>>,
+}
+
+/// Where a push's verified objects are written while it arrives (see
+/// [`Backend::store_aside`]).
+enum AsideTo<'a> {
+    /// Nowhere: they are stored once the push is verified.
+    Nowhere,
+    /// This shard owns the repository.
+    Here,
+    /// The owning shard, in the body's channel ([`route::BodyChunk::Aside`]).
+    Owner(&'a glommio::channels::shared_channel::ConnectedSender<route::BodyChunk>),
+}
+
+/// Bytes of objects written aside at a time, and how many such writes a push keeps in
+/// flight.
+const ASIDE_BATCH_BYTES: usize = 16 << 20;
+const ASIDE_IN_FLIGHT: usize = 2;
+
+/// Ids for writing aside, unique in the process (leftovers are dropped at start).
+static NEXT_ASIDE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_aside() -> u64 {
+    NEXT_ASIDE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Objects a push wrote aside; dropped unless the push stores them (then dropping is a
+/// no-op).
+struct AsideGuard<B: Backend> {
+    ctx: Rc<Ctx<B>>,
+    id: u64,
+}
+
+impl<B: Backend> Drop for AsideGuard<B> {
+    fn drop(&mut self) {
+        self.ctx.backend.drop_aside(self.id);
+    }
+}
+
+/// Gathers the objects a pack reader has verified into batches and writes them aside.
+struct AsideWriter<'a, B: Backend + 'static> {
+    ctx: &'a Rc<Ctx<B>>,
+    repo: String,
+    to: AsideTo<'a>,
+    batch: Vec<crate::backend::RawObject>,
+    batch_bytes: usize,
+    guard: Option<AsideGuard<B>>,
+    writes: std::collections::VecDeque<glommio::task::JoinHandle<Result<(), String>>>,
+}
+
+impl<'a, B: Backend + 'static> AsideWriter<'a, B> {
+    fn new(ctx: &'a Rc<Ctx<B>>, repo: &str, to: AsideTo<'a>) -> Self {
+        AsideWriter {
+            ctx,
+            repo: repo.to_owned(),
+            to,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            guard: None,
+            writes: Default::default(),
+        }
+    }
+
+    /// Adds objects the reader verified (their data at `at + range` of `view`).
+    async fn add(
+        &mut self,
+        view: &spool::SpoolView,
+        at: usize,
+        ready: Vec<crate::git::pack::Resolved>,
+    ) -> Result<(), Refusal> {
+        if matches!(self.to, AsideTo::Nowhere) {
+            return Ok(());
+        }
+        for r in ready {
+            let Some(deflated) = view.bytes(at + r.data.start..at + r.data.end) else {
+                continue;
+            };
+            self.batch_bytes += deflated.len();
+            self.batch.push(crate::backend::RawObject {
+                oid: r.oid,
+                kind: r.kind,
+                object_size: r.object_size,
+                entry_size: r.entry_size,
+                base: r.base,
+                deflated,
+            });
+        }
+        if self.batch_bytes >= ASIDE_BATCH_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Refusal> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let failed = |e: String| Refusal {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("storing objects failed: {e}"),
+            git: false,
+        };
+        match self.to {
+            AsideTo::Nowhere => Ok(()),
+            AsideTo::Owner(tx) => tx
+                .send(route::BodyChunk::Aside(batch))
+                .await
+                .map_err(|_| failed("the owning shard went away".into())),
+            AsideTo::Here => {
+                let id = match &self.guard {
+                    Some(g) => g.id,
+                    None => {
+                        let g = AsideGuard {
+                            ctx: self.ctx.clone(),
+                            id: next_aside(),
+                        };
+                        let id = g.id;
+                        self.guard = Some(g);
+                        id
+                    }
+                };
+                if self.writes.len() >= ASIDE_IN_FLIGHT {
+                    if let Some(w) = self.writes.pop_front() {
+                        w.await
+                            .unwrap_or_else(|| Err("cancelled".into()))
+                            .map_err(failed)?;
+                    }
+                }
+                let (ctx, repo) = (self.ctx.clone(), self.repo.clone());
+                self.writes.push_back(
+                    glommio::spawn_local(async move {
+                        ctx.backend
+                            .store_aside(&repo, id, batch)
+                            .await
+                            .map_err(|e| e.0)
+                    })
+                    .detach(),
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes what is left of the last batch and waits for every write.
+    async fn finish(&mut self) -> Result<(), Refusal> {
+        self.flush().await?;
+        while let Some(w) = self.writes.pop_front() {
+            w.await
+                .unwrap_or_else(|| Err("cancelled".into()))
+                .map_err(|e| Refusal {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    message: format!("storing objects failed: {e}"),
+                    git: false,
+                })?;
+        }
+        Ok(())
+    }
+
+    fn into_guard(self) -> Option<AsideGuard<B>> {
+        self.guard
+    }
 }
 
 /// The push in `body` (commands, options, pack), with its entries if they were read
@@ -1187,11 +1483,14 @@ async fn receive_pack_body<B: Backend + 'static>(
     ctx: Rc<Ctx<B>>,
     repo: String,
     state: RepoState,
-    body: Bytes,
-    pre_read: Option<PackRead>,
-    staged: Option<(u64, usize)>,
-    held: Held,
+    arrived: Arrived<B>,
 ) -> Response<Body> {
+    let Arrived {
+        received: Received { body, pre_read },
+        held,
+        staged,
+        aside,
+    } = arrived;
     let node = ctx.node_name.clone();
     let ctype = "application/x-git-receive-pack-result";
     if body.as_ref() == b"0000" {
@@ -1207,8 +1506,11 @@ async fn receive_pack_body<B: Backend + 'static>(
     }
     let (mut tx, out) = http::channel();
     glommio::spawn_local(async move {
-        // The body's share of the budget is held until the push is done.
+        // The body's share of the budget is held until the push is done; what it
+        // wrote aside is dropped when it is, unless the push stored it.
         let _held = held;
+        let aside_id = aside.as_ref().map(|g| g.id);
+        let _aside = aside;
         let sideband = push
             .caps
             .contains("side-band-64k")
@@ -1235,6 +1537,7 @@ async fn receive_pack_body<B: Backend + 'static>(
             &push,
             pack,
             staged,
+            aside_id,
             &limits,
             pre_read,
             progress,

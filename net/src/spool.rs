@@ -135,6 +135,29 @@ impl SpoolView {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The bytes in `range`, shared (they stay in the mapping); `None` if they are not
+    /// all written yet.
+    pub fn bytes(&self, range: std::ops::Range<usize>) -> Option<Bytes> {
+        self.get(range.clone())?;
+        Some(Bytes::from_owner(ViewSlice {
+            view: self.clone(),
+            range,
+        }))
+    }
+}
+
+/// A written range of a spool file, as an owner for [`Bytes`].
+struct ViewSlice {
+    view: SpoolView,
+    range: std::ops::Range<usize>,
+}
+
+impl AsRef<[u8]> for ViewSlice {
+    fn as_ref(&self) -> &[u8] {
+        // Checked written when made; written bytes stay written.
+        self.view.get(self.range.clone()).unwrap_or_default()
+    }
 }
 
 impl Spool {
@@ -246,6 +269,11 @@ mod tests {
         }
         assert!(matches!(b, Body::File(_)), "spooled");
         assert_eq!(b.as_slice(), &data[..]);
+        if let Body::File(f) = &b {
+            let view = f.view();
+            assert_eq!(view.bytes(5..70_000).expect("written"), data[5..70_000]);
+            assert!(view.bytes(0..data.len() + 1).is_none(), "not written yet");
+        }
         let shared = b.into_bytes();
         assert_eq!(shared.slice(100..200), data[100..200]);
         // Nothing is left in the directory: the file never had a name.

@@ -61,6 +61,37 @@ pub fn delete_range(payload: &[u8]) -> Option<(u8, u64, u64)> {
     Some((payload[0], u64::from_le_bytes(a), u64::from_le_bytes(b)))
 }
 
+/// The payload of an `Adopt` record: from u64 | to u64 | oid*.
+pub fn encode_adopt(from: Namespace, to: Namespace, oids: &[Oid]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(16 + oids.len() * 20);
+    p.extend_from_slice(&from.0.to_le_bytes());
+    p.extend_from_slice(&to.0.to_le_bytes());
+    for o in oids {
+        p.extend_from_slice(o);
+    }
+    p
+}
+
+fn decode_adopt(payload: &[u8]) -> Option<(Namespace, Namespace, Vec<Oid>)> {
+    if payload.len() < 16 || !(payload.len() - 16).is_multiple_of(20) {
+        return None;
+    }
+    let ns = |at: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&payload[at..at + 8]);
+        Namespace(u64::from_le_bytes(a))
+    };
+    let oids = payload[16..]
+        .chunks_exact(20)
+        .map(|c| {
+            let mut o = [0u8; 20];
+            o.copy_from_slice(c);
+            o
+        })
+        .collect();
+    Some((ns(0), ns(8), oids))
+}
+
 impl Index {
     /// Where `oid` of `ns` is stored.
     pub fn object(&self, ns: Namespace, oid: &Oid) -> Option<Loc> {
@@ -77,6 +108,15 @@ impl Index {
             .get(&ns)
             .map(|m| m.keys().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// Every namespace that holds objects.
+    pub fn namespaces(&self) -> Vec<Namespace> {
+        self.objects
+            .iter()
+            .filter(|(_, m)| !m.is_empty())
+            .map(|(ns, _)| *ns)
+            .collect()
     }
 
     /// Objects over every namespace.
@@ -123,6 +163,17 @@ impl Index {
                             .collect();
                         for k in keys {
                             self.opaque.remove(&k);
+                        }
+                    }
+                    true
+                }
+                None => false,
+            },
+            RecordKind::Adopt => match decode_adopt(payload) {
+                Some((from, to, oids)) => {
+                    for oid in oids {
+                        if let Some(loc) = self.object(from, &oid) {
+                            self.insert_object(to, oid, loc);
                         }
                     }
                     true
@@ -312,6 +363,9 @@ mod tests {
         odd.sort_unstable();
         assert_eq!(odd, vec![[1; 20], [3; 20], [5; 20], [7; 20], [9; 20]]);
         assert!(i.apply(RecordKind::DropNamespace, &1u64.to_le_bytes(), loc(100)));
+        // An Adopt record that does not decode is reported, not half applied.
+        assert!(!i.apply(RecordKind::Adopt, &[0u8; 17], loc(101)));
+        assert!(!i.apply(RecordKind::Adopt, &[0u8; 15], loc(102)));
         assert_eq!(i.object_count(), 5);
         assert!(i.oids_in(Namespace(1)).is_empty());
         assert!(i.contains(Namespace(0), &[4; 20]));

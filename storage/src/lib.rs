@@ -13,7 +13,9 @@
 //!   `fdatasync`; an append's future resolves only after its batch is durable.
 //! * **Records**: git objects as the pack entries the client sent ([`object`]), and
 //!   opaque values of other crates keyed by (stream, key) — the raft log, vote and
-//!   snapshots, repository metadata — plus range deletions and namespace drops.
+//!   snapshots, repository metadata — plus range deletions, namespace drops and
+//!   adoptions (`Write::Adopt`: objects of one namespace indexed in another too, at the
+//!   same records; how a push's objects written while it arrived are published).
 //! * **Index**: (namespace, object id) → location and (stream, key) → location, in
 //!   memory, checkpointed to `index.ckpt` (read back with memmap2) so start-up scans
 //!   only the log written after the checkpoint ([`index`]).
@@ -28,7 +30,8 @@
 //! ## Compaction (designed, not implemented yet)
 //!
 //! Records are never modified in place. Liveness is decided by the index: an object
-//! record is live if the index points at it; an opaque record if it is the latest for
+//! record is live if the index points at it (from any namespace: an adopted record's own
+//! namespace may be gone); an opaque record if it is the latest for
 //! its key and not covered by a later `DeleteRange`; `DropNamespace` makes every record
 //! of that namespace dead. Compaction picks a sealed segment with the most dead bytes,
 //! copies its live records to the head of the log through the normal append path (so

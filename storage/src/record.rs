@@ -43,6 +43,9 @@ pub enum RecordKind {
     DeleteRange = 3,
     /// Drops a whole object namespace (repository deletion); compaction reclaims it.
     DropNamespace = 4,
+    /// Indexes objects of one namespace in another too, at the same records (a push's
+    /// objects, written while it arrived, published once it is verified).
+    Adopt = 5,
 }
 
 impl RecordKind {
@@ -52,6 +55,7 @@ impl RecordKind {
             2 => Some(RecordKind::Opaque),
             3 => Some(RecordKind::DeleteRange),
             4 => Some(RecordKind::DropNamespace),
+            5 => Some(RecordKind::Adopt),
             _ => None,
         }
     }

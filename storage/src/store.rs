@@ -72,9 +72,24 @@ impl Default for Options {
 #[derive(Debug, Clone)]
 pub enum Write {
     Object(Namespace, StoredObject),
-    Opaque { stream: u8, key: u64, data: Vec<u8> },
-    DeleteRange { stream: u8, keys: Range<u64> },
+    Opaque {
+        stream: u8,
+        key: u64,
+        data: Vec<u8>,
+    },
+    DeleteRange {
+        stream: u8,
+        keys: Range<u64>,
+    },
     DropNamespace(Namespace),
+    /// Indexes `oids` of namespace `from` in `to` as well (same records); ids `from`
+    /// does not hold are skipped. With a `DropNamespace(from)` in the same append, this
+    /// publishes objects written earlier where no reader looks.
+    Adopt {
+        from: Namespace,
+        to: Namespace,
+        oids: Vec<Oid>,
+    },
 }
 
 /// A damaged region found by recovery or verification.
@@ -291,6 +306,9 @@ fn encode_write(w: &Write, opts: &Options) -> Encoded {
             (RecordKind::DeleteRange, 0, p)
         }
         Write::DropNamespace(ns) => (RecordKind::DropNamespace, 0, ns.0.to_le_bytes().to_vec()),
+        Write::Adopt { from, to, oids } => {
+            (RecordKind::Adopt, 0, index::encode_adopt(*from, *to, oids))
+        }
     };
     Encoded {
         kind,
@@ -832,7 +850,8 @@ impl<D: Dir> Store<D> {
             .filter(|_| bytes.get(4) == Some(&(RecordKind::Object as u8)))
             .and_then(object::decode_head);
         match head {
-            Some((n, h, _)) if n == ns && h.oid == *oid => Ok(Some(h)),
+            // The record may be of another namespace: an object adopted from it.
+            Some((_, h, _)) if h.oid == *oid => Ok(Some(h)),
             _ => Err(corrupt(
                 "object record head does not decode to the indexed object",
             )),
@@ -848,6 +867,11 @@ impl<D: Dir> Store<D> {
     pub fn contains_many(&self, ns: Namespace, oids: &[Oid]) -> Vec<bool> {
         let index = self.inner.index.borrow();
         oids.iter().map(|o| index.contains(ns, o)).collect()
+    }
+
+    /// Every namespace that holds objects.
+    pub fn namespaces(&self) -> Vec<Namespace> {
+        self.inner.index.borrow().namespaces()
     }
 
     /// Every object id stored in `ns` (for catching a namespace up from a peer).
@@ -875,7 +899,8 @@ impl<D: Dir> Store<D> {
             return Err(corrupt("index points at a record that is not an object"));
         }
         match object::decode_shared(&payload) {
-            Some((n, o)) if n == ns && o.oid == *oid => Ok(Some(o)),
+            // The record may be of another namespace: an object adopted from it.
+            Some((_, o)) if o.oid == *oid => Ok(Some(o)),
             _ => Err(corrupt(
                 "object record does not decode to the indexed object",
             )),
@@ -1117,6 +1142,19 @@ impl<D: Dir> Store<D> {
         let content = if o.base.is_none() {
             object::inflate(&o.deflated, o.entry_size).map_err(|e| e.to_string())
         } else {
+            // A delta is checked through a namespace that serves it (its bases are
+            // looked up there): its own, or one that adopted it. A record no namespace
+            // indexes is dead (its namespace was dropped) and never served.
+            let serving = if self.contains(ns, &o.oid) {
+                Some(ns)
+            } else {
+                self.namespaces()
+                    .into_iter()
+                    .find(|n| self.contains(*n, &o.oid))
+            };
+            let Some(ns) = serving else {
+                return;
+            };
             match self.read_object(ns, &o.oid).await {
                 Ok(Some((_, c))) => Ok(c),
                 Ok(None) => Err("not in the index".into()),

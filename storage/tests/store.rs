@@ -568,3 +568,73 @@ fn limits_and_hostile_objects() {
         assert_eq!(store.object_count(), 0);
     });
 }
+
+#[test]
+fn objects_written_aside_are_published_by_adopt_and_survive_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_owned();
+    run(move || async move {
+        const STAGE: Namespace = Namespace(1 << 63);
+        let d = DmaDir::open(&path).await.expect("open dir");
+        let (store, _) = Store::open(d, small_segments()).await.expect("open");
+        let base_content = vec![b'y'; 2000];
+        let base = full(ObjectKind::Blob, &base_content);
+        let (kept, kept_content) = delta(ObjectKind::Blob, &base, &base_content, b"-kept");
+        let (dropped, _) = delta(ObjectKind::Blob, &base, &base_content, b"-dropped");
+        // The base is in the repository already (a thin push); the push's objects are
+        // written where no reader of NS looks.
+        store
+            .append(vec![Write::Object(NS, base.clone())])
+            .await
+            .expect("append");
+        store
+            .append(vec![
+                Write::Object(STAGE, kept.clone()),
+                Write::Object(STAGE, dropped.clone()),
+            ])
+            .await
+            .expect("append aside");
+        assert!(!store.contains(NS, &kept.oid), "not visible before adopt");
+        store
+            .append(vec![
+                Write::Adopt {
+                    from: STAGE,
+                    to: NS,
+                    oids: vec![kept.oid, [7u8; 20]],
+                },
+                Write::DropNamespace(STAGE),
+            ])
+            .await
+            .expect("adopt");
+        let expect = |store: &Store<DmaDir>| {
+            assert!(store.contains(NS, &kept.oid));
+            assert!(!store.contains(NS, &dropped.oid));
+            assert!(!store.contains(NS, &[7u8; 20]));
+            assert!(!store.contains(STAGE, &kept.oid));
+            assert_eq!(store.namespaces(), vec![NS]);
+        };
+        expect(&store);
+        let (_, content) = store
+            .read_object(NS, &kept.oid)
+            .await
+            .expect("read")
+            .expect("adopted");
+        assert_eq!(content, kept_content);
+        assert!(store.read_raw(NS, &kept.oid).await.expect("raw").is_some());
+        let v = store.verify().await.expect("verify");
+        assert!(
+            v.corruptions.is_empty() && v.bad_objects.is_empty(),
+            "{v:?}"
+        );
+        let index = store.index_snapshot();
+        drop(store);
+        // Full scan, then from a checkpoint.
+        for _ in 0..2 {
+            let d = DmaDir::open(&path).await.expect("open dir");
+            let (store, _) = Store::open(d, small_segments()).await.expect("reopen");
+            expect(&store);
+            assert_eq!(store.index_snapshot(), index);
+            store.close().await.expect("close");
+        }
+    });
+}

@@ -79,6 +79,10 @@ impl Region {
     pub fn log(&self) -> String {
         self.log_of(1)
     }
+    /// Node 1's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.qs().join("node1/node.log")
+    }
 
     /// Writes the region, spawns and starts its node, waits until it answers.
     pub fn start() -> Region {

@@ -382,6 +382,33 @@ impl PackStream {
         self.entries.len()
     }
 
+    /// The objects among entries `from..` whose ids are known already (whole objects,
+    /// and deltas resolved while the pack arrived), without their content.
+    pub fn resolved_since(&self, from: usize) -> Vec<Resolved> {
+        self.entries
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| {
+                let oid = e.oid?;
+                let (kind, object_size, base) = match (e.kind, e.delta) {
+                    (EntryKind::Full(k), _) => (k, e.size, None),
+                    (_, Some(d)) => (d.kind, d.object_size, Some(d.base)),
+                    _ => return None,
+                };
+                Some(Resolved {
+                    oid,
+                    kind,
+                    object_size,
+                    entry_size: e.size,
+                    base,
+                    data: e.data.clone(),
+                    content: None,
+                })
+            })
+            .collect()
+    }
+
     /// A reader that leaves the trailer to its caller, who hashes the bytes where it
     /// has them anyway ([`Trailer`]): the pack reader's thread is a push's bottleneck
     /// while it arrives (SHA-1 with collision detection of every object), the trailer's

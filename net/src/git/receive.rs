@@ -231,6 +231,7 @@ pub async fn receive<B: Backend>(
     req: &PushRequest,
     pack_bytes: bytes::Bytes,
     staged: Option<(u64, usize)>,
+    aside: Option<u64>,
     limits: &Limits,
     pre_read: Option<Result<Vec<pack::Entry>, pack::PackError>>,
     mut progress: impl FnMut(String),
@@ -356,7 +357,7 @@ pub async fn receive<B: Backend>(
                 .map(|r| r.data.start + pack_at..r.data.end + pack_at)
                 .collect(),
         });
-        if let Err(e) = b.store(repo, raws, staged, &mut progress).await {
+        if let Err(e) = b.store(repo, raws, staged, aside, &mut progress).await {
             return Report::all_failed(
                 commands,
                 Err(format!("storing objects failed: {e}")),
