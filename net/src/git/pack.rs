@@ -90,6 +90,28 @@ pub struct Entry {
     pub delta: Option<EarlyDelta>,
 }
 
+impl Entry {
+    /// The object, if its id is known already (a whole object, or a delta resolved
+    /// while the pack arrived); with its content if `content` (commits, trees, tags).
+    pub fn resolved(&self, content: bool) -> Option<Resolved> {
+        let oid = self.oid?;
+        let (kind, object_size, base) = match (self.kind, self.delta) {
+            (EntryKind::Full(k), _) => (k, self.size, None),
+            (_, Some(d)) => (d.kind, d.object_size, Some(d.base)),
+            _ => return None,
+        };
+        Some(Resolved {
+            oid,
+            kind,
+            object_size,
+            entry_size: self.size,
+            base,
+            data: self.data.clone(),
+            content: if content { self.content.clone() } else { None },
+        })
+    }
+}
+
 /// What resolving a delta while its pack arrived found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EarlyDelta {
@@ -389,23 +411,7 @@ impl PackStream {
             .get(from..)
             .unwrap_or_default()
             .iter()
-            .filter_map(|e| {
-                let oid = e.oid?;
-                let (kind, object_size, base) = match (e.kind, e.delta) {
-                    (EntryKind::Full(k), _) => (k, e.size, None),
-                    (_, Some(d)) => (d.kind, d.object_size, Some(d.base)),
-                    _ => return None,
-                };
-                Some(Resolved {
-                    oid,
-                    kind,
-                    object_size,
-                    entry_size: e.size,
-                    base,
-                    data: e.data.clone(),
-                    content: None,
-                })
-            })
+            .filter_map(|e| e.resolved(false))
             .collect()
     }
 
@@ -714,23 +720,7 @@ pub fn resolve(
         let mut seen = std::collections::HashSet::new();
         return Ok(entries
             .iter()
-            .filter_map(|e| {
-                let oid = e.oid?;
-                let (kind, object_size, base) = match (e.kind, e.delta) {
-                    (EntryKind::Full(k), _) => (k, e.size, None),
-                    (_, Some(d)) => (d.kind, d.object_size, Some(d.base)),
-                    _ => return None,
-                };
-                Some(Resolved {
-                    oid,
-                    kind,
-                    object_size,
-                    entry_size: e.size,
-                    base,
-                    data: e.data.clone(),
-                    content: e.content.clone(),
-                })
-            })
+            .filter_map(|e| e.resolved(true))
             .filter(|r| seen.insert(r.oid))
             .collect());
     }
