@@ -2,7 +2,10 @@
 //! connections on the same ports (SO_REUSEPORT); a repository belongs to exactly one
 //! shard, `shard_of(name)`. A request that lands on another shard is passed to the
 //! owner by message passing over glommio's shared channels (no locks between shards),
-//! and the owner's response is streamed back the same way, chunk by chunk.
+//! and the owner's response is streamed back the same way, chunk by chunk. A push body
+//! is received by the shard that accepted it and passed on whole ([`BodyChunk::Received`],
+//! after the objects it verified meanwhile, [`BodyChunk::Aside`]), or, with staging,
+//! streamed piece by piece.
 
 use std::net::SocketAddr;
 use std::rc::Rc;

@@ -762,9 +762,10 @@ enum PackReading {
 }
 
 /// The CPUs pack reader threads may run on: all the process may use. Threads inherit
-/// the pinning of the shard that starts them, so a reader shared its shard's core with
-/// the shard's own receiving while the other cores idled (measured: a 100 MiB body in
-/// 0.39 s, its pack read 0.21 s after that).
+/// the pinning of the shard that starts them, so a reader would share its shard's core
+/// with that shard's executor (receiving, raft, every other request of the shard) while
+/// another core may be idle. (On the 2-core test machine, where the git client takes the
+/// other core, pinned and unpinned measured the same.)
 static READER_CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
 
 /// Sets the CPUs pack readers run on (once, before the shards are pinned).
