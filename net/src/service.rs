@@ -789,6 +789,10 @@ fn unpin_this_thread() {
     }
 }
 
+/// Threads a pack reader hashes whole objects on (SHA-1 with collision detection, most
+/// of its work), while it inflates the next entries itself.
+const HASH_THREADS: usize = 2;
+
 /// How far a pack reader reads before it reports what it verified.
 const READ_STEP_BYTES: usize = 8 << 20;
 
@@ -879,6 +883,7 @@ impl PackReading {
             .spawn(move || {
                 let _slot = slot;
                 unpin_this_thread();
+                stream.use_hash_threads(HASH_THREADS);
                 let mut last = at;
                 let mut error = None;
                 while let Ok(mut len) = rx.recv() {
@@ -901,7 +906,7 @@ impl PackReading {
                         };
                         error = r.err();
                         let found = stream.resolved_since(reported);
-                        reported = stream.entries();
+                        reported = stream.ready();
                         if !found.is_empty() {
                             let _ = ready_tx.send(found);
                         }

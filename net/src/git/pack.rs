@@ -221,7 +221,86 @@ struct Inflating {
     /// Content of whole commits, trees and tags (blobs and deltas are not kept).
     kept: Option<Vec<u8>>,
     /// The object id being computed, for whole objects.
-    oid: Option<sha1_checked::Sha1>,
+    oid: Hashing,
+}
+
+/// How a whole object's id is being computed.
+enum Hashing {
+    None,
+    Inline(Box<sha1_checked::Sha1>),
+    /// By hashing thread `n` (see [`PackStream::use_hash_threads`]).
+    Away(usize),
+}
+
+/// What a hashing thread is told: an object starts (its entry index and header), its
+/// content, its end.
+enum HashMsg {
+    Begin(usize, Vec<u8>),
+    Data(Vec<u8>),
+    End,
+}
+
+/// Threads that hash whole objects for a [`PackStream`], an object each in turn.
+struct Hashers {
+    to: Vec<std::sync::mpsc::Sender<HashMsg>>,
+    results: std::sync::mpsc::Receiver<(usize, Result<Oid, PackError>)>,
+    next: usize,
+}
+
+impl Hashers {
+    fn start(n: usize) -> Option<Hashers> {
+        let (res_tx, results) = std::sync::mpsc::channel();
+        let mut to = Vec::new();
+        for _ in 0..n {
+            let (tx, rx) = std::sync::mpsc::channel::<HashMsg>();
+            let res_tx = res_tx.clone();
+            std::thread::Builder::new()
+                .name("pack-hasher".into())
+                .spawn(move || {
+                    use sha1_checked::Digest;
+                    let mut cur: Option<(usize, sha1_checked::Sha1)> = None;
+                    for msg in rx {
+                        match msg {
+                            HashMsg::Begin(i, header) => {
+                                let mut h = sha1_checked::Sha1::new();
+                                h.update(&header);
+                                cur = Some((i, h));
+                            }
+                            HashMsg::Data(d) => {
+                                if let Some((_, h)) = cur.as_mut() {
+                                    h.update(&d);
+                                }
+                            }
+                            HashMsg::End => {
+                                if let Some((i, h)) = cur.take() {
+                                    if res_tx.send((i, finalize(h))).is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                })
+                .ok()?;
+            to.push(tx);
+        }
+        Some(Hashers {
+            to,
+            results,
+            next: 0,
+        })
+    }
+}
+
+/// The id a collision-detecting hasher computed, or the collision it found.
+fn finalize(h: sha1_checked::Sha1) -> Result<Oid, PackError> {
+    let r = h.try_finalize();
+    let mut oid = [0u8; 20];
+    oid.copy_from_slice(r.hash());
+    if r.has_collision() {
+        return Err(PackError::Collision(super::hex(&oid)));
+    }
+    Ok(oid)
 }
 
 /// The pack's trailer, a SHA-1 of everything before it, computed as the pack arrives.
@@ -291,6 +370,11 @@ pub struct PackStream {
     bases: HashMap<usize, std::sync::Arc<[u8]>>,
     bases_order: std::collections::VecDeque<usize>,
     bases_bytes: usize,
+    /// Threads hashing whole objects, if any, and the entries whose ids they owe.
+    hashers: Option<Hashers>,
+    in_flight: std::collections::BTreeSet<usize>,
+    /// Ids that came back before their entry was added.
+    early_oids: HashMap<usize, Oid>,
     current: Option<Inflating>,
     /// `None`: the caller checks the trailer ([`PackStream::without_trailer`]).
     trailer: Option<Trailer>,
@@ -393,6 +477,9 @@ impl PackStream {
             bases: HashMap::new(),
             bases_order: Default::default(),
             bases_bytes: 0,
+            hashers: None,
+            in_flight: Default::default(),
+            early_oids: HashMap::new(),
             current: None,
             trailer: Some(Trailer::new()),
             scratch: vec![0; 64 << 10],
@@ -404,11 +491,11 @@ impl PackStream {
         self.entries.len()
     }
 
-    /// The objects among entries `from..` whose ids are known already (whole objects,
+    /// The objects among entries `from..ready()` whose ids are known (whole objects,
     /// and deltas resolved while the pack arrived), without their content.
     pub fn resolved_since(&self, from: usize) -> Vec<Resolved> {
         self.entries
-            .get(from..)
+            .get(from..self.ready().max(from))
             .unwrap_or_default()
             .iter()
             .filter_map(|e| e.resolved(false))
@@ -426,10 +513,62 @@ impl PackStream {
         }
     }
 
+    /// Hashes whole objects from now on on `n` threads of their own, an object each in
+    /// turn, while this one inflates the next entries: SHA-1 with collision detection
+    /// is most of a reader's work. Their ids arrive later; [`PackStream::ready`] says
+    /// up to which entry every id is known. Without threads to start, hashes inline.
+    pub fn use_hash_threads(&mut self, n: usize) {
+        if n > 0 && self.hashers.is_none() {
+            self.hashers = Hashers::start(n);
+        }
+    }
+
+    /// Entries `..ready()` have every id they will get while the pack arrives.
+    pub fn ready(&self) -> usize {
+        self.in_flight
+            .iter()
+            .next()
+            .copied()
+            .unwrap_or(self.entries.len())
+    }
+
+    /// Takes the ids the hashing threads computed; with `wait`, until entry `wait`'s.
+    fn collect(&mut self, wait: Option<usize>) -> Result<(), PackError> {
+        let Some(h) = self.hashers.as_ref() else {
+            return Ok(());
+        };
+        loop {
+            let next = match wait {
+                Some(i) if self.in_flight.contains(&i) => h.results.recv().ok(),
+                _ => match h.results.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+                },
+            };
+            let Some((i, r)) = next else {
+                return if self.in_flight.is_empty() {
+                    Ok(())
+                } else {
+                    Err(PackError::Header("a pack hashing thread failed"))
+                };
+            };
+            let oid = r?;
+            match self.entries.get_mut(i) {
+                Some(e) => e.oid = Some(oid),
+                None => {
+                    self.early_oids.insert(i, oid);
+                }
+            }
+            self.in_flight.remove(&i);
+        }
+    }
+
     /// Parses what `buf` (all pack bytes received so far) allows.
     pub fn advance(&mut self, buf: &[u8]) -> Result<(), PackError> {
         let avail = buf.len().saturating_sub(20);
         self.step(buf, avail)?;
+        self.collect(None)?;
         if let Some(t) = self.trailer.as_mut() {
             t.hash_upto(buf, self.pos);
         }
@@ -466,14 +605,22 @@ impl PackStream {
                 else {
                     return Ok(());
                 };
-                let oid = match kind {
-                    EntryKind::Full(k) => {
+                let oid = match (kind, self.hashers.as_mut()) {
+                    (EntryKind::Full(k), Some(h)) => {
+                        let n = h.next % h.to.len();
+                        h.next += 1;
+                        let header = format!("{} {}\0", k.name(), size).into_bytes();
+                        // A thread that is gone shows in `collect`.
+                        let _ = h.to[n].send(HashMsg::Begin(self.entries.len(), header));
+                        Hashing::Away(n)
+                    }
+                    (EntryKind::Full(k), None) => {
                         use sha1_checked::Digest;
                         let mut h = sha1_checked::Sha1::new();
                         h.update(format!("{} {}\0", k.name(), size).as_bytes());
-                        Some(h)
+                        Hashing::Inline(Box::new(h))
                     }
-                    _ => None,
+                    _ => Hashing::None,
                 };
                 // Commits, trees and tags for connectivity; small blobs as bases of
                 // deltas to come; OFS_DELTAs to resolve them at once.
@@ -513,9 +660,17 @@ impl PackStream {
                     return Err(PackError::BadZlib { offset });
                 }
                 let out = &self.scratch[..produced];
-                if let Some(h) = cur.oid.as_mut() {
-                    use sha1_checked::Digest;
-                    h.update(out);
+                match &mut cur.oid {
+                    Hashing::Inline(h) => {
+                        use sha1_checked::Digest;
+                        h.update(out);
+                    }
+                    Hashing::Away(n) if produced > 0 => {
+                        if let Some(h) = self.hashers.as_ref() {
+                            let _ = h.to[*n].send(HashMsg::Data(out.to_vec()));
+                        }
+                    }
+                    _ => {}
                 }
                 if let Some(k) = cur.kept.as_mut() {
                     k.extend_from_slice(out);
@@ -533,19 +688,18 @@ impl PackStream {
                 return Err(PackError::BadZlib { offset: cur.offset });
             }
             let end = cur.data_start + cur.z.total_in() as usize;
-            let oid = match cur.oid {
-                Some(h) => {
-                    let r = h.try_finalize();
-                    let mut oid = [0u8; 20];
-                    oid.copy_from_slice(r.hash());
-                    if r.has_collision() {
-                        return Err(PackError::Collision(super::hex(&oid)));
-                    }
-                    Some(oid)
-                }
-                None => None,
-            };
             let index = self.entries.len();
+            let oid = match cur.oid {
+                Hashing::Inline(h) => Some(finalize(*h)?),
+                Hashing::Away(n) => {
+                    if let Some(h) = self.hashers.as_ref() {
+                        let _ = h.to[n].send(HashMsg::End);
+                    }
+                    self.in_flight.insert(index);
+                    None
+                }
+                Hashing::None => None,
+            };
             let mut entry = Entry {
                 offset: cur.offset,
                 kind: cur.kind,
@@ -575,6 +729,9 @@ impl PackStream {
                     }
                 }
                 _ => {}
+            }
+            if let Some(oid) = self.early_oids.remove(&index) {
+                entry.oid = Some(oid);
             }
             self.entries.push(entry);
             self.starts.insert(cur.offset);
@@ -637,7 +794,7 @@ impl PackStream {
     /// not resolved yet (a REF_DELTA chain) or the delta is bad: [`resolve`] then
     /// deals with it (and reports what is wrong with it).
     fn resolve_early(
-        &self,
+        &mut self,
         buf: &[u8],
         base_offset: usize,
         delta: &[u8],
@@ -645,6 +802,8 @@ impl PackStream {
         let Some(&base_index) = self.by_offset.get(&base_offset) else {
             return Ok(None);
         };
+        // Its base's id may still be on a hashing thread.
+        self.collect(Some(base_index))?;
         let Some((kind, base, content)) = self.content_of(buf, base_index, 1) else {
             return Ok(None);
         };
@@ -695,6 +854,10 @@ impl PackStream {
                 declared: count,
                 found: self.entries.len() as u32,
             });
+        }
+        // Every id still on a hashing thread.
+        while let Some(&i) = self.in_flight.iter().next() {
+            self.collect(Some(i))?;
         }
         Ok(self.entries)
     }
@@ -1216,12 +1379,22 @@ mod tests {
             },
         ]);
         let limits = Limits::default();
-        // Fed a few bytes at a time, as it arrives.
-        let mut st = PackStream::new(limits);
-        for end in (0..pack.len()).step_by(7) {
-            st.advance(&pack[..end]).expect("advance");
-        }
-        let entries = st.finish(&pack).expect("entries");
+        // Fed a few bytes at a time, as it arrives; hashed inline and on threads.
+        let read = |threads: usize| {
+            let mut st = PackStream::new(limits);
+            st.use_hash_threads(threads);
+            let mut ready = 0;
+            for end in (0..pack.len()).step_by(7) {
+                st.advance(&pack[..end]).expect("advance");
+                assert!(st.ready() >= ready, "ready only grows");
+                ready = st.ready();
+                assert!(st.resolved_since(0).iter().all(|r| r.content.is_none()));
+            }
+            st.finish(&pack).expect("entries")
+        };
+        let entries = read(0);
+        assert_eq!(read(2), entries, "the same entries with hashing threads");
+        assert_eq!(read(1), entries);
         assert!(
             entries
                 .iter()
