@@ -1233,6 +1233,24 @@ mod tests {
         out
     }
 
+    /// A whole object's entry of `size` inflated bytes.
+    fn full(kind: ObjectKind, size: usize, deflated: &[u8]) -> OutEntry<'_> {
+        OutEntry::Full {
+            kind,
+            size: size as u64,
+            deflated,
+        }
+    }
+
+    /// An OFS_DELTA entry on entry `base_index`, its delta `size` bytes inflated.
+    fn ofs(base_index: usize, size: usize, deflated: &[u8]) -> OutEntry<'_> {
+        OutEntry::OfsDelta {
+            base_index,
+            size: size as u64,
+            deflated,
+        }
+    }
+
     /// delta: copy the whole base, then insert `suffix`.
     fn delta_append(base: &[u8], suffix: &[u8]) -> Vec<u8> {
         let mut d = vec![base.len() as u8, (base.len() + suffix.len()) as u8];
@@ -1258,16 +1276,8 @@ mod tests {
                 size: db.len() as u64,
                 deflated: &ddb,
             },
-            OutEntry::Full {
-                kind: ObjectKind::Blob,
-                size: a.len() as u64,
-                deflated: &dz,
-            },
-            OutEntry::OfsDelta {
-                base_index: 1,
-                size: da.len() as u64,
-                deflated: &dda,
-            },
+            full(ObjectKind::Blob, a.len(), &dz),
+            ofs(1, da.len(), &dda),
         ]);
         let limits = Limits::default();
         let entries = read_entries(&pack, &limits).expect("entries");
@@ -1342,41 +1352,13 @@ mod tests {
         let dd: Vec<Vec<u8>> = deltas.iter().map(|d| deflate(d)).collect();
         let dbd = deflate(&big_delta);
         let pack = pack_of(&[
-            OutEntry::Full {
-                kind: ObjectKind::Blob,
-                size: a.len() as u64,
-                deflated: &da,
-            },
-            OutEntry::OfsDelta {
-                base_index: 0,
-                size: deltas[0].len() as u64,
-                deflated: &dd[0],
-            },
-            OutEntry::Full {
-                kind: ObjectKind::Blob,
-                size: big.len() as u64,
-                deflated: &dbig,
-            },
-            OutEntry::OfsDelta {
-                base_index: 1,
-                size: deltas[1].len() as u64,
-                deflated: &dd[1],
-            },
-            OutEntry::OfsDelta {
-                base_index: 2,
-                size: big_delta.len() as u64,
-                deflated: &dbd,
-            },
-            OutEntry::Full {
-                kind: ObjectKind::Tree,
-                size: tree.len() as u64,
-                deflated: &dtree,
-            },
-            OutEntry::OfsDelta {
-                base_index: 5,
-                size: deltas[2].len() as u64,
-                deflated: &dd[2],
-            },
+            full(ObjectKind::Blob, a.len(), &da),
+            ofs(0, deltas[0].len(), &dd[0]),
+            full(ObjectKind::Blob, big.len(), &dbig),
+            ofs(1, deltas[1].len(), &dd[1]),
+            ofs(2, big_delta.len(), &dbd),
+            full(ObjectKind::Tree, tree.len(), &dtree),
+            ofs(5, deltas[2].len(), &dd[2]),
         ]);
         let limits = Limits::default();
         // Fed a few bytes at a time, as it arrives; hashed inline and on threads.
@@ -1424,11 +1406,7 @@ mod tests {
     fn the_trailer_checked_beside_the_reader_agrees_with_the_reader() {
         let a = b"some blob".to_vec();
         let da = deflate(&a);
-        let good = pack_of(&[OutEntry::Full {
-            kind: ObjectKind::Blob,
-            size: a.len() as u64,
-            deflated: &da,
-        }]);
+        let good = pack_of(&[full(ObjectKind::Blob, a.len(), &da)]);
         let mut bad = good.clone();
         let n = bad.len();
         bad[n - 1] ^= 1;
@@ -1457,16 +1435,8 @@ mod tests {
         let bad = vec![99u8, 6, 0x90, 5, 1, b'!'];
         let (da, dbad) = (deflate(&a), deflate(&bad));
         let pack = pack_of(&[
-            OutEntry::Full {
-                kind: ObjectKind::Blob,
-                size: a.len() as u64,
-                deflated: &da,
-            },
-            OutEntry::OfsDelta {
-                base_index: 0,
-                size: bad.len() as u64,
-                deflated: &dbad,
-            },
+            full(ObjectKind::Blob, a.len(), &da),
+            ofs(0, bad.len(), &dbad),
         ]);
         let limits = Limits::default();
         let entries = read_entries(&pack, &limits).expect("entries");
@@ -1579,22 +1549,14 @@ mod tests {
         let mut entries: Vec<OutEntry<'_>> = blobs
             .iter()
             .zip(&deflated)
-            .map(|(b, d)| OutEntry::Full {
-                kind: ObjectKind::Blob,
-                size: b.len() as u64,
-                deflated: d,
-            })
+            .map(|(b, d)| full(ObjectKind::Blob, b.len(), d))
             .collect();
         entries.push(OutEntry::Full {
             kind: ObjectKind::Blob,
             size: 11,
             deflated: &base,
         });
-        entries.push(OutEntry::OfsDelta {
-            base_index: 20,
-            size: delta.len() as u64,
-            deflated: &dd,
-        });
+        entries.push(ofs(20, delta.len(), &dd));
         let pack = pack_of(&entries);
         let limits = Limits::default();
         let whole = read_entries(&pack, &limits).expect("whole");
