@@ -190,13 +190,7 @@ fn hash(kind: ObjectKind, content: &[u8]) -> Result<Oid, PackError> {
     let mut h = sha1_checked::Sha1::new();
     h.update(format!("{} {}\0", kind.name(), content.len()).as_bytes());
     h.update(content);
-    let r = h.try_finalize();
-    let mut oid = [0u8; 20];
-    oid.copy_from_slice(r.hash());
-    if r.has_collision() {
-        return Err(PackError::Collision(super::hex(&oid)));
-    }
-    Ok(oid)
+    finalize(h)
 }
 
 /// The object id of `content` as git computes it, with SHA-1 collision detection.
