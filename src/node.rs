@@ -343,21 +343,19 @@ impl<D: Dir> NodeBackend<D> {
 
     /// Drops what pushes that never finished (the node stopped) wrote aside.
     pub async fn drop_leftover_asides(&self) -> Result<(), BackendError> {
-        let left: Vec<Write> = self
-            .inner
-            .store
-            .opaque_keys(ASIDE_STREAM, 0..u64::MAX)
-            .into_iter()
-            .flat_map(|k| drop_aside_writes(Namespace(k)))
-            .collect();
-        if left.is_empty() {
+        let keys = self.inner.store.opaque_keys(ASIDE_STREAM, 0..u64::MAX);
+        if keys.is_empty() {
             return Ok(());
         }
         info!(
             shard = self.inner.shard,
-            pushes = left.len(),
+            pushes = keys.len(),
             "dropping objects unfinished pushes wrote aside"
         );
+        let left: Vec<Write> = keys
+            .into_iter()
+            .flat_map(|k| drop_aside_writes(Namespace(k)))
+            .collect();
         self.inner
             .store
             .append(left)

@@ -1053,6 +1053,8 @@ impl<D: Dir> Store<D> {
     /// object's id from its content. Used by scrub; reads everything once.
     pub async fn verify(&self) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
+        // Where a delta not served from its own namespace may be (adopted), once.
+        let namespaces = self.namespaces();
         let segments: Vec<_> = self.inner.segments.borrow().values().cloned().collect();
         let (tail_seg, tail_off) = {
             let t = self.inner.tail.borrow();
@@ -1104,7 +1106,8 @@ impl<D: Dir> Store<D> {
                                     report.records += 1;
                                     if rec.kind == RecordKind::Object {
                                         report.objects += 1;
-                                        self.verify_object(rec.payload, &mut report).await;
+                                        self.verify_object(rec.payload, &namespaces, &mut report)
+                                            .await;
                                     }
                                 }
                                 Err(e) => report.corruptions.push(Corruption {
@@ -1129,7 +1132,12 @@ impl<D: Dir> Store<D> {
         Ok(report)
     }
 
-    async fn verify_object(&self, payload: &[u8], report: &mut VerifyReport) {
+    async fn verify_object(
+        &self,
+        payload: &[u8],
+        namespaces: &[Namespace],
+        report: &mut VerifyReport,
+    ) {
         let Some((ns, o)) = object::decode(payload) else {
             report.bad_objects.push((
                 Namespace(0),
@@ -1148,8 +1156,9 @@ impl<D: Dir> Store<D> {
             let serving = if self.contains(ns, &o.oid) {
                 Some(ns)
             } else {
-                self.namespaces()
-                    .into_iter()
+                namespaces
+                    .iter()
+                    .copied()
                     .find(|n| self.contains(*n, &o.oid))
             };
             let Some(ns) = serving else {
