@@ -70,15 +70,128 @@ pub fn rpc_path(shard: usize, op: &str) -> String {
 //   oid[20] kind[1] object_size[u64 LE] entry_size[u64 LE] has_base[1] (base[20])
 //   len[u32 LE] deflated[len]
 
-/// Encodes objects for object sync.
-pub fn encode_objects<'a>(objects: impl IntoIterator<Item = &'a StoredObject>) -> Vec<u8> {
-    let mut out = Vec::new();
+/// Encodes objects for object sync after `prefix` (a sync body starts with its
+/// namespace), into one buffer of exactly the right size: a push's objects are sent
+/// to every peer, so a reallocation or a second copy here costs as much as the TLS.
+pub fn encode_objects(prefix: &[u8], objects: &[StoredObject]) -> Vec<u8> {
+    let len = prefix.len()
+        + objects
+            .iter()
+            .map(|o| HEAD_MAX_BYTES + 4 + o.deflated.len())
+            .sum::<usize>();
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(prefix);
     for o in objects {
         put_head(&mut out, &Head::of(o));
         out.extend_from_slice(&(o.deflated.len() as u32).to_le_bytes());
         out.extend_from_slice(&o.deflated);
     }
+    debug_assert!(out.len() <= len);
     out
+}
+
+/// The object-sync bodies of one push, cut into pieces of about `chunk_bytes` and
+/// shared by the senders to every peer: the first sender to need piece `i` encodes
+/// it, and the copy is kept (up to [`SHARED_SYNC_BYTES`] in all) only until every
+/// sender has taken it or given up. A sender that falls further behind encodes its
+/// own pieces, so a slow peer costs CPU, never the whole push held in memory twice.
+#[derive(Debug)]
+pub struct SyncBodies {
+    prefix: Vec<u8>,
+    objects: Vec<StoredObject>,
+    pieces: Vec<std::ops::Range<usize>>,
+    /// Per piece: its body if kept, and how many senders have yet to take it.
+    kept: std::cell::RefCell<Vec<(Option<Bytes>, usize)>>,
+    kept_bytes: std::cell::Cell<usize>,
+}
+
+/// Most bytes of encoded sync bodies one push keeps for its slower senders.
+pub const SHARED_SYNC_BYTES: usize = 32 << 20;
+
+impl SyncBodies {
+    /// Bodies for `senders` senders, each starting with `prefix`.
+    pub fn new(
+        prefix: Vec<u8>,
+        objects: Vec<StoredObject>,
+        chunk_bytes: usize,
+        senders: usize,
+    ) -> SyncBodies {
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        while start < objects.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < objects.len() && (end == start || bytes < chunk_bytes) {
+                bytes += objects[end].deflated.len() + 64;
+                end += 1;
+            }
+            pieces.push(start..end);
+            start = end;
+        }
+        let kept = std::cell::RefCell::new(vec![(None, senders); pieces.len()]);
+        SyncBodies {
+            prefix,
+            objects,
+            pieces,
+            kept,
+            kept_bytes: std::cell::Cell::new(0),
+        }
+    }
+
+    /// How many pieces there are.
+    pub fn len(&self) -> usize {
+        self.pieces.len()
+    }
+
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// Piece `i`, for one sender (each sender takes each piece once).
+    pub fn take(&self, i: usize) -> Bytes {
+        let mut kept = self.kept.borrow_mut();
+        let (body, left) = &mut kept[i];
+        *left = left.saturating_sub(1);
+        let b = match body {
+            Some(b) => b.clone(),
+            None => {
+                let b = Bytes::from(encode_objects(
+                    &self.prefix,
+                    &self.objects[self.pieces[i].clone()],
+                ));
+                if *left > 0 && self.kept_bytes.get() + b.len() <= SHARED_SYNC_BYTES {
+                    self.kept_bytes.set(self.kept_bytes.get() + b.len());
+                    *body = Some(b.clone());
+                }
+                b
+            }
+        };
+        if *left == 0 {
+            if let Some(gone) = body.take() {
+                self.kept_bytes.set(self.kept_bytes.get() - gone.len());
+            }
+        }
+        b
+    }
+
+    /// One sender stops before piece `from` (it failed): it takes none of the rest.
+    pub fn leave(&self, from: usize) {
+        let mut kept = self.kept.borrow_mut();
+        for (body, left) in kept.iter_mut().skip(from) {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                if let Some(gone) = body.take() {
+                    self.kept_bytes.set(self.kept_bytes.get() - gone.len());
+                }
+            }
+        }
+    }
+
+    /// Bytes kept for senders that have yet to take them.
+    pub fn kept_bytes(&self) -> usize {
+        self.kept_bytes.get()
+    }
 }
 
 /// What describes a stored object besides its bytes (object sync and staged commits
@@ -115,6 +228,9 @@ impl Head {
         }
     }
 }
+
+/// The longest encoding of a [`Head`].
+const HEAD_MAX_BYTES: usize = 20 + 1 + 8 + 8 + 1 + 20;
 
 /// oid[20] kind[1] object_size[u64 LE] entry_size[u64 LE] has_base[1] (base[20])
 pub fn put_head(out: &mut Vec<u8>, h: &Head) {
@@ -737,6 +853,61 @@ impl<D: Dir> Hooks for ObjectSync<D> {
 mod tests {
     use super::*;
 
+    fn blobs(n: usize, size: usize) -> Vec<StoredObject> {
+        (0..n)
+            .map(|i| StoredObject {
+                oid: [i as u8; 20],
+                kind: ObjectKind::Blob,
+                object_size: size as u64,
+                entry_size: size as u64,
+                base: None,
+                deflated: vec![i as u8; size].into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn shared_sync_bodies_hold_every_object_once_per_sender_and_free_what_all_took() {
+        let objs = blobs(10, 1000);
+        let bodies = SyncBodies::new(7u64.to_le_bytes().to_vec(), objs.clone(), 2500, 2);
+        assert!(
+            bodies.len() > 1 && bodies.len() < 10,
+            "{} pieces",
+            bodies.len()
+        );
+        // The first sender makes and keeps every piece; the second takes the same bytes.
+        let first: Vec<Bytes> = (0..bodies.len()).map(|i| bodies.take(i)).collect();
+        assert!(bodies.kept_bytes() > 0);
+        let mut got = Vec::new();
+        for (i, f) in first.iter().enumerate() {
+            let b = bodies.take(i);
+            assert_eq!(&b, f);
+            assert_eq!(b[..8], 7u64.to_le_bytes());
+            got.extend(decode_objects(&b.slice(8..)).expect("decodes"));
+        }
+        assert_eq!(got, objs);
+        assert_eq!(bodies.kept_bytes(), 0, "every piece was taken by both");
+    }
+
+    #[test]
+    fn a_sender_that_gives_up_frees_its_share_and_a_far_behind_one_encodes_its_own() {
+        let bodies = SyncBodies::new(Vec::new(), blobs(3, 100), 1, 2);
+        assert_eq!(bodies.len(), 3);
+        let _ = bodies.take(0);
+        let _ = bodies.take(1);
+        assert!(bodies.kept_bytes() > 0);
+        bodies.leave(0);
+        assert_eq!(bodies.kept_bytes(), 0);
+        // More than SHARED_SYNC_BYTES ahead: nothing is kept, the laggard re-encodes.
+        let big = SyncBodies::new(Vec::new(), blobs(3, SHARED_SYNC_BYTES / 2), 1, 2);
+        let ahead: Vec<Bytes> = (0..3).map(|i| big.take(i)).collect();
+        assert!(big.kept_bytes() <= SHARED_SYNC_BYTES);
+        for (i, a) in ahead.iter().enumerate() {
+            assert_eq!(&big.take(i), a);
+        }
+        assert_eq!(big.kept_bytes(), 0);
+    }
+
     #[test]
     fn object_sync_bodies_round_trip_and_reject_damage() {
         let objs = vec![
@@ -757,10 +928,10 @@ mod tests {
                 deflated: Bytes::new(),
             },
         ];
-        let b = encode_objects(&objs);
+        let b = encode_objects(&[], &objs);
         let b = Bytes::from(b);
         assert_eq!(decode_objects(&b).expect("decodes"), objs);
-        let first = encode_objects(&objs[..1]).len();
+        let first = encode_objects(&[], &objs[..1]).len();
         for cut in (1..b.len()).filter(|c| *c != first) {
             assert!(decode_objects(&b.slice(..cut)).is_err(), "cut at {cut}");
         }

@@ -37,7 +37,7 @@ use tracing::{info, warn};
 use crate::cluster::{
     decode_ids, decode_objects, decode_snapshot_body, encode_ids, encode_objects, members_but,
     peers_of, raft_config, rpc_path, store_objects, with_metrics, Head, Network, ObjectSync,
-    RpcReply, ShardRaft, SyncActivity, FETCH_REPLY_BYTES,
+    RpcReply, ShardRaft, SyncActivity, SyncBodies, FETCH_REPLY_BYTES,
 };
 use crate::staging::{decode_commit, decode_stage, encode_commit, InStages, OutStages, Placed};
 
@@ -849,26 +849,19 @@ impl<D: Dir> Backend for NodeBackend<D> {
         let (tx, mut rx) = futures_channel::mpsc::unbounded::<(u64, Result<(), String>)>();
         if !peers.is_empty() {
             // In bodies of about SYNC_CHUNK_BYTES: a peer stores one while the next is
-            // on its way, and holds no more than SYNC_IN_FLIGHT in memory. Bodies are
-            // made as they are sent (the objects' bytes are shared with the pack), so
-            // the sender holds no copy of the whole push either.
-            let mut chunks = Vec::new();
-            let mut start = 0;
-            while start < objects.len() {
-                let mut end = start;
-                let mut bytes = 0;
-                while end < objects.len() && (end == start || bytes < SYNC_CHUNK_BYTES) {
-                    bytes += objects[end].deflated.len() + 64;
-                    end += 1;
-                }
-                chunks.push(start..end);
-                start = end;
-            }
-            let chunks = Rc::new(chunks);
-            let shared = Rc::new(objects.clone());
+            // on its way, and holds no more than SYNC_IN_FLIGHT in memory. Each body is
+            // encoded once for all peers and dropped once all have sent it (the
+            // objects' bytes are shared with the pack), so the sender holds no copy of
+            // the whole push either.
+            let bodies = Rc::new(SyncBodies::new(
+                ns.to_le_bytes().to_vec(),
+                objects.clone(),
+                SYNC_CHUNK_BYTES,
+                peers.len(),
+            ));
             for (id, addr) in peers {
-                let (tx, chunks, client) = (tx.clone(), chunks.clone(), self.inner.client.clone());
-                let shared = shared.clone();
+                let (tx, client) = (tx.clone(), self.inner.client.clone());
+                let bodies = bodies.clone();
                 let path = rpc_path(self.inner.shard, "objects");
                 let commit_path = rpc_path(self.inner.shard, "commit");
                 let deadline = Instant::now() + self.inner.timeout;
@@ -881,6 +874,7 @@ impl<D: Dir> Backend for NodeBackend<D> {
                         if within(left, holds).await == Some(Ok(true)) {
                             let left = deadline.saturating_duration_since(Instant::now());
                             if client.post(&addr, &commit_path, commit, left).await.is_ok() {
+                                bodies.leave(0);
                                 let _ = tx.unbounded_send((id, Ok(())));
                                 return;
                             }
@@ -889,12 +883,12 @@ impl<D: Dir> Backend for NodeBackend<D> {
                     // Two bodies in flight to each member: it stores one while the
                     // next is on its way.
                     use futures_util::StreamExt;
-                    let mut sends = futures_util::stream::iter(chunks.iter().cloned())
-                        .map(|range| {
-                            let mut body = encode_ids(ns, &[]);
-                            body.extend_from_slice(&encode_objects(&shared[range]));
+                    let taken = Cell::new(0);
+                    let mut sends = futures_util::stream::iter(0..bodies.len())
+                        .map(|i| {
+                            taken.set(i + 1);
                             let left = deadline.saturating_duration_since(Instant::now());
-                            client.post(&addr, &path, Bytes::from(body), left)
+                            client.post(&addr, &path, bodies.take(i), left)
                         })
                         .buffer_unordered(SYNC_IN_FLIGHT);
                     let mut r = Ok(());
@@ -905,6 +899,7 @@ impl<D: Dir> Backend for NodeBackend<D> {
                         }
                     }
                     drop(sends);
+                    bodies.leave(taken.get());
                     let _ = tx.unbounded_send((id, r));
                 })
                 .detach();
@@ -1131,7 +1126,7 @@ impl<D: Dir> Backend for NodeBackend<D> {
                         found.push(obj);
                     }
                 }
-                Ok(encode_objects(&found))
+                Ok(encode_objects(&[], &found))
             }
             "inventory" => {
                 let (ns, _) = decode_ids(&body).map_err(|e| (400, e.to_string()))?;

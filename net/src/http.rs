@@ -99,6 +99,20 @@ impl<T: AsyncWrite + Unpin> hyper::rt::Write for Io<T> {
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
+    // Without these hyper "flattens": it copies every body chunk into its own write
+    // buffer before writing it (3% of a 3-node leader's CPU for a 102 MiB push, by
+    // perf). With them it queues the chunks and hands them over as they are; TLS
+    // (rustls) takes several slices into one record.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_flush(cx)
     }
@@ -245,6 +259,9 @@ impl<'b> Gathered<'b> {
     }
 }
 
+/// Largest buffer [`collect`] makes before the body's bytes arrive.
+const PRESIZE_MAX_BYTES: u64 = 64 << 20;
+
 /// Collects a request body up to `max` bytes, taking them from `budget` as they arrive,
 /// inflating `Content-Encoding: gzip` (with the same limit on the inflated size).
 pub async fn collect(
@@ -256,8 +273,18 @@ pub async fn collect(
         .headers()
         .get(hyper::header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    // Sized from Content-Length up front (to a bound, as the header is the peer's
+    // word): growing by doubling copied a 8 MiB object-sync body about twice over.
+    let expect = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(max)
+        .min(PRESIZE_MAX_BYTES) as usize;
     let mut body = req.into_body();
     let mut got = Gathered::new(max, budget);
+    got.bytes.reserve_exact(expect);
     while let Some(data) = next_chunk(&mut body).await? {
         got.push(&data)?;
     }
