@@ -109,26 +109,47 @@ fn parse_reply(raw: &[u8]) -> Result<Reply> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| anyhow!("malformed HTTP status line"))?;
-    let chunked = lines.any(|l| {
-        l.to_ascii_lowercase().starts_with("transfer-encoding:")
-            && l.to_ascii_lowercase().contains("chunked")
-    });
+    let mut chunked = false;
+    let mut length = None;
+    for l in lines {
+        let l = l.to_ascii_lowercase();
+        if l.starts_with("transfer-encoding:") && l.contains("chunked") {
+            chunked = true;
+        } else if let Some(v) = l.strip_prefix("content-length:") {
+            length = v.trim().parse::<usize>().ok();
+        }
+    }
+    let truncated = || anyhow!("the reply ended before it was complete (the server abandoned it)");
     let mut body = raw[split + 4..].to_vec();
     if chunked {
+        // Complete only with its last, empty chunk: a server that stops half way
+        // (an error in the middle of a stream) closes the connection without it.
         let mut out = Vec::new();
         let mut at = 0;
-        while let Some(nl) = body[at..].windows(2).position(|w| w == b"\r\n") {
-            let size =
-                usize::from_str_radix(String::from_utf8_lossy(&body[at..at + nl]).trim(), 16)
-                    .unwrap_or(0);
+        loop {
+            let nl = body[at..]
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .ok_or_else(truncated)?;
+            let line = String::from_utf8_lossy(&body[at..at + nl]);
+            let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| anyhow!("malformed chunk size {line:?}"))?;
             at += nl + 2;
-            if size == 0 || at + size > body.len() {
+            if size == 0 {
                 break;
+            }
+            if at + size + 2 > body.len() {
+                return Err(truncated());
             }
             out.extend_from_slice(&body[at..at + size]);
             at += size + 2;
         }
         body = out;
+    } else if let Some(n) = length {
+        if body.len() < n {
+            return Err(truncated());
+        }
+        body.truncate(n);
     }
     Ok(Reply { status, body })
 }
@@ -367,6 +388,24 @@ pub fn health(v: &serde_json::Value) -> (i32, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replies_are_complete_or_errors() {
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n1;x=y\r\n!\r\n0\r\n\r\n";
+        let r = parse_reply(chunked).expect("complete");
+        assert_eq!((r.status, &r.body[..]), (200, &b"hello!"[..]));
+        // Cut anywhere before the last chunk: an error, never a shorter body.
+        let last = chunked.len() - b"0\r\n\r\n".len();
+        for cut in 40..last {
+            assert!(parse_reply(&chunked[..cut]).is_err(), "cut at {cut}");
+        }
+        let sized = b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope";
+        assert_eq!(parse_reply(sized).expect("complete").body, b"nope");
+        assert!(parse_reply(&sized[..sized.len() - 1]).is_err());
+        assert!(
+            parse_reply(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err()
+        );
+    }
 
     #[test]
     fn nagios_levels() {

@@ -649,43 +649,57 @@ impl<D: Dir> Backend for NodeBackend<D> {
             .map(|(k, c)| (from_storage_kind(k), c)))
     }
 
-    async fn raw(&self, repo: &str, oid: &Oid) -> Result<Option<RawObject>, BackendError> {
+    async fn raws(&self, repo: &str, oids: &[Oid]) -> Result<Vec<Option<RawObject>>, BackendError> {
         let Some(ns) = self.ns_of(repo) else {
-            return Ok(None);
+            return Ok(vec![None; oids.len()]);
         };
-        Ok(self
+        let read = self
             .inner
             .store
-            .read_raw(Namespace(ns), oid)
+            .read_raws(Namespace(ns), oids)
             .await
-            .map_err(err)?
-            .map(|o| RawObject {
-                oid: o.oid,
-                kind: from_storage_kind(o.kind),
-                object_size: o.object_size,
-                entry_size: o.entry_size,
-                base: o.base,
-                deflated: o.deflated,
-            }))
+            .map_err(err)?;
+        Ok(read
+            .into_iter()
+            .map(|o| {
+                o.map(|o| RawObject {
+                    oid: o.oid,
+                    kind: from_storage_kind(o.kind),
+                    object_size: o.object_size,
+                    entry_size: o.entry_size,
+                    base: o.base,
+                    deflated: o.deflated,
+                })
+            })
+            .collect())
     }
 
-    async fn raw_head(&self, repo: &str, oid: &Oid) -> Result<Option<RawHead>, BackendError> {
+    async fn raw_heads(
+        &self,
+        repo: &str,
+        oids: &[Oid],
+    ) -> Result<Vec<Option<RawHead>>, BackendError> {
         let Some(ns) = self.ns_of(repo) else {
-            return Ok(None);
+            return Ok(vec![None; oids.len()]);
         };
-        Ok(self
+        let read = self
             .inner
             .store
-            .read_head(Namespace(ns), oid)
+            .read_heads(Namespace(ns), oids)
             .await
-            .map_err(err)?
-            .map(|h| RawHead {
-                oid: h.oid,
-                kind: from_storage_kind(h.kind),
-                object_size: h.object_size,
-                entry_size: h.entry_size,
-                base: h.base,
-            }))
+            .map_err(err)?;
+        Ok(read
+            .into_iter()
+            .map(|h| {
+                h.map(|h| RawHead {
+                    oid: h.oid,
+                    kind: from_storage_kind(h.kind),
+                    object_size: h.object_size,
+                    entry_size: h.entry_size,
+                    base: h.base,
+                })
+            })
+            .collect())
     }
 
     fn has_many(&self, repo: &str, oids: &[Oid]) -> Vec<bool> {

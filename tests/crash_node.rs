@@ -248,3 +248,97 @@ fn large_pushes_survive_restarts_and_a_push_killed_midway_leaves_nothing() {
     region.git_ok(&w, &["push", "-q", &region.repo_url("big2"), "master"]);
     check(&region, "big2", 2);
 }
+
+/// A stored object damaged on disk under a running node: a clone that reaches it
+/// fails with the reason on git's error channel, and a fetch without side-band (no
+/// channel to say why) gets a broken transfer, never a clean 200 with half a pack.
+#[test]
+fn a_pack_cut_short_by_damage_on_disk_is_never_sent_as_complete() {
+    let region = Region::start();
+    let t = region.dir.path().to_owned();
+    let url = region.repo_url("test");
+    let w = t.join("w");
+    region.git_ok(
+        &t,
+        &["init", "-q", "-b", "master", w.to_str().expect("path")],
+    );
+    std::fs::write(w.join("small"), "small\n").expect("write");
+    region.git_ok(&w, &["add", "-A"]);
+    region.git_ok(&w, &["commit", "-qm", "small"]);
+    // Incompressible, so its record is most of the segment it lands in.
+    std::fs::write(w.join("big"), common::noise(9, 24 << 20)).expect("write");
+    region.git_ok(&w, &["add", "-A"]);
+    region.git_ok(&w, &["commit", "-qm", "big"]);
+    region.git_ok(&w, &["push", "-q", &url, "master"]);
+    let tip = region.git_ok(&w, &["rev-parse", "HEAD"]).trim().to_owned();
+
+    // Flip a byte in the middle of the largest segment file: inside the big blob.
+    let mut segments = Vec::new();
+    let mut dirs = vec![region.qs().join("node1")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("seg-"))
+            {
+                segments.push((e.metadata().expect("metadata").len(), p));
+            }
+        }
+    }
+    let (len, victim) = segments.into_iter().max().expect("a segment file");
+    assert!(len > 20 << 20, "{victim:?} is {len} bytes");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&victim)
+            .expect("open segment");
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, len / 2).expect("read");
+        b[0] ^= 0x20;
+        f.write_all_at(&b, len / 2).expect("write");
+        f.sync_all().expect("sync");
+    }
+
+    // git, with side-band: the clone fails and says why.
+    let out = region.git(Some("admin"), &t, &["clone", "-q", "--bare", &url, "c"]);
+    assert!(
+        !out.status.success(),
+        "the clone of a damaged object succeeded"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("record check failed"), "{err}");
+    assert!(region.log().contains("fetch failed while sending the pack"));
+
+    // The same fetch without side-band: the transfer breaks.
+    let mut body = Vec::new();
+    let want = format!("want {tip} ofs-delta\n");
+    body.extend_from_slice(format!("{:04x}{want}", want.len() + 4).as_bytes());
+    body.extend_from_slice(b"00000009done\n");
+    let ca = std::fs::read(region.ca_dir().join("ca.crt")).expect("ca");
+    let cert = std::fs::read(region.ca_dir().join("admin.crt")).expect("cert");
+    let key = std::fs::read(region.ca_dir().join("admin.key")).expect("key");
+    let r = repospanner::admin::request_raw(
+        &region.url(),
+        &ca,
+        Some((&cert, &key)),
+        "POST",
+        "/repo/test.git/git-upload-pack",
+        &[("content-type", "application/x-git-upload-pack-request")],
+        Some(&body),
+    );
+    match r {
+        Err(e) => eprintln!("broken transfer, as it should be: {e:#}"),
+        Ok(r) => panic!(
+            "a pack cut short came back as a complete response: status {}, {} bytes",
+            r.status,
+            r.body.len()
+        ),
+    }
+    // The node is still serving.
+    region.git_ok(&t, &["ls-remote", &url]);
+}

@@ -90,10 +90,16 @@ pub trait Backend {
         repo: &str,
         oid: &Oid,
     ) -> Result<Option<(ObjectKind, Vec<u8>)>, BackendError>;
-    /// The stored pack entry of an object of the repository.
-    async fn raw(&self, repo: &str, oid: &Oid) -> Result<Option<RawObject>, BackendError>;
-    /// The head of the stored pack entry of an object (see [`RawHead`]).
-    async fn raw_head(&self, repo: &str, oid: &Oid) -> Result<Option<RawHead>, BackendError>;
+    /// The stored pack entries of objects of the repository (`None` for each it
+    /// lacks), read together: neighbouring entries come in one device read.
+    async fn raws(&self, repo: &str, oids: &[Oid]) -> Result<Vec<Option<RawObject>>, BackendError>;
+    /// The heads of the stored pack entries of objects (see [`RawHead`]), read
+    /// together like [`Backend::raws`].
+    async fn raw_heads(
+        &self,
+        repo: &str,
+        oids: &[Oid],
+    ) -> Result<Vec<Option<RawHead>>, BackendError>;
     /// Which of `oids` the repository has.
     fn has_many(&self, repo: &str, oids: &[Oid]) -> Vec<bool>;
     /// Stores verified objects durably (not yet referenced by any ref): on this node

@@ -33,11 +33,61 @@ pub fn full(b: impl Into<Bytes>) -> Body {
 
 /// A response body fed through a bounded channel: the producer waits while the client
 /// is slow, so a large pack is never held whole in memory.
-pub fn channel() -> (futures_channel::mpsc::Sender<Bytes>, Body) {
+///
+/// The body is complete only once the producer says so ([`BodySender::finish`]): if
+/// it stops before (an error half way through a pack, a task dropped), the body ends
+/// in an error, and hyper aborts the response instead of ending it as if whole: a
+/// chunked response loses its last chunk and the connection is closed, so the
+/// client sees a broken transfer, never a clean 200 with half a pack.
+pub fn channel() -> (BodySender, Body) {
     use futures_util::StreamExt;
     let (tx, rx) = futures_channel::mpsc::channel::<Bytes>(8);
-    let body = http_body_util::StreamBody::new(rx.map(|b| Ok::<_, io::Error>(Frame::data(b))));
-    (tx, BodyExt::boxed_unsync(body))
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = finished.clone();
+    let end = futures_util::stream::once(async move {
+        if done.load(std::sync::atomic::Ordering::Acquire) {
+            None
+        } else {
+            Some(Err(io::Error::other(
+                "the response was abandoned before it was complete",
+            )))
+        }
+    })
+    .filter_map(std::future::ready);
+    let body = rx.map(|b| Ok::<_, io::Error>(Frame::data(b))).chain(end);
+    let body = http_body_util::StreamBody::new(body);
+    (BodySender { tx, finished }, BodyExt::boxed_unsync(body))
+}
+
+/// The producing end of a [`channel`] body.
+#[derive(Debug, Clone)]
+pub struct BodySender {
+    tx: futures_channel::mpsc::Sender<Bytes>,
+    finished: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The client went away: nothing more can be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the client is gone")]
+pub struct Gone;
+
+impl BodySender {
+    /// Sends `b`, waiting while the channel is full.
+    pub async fn send(&mut self, b: Bytes) -> Result<(), Gone> {
+        use futures_util::SinkExt;
+        self.tx.send(b).await.map_err(|_| Gone)
+    }
+
+    /// Sends `b` if there is room now (progress messages: dropped for a slow client).
+    pub fn try_send(&mut self, b: Bytes) -> Result<(), Gone> {
+        self.tx.try_send(b).map_err(|_| Gone)
+    }
+
+    /// The body is complete: it ends cleanly once what was sent is taken.
+    pub fn finish(self) {
+        self.finished
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Most bytes one read through [`Io`] offers to the stream below it.

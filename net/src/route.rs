@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use futures_util::SinkExt;
 use glommio::channels::shared_channel::{
     self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
 };
@@ -146,6 +145,8 @@ impl ShardBody {
 pub enum Reply {
     Head(StatusCode, HeaderMap),
     Data(Bytes),
+    /// The body is complete (without it, the forwarded response is abandoned).
+    End,
 }
 
 /// Where a streamed request body comes from: the client, or the shard that accepted it.
@@ -352,9 +353,18 @@ pub async fn forward_with(
     };
     let (mut out, body) = http::channel();
     glommio::spawn_local(async move {
-        while let Some(Reply::Data(b)) = rx.recv().await {
-            if out.send(b).await.is_err() {
-                return;
+        while let Some(reply) = rx.recv().await {
+            match reply {
+                Reply::Data(b) => {
+                    if out.send(b).await.is_err() {
+                        return;
+                    }
+                }
+                Reply::End => {
+                    out.finish();
+                    return;
+                }
+                Reply::Head(..) => return,
             }
         }
     })
@@ -409,6 +419,7 @@ where
                     }
                 }
             }
+            let _ = tx.send(Reply::End).await;
         })
         .detach();
     }

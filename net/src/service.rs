@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use futures_util::SinkExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use repospanner_ca::{allows, Permission, Principal};
@@ -612,13 +611,19 @@ async fn upload_pack<B: Backend + 'static>(
                 warn!(repo = %repo, error = %e, "fetch failed");
                 let mut o = Vec::new();
                 match (early, sideband) {
-                    // The pack has started: report on the error channel.
+                    // The response has started: report on the error channel.
                     (true, Some(max)) => {
                         pktline::sideband(&mut o, 3, format!("{e}\n").as_bytes(), max)
                     }
-                    _ => pktline::data(&mut o, format!("ERR {e}\n").as_bytes()),
+                    // Nothing sent yet: git reads an ERR line in place of the answer.
+                    (false, _) => pktline::data(&mut o, format!("ERR {e}\n").as_bytes()),
+                    // A raw pack has been promised and there is no channel to say why
+                    // it will not come: the response is abandoned (see http::channel).
+                    (true, None) => return,
                 }
-                let _ = tx.send(Bytes::from(o)).await;
+                if tx.send(Bytes::from(o)).await.is_ok() {
+                    tx.finish();
+                }
                 return;
             }
         };
@@ -648,14 +653,18 @@ async fn upload_pack<B: Backend + 'static>(
                 Err(e) => {
                     // The pack has started: the client is told why it stops.
                     warn!(repo = %repo, error = %e, "fetch failed while sending the pack");
+                    // Without side-band there is no way to say why: the response is
+                    // abandoned, so the client sees a broken transfer (http::channel).
+                    let Some(max) = sideband else { return };
                     let mut o = out.take();
-                    if let Some(max) = sideband {
-                        pktline::sideband(&mut o, 3, format!("{e}\n").as_bytes(), max);
+                    pktline::sideband(&mut o, 3, format!("{e}\n").as_bytes(), max);
+                    if tx.send(Bytes::from(o)).await.is_ok() {
+                        tx.finish();
                     }
-                    let _ = tx.send(Bytes::from(o)).await;
                     return;
                 }
             };
+            out.reserve(upload::framed_bytes(&batch));
             pack.write(&batch, &mut |b| out.write(b));
             drop(batch);
             let start = end;
@@ -682,7 +691,9 @@ async fn upload_pack<B: Backend + 'static>(
         if sideband.is_some() {
             pktline::flush(&mut buf);
         }
-        let _ = send_pieces(&mut tx, Bytes::from(buf)).await;
+        if send_pieces(&mut tx, Bytes::from(buf)).await {
+            tx.finish();
+        }
         info!(
             repo = %repo,
             objects = plan.objects.len(),
@@ -705,7 +716,7 @@ const SEND_PIECE: usize = 256 << 10;
 
 /// Sends `b` in pieces of at most [`SEND_PIECE`] (slices, not copies); false if the
 /// client went away.
-async fn send_pieces(tx: &mut futures_channel::mpsc::Sender<Bytes>, mut b: Bytes) -> bool {
+async fn send_pieces(tx: &mut http::BodySender, mut b: Bytes) -> bool {
     while !b.is_empty() {
         let piece = b.split_to(b.len().min(SEND_PIECE));
         if tx.send(piece).await.is_err() {
@@ -1559,7 +1570,9 @@ async fn receive_pack_body<B: Backend + 'static>(
         if sideband.is_some() {
             pktline::flush(&mut o);
         }
-        let _ = tx.send(Bytes::from(o)).await;
+        if tx.send(Bytes::from(o)).await.is_ok() {
+            tx.finish();
+        }
     })
     .detach();
     let mut r = Response::new(out);

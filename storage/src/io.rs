@@ -255,6 +255,7 @@ struct MemState {
     alignment: usize,
     writes: u64,
     syncs: u64,
+    reads: u64,
 }
 
 /// An in-memory directory that injects faults and keeps the crash image.
@@ -276,6 +277,7 @@ impl MemDir {
                 rng: StdRng::seed_from_u64(seed),
                 alignment: 4096,
                 writes: 0,
+                reads: 0,
                 syncs: 0,
             })),
         }
@@ -289,6 +291,11 @@ impl MemDir {
     pub fn counters(&self) -> (u64, u64) {
         let s = self.state.borrow();
         (s.writes, s.syncs)
+    }
+
+    /// Segment reads performed so far.
+    pub fn reads(&self) -> u64 {
+        self.state.borrow().reads
     }
 
     /// What a power loss now would leave on disk: each file's durable bytes plus, for
@@ -330,6 +337,7 @@ impl MemDir {
                 alignment: s.alignment,
                 writes: 0,
                 syncs: 0,
+                reads: 0,
             })),
         }
     }
@@ -498,6 +506,7 @@ impl SegmentFile for MemSegment {
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.dir.state.borrow_mut().reads += 1;
         let s = self.dir.state.borrow();
         let f = s
             .files

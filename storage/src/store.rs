@@ -226,6 +226,39 @@ fn parse_segment_name(name: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
+/// Bytes between two wanted records that [`Store::read_raws`] reads through rather
+/// than start another read.
+const RAW_GAP_BYTES: u64 = 64 << 10;
+/// The same for [`Store::read_heads`], which wants only the start of each record: a
+/// page, so neighbouring small records share a read but large ones are skipped.
+const HEAD_GAP_BYTES: u64 = 4 << 10;
+/// Longest single read of [`Store::read_spans`].
+const RUN_BYTES_MAX: u64 = 8 << 20;
+/// Reads of [`Store::read_spans`] in flight at once.
+const RUNS_IN_FLIGHT: usize = 4;
+
+/// The error for a damaged record at `loc`.
+fn corrupt_at(loc: Loc, reason: &str) -> Error {
+    Error::Corrupt {
+        segment: loc.segment,
+        offset: loc.offset,
+        reason: reason.into(),
+    }
+}
+
+/// The record read at `loc`, checked: its kind, flags and payload.
+fn checked_record(
+    bytes: bytes::Bytes,
+    loc: Loc,
+    salt: u64,
+) -> Result<(RecordKind, u8, bytes::Bytes)> {
+    let (r, _) = record::decode_record(&bytes, salt)
+        .map_err(|e| corrupt_at(loc, &format!("record check failed: {e:?}")))?;
+    let (kind, flags) = (r.kind, r.flags);
+    let payload = RECORD_HEADER_LEN..RECORD_HEADER_LEN + r.payload.len();
+    Ok((kind, flags, bytes.slice(payload)))
+}
+
 fn io_err(op: &'static str, name: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let name = name.into();
     move |source| Error::Io { op, name, source }
@@ -796,20 +829,12 @@ impl<D: Dir> Store<D> {
     /// Reads and checks the record at `loc`.
     async fn read_record(&self, loc: Loc) -> Result<(RecordKind, u8, bytes::Bytes)> {
         let seg = self.segment_of(loc)?;
-        let name = segment_name(seg.id);
         let bytes = seg
             .file
             .read_at(loc.offset, loc.len as usize)
             .await
-            .map_err(io_err("read", &name))?;
-        let (r, _) = record::decode_record(&bytes, seg.salt).map_err(|e| Error::Corrupt {
-            segment: seg.id,
-            offset: loc.offset,
-            reason: format!("record check failed: {e:?}"),
-        })?;
-        let (kind, flags) = (r.kind, r.flags);
-        let payload = RECORD_HEADER_LEN..RECORD_HEADER_LEN + r.payload.len();
-        Ok((kind, flags, bytes::Bytes::from(bytes).slice(payload)))
+            .map_err(io_err("read", &segment_name(seg.id)))?;
+        checked_record(bytes::Bytes::from(bytes), loc, seg.salt)
     }
 
     fn segment_of(&self, loc: Loc) -> Result<Rc<Segment<D::File>>> {
@@ -830,32 +855,110 @@ impl<D: Dir> Store<D> {
     /// are read. The record's checksum covers all of it and is not checked here; the
     /// entry read later ([`Store::read_raw`]) is checked, and callers compare the two.
     pub async fn read_head(&self, ns: Namespace, oid: &Oid) -> Result<Option<ObjectHead>> {
-        let Some(loc) = self.inner.index.borrow().object(ns, oid) else {
-            return Ok(None);
-        };
-        let seg = self.segment_of(loc)?;
-        let len = (loc.len as usize).min(RECORD_HEADER_LEN + object::HEAD_MAX);
-        let bytes = seg
-            .file
-            .read_at(loc.offset, len)
-            .await
-            .map_err(io_err("read", &segment_name(seg.id)))?;
-        let corrupt = |reason: &str| Error::Corrupt {
-            segment: loc.segment,
-            offset: loc.offset,
-            reason: reason.into(),
-        };
-        let head = bytes
-            .get(RECORD_HEADER_LEN..)
-            .filter(|_| bytes.get(4) == Some(&(RecordKind::Object as u8)))
-            .and_then(object::decode_head);
-        match head {
-            // The record may be of another namespace: an object adopted from it.
-            Some((_, h, _)) if h.oid == *oid => Ok(Some(h)),
-            _ => Err(corrupt(
-                "object record head does not decode to the indexed object",
-            )),
+        Ok(self
+            .read_heads(ns, std::slice::from_ref(oid))
+            .await?
+            .pop()
+            .flatten())
+    }
+
+    /// [`Store::read_head`] of many objects, with as few device reads as their places
+    /// allow (see [`Store::read_spans`]): the heads of small neighbouring records (a
+    /// push's commits and trees) come in one read.
+    pub async fn read_heads(&self, ns: Namespace, oids: &[Oid]) -> Result<Vec<Option<ObjectHead>>> {
+        let locs = self.locate(ns, oids);
+        let spans: Vec<(Loc, usize)> = locs
+            .iter()
+            .flatten()
+            .map(|l| {
+                (
+                    *l,
+                    (l.len as usize).min(RECORD_HEADER_LEN + object::HEAD_MAX),
+                )
+            })
+            .collect();
+        let mut read = self.read_spans(&spans, HEAD_GAP_BYTES).await?.into_iter();
+        let mut out = Vec::with_capacity(oids.len());
+        for (oid, loc) in oids.iter().zip(locs) {
+            let Some(loc) = loc else {
+                out.push(None);
+                continue;
+            };
+            let bytes = read.next().unwrap_or_default();
+            let head = bytes
+                .get(RECORD_HEADER_LEN..)
+                .filter(|_| bytes.get(4) == Some(&(RecordKind::Object as u8)))
+                .and_then(object::decode_head);
+            match head {
+                // The record may be of another namespace: an object adopted from it.
+                Some((_, h, _)) if h.oid == *oid => out.push(Some(h)),
+                _ => {
+                    return Err(corrupt_at(
+                        loc,
+                        "object record head does not decode to the indexed object",
+                    ))
+                }
+            }
         }
+        Ok(out)
+    }
+
+    /// Where each of `oids` is stored in `ns`.
+    fn locate(&self, ns: Namespace, oids: &[Oid]) -> Vec<Option<Loc>> {
+        let index = self.inner.index.borrow();
+        oids.iter().map(|o| index.object(ns, o)).collect()
+    }
+
+    /// The first `len` bytes at each of `spans`, in their order, with few device
+    /// reads: sorted by place, spans in one segment at most `gap` bytes apart are read
+    /// as one run (the bytes between read through) of at most [`RUN_BYTES_MAX`], a
+    /// few runs at once. Reading a clone's objects one request each cost more in
+    /// system calls and device notifications than the rest of the clone but hashing.
+    async fn read_spans(&self, spans: &[(Loc, usize)], gap: u64) -> Result<Vec<bytes::Bytes>> {
+        use futures_util::StreamExt;
+        let mut order: Vec<usize> = (0..spans.len()).collect();
+        order.sort_unstable_by_key(|&i| (spans[i].0.segment, spans[i].0.offset));
+        // (first span's place, end of the run, the spans in it)
+        let mut runs: Vec<(Loc, u64, Vec<usize>)> = Vec::new();
+        for i in order {
+            let (loc, len) = spans[i];
+            let end = loc.offset + len as u64;
+            match runs.last_mut() {
+                Some((first, run_end, members))
+                    if first.segment == loc.segment
+                        && loc.offset <= run_end.saturating_add(gap)
+                        && end.max(*run_end) - first.offset <= RUN_BYTES_MAX =>
+                {
+                    *run_end = end.max(*run_end);
+                    members.push(i);
+                }
+                _ => runs.push((loc, end, vec![i])),
+            }
+        }
+        let mut out = vec![bytes::Bytes::new(); spans.len()];
+        let mut reads = futures_util::stream::iter(runs)
+            .map(|(first, end, members)| async move {
+                let seg = self.segment_of(first)?;
+                let bytes = seg
+                    .file
+                    .read_at(first.offset, (end - first.offset) as usize)
+                    .await
+                    .map_err(io_err("read", &segment_name(seg.id)))?;
+                Ok::<_, Error>((first.offset, bytes::Bytes::from(bytes), members))
+            })
+            .buffer_unordered(RUNS_IN_FLIGHT);
+        while let Some(run) = reads.next().await {
+            let (start, bytes, members) = run?;
+            for i in members {
+                let (loc, len) = spans[i];
+                // A read that ends early (the file is shorter) leaves the span short;
+                // its record check then fails.
+                let from = ((loc.offset - start) as usize).min(bytes.len());
+                let to = (from + len).min(bytes.len());
+                out[i] = bytes.slice(from..to);
+            }
+        }
+        Ok(out)
     }
 
     /// Whether `ns` holds `oid`.
@@ -886,25 +989,54 @@ impl<D: Dir> Store<D> {
 
     /// The stored pack entry of `oid` in `ns` (for copying into an outgoing pack).
     pub async fn read_raw(&self, ns: Namespace, oid: &Oid) -> Result<Option<StoredObject>> {
-        let Some(loc) = self.inner.index.borrow().object(ns, oid) else {
-            return Ok(None);
-        };
-        let (kind, _, payload) = self.read_record(loc).await?;
-        let corrupt = |reason: &str| Error::Corrupt {
-            segment: loc.segment,
-            offset: loc.offset,
-            reason: reason.into(),
-        };
-        if kind != RecordKind::Object {
-            return Err(corrupt("index points at a record that is not an object"));
+        Ok(self
+            .read_raws(ns, std::slice::from_ref(oid))
+            .await?
+            .pop()
+            .flatten())
+    }
+
+    /// [`Store::read_raw`] of many objects, with as few device reads as their places
+    /// allow (see [`Store::read_spans`]).
+    pub async fn read_raws(
+        &self,
+        ns: Namespace,
+        oids: &[Oid],
+    ) -> Result<Vec<Option<StoredObject>>> {
+        let locs = self.locate(ns, oids);
+        let spans: Vec<(Loc, usize)> = locs
+            .iter()
+            .flatten()
+            .map(|l| (*l, l.len as usize))
+            .collect();
+        let mut read = self.read_spans(&spans, RAW_GAP_BYTES).await?.into_iter();
+        let mut out = Vec::with_capacity(oids.len());
+        for (oid, loc) in oids.iter().zip(locs) {
+            let Some(loc) = loc else {
+                out.push(None);
+                continue;
+            };
+            let bytes = read.next().unwrap_or_default();
+            let seg = self.segment_of(loc)?;
+            let (kind, _, payload) = checked_record(bytes, loc, seg.salt)?;
+            if kind != RecordKind::Object {
+                return Err(corrupt_at(
+                    loc,
+                    "index points at a record that is not an object",
+                ));
+            }
+            match object::decode_shared(&payload) {
+                // The record may be of another namespace: an object adopted from it.
+                Some((_, o)) if o.oid == *oid => out.push(Some(o)),
+                _ => {
+                    return Err(corrupt_at(
+                        loc,
+                        "object record does not decode to the indexed object",
+                    ))
+                }
+            }
         }
-        match object::decode_shared(&payload) {
-            // The record may be of another namespace: an object adopted from it.
-            Some((_, o)) if o.oid == *oid => Ok(Some(o)),
-            _ => Err(corrupt(
-                "object record does not decode to the indexed object",
-            )),
-        }
+        Ok(out)
     }
 
     /// The content of `oid` in `ns`, delta chains resolved through a bounded cache.

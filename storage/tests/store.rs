@@ -638,3 +638,88 @@ fn objects_written_aside_are_published_by_adopt_and_survive_reopening() {
         }
     });
 }
+
+#[test]
+fn objects_read_together_match_one_at_a_time_and_damage_in_a_run_is_reported() {
+    run(|| async {
+        let mem = MemDir::new(4);
+        let (store, _) = Store::open(mem.clone(), small_segments())
+            .await
+            .expect("open");
+        // Objects of two namespaces interleaved, small and large, over several
+        // segments and appends; the reads ask in an order of their own.
+        let (mut mine, mut locs) = (Vec::new(), Vec::new());
+        for i in 0..60u64 {
+            let size = if i % 7 == 0 {
+                70_000
+            } else {
+                200 + i as usize * 13
+            };
+            let o = full(ObjectKind::Blob, &noise(i, size));
+            let other = full(ObjectKind::Blob, &noise(1000 + i, 300));
+            let l = store
+                .append(vec![
+                    Write::Object(NS, o.clone()),
+                    Write::Object(Namespace(2), other),
+                ])
+                .await
+                .expect("append");
+            mine.push(o);
+            locs.push(l[0]);
+        }
+        let mut ask: Vec<_> = mine.iter().map(|o| o.oid).rev().collect();
+        ask.insert(10, [0xee; 20]); // not stored
+        ask.push(mine[3].oid); // asked twice
+        let reads = mem.reads();
+        let together = store.read_raws(NS, &ask).await.expect("read together");
+        let heads = store.read_heads(NS, &ask).await.expect("heads together");
+        // Neighbours share reads: 64 KiB segments hold a few dozen of these records.
+        let segments = locs
+            .iter()
+            .map(|l| l.segment)
+            .collect::<std::collections::BTreeSet<_>>();
+        assert!(
+            mem.reads() - reads <= 2 * segments.len() as u64 + 20,
+            "{} reads for {} objects in {} segments",
+            mem.reads() - reads,
+            ask.len(),
+            segments.len()
+        );
+        assert_eq!(together.len(), ask.len());
+        for ((oid, got), head) in ask.iter().zip(&together).zip(&heads) {
+            let alone = store.read_raw(NS, oid).await.expect("read alone");
+            assert_eq!(got, &alone);
+            assert_eq!(head, &store.read_head(NS, oid).await.expect("head alone"));
+            assert_eq!(got.as_ref().map(|o| o.oid), head.as_ref().map(|h| h.oid));
+        }
+        assert!(together[10].is_none() && heads[10].is_none());
+        assert!(store
+            .read_raws(Namespace(3), &ask)
+            .await
+            .expect("none")
+            .iter()
+            .all(Option::is_none));
+
+        // A flipped byte inside one record: reading it among its neighbours is a
+        // corruption error naming it; its neighbours still read on their own.
+        let (victim, loc) = (mine[20].oid, locs[20]);
+        let name = format!("seg-{:016x}.log", loc.segment);
+        mem.with_file(&name, |b| b[loc.offset as usize + 40] ^= 0x01)
+            .expect("segment");
+        let near: Vec<_> = mine[18..23].iter().map(|o| o.oid).collect();
+        match store.read_raws(NS, &near).await {
+            Err(Error::Corrupt {
+                segment, offset, ..
+            }) => {
+                assert_eq!((segment, offset), (loc.segment, loc.offset))
+            }
+            other => panic!("expected a corruption error, got {other:?}"),
+        }
+        for o in mine[18..23].iter().filter(|o| o.oid != victim) {
+            assert_eq!(
+                store.read_raw(NS, &o.oid).await.expect("intact").as_ref(),
+                Some(o)
+            );
+        }
+    });
+}

@@ -202,6 +202,14 @@ impl BandWriter {
         }
     }
 
+    /// Makes room for `n` more payload bytes and their packet headers, so that a
+    /// batch of a clone is framed without growing the buffer (growing by doubling
+    /// copied it again: 3% of a clone's CPU).
+    pub fn reserve(&mut self, n: usize) {
+        let packets = self.max.map_or(0, |m| n / (m - 5) + 2);
+        self.out.reserve(n + packets * 5);
+    }
+
     /// Bytes written and not yet taken.
     pub fn len(&self) -> usize {
         self.out.len()

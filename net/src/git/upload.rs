@@ -533,19 +533,18 @@ pub async fn plan<B: Backend>(
     let thin_ok = req.has("thin-pack");
     progress(format!("Counting objects: {} objects to send", order.len()));
     // Only the heads of stored entries (kind, size, delta base) are read here, many at
-    // a time: io_uring serves concurrent reads in parallel, where one at a time would
-    // pay the device latency per object.
+    // a time: the store reads neighbouring heads together and the rest concurrently,
+    // where one at a time would pay the device latency per object.
     let mut raws: HashMap<Oid, RawHead> = HashMap::with_capacity(order.len());
     let mut i = 0;
     while i < order.len() {
         let end = (i + READ_AHEAD).min(order.len());
         let chunk: Vec<Oid> = order[i..end].to_vec();
         i = end;
-        let read = futures_util::future::join_all(chunk.iter().map(|o| b.raw_head(repo, o))).await;
+        let read = b.raw_heads(repo, &chunk).await.map_err(be)?;
         for (oid, r) in chunk.into_iter().zip(read) {
-            let raw = r
-                .map_err(be)?
-                .ok_or_else(|| UploadError::Backend(format!("object {} is missing", hex(&oid))))?;
+            let raw =
+                r.ok_or_else(|| UploadError::Backend(format!("object {} is missing", hex(&oid))))?;
             if let Some(base) = raw.base {
                 let client_has = thin_ok && have_objects.contains(&base);
                 if !client_has && !sent.contains(&base) {
@@ -658,18 +657,19 @@ pub fn batch_end(plan: &Plan, start: usize) -> usize {
     end
 }
 
-/// Reads the stored entries of `heads` (concurrently), each checked against its head.
+/// Reads the stored entries of `heads` (together), each checked against its head.
 pub async fn read_batch<B: Backend>(
     b: &B,
     repo: &str,
     heads: &[RawHead],
 ) -> Result<Vec<RawObject>, UploadError> {
-    let read = futures_util::future::join_all(heads.iter().map(|h| b.raw(repo, &h.oid))).await;
+    let oids: Vec<Oid> = heads.iter().map(|h| h.oid).collect();
+    let read = b.raws(repo, &oids).await.map_err(be)?;
     heads
         .iter()
         .zip(read)
         .map(|(h, r)| {
-            let r = r.map_err(be)?.ok_or_else(|| {
+            let r = r.ok_or_else(|| {
                 UploadError::Backend(format!("object {} is missing", hex(&h.oid)))
             })?;
             if r.head() != *h {
@@ -739,6 +739,12 @@ impl PackOut {
     pub fn finish(self, sink: &mut dyn FnMut(&[u8])) {
         sink(&self.writer.finish());
     }
+}
+
+/// The most bytes [`PackOut::write`] makes of `entries` (their data and the largest
+/// entry headers).
+pub fn framed_bytes(entries: &[RawObject]) -> usize {
+    entries.iter().map(|r| r.deflated.len() + 32).sum()
 }
 
 /// Formats the v0 negotiation part of a response (before any pack). `ready`: the
