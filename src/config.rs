@@ -241,6 +241,9 @@ pub struct Limits {
     /// Push bodies at least this large are passed to the other nodes while they arrive
     /// (staged); 0: never, objects go to them after verification. See deploy/README.md.
     pub stage_push_bytes: u64,
+    /// Threads, per large push, that hash whole objects beside the pack reader (0:
+    /// the reader hashes them itself). See deploy/config.example.yml.
+    pub pack_hash_threads: u32,
     /// A push is refused (507) when spooling it would leave less than this free on the
     /// git directory's file system, so pushes in flight never fill the disk the store
     /// writes to.
@@ -257,6 +260,7 @@ impl Default for Limits {
             replication_timeout_seconds: 30,
             buffered_bytes_max: 4 << 30,
             stage_push_bytes: 0,
+            pack_hash_threads: 0,
             disk_reserve_bytes: 1 << 30,
         }
     }
@@ -336,6 +340,13 @@ impl Config {
             if v == 0 {
                 return Err(invalid(key, "0", "must be greater than zero"));
             }
+        }
+        if l.pack_hash_threads > 16 {
+            return Err(invalid(
+                "limits.pack_hash_threads",
+                &l.pack_hash_threads.to_string(),
+                "must be 0 to 16 (threads per large push)",
+            ));
         }
         Ok(())
     }
@@ -661,6 +672,11 @@ mod tests {
             "limits:\n  pack_bytes_max: -1\n",
             &["limits.pack_bytes_max"],
         );
+        check_err(
+            "limits:\n  pack_hash_threads: 17\n",
+            &["limits.pack_hash_threads", "0 to 16"],
+        );
+        assert!(Config::parse("limits:\n  pack_hash_threads: 2\n").is_ok());
         check_err("ca: a: b\n", &["line 1"]);
     }
 

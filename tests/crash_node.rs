@@ -5,16 +5,22 @@ mod common;
 
 use common::region::Region;
 
-#[test]
-fn no_acknowledged_push_is_lost_when_the_node_is_killed() {
-    let mut region = Region::start();
+/// The region's directory and a new git work tree `w` in it (branch master).
+fn work_tree(region: &Region) -> (std::path::PathBuf, std::path::PathBuf) {
     let t = region.dir.path().to_owned();
-    let url = region.repo_url("test");
     let w = t.join("w");
     region.git_ok(
         &t,
         &["init", "-q", "-b", "master", w.to_str().expect("path")],
     );
+    (t, w)
+}
+
+#[test]
+fn no_acknowledged_push_is_lost_when_the_node_is_killed() {
+    let mut region = Region::start();
+    let (t, w) = work_tree(&region);
+    let url = region.repo_url("test");
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -172,16 +178,14 @@ fn a_shard_that_cannot_start_stops_the_whole_node() {
 /// killed push wrote aside is dropped at the next start.
 #[test]
 fn large_pushes_survive_restarts_and_a_push_killed_midway_leaves_nothing() {
-    let mut region = Region::start();
+    // Hashing on threads beside the reader (off by default), so that path is covered
+    // end to end too.
+    let mut region = Region::start_with("limits:\n  pack_hash_threads: 2\n");
     let t = region.dir.path().to_owned();
     for r in ["big1", "big2"] {
         region.repospanner(&["admin", "repo", "create", r]);
     }
-    let w = t.join("w");
-    region.git_ok(
-        &t,
-        &["init", "-q", "-b", "master", w.to_str().expect("path")],
-    );
+    let w = work_tree(&region).1;
     for i in 0..6u64 {
         std::fs::write(w.join(format!("b{i}.bin")), common::noise(i + 5, 6 << 20)).expect("write");
         std::fs::write(w.join("text.txt"), format!("version {i}\n").repeat(2000)).expect("write");
@@ -255,13 +259,8 @@ fn large_pushes_survive_restarts_and_a_push_killed_midway_leaves_nothing() {
 #[test]
 fn a_pack_cut_short_by_damage_on_disk_is_never_sent_as_complete() {
     let region = Region::start();
-    let t = region.dir.path().to_owned();
+    let (t, w) = work_tree(&region);
     let url = region.repo_url("test");
-    let w = t.join("w");
-    region.git_ok(
-        &t,
-        &["init", "-q", "-b", "master", w.to_str().expect("path")],
-    );
     std::fs::write(w.join("small"), "small\n").expect("write");
     region.git_ok(&w, &["add", "-A"]);
     region.git_ok(&w, &["commit", "-qm", "small"]);

@@ -37,6 +37,8 @@ pub struct Limits {
     pub stage_push_bytes: u64,
     /// Free space a spooled push must leave on its file system.
     pub disk_reserve_bytes: u64,
+    /// Threads a large push's pack reader hashes whole objects on, beside inflating.
+    pub pack_hash_threads: usize,
 }
 
 /// Everything a request handler needs.
@@ -800,10 +802,6 @@ fn unpin_this_thread() {
     }
 }
 
-/// Threads a pack reader hashes whole objects on (SHA-1 with collision detection, most
-/// of its work), while it inflates the next entries itself.
-const HASH_THREADS: usize = 2;
-
 /// How far a pack reader reads before it reports what it verified.
 const READ_STEP_BYTES: usize = 8 << 20;
 
@@ -835,8 +833,10 @@ impl Drop for ReaderSlot {
 use crate::git::pack::PackRead;
 
 impl PackReading {
-    /// Reads what arrived of the pack that starts at `at` in `body`.
-    fn advance(&mut self, body: &spool::Body, at: usize) {
+    /// Reads what arrived of the pack that starts at `at` in `body`; a reader that
+    /// moves to a thread of its own hashes on `hash_threads` more
+    /// (`limits.pack_hash_threads`).
+    fn advance(&mut self, body: &spool::Body, at: usize, hash_threads: usize) {
         match self {
             PackReading::Here {
                 stream,
@@ -846,7 +846,7 @@ impl PackReading {
                     if stream.is_some() {
                         if let Some(slot) = ReaderSlot::take() {
                             if let Some(st) = stream.take() {
-                                *self = PackReading::away(*st, f.view(), at, slot);
+                                *self = PackReading::away(*st, f.view(), at, slot, hash_threads);
                                 return;
                             }
                         }
@@ -878,6 +878,7 @@ impl PackReading {
         view: spool::SpoolView,
         at: usize,
         slot: ReaderSlot,
+        hash_threads: usize,
     ) -> PackReading {
         use crate::git::pack::PackError;
         use std::sync::atomic::Ordering;
@@ -894,7 +895,7 @@ impl PackReading {
             .spawn(move || {
                 let _slot = slot;
                 unpin_this_thread();
-                stream.use_hash_threads(HASH_THREADS);
+                stream.use_hash_threads(hash_threads);
                 let mut last = at;
                 let mut error = None;
                 while let Ok(mut len) = rx.recv() {
@@ -1264,7 +1265,7 @@ async fn receive_body<B: Backend + 'static>(
                 }
             }
             if let Some(at) = pack_at {
-                reading.advance(&got, at);
+                reading.advance(&got, at, ctx.limits.pack_hash_threads);
                 trailer.feed(got.as_slice().get(at..).unwrap_or_default());
                 if let spool::Body::File(f) = &got {
                     aside.add(&f.view(), at, reading.take_ready()).await?;

@@ -866,41 +866,44 @@ impl<D: Dir> Store<D> {
     /// allow (see [`Store::read_spans`]): the heads of small neighbouring records (a
     /// push's commits and trees) come in one read.
     pub async fn read_heads(&self, ns: Namespace, oids: &[Oid]) -> Result<Vec<Option<ObjectHead>>> {
-        let locs = self.locate(ns, oids);
-        let spans: Vec<(Loc, usize)> = locs
-            .iter()
-            .flatten()
-            .map(|l| {
-                (
-                    *l,
-                    (l.len as usize).min(RECORD_HEADER_LEN + object::HEAD_MAX),
-                )
-            })
-            .collect();
-        let mut read = self.read_spans(&spans, HEAD_GAP_BYTES).await?.into_iter();
-        let mut out = Vec::with_capacity(oids.len());
-        for (oid, loc) in oids.iter().zip(locs) {
-            let Some(loc) = loc else {
-                out.push(None);
-                continue;
-            };
-            let bytes = read.next().unwrap_or_default();
+        let head_len = |l: &Loc| (l.len as usize).min(RECORD_HEADER_LEN + object::HEAD_MAX);
+        self.read_located(ns, oids, head_len, HEAD_GAP_BYTES, |oid, loc, bytes| {
             let head = bytes
                 .get(RECORD_HEADER_LEN..)
                 .filter(|_| bytes.get(4) == Some(&(RecordKind::Object as u8)))
                 .and_then(object::decode_head);
             match head {
                 // The record may be of another namespace: an object adopted from it.
-                Some((_, h, _)) if h.oid == *oid => out.push(Some(h)),
-                _ => {
-                    return Err(corrupt_at(
-                        loc,
-                        "object record head does not decode to the indexed object",
-                    ))
-                }
+                Some((_, h, _)) if h.oid == *oid => Ok(h),
+                _ => Err(corrupt_at(
+                    loc,
+                    "object record head does not decode to the indexed object",
+                )),
             }
-        }
-        Ok(out)
+        })
+        .await
+    }
+
+    /// For each of `oids`: `None` if `ns` lacks it, else `decode(oid, place, bytes)` of
+    /// the first `len(place)` bytes of its record, all read by [`Store::read_spans`].
+    async fn read_located<T>(
+        &self,
+        ns: Namespace,
+        oids: &[Oid],
+        len: impl Fn(&Loc) -> usize,
+        gap: u64,
+        decode: impl Fn(&Oid, Loc, bytes::Bytes) -> Result<T>,
+    ) -> Result<Vec<Option<T>>> {
+        let locs = self.locate(ns, oids);
+        let spans: Vec<(Loc, usize)> = locs.iter().flatten().map(|l| (*l, len(l))).collect();
+        let mut read = self.read_spans(&spans, gap).await?.into_iter();
+        oids.iter()
+            .zip(locs)
+            .map(|(oid, loc)| match loc {
+                None => Ok(None),
+                Some(loc) => decode(oid, loc, read.next().unwrap_or_default()).map(Some),
+            })
+            .collect()
     }
 
     /// Where each of `oids` is stored in `ns`.
@@ -1003,20 +1006,8 @@ impl<D: Dir> Store<D> {
         ns: Namespace,
         oids: &[Oid],
     ) -> Result<Vec<Option<StoredObject>>> {
-        let locs = self.locate(ns, oids);
-        let spans: Vec<(Loc, usize)> = locs
-            .iter()
-            .flatten()
-            .map(|l| (*l, l.len as usize))
-            .collect();
-        let mut read = self.read_spans(&spans, RAW_GAP_BYTES).await?.into_iter();
-        let mut out = Vec::with_capacity(oids.len());
-        for (oid, loc) in oids.iter().zip(locs) {
-            let Some(loc) = loc else {
-                out.push(None);
-                continue;
-            };
-            let bytes = read.next().unwrap_or_default();
+        let whole = |l: &Loc| l.len as usize;
+        self.read_located(ns, oids, whole, RAW_GAP_BYTES, |oid, loc, bytes| {
             let seg = self.segment_of(loc)?;
             let (kind, _, payload) = checked_record(bytes, loc, seg.salt)?;
             if kind != RecordKind::Object {
@@ -1027,16 +1018,14 @@ impl<D: Dir> Store<D> {
             }
             match object::decode_shared(&payload) {
                 // The record may be of another namespace: an object adopted from it.
-                Some((_, o)) if o.oid == *oid => out.push(Some(o)),
-                _ => {
-                    return Err(corrupt_at(
-                        loc,
-                        "object record does not decode to the indexed object",
-                    ))
-                }
+                Some((_, o)) if o.oid == *oid => Ok(o),
+                _ => Err(corrupt_at(
+                    loc,
+                    "object record does not decode to the indexed object",
+                )),
             }
-        }
-        Ok(out)
+        })
+        .await
     }
 
     /// The content of `oid` in `ns`, delta chains resolved through a bounded cache.
