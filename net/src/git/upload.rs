@@ -323,8 +323,13 @@ pub fn parse_v2_fetch(args: &[Vec<u8>]) -> Result<FetchRequest, UploadError> {
     Ok(req)
 }
 
-/// How many object reads a fetch keeps in flight.
+/// How many stored entries a fetch asks the store for at once.
 const READ_AHEAD: usize = 64;
+
+/// How many entry heads planning asks the store for at once: the more, the more of them
+/// the store finds side by side and reads together (a head is some 60 bytes; the store
+/// reads at most a few MiB at a time for them).
+const HEADS_AT_ONCE: usize = 1024;
 
 /// What a fetch sends: objects in pack order and the new shallow boundary.
 #[derive(Debug, Clone, Default)]
@@ -538,7 +543,7 @@ pub async fn plan<B: Backend>(
     let mut raws: HashMap<Oid, RawHead> = HashMap::with_capacity(order.len());
     let mut i = 0;
     while i < order.len() {
-        let end = (i + READ_AHEAD).min(order.len());
+        let end = (i + HEADS_AT_ONCE).min(order.len());
         let chunk: Vec<Oid> = order[i..end].to_vec();
         i = end;
         let read = b.raw_heads(repo, &chunk).await.map_err(be)?;
@@ -554,7 +559,7 @@ pub async fn plan<B: Backend>(
             }
             raws.insert(oid, raw);
         }
-        if i % 4096 < READ_AHEAD {
+        if i % 4096 < HEADS_AT_ONCE {
             progress(format!("Reading objects: {i}/{}", order.len()));
         }
         glommio::yield_if_needed().await;
