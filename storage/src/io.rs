@@ -54,8 +54,13 @@ pub trait Dir: Clone + 'static {
 pub trait SegmentFile: 'static {
     /// Write offsets and lengths must be multiples of this.
     fn alignment(&self) -> usize;
+    /// A buffer of `len` bytes to build a write in, of the kind this file writes from
+    /// (for direct I/O: aligned memory), so the write copies nothing. Its contents are
+    /// unspecified: the writer sets every byte.
+    type Buf: AsRef<[u8]> + AsMut<[u8]>;
+    fn buffer(&self, len: usize) -> Self::Buf;
     /// Writes `data` at `pos`; both aligned.
-    async fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()>;
+    async fn write_at(&self, pos: u64, data: Self::Buf) -> io::Result<()>;
     /// Reads up to `len` bytes at `pos` (fewer at the end of the file).
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>>;
     /// Durability barrier: once it returns, every completed write is durable
@@ -192,14 +197,19 @@ impl SegmentFile for DmaSegment {
         self.file.alignment() as usize
     }
 
-    async fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()> {
-        let mut buf = self.file.alloc_dma_buffer(data.len());
-        buf.as_bytes_mut().copy_from_slice(data);
-        let n = self.file.write_at(buf, pos).await?;
-        if n != data.len() {
+    type Buf = glommio::io::DmaBuffer;
+
+    fn buffer(&self, len: usize) -> Self::Buf {
+        self.file.alloc_dma_buffer(len)
+    }
+
+    async fn write_at(&self, pos: u64, data: Self::Buf) -> io::Result<()> {
+        let len = data.len();
+        let n = self.file.write_at(data, pos).await?;
+        if n != len {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
-                format!("short write: {n} of {} bytes", data.len()),
+                format!("short write: {n} of {len} bytes"),
             ));
         }
         Ok(())
@@ -472,7 +482,14 @@ impl SegmentFile for MemSegment {
         self.dir.state.borrow().alignment
     }
 
-    async fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()> {
+    type Buf = Vec<u8>;
+
+    fn buffer(&self, len: usize) -> Self::Buf {
+        vec![0; len]
+    }
+
+    async fn write_at(&self, pos: u64, data: Self::Buf) -> io::Result<()> {
+        let data = &data[..];
         let align = self.alignment();
         assert!(
             (pos as usize).is_multiple_of(align) && data.len().is_multiple_of(align),

@@ -133,7 +133,7 @@ pub fn encode_record(out: &mut Vec<u8>, salt: u64, kind: RecordKind, flags: u8, 
 /// Appends the encoding of one record whose payload is `head` followed by `tail`
 /// (written straight into `out`, never assembled elsewhere first).
 pub fn encode_record_parts(
-    out: &mut Vec<u8>,
+    out: &mut impl Out,
     salt: u64,
     kind: RecordKind,
     flags: u8,
@@ -148,9 +148,37 @@ pub fn encode_record_parts(
     h[5] = flags;
     let c = crc(salt, &[&h[..8], head, tail]);
     h[8..12].copy_from_slice(&c.to_le_bytes());
-    out.extend_from_slice(&h);
-    out.extend_from_slice(head);
-    out.extend_from_slice(tail);
+    out.put(&h);
+    out.put(head);
+    out.put(tail);
+}
+
+/// Where records are encoded to: a growing `Vec`, or a buffer made to measure
+/// ([`Fill`]).
+pub trait Out {
+    fn put(&mut self, b: &[u8]);
+}
+
+impl Out for Vec<u8> {
+    fn put(&mut self, b: &[u8]) {
+        self.extend_from_slice(b);
+    }
+}
+
+/// A buffer of a known size, filled from the start: the store builds each write in
+/// the memory it is written from. Putting more than fits is a bug in the caller's
+/// sizing, and panics.
+#[derive(Debug)]
+pub struct Fill<'a> {
+    pub buf: &'a mut [u8],
+    pub at: usize,
+}
+
+impl Out for Fill<'_> {
+    fn put(&mut self, b: &[u8]) {
+        self.buf[self.at..self.at + b.len()].copy_from_slice(b);
+        self.at += b.len();
+    }
 }
 
 /// A record read back and checked.

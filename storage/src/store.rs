@@ -24,8 +24,8 @@ use crate::index::{self, Covered, Index, Loc};
 use crate::io::{Dir, SegmentFile};
 use crate::object::{self, ContentError, Namespace, ObjectHead, ObjectKind, Oid, StoredObject};
 use crate::record::{
-    self, FrameHeader, RecordKind, SegmentHeader, FLAG_ZSTD, FRAME_HEADER_LEN, RECORD_HEADER_LEN,
-    SEGMENT_HEADER_LEN,
+    self, FrameHeader, Out, RecordKind, SegmentHeader, FLAG_ZSTD, FRAME_HEADER_LEN,
+    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::{Error, Lsn, Result};
 
@@ -689,51 +689,64 @@ impl<D: Dir> Store<D> {
         let align = segment.file.alignment();
         let first_lsn = inner.next_lsn.get();
 
-        let mut buf = Vec::with_capacity(align_up(
-            block.len() + SEGMENT_HEADER_LEN + FRAME_HEADER_LEN + body_len,
-            align,
-        ));
-        buf.extend_from_slice(&block);
-        let mut frame_at = start;
-        if new_segment {
-            buf.extend_from_slice(
-                &SegmentHeader {
-                    id: segment.id,
-                    salt,
-                }
-                .encode(),
-            );
-            frame_at = SEGMENT_HEADER_LEN as u64;
-        }
-        // Records go straight into the write buffer after a placeholder frame header.
-        let header_at = buf.len();
-        buf.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
-        let body_start = buf.len();
+        // The write is built in the buffer it is written from (for direct I/O: aligned
+        // memory of the file's own), sized exactly: the partial block already on
+        // disk, a segment header if the segment is new, the frame, zeros to the next
+        // block boundary.
+        let header_len = if new_segment { SEGMENT_HEADER_LEN } else { 0 };
+        let logical_len = block.len() + header_len + FRAME_HEADER_LEN + body_len;
+        let mut buf = segment.file.buffer(align_up(logical_len, align));
+        let total = buf.as_ref().len();
         let mut locs = Vec::new();
         let mut count = 0u32;
-        let body_at = frame_at + FRAME_HEADER_LEN as u64;
-        for p in batch {
-            for e in &p.writes {
-                let at = buf.len() - body_start;
-                record::encode_record_parts(&mut buf, salt, e.kind, e.flags, &e.head, &e.tail);
-                locs.push(Loc {
-                    segment: segment.id,
-                    offset: body_at + at as u64,
-                    len: (buf.len() - body_start - at) as u32,
-                });
-                count += 1;
+        let (end, tail_block) = {
+            let mut out = record::Fill {
+                buf: buf.as_mut(),
+                at: 0,
+            };
+            out.put(&block);
+            let mut frame_at = start;
+            if new_segment {
+                out.put(
+                    &SegmentHeader {
+                        id: segment.id,
+                        salt,
+                    }
+                    .encode(),
+                );
+                frame_at = SEGMENT_HEADER_LEN as u64;
             }
-        }
-        let header = record::encode_frame_header(salt, &buf[body_start..], count, first_lsn);
-        buf[header_at..body_start].copy_from_slice(&header);
-        let end = align_down(start, align as u64) + buf.len() as u64;
-        let logical_len = buf.len();
-        buf.resize(align_up(logical_len, align), 0);
+            // Records go straight after a placeholder frame header.
+            let header_at = out.at;
+            out.put(&[0u8; FRAME_HEADER_LEN]);
+            let body_start = out.at;
+            let body_at = frame_at + FRAME_HEADER_LEN as u64;
+            for p in batch {
+                for e in &p.writes {
+                    let at = out.at - body_start;
+                    record::encode_record_parts(&mut out, salt, e.kind, e.flags, &e.head, &e.tail);
+                    locs.push(Loc {
+                        segment: segment.id,
+                        offset: body_at + at as u64,
+                        len: (out.at - body_start - at) as u32,
+                    });
+                    count += 1;
+                }
+            }
+            debug_assert_eq!(out.at, logical_len);
+            let header =
+                record::encode_frame_header(salt, &out.buf[body_start..out.at], count, first_lsn);
+            out.buf[header_at..body_start].copy_from_slice(&header);
+            out.buf[logical_len..].fill(0);
+            let end = align_down(start, align as u64) + logical_len as u64;
+            let keep = (end - align_down(end, align as u64)) as usize;
+            (end, out.buf[logical_len - keep..logical_len].to_vec())
+        };
 
         let name = segment_name(segment.id);
         segment
             .file
-            .write_at(align_down(start, align as u64), &buf)
+            .write_at(align_down(start, align as u64), buf)
             .await
             .map_err(io_err("write", &name))?;
         segment
@@ -768,9 +781,7 @@ impl<D: Dir> Store<D> {
         {
             let mut t = inner.tail.borrow_mut();
             t.offset = end;
-            let block_start = align_down(end, align as u64);
-            let keep = (end - block_start) as usize;
-            t.block = buf[logical_len - keep..logical_len].to_vec();
+            t.block = tail_block;
         }
         inner
             .since_checkpoint
@@ -779,7 +790,7 @@ impl<D: Dir> Store<D> {
         s.appends += batch.len() as u64;
         s.batches += 1;
         s.syncs += 1;
-        s.bytes_written += buf.len() as u64;
+        s.bytes_written += total as u64;
         inner.stats.set(s);
         Ok(locs)
     }
