@@ -318,13 +318,9 @@ fn a_pack_cut_short_by_damage_on_disk_is_never_sent_as_complete() {
     let want = format!("want {tip} ofs-delta\n");
     body.extend_from_slice(format!("{:04x}{want}", want.len() + 4).as_bytes());
     body.extend_from_slice(b"00000009done\n");
-    let ca = std::fs::read(region.ca_dir().join("ca.crt")).expect("ca");
-    let cert = std::fs::read(region.ca_dir().join("admin.crt")).expect("cert");
-    let key = std::fs::read(region.ca_dir().join("admin.key")).expect("key");
-    let r = repospanner::admin::request_raw(
+    let r = region.try_http_to(
         &region.url(),
-        &ca,
-        Some((&cert, &key)),
+        Some("admin"),
         "POST",
         "/repo/test.git/git-upload-pack",
         &[("content-type", "application/x-git-upload-pack-request")],

@@ -330,6 +330,20 @@ impl Region {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> repospanner::admin::Reply {
+        self.try_http_to(url, user, method, path, headers, body)
+            .expect("request")
+    }
+
+    /// [`Region::http_to`] that returns a failed or incomplete reply as an error.
+    pub fn try_http_to(
+        &self,
+        url: &str,
+        user: Option<&str>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> anyhow::Result<repospanner::admin::Reply> {
         let ca = std::fs::read(self.ca_dir().join("ca.crt")).expect("ca");
         let ident = user.map(|u| {
             (
@@ -346,7 +360,6 @@ impl Region {
             headers,
             body,
         )
-        .expect("request")
     }
 }
 
