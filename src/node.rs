@@ -147,6 +147,17 @@ fn from_storage_kind(k: repospanner_storage::ObjectKind) -> ObjectKind {
     }
 }
 
+fn raw(o: StoredObject) -> RawObject {
+    RawObject {
+        oid: o.oid,
+        kind: from_storage_kind(o.kind),
+        object_size: o.object_size,
+        entry_size: o.entry_size,
+        base: o.base,
+        deflated: o.deflated,
+    }
+}
+
 fn stored(o: RawObject) -> StoredObject {
     StoredObject {
         oid: o.oid,
@@ -659,19 +670,7 @@ impl<D: Dir> Backend for NodeBackend<D> {
             .read_raws(Namespace(ns), oids)
             .await
             .map_err(err)?;
-        Ok(read
-            .into_iter()
-            .map(|o| {
-                o.map(|o| RawObject {
-                    oid: o.oid,
-                    kind: from_storage_kind(o.kind),
-                    object_size: o.object_size,
-                    entry_size: o.entry_size,
-                    base: o.base,
-                    deflated: o.deflated,
-                })
-            })
-            .collect())
+        Ok(read.into_iter().map(|o| o.map(raw)).collect())
     }
 
     async fn raw_heads(

@@ -1065,12 +1065,7 @@ async fn receive_streaming<B: Backend + 'static>(
         while let Some(part) = sb.whole().await {
             match part {
                 route::Whole::Aside(objects) => {
-                    let id = aside
-                        .get_or_insert_with(|| AsideGuard {
-                            ctx: ctx.clone(),
-                            id: next_aside(),
-                        })
-                        .id;
+                    let id = AsideGuard::id_in(&mut aside, &ctx);
                     if let Err(e) = ctx.backend.store_aside(&repo, id, objects).await {
                         return text(
                             StatusCode::INTERNAL_SERVER_ERROR,
@@ -1362,6 +1357,17 @@ struct AsideGuard<B: Backend> {
     id: u64,
 }
 
+impl<B: Backend> AsideGuard<B> {
+    /// The aside id of `slot`'s guard, made (with a new id) on first use.
+    fn id_in(slot: &mut Option<AsideGuard<B>>, ctx: &Rc<Ctx<B>>) -> u64 {
+        slot.get_or_insert_with(|| AsideGuard {
+            ctx: ctx.clone(),
+            id: next_aside(),
+        })
+        .id
+    }
+}
+
 impl<B: Backend> Drop for AsideGuard<B> {
     fn drop(&mut self) {
         self.ctx.backend.drop_aside(self.id);
@@ -1440,18 +1446,7 @@ impl<'a, B: Backend + 'static> AsideWriter<'a, B> {
                 .await
                 .map_err(|_| failed("the owning shard went away".into())),
             AsideTo::Here => {
-                let id = match &self.guard {
-                    Some(g) => g.id,
-                    None => {
-                        let g = AsideGuard {
-                            ctx: self.ctx.clone(),
-                            id: next_aside(),
-                        };
-                        let id = g.id;
-                        self.guard = Some(g);
-                        id
-                    }
-                };
+                let id = AsideGuard::id_in(&mut self.guard, self.ctx);
                 if self.writes.len() >= ASIDE_IN_FLIGHT {
                     if let Some(w) = self.writes.pop_front() {
                         w.await
