@@ -2,6 +2,7 @@
 //! ref names, and the upload-pack / receive-pack request handling as functions over
 //! bytes and a [`Repo`] view.
 
+pub mod checksum;
 pub mod objects;
 pub mod pack;
 pub mod pktline;

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use super::checksum::Sha1;
 use super::{ObjectKind, Oid};
 
 /// What a pushed pack may hold.
@@ -300,7 +301,7 @@ fn finalize(h: sha1dc::Hasher) -> Result<Oid, PackError> {
 /// The pack's trailer, a SHA-1 of everything before it, computed as the pack arrives.
 #[derive(Debug, Clone)]
 pub struct Trailer {
-    hasher: sha1::Sha1,
+    hasher: Sha1,
     hashed: usize,
 }
 
@@ -313,7 +314,7 @@ impl Default for Trailer {
 impl Trailer {
     pub fn new() -> Trailer {
         Trailer {
-            hasher: <sha1::Sha1 as sha1::Digest>::new(),
+            hasher: Sha1::new(),
             hashed: 0,
         }
     }
@@ -325,7 +326,6 @@ impl Trailer {
     }
 
     fn hash_upto(&mut self, buf: &[u8], end: usize) {
-        use sha1::Digest;
         if end > self.hashed {
             self.hasher.update(&buf[self.hashed..end]);
             self.hashed = end;
@@ -334,13 +334,12 @@ impl Trailer {
 
     /// `buf` is the whole pack: its last 20 bytes must be the SHA-1 of the rest.
     pub fn check(mut self, buf: &[u8]) -> Result<(), PackError> {
-        use sha1::Digest;
         if buf.len() < 12 + 20 {
             return Err(PackError::Truncated);
         }
         let body_end = buf.len() - 20;
         self.hash_upto(buf, body_end);
-        if self.hashed != body_end || self.hasher.finalize().as_slice() != &buf[body_end..] {
+        if self.hashed != body_end || self.hasher.finalize()[..] != buf[body_end..] {
             return Err(PackError::BadTrailer);
         }
         Ok(())
@@ -1104,7 +1103,7 @@ pub enum OutEntry<'a> {
 #[derive(Debug)]
 pub struct PackWriter {
     /// The trailer checksum (plain SHA-1: it names no object).
-    hasher: sha1::Sha1,
+    hasher: Sha1,
     offsets: Vec<u64>,
     written: u64,
 }
@@ -1128,7 +1127,7 @@ impl PackWriter {
         h.extend_from_slice(&2u32.to_be_bytes());
         h.extend_from_slice(&count.to_be_bytes());
         let mut w = PackWriter {
-            hasher: <sha1::Sha1 as sha1::Digest>::new(),
+            hasher: Sha1::new(),
             offsets: Vec::new(),
             written: 0,
         };
@@ -1137,7 +1136,6 @@ impl PackWriter {
     }
 
     fn feed(&mut self, b: &[u8]) {
-        use sha1::Digest;
         self.hasher.update(b);
         self.written += b.len() as u64;
     }
@@ -1200,7 +1198,6 @@ impl PackWriter {
 
     /// The trailer: SHA-1 of everything written.
     pub fn finish(self) -> Vec<u8> {
-        use sha1::Digest;
         self.hasher.finalize().to_vec()
     }
 }
