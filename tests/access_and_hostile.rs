@@ -453,6 +453,10 @@ fn a_push_over_the_size_limit_is_refused_and_changes_nothing() {
         &["push", "-q", &region.repo_url("test"), "master"],
     );
     assert!(!out.status.success(), "an oversized push was accepted");
+    // The refusal reaches the client, which is still sending when it comes: the node
+    // reads the rest of the body instead of resetting the connection under it.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("413"), "{err}");
     assert_eq!(
         region.git_ok(t, &["ls-remote", &region.repo_url("test")]),
         before

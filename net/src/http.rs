@@ -277,6 +277,30 @@ pub async fn next_chunk(body: &mut Incoming) -> Result<Option<Bytes>, BodyError>
     }
 }
 
+/// How long a refused request's body is still read (and dropped) after the refusal,
+/// and the longest pause in it: see [`linger`].
+pub const LINGER_TOTAL: Duration = Duration::from_secs(10);
+pub const LINGER_IDLE: Duration = Duration::from_secs(2);
+
+/// Reads and drops the rest of a request body whose request was refused before it
+/// ended, for at most [`LINGER_TOTAL`] (as nginx's lingering close). Closing the
+/// connection on unread bytes makes the kernel reset it, and a reset that reaches the
+/// client while it is still sending can destroy the refusal before the client reads it
+/// (git then reports "broken pipe" instead of, say, 507 Insufficient Storage). While
+/// this drains, the client reads the refusal and stops sending (curl does on an error
+/// status mid-upload). The bytes are neither kept nor counted against a budget.
+pub async fn linger(mut body: Incoming) {
+    let until = std::time::Instant::now() + LINGER_TOTAL;
+    while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+        let pause = left.min(LINGER_IDLE);
+        match glommio::timer::timeout(pause, async { Ok(body.frame().await) }).await {
+            Ok(Some(Ok(_))) => {}
+            // The end of the body, a broken connection, or a pause too long.
+            Ok(None | Some(Err(_))) | Err(_) => return,
+        }
+    }
+}
+
 /// A request body being gathered: at most `max` bytes, each taken from a shard's
 /// budget as it arrives.
 #[derive(Debug)]

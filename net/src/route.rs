@@ -154,6 +154,8 @@ pub enum Reply {
 pub enum Source {
     Client(hyper::body::Incoming),
     Shard(ShardBody),
+    /// Given up: the body was refused (see [`Source::linger`]).
+    Refused,
 }
 
 impl Source {
@@ -182,6 +184,17 @@ impl Source {
                     }
                 }
             },
+            Source::Refused => Err(http::BodyError::Read("the body was refused".into())),
+        }
+    }
+
+    /// Gives up the body after its request was refused: a client's is read to its end
+    /// (and dropped) in the background for a bounded time, so that the client reads the
+    /// refusal instead of a reset connection ([`http::linger`]); a shard's is dropped
+    /// (its sender stops on the closed channel).
+    pub fn linger(&mut self) {
+        if let Source::Client(body) = std::mem::replace(self, Source::Refused) {
+            glommio::spawn_local(http::linger(body)).detach();
         }
     }
 }

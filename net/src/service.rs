@@ -1275,6 +1275,7 @@ async fn receive_body<B: Backend + 'static>(
             ctx.backend.stage_end(id, false);
         }
         reading.abandon();
+        source.linger();
         return Err(refusal);
     }
     if let Some(id) = staged {
