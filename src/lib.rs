@@ -4,6 +4,7 @@
 //! [`config`].
 
 pub mod admin;
+pub mod aside;
 pub mod cluster;
 pub mod commands;
 pub mod config;

@@ -34,6 +34,10 @@ use repospanner_storage::{Namespace, Store, StoredObject, Write};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::aside::{
+    decode_adopt, encode_adopt, split_acked, Batch, MemberStream, OutStream, PeerAside, StreamKey,
+    StreamState, PEER_ASIDE_IDLE,
+};
 use crate::cluster::{
     decode_ids, decode_objects, decode_snapshot_body, encode_ids, encode_objects, members_but,
     peers_of, raft_config, rpc_path, store_objects, with_metrics, Head, Network, ObjectSync,
@@ -79,6 +83,10 @@ struct Inner<D: Dir> {
     /// Pushes whose objects are being written aside while they arrive: the namespace
     /// they go to and the ids written so far.
     asides: RefCell<HashMap<u64, Aside>>,
+    /// Those pushes' streams to the other members (see [`crate::aside`]).
+    out_streams: RefCell<HashMap<u64, Rc<OutStream>>>,
+    /// Objects other members' pushes wrote here aside while they arrived.
+    peer_asides: RefCell<HashMap<StreamKey, PeerAside>>,
 }
 
 struct Aside {
@@ -259,6 +267,101 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, (u16, String)
     serde_json::from_slice(body).map_err(|e| (400, format!("malformed request: {e}")))
 }
 
+/// Sends `bodies` to `addr` in order, [`SYNC_IN_FLIGHT`] at a time (the peer stores
+/// one while the next is on its way), each within `deadline`; then gives up the pieces
+/// it did not take.
+async fn send_bodies(
+    client: &NodeClient,
+    addr: &str,
+    path: &str,
+    bodies: &SyncBodies,
+    deadline: Instant,
+) -> Result<(), String> {
+    let taken = Cell::new(0);
+    let mut sends = futures_util::stream::iter(0..bodies.len())
+        .map(|i| {
+            taken.set(i + 1);
+            let left = deadline.saturating_duration_since(Instant::now());
+            client.post(addr, path, bodies.take(i), left)
+        })
+        .buffer_unordered(SYNC_IN_FLIGHT);
+    let mut r = Ok(());
+    while let Some(sent) = sends.next().await {
+        if let Err(e) = sent {
+            r = Err(e.to_string());
+            break;
+        }
+    }
+    drop(sends);
+    bodies.leave(taken.get());
+    r
+}
+
+/// The end of a push for a member it streamed to: once the stream's last batch is
+/// answered, sends the objects the member did not acknowledge, then asks it to adopt
+/// the rest; what it cannot adopt is sent whole. Ok once the member holds every
+/// object of the push durably in the repository.
+#[allow(clippy::too_many_arguments)]
+async fn send_after_stream(
+    client: &NodeClient,
+    shard: usize,
+    addr: &str,
+    key: StreamKey,
+    task: Option<glommio::task::JoinHandle<()>>,
+    state: &StreamState,
+    objects: Vec<StoredObject>,
+    deadline: Instant,
+) -> Result<(), String> {
+    if let Some(t) = task {
+        within(deadline.saturating_duration_since(Instant::now()), t).await;
+    }
+    let acked = std::mem::take(&mut *state.acked.borrow_mut());
+    let (held, rest) = split_acked(objects, |o| o.oid, &acked);
+    let path = rpc_path(shard, "objects");
+    let prefix = key.ns.to_le_bytes().to_vec();
+    let sent = send_bodies(
+        client,
+        addr,
+        &path,
+        &SyncBodies::new(prefix.clone(), rest, SYNC_CHUNK_BYTES, 1),
+        deadline,
+    )
+    .await;
+    if let Err(e) = sent {
+        if state.sent.get() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let drop_path = rpc_path(shard, "drop-aside");
+            let _ = client
+                .post(addr, &drop_path, Bytes::from(key.encode()), left)
+                .await;
+        }
+        return Err(e);
+    }
+    if held.is_empty() {
+        return Ok(());
+    }
+    let oids: Vec<Oid> = held.iter().map(|o| o.oid).collect();
+    let left = deadline.saturating_duration_since(Instant::now());
+    let adopt = Bytes::from(encode_adopt(&key, &oids));
+    match client
+        .post(addr, &rpc_path(shard, "adopt"), adopt, left)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            info!(peer = addr, error = %e, "a member could not adopt what a push streamed to it; sending those objects whole");
+            send_bodies(
+                client,
+                addr,
+                &path,
+                &SyncBodies::new(prefix, held, SYNC_CHUNK_BYTES, 1),
+                deadline,
+            )
+            .await
+        }
+    }
+}
+
 impl<D: Dir> NodeBackend<D> {
     /// Opens shard `shard`: its state machine (from its snapshot) and its raft group,
     /// which replays the log after the snapshot.
@@ -317,6 +420,8 @@ impl<D: Dir> NodeBackend<D> {
                 out_stages: OutStages::default(),
                 in_stages: InStages::default(),
                 asides: RefCell::new(HashMap::new()),
+                out_streams: RefCell::new(HashMap::new()),
+                peer_asides: RefCell::new(HashMap::new()),
             }),
         })
     }
@@ -350,6 +455,278 @@ impl<D: Dir> NodeBackend<D> {
         }
         self.inner.store.append(publish).await?;
         written
+    }
+
+    /// A new namespace for objects written aside, listed in [`ASIDE_STREAM`] before
+    /// anything is written there (so that a restart drops it). u64::MAX is not a key:
+    /// the list is read as the range 0..u64::MAX.
+    async fn open_aside(&self) -> Result<Namespace, repospanner_storage::Error> {
+        let ns = Namespace(random_u64().min(u64::MAX - 1));
+        self.inner
+            .store
+            .append(vec![Write::Opaque {
+                stream: ASIDE_STREAM,
+                key: ns.0,
+                data: vec![1],
+            }])
+            .await?;
+        Ok(ns)
+    }
+
+    /// Starts streaming push `aside` (of repository namespace `ns`) to the other
+    /// members: one sender task each, which posts the batches in order and records
+    /// what the member acknowledged. Nothing if this node is alone.
+    fn open_stream(&self, ns: u64, aside: u64) {
+        let me = self.inner.identity.id;
+        let peers = with_metrics(self.raft(), |m| members_but(m, me));
+        if peers.is_empty() {
+            return;
+        }
+        let key = StreamKey {
+            ns,
+            from: me,
+            stream: random_u64(),
+        };
+        let members = peers
+            .into_iter()
+            .map(|(id, addr)| {
+                let (tx, mut rx) = futures_channel::mpsc::unbounded::<Batch>();
+                let state = Rc::new(StreamState::default());
+                let (st, client, to) = (state.clone(), self.inner.client.clone(), addr.clone());
+                let path = rpc_path(self.inner.shard, "aside");
+                let timeout = self.inner.timeout;
+                let task = glommio::spawn_local(async move {
+                    while let Some(b) = rx.next().await {
+                        if !st.failed.get() {
+                            st.sent.set(true);
+                            match client.post(&to, &path, b.body, timeout).await {
+                                Ok(_) => st.acked.borrow_mut().extend(b.oids),
+                                Err(e) => {
+                                    st.failed.set(true);
+                                    info!(peer = id, error = %e, "streaming a push's objects to a member failed; it gets them after verification");
+                                }
+                            }
+                        }
+                        st.queued.set(st.queued.get().saturating_sub(b.bytes));
+                    }
+                })
+                .detach();
+                MemberStream {
+                    id,
+                    addr,
+                    tx: RefCell::new(Some(tx)),
+                    state,
+                    task: RefCell::new(Some(task)),
+                }
+            })
+            .collect();
+        self.inner
+            .out_streams
+            .borrow_mut()
+            .insert(aside, Rc::new(OutStream { key, members }));
+    }
+
+    /// Queues a batch written aside for every member that keeps up with the stream
+    /// (encoded once for all of them).
+    fn stream_batch(&self, aside: u64, objects: &[StoredObject], oids: &[Oid]) {
+        let Some(out) = self.inner.out_streams.borrow().get(&aside).cloned() else {
+            return;
+        };
+        let bytes: usize = objects.iter().map(|o| o.deflated.len()).sum();
+        let mut body: Option<Bytes> = None;
+        for m in &out.members {
+            let Some(tx) = m.tx.borrow().clone() else {
+                continue;
+            };
+            if !m.state.takes(bytes) {
+                continue;
+            }
+            let body = body
+                .get_or_insert_with(|| Bytes::from(encode_objects(&out.key.encode(), objects)))
+                .clone();
+            m.state.queued.set(m.state.queued.get() + bytes);
+            let batch = Batch {
+                body,
+                oids: oids.to_vec(),
+                bytes,
+            };
+            if tx.unbounded_send(batch).is_err() {
+                m.state
+                    .queued
+                    .set(m.state.queued.get().saturating_sub(bytes));
+            }
+        }
+    }
+
+    /// A failed push's stream: ends it, and tells the members that received any of it
+    /// to drop what they hold (best effort: they also drop it when they restart, or
+    /// after [`PEER_ASIDE_IDLE`]).
+    fn drop_stream(&self, out: Rc<OutStream>) {
+        out.close();
+        let client = self.inner.client.clone();
+        let path = rpc_path(self.inner.shard, "drop-aside");
+        let timeout = self.inner.timeout;
+        glommio::spawn_local(async move {
+            for m in &out.members {
+                let task = m.task.borrow_mut().take();
+                if let Some(t) = task {
+                    within(timeout, t).await;
+                }
+                if m.state.sent.get() {
+                    let body = Bytes::from(out.key.encode());
+                    if let Err(e) = client.post(&m.addr, &path, body, timeout).await {
+                        info!(peer = m.id, error = %e, "a member could not be told to drop a failed push's objects (it drops them later)");
+                    }
+                }
+            }
+        })
+        .detach();
+    }
+
+    /// A member's part of the stream of a peer's push: writes `objs` aside under
+    /// `key`. Also drops what other streams left here for longer than
+    /// [`PEER_ASIDE_IDLE`].
+    async fn write_peer_aside(
+        &self,
+        key: StreamKey,
+        objs: Vec<StoredObject>,
+    ) -> Result<(), (u16, String)> {
+        let known = self.inner.peer_asides.borrow().get(&key).map(|a| a.ns);
+        let ns = match known {
+            Some(ns) => ns,
+            None => {
+                let stale: Vec<Namespace> = {
+                    let mut asides = self.inner.peer_asides.borrow_mut();
+                    let old: Vec<StreamKey> = asides
+                        .iter()
+                        .filter(|(_, a)| a.touched.elapsed() > PEER_ASIDE_IDLE)
+                        .map(|(k, _)| *k)
+                        .collect();
+                    old.iter()
+                        .filter_map(|k| asides.remove(k))
+                        .map(|a| a.ns)
+                        .collect()
+                };
+                for old in stale {
+                    warn!(
+                        shard = self.inner.shard,
+                        "dropping objects a peer's push left here aside and never finished"
+                    );
+                    self.inner
+                        .store
+                        .append(drop_aside_writes(old))
+                        .await
+                        .map_err(|e| (500, e.to_string()))?;
+                }
+                let ns = self.open_aside().await.map_err(|e| (500, e.to_string()))?;
+                let raced = {
+                    let mut asides = self.inner.peer_asides.borrow_mut();
+                    match asides.get(&key) {
+                        Some(a) => Some(a.ns),
+                        None => {
+                            asides.insert(
+                                key,
+                                PeerAside {
+                                    ns,
+                                    written: HashSet::new(),
+                                    touched: Instant::now(),
+                                },
+                            );
+                            None
+                        }
+                    }
+                };
+                match raced {
+                    // Another batch of the stream opened it meanwhile: use that one.
+                    Some(theirs) => {
+                        self.inner
+                            .store
+                            .append(drop_aside_writes(ns))
+                            .await
+                            .map_err(|e| (500, e.to_string()))?;
+                        theirs
+                    }
+                    None => ns,
+                }
+            }
+        };
+        let oids: Vec<Oid> = objs.iter().map(|o| o.oid).collect();
+        self.inner.activity.touch(key.ns);
+        store_objects(&self.inner.store, ns.0, objs)
+            .await
+            .map_err(|e| (500, e.to_string()))?;
+        self.inner.activity.touch(key.ns);
+        let kept = match self.inner.peer_asides.borrow_mut().get_mut(&key) {
+            Some(a) if a.ns == ns => {
+                a.written.extend(oids);
+                a.touched = Instant::now();
+                true
+            }
+            _ => false,
+        };
+        if !kept {
+            // Dropped while this was written: drop what this wrote too.
+            self.inner
+                .store
+                .append(drop_aside_writes(ns))
+                .await
+                .map_err(|e| (500, e.to_string()))?;
+            return Err((409, "the push's objects here were dropped meanwhile".into()));
+        }
+        Ok(())
+    }
+
+    /// A member adopts objects a peer's push streamed here into the repository, and
+    /// drops the rest of them, in one append. Refused (and nothing adopted) if any of
+    /// `oids` is not held: the sender then sends them whole.
+    async fn adopt_peer_aside(&self, key: StreamKey, oids: Vec<Oid>) -> Result<(), (u16, String)> {
+        let Some(a) = self.inner.peer_asides.borrow_mut().remove(&key) else {
+            return Err((
+                409,
+                "no objects of this push are held here aside (restarted or dropped)".into(),
+            ));
+        };
+        let missing = oids.iter().filter(|o| !a.written.contains(*o)).count();
+        let mut writes = Vec::new();
+        if missing == 0 {
+            writes.push(Write::Adopt {
+                from: a.ns,
+                to: Namespace(key.ns),
+                oids,
+            });
+        }
+        writes.extend(drop_aside_writes(a.ns));
+        self.inner.activity.touch(key.ns);
+        self.inner
+            .store
+            .append(writes)
+            .await
+            .map_err(|e| (500, e.to_string()))?;
+        self.inner.activity.touch(key.ns);
+        if missing > 0 {
+            return Err((
+                409,
+                format!("{missing} of the objects to adopt are not held here aside"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn drop_peer_aside(&self, key: StreamKey) -> Result<(), (u16, String)> {
+        let a = self.inner.peer_asides.borrow_mut().remove(&key);
+        if let Some(a) = a {
+            info!(
+                shard = self.inner.shard,
+                from = key.from,
+                "dropping objects a failed push of a peer wrote here aside"
+            );
+            self.inner
+                .store
+                .append(drop_aside_writes(a.ns))
+                .await
+                .map_err(|e| (500, e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Drops what pushes that never finished (the node stopped) wrote aside.
@@ -714,23 +1091,15 @@ impl<D: Dir> Backend for NodeBackend<D> {
         aside: u64,
         objects: Vec<RawObject>,
     ) -> Result<(), BackendError> {
-        if self.ns_of(repo).is_none() {
+        let Some(repo_ns) = self.ns_of(repo) else {
             return Err(err("repository was deleted"));
-        }
+        };
         let known = self.inner.asides.borrow().get(&aside).map(|a| a.ns);
         let ns = match known {
             Some(ns) => ns,
             None => {
-                // Listed before anything is written there (u64::MAX is not a key:
-                // the list is read as the range 0..u64::MAX).
-                let ns = Namespace(random_u64().min(u64::MAX - 1));
-                self.inner
-                    .store
-                    .append(vec![Write::Opaque {
-                        stream: ASIDE_STREAM,
-                        key: ns.0,
-                        data: vec![1],
-                    }])
+                let ns = self
+                    .open_aside()
                     .await
                     .map_err(|e| err(format!("storing objects: {e}")))?;
                 info!(
@@ -744,17 +1113,16 @@ impl<D: Dir> Backend for NodeBackend<D> {
                         written: HashSet::new(),
                     },
                 );
+                self.open_stream(repo_ns, aside);
                 ns
             }
         };
+        let objects: Vec<StoredObject> = objects.into_iter().map(stored).collect();
         let oids: Vec<Oid> = objects.iter().map(|o| o.oid).collect();
-        store_objects(
-            &self.inner.store,
-            ns.0,
-            objects.into_iter().map(stored).collect(),
-        )
-        .await
-        .map_err(|e| err(format!("storing objects: {e}")))?;
+        self.stream_batch(aside, &objects, &oids);
+        store_objects(&self.inner.store, ns.0, objects)
+            .await
+            .map_err(|e| err(format!("storing objects: {e}")))?;
         let gone = match self.inner.asides.borrow_mut().get_mut(&aside) {
             Some(a) => {
                 a.written.extend(oids);
@@ -774,6 +1142,10 @@ impl<D: Dir> Backend for NodeBackend<D> {
     }
 
     fn drop_aside(&self, aside: u64) {
+        let out = self.inner.out_streams.borrow_mut().remove(&aside);
+        if let Some(out) = out {
+            self.drop_stream(out);
+        }
         let Some(a) = self.inner.asides.borrow_mut().remove(&aside) else {
             return;
         };
@@ -849,6 +1221,7 @@ impl<D: Dir> Backend for NodeBackend<D> {
             None => (std::collections::HashMap::new(), None),
         };
         let objects: Vec<StoredObject> = objects.into_iter().map(stored).collect();
+        let stream = aside.and_then(|id| self.inner.out_streams.borrow_mut().remove(&id));
         let aside = aside.and_then(|id| self.inner.asides.borrow_mut().remove(&id));
         let me = self.inner.identity.id;
         let (voters, peers): (BTreeSet<u64>, _) = with_metrics(self.raft(), |m| {
@@ -860,6 +1233,20 @@ impl<D: Dir> Backend for NodeBackend<D> {
         let need = voters.len() / 2 + 1;
         let total = voters.len().max(1);
         let (tx, mut rx) = futures_channel::mpsc::unbounded::<(u64, Result<(), String>)>();
+        // Members the push streamed to while it arrived: each adopts what it holds and
+        // gets the rest (see crate::aside); the others get everything.
+        if let Some(out) = &stream {
+            out.close();
+        }
+        let streamed = |id: u64| {
+            stream
+                .as_ref()
+                .and_then(|s| s.members.iter().find(|m| m.id == id))
+        };
+        let whole = peers
+            .iter()
+            .filter(|(id, _)| streamed(*id).is_none())
+            .count();
         if !peers.is_empty() {
             // In bodies of about SYNC_CHUNK_BYTES: a peer stores one while the next is
             // on its way, and holds no more than SYNC_IN_FLIGHT in memory. Each body is
@@ -868,16 +1255,34 @@ impl<D: Dir> Backend for NodeBackend<D> {
             // the whole push either.
             let bodies = Rc::new(SyncBodies::new(
                 ns.to_le_bytes().to_vec(),
-                objects.clone(),
+                if whole > 0 {
+                    objects.clone()
+                } else {
+                    Vec::new()
+                },
                 SYNC_CHUNK_BYTES,
-                peers.len(),
+                whole,
             ));
             for (id, addr) in peers {
                 let (tx, client) = (tx.clone(), self.inner.client.clone());
-                let bodies = bodies.clone();
                 let path = rpc_path(self.inner.shard, "objects");
-                let commit_path = rpc_path(self.inner.shard, "commit");
                 let deadline = Instant::now() + self.inner.timeout;
+                if let (Some(m), Some(out)) = (streamed(id), &stream) {
+                    let task = m.task.borrow_mut().take();
+                    let (state, key, objects) = (m.state.clone(), out.key, objects.clone());
+                    let shard = self.inner.shard;
+                    glommio::spawn_local(async move {
+                        let r = send_after_stream(
+                            &client, shard, &addr, key, task, &state, objects, deadline,
+                        )
+                        .await;
+                        let _ = tx.unbounded_send((id, r));
+                    })
+                    .detach();
+                    continue;
+                }
+                let bodies = bodies.clone();
+                let commit_path = rpc_path(self.inner.shard, "commit");
                 let staged_here = held.remove(&id);
                 let commit = commit.clone();
                 // Sends to every member; a slow one finishes in the background.
@@ -893,26 +1298,7 @@ impl<D: Dir> Backend for NodeBackend<D> {
                             }
                         }
                     }
-                    // Two bodies in flight to each member: it stores one while the
-                    // next is on its way.
-                    use futures_util::StreamExt;
-                    let taken = Cell::new(0);
-                    let mut sends = futures_util::stream::iter(0..bodies.len())
-                        .map(|i| {
-                            taken.set(i + 1);
-                            let left = deadline.saturating_duration_since(Instant::now());
-                            client.post(&addr, &path, bodies.take(i), left)
-                        })
-                        .buffer_unordered(SYNC_IN_FLIGHT);
-                    let mut r = Ok(());
-                    while let Some(sent) = sends.next().await {
-                        if let Err(e) = sent {
-                            r = Err(e.to_string());
-                            break;
-                        }
-                    }
-                    drop(sends);
-                    bodies.leave(taken.get());
+                    let r = send_bodies(&client, &addr, &path, &bodies, deadline).await;
                     let _ = tx.unbounded_send((id, r));
                 })
                 .detach();
@@ -1088,6 +1474,31 @@ impl<D: Dir> Backend for NodeBackend<D> {
                     .await
                     .map_err(|e| (500, e.to_string()))?;
                 self.inner.activity.touch(ns);
+                Ok(b"ok".to_vec())
+            }
+            "aside" => {
+                let (key, _) = StreamKey::decode(&body).map_err(|e| (400, e.to_string()))?;
+                // StreamKey::decode checked that the body holds at least its 24 bytes.
+                let objs = decode_objects(&Bytes::from(body).slice(24..))
+                    .map_err(|e| (400, e.to_string()))?;
+                self.write_peer_aside(key, objs).await?;
+                Ok(b"ok".to_vec())
+            }
+            "adopt" => {
+                let (key, oids) = decode_adopt(&body).map_err(|e| (400, e.to_string()))?;
+                let n = oids.len();
+                self.adopt_peer_aside(key, oids).await?;
+                info!(
+                    shard = self.inner.shard,
+                    from = key.from,
+                    objects = n,
+                    "adopted the objects a peer's push streamed here while it arrived"
+                );
+                Ok(b"ok".to_vec())
+            }
+            "drop-aside" => {
+                let (key, _) = StreamKey::decode(&body).map_err(|e| (400, e.to_string()))?;
+                self.drop_peer_aside(key).await?;
                 Ok(b"ok".to_vec())
             }
             "stage" => {

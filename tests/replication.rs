@@ -673,3 +673,152 @@ fn a_push_not_confirmed_in_time_reports_its_id_and_every_log_tells_its_outcome()
         );
     }
 }
+
+/// Commits `blobs` files of 4 MiB of noise each on `w`: a push larger than one batch
+/// of objects written aside (16 MiB), so that the members receive it while it arrives.
+fn commit_large(region: &Region, w: &Path, seed: u64, blobs: u64) -> String {
+    for i in 0..blobs {
+        std::fs::write(
+            w.join(format!("large{seed}-{i}.bin")),
+            common::noise(seed * 100 + i, 4 << 20),
+        )
+        .expect("write");
+        region.git_ok(w, &["add", "-A"]);
+        region.git_ok(w, &["commit", "-qm", &format!("large {seed} {i}")]);
+    }
+    region.git_ok(w, &["rev-parse", "HEAD"]).trim().to_owned()
+}
+
+const STREAM_ADOPTED: &str = "adopted the objects a peer's push streamed here";
+
+#[test]
+fn a_large_push_reaches_the_members_while_it_arrives_and_outlives_its_receiver() {
+    let mut region = Region::start_n(3, FAST);
+    let w = work_repo(&region, "w");
+    let first = commit_large(&region, &w, 1, 5);
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(1, "test"), "master"],
+    );
+    for k in 2..=3 {
+        assert!(
+            region.log_of(k).contains(STREAM_ADOPTED),
+            "node {k} did not adopt the streamed objects:\n{}",
+            tail(&region.log_of(k))
+        );
+    }
+    // A member down during the stream: the push goes on with the other, and the
+    // member catches up after.
+    region.stop_at(3, libc::SIGKILL);
+    let second = commit_large(&region, &w, 2, 5);
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(1, "test"), "master"],
+    );
+    // The receiver dies; the members hold everything it acknowledged.
+    region.stop_at(1, libc::SIGKILL);
+    region.start_node_at(3);
+    // Reads wait for a leader among the two (an election after the kill).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !region
+        .git(
+            Some("admin"),
+            region.dir.path(),
+            &["ls-remote", &region.repo_url_of(2, "test")],
+        )
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leader after the kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    for k in 2..=3 {
+        let expected = refs_at(&region, 2, "test");
+        assert!(expected.contains(&second), "{expected}");
+        assert_eq!(refs_at(&region, k, "test"), expected, "node {k}");
+        serves_all(
+            &region,
+            k,
+            &format!("after{k}"),
+            &[first.clone(), second.clone()],
+        );
+    }
+}
+
+#[test]
+fn a_large_push_that_fails_late_leaves_nothing_on_the_members() {
+    let region = Region::start_n(3, FAST);
+    let w = work_repo(&region, "w");
+    let base = commit(&region, &w, 0);
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(1, "test"), "master"],
+    );
+    let before: Vec<String> = (1..=3).map(|k| refs_at(&region, k, "test")).collect();
+    // 20 MiB of valid objects, then a trailer that does not match: found only once
+    // every object has been verified and streamed.
+    let tip = commit_large(&region, &w, 3, 5);
+    let out = std::process::Command::new("git")
+        .args(["pack-objects", "--stdout", "--revs", "-q"])
+        .current_dir(&w)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .expect("stdin")
+                .write_all(format!("{tip}\n^{base}\n").as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("pack-objects");
+    assert!(out.status.success());
+    let mut pack = out.stdout;
+    let n = pack.len();
+    pack[n - 1] ^= 1;
+    let line = format!("{base} {tip} refs/heads/master\0report-status\n");
+    let mut body = format!("{:04x}{line}0000", line.len() + 4).into_bytes();
+    body.extend_from_slice(&pack);
+    let r = region.http_to(
+        &region.url_of(1),
+        Some("admin"),
+        "POST",
+        "/repo/test.git/git-receive-pack",
+        &[("Content-Type", "application/x-git-receive-pack-request")],
+        Some(&body),
+    );
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(
+        text.contains("unpack ") && !text.contains("unpack ok"),
+        "{text}"
+    );
+    // The members were told to drop what the stream left there, and no node moved.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for k in 2..=3 {
+        while !region
+            .log_of(k)
+            .contains("dropping objects a failed push of a peer wrote here aside")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {k} kept the failed push's objects:\n{}",
+                tail(&region.log_of(k))
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(!region.log_of(k).contains(STREAM_ADOPTED), "node {k}");
+    }
+    for k in 1..=3 {
+        assert_eq!(refs_at(&region, k, "test"), before[k - 1], "node {k}");
+    }
+    // The same push, whole, then goes through.
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(1, "test"), "master"],
+    );
+    serves_all(&region, 3, "after", &[tip]);
+}
