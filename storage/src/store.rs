@@ -721,10 +721,18 @@ impl<D: Dir> Store<D> {
             out.put(&[0u8; FRAME_HEADER_LEN]);
             let body_start = out.at;
             let body_at = frame_at + FRAME_HEADER_LEN as u64;
+            let mut frame_crc = record::FrameCrc::new(salt);
             for p in batch {
                 for e in &p.writes {
                     let at = out.at - body_start;
-                    record::encode_record_parts(&mut out, salt, e.kind, e.flags, &e.head, &e.tail);
+                    record::encode_record_framed(
+                        &mut out,
+                        &mut frame_crc,
+                        e.kind,
+                        e.flags,
+                        &e.head,
+                        &e.tail,
+                    );
                     locs.push(Loc {
                         segment: segment.id,
                         offset: body_at + at as u64,
@@ -734,8 +742,13 @@ impl<D: Dir> Store<D> {
                 }
             }
             debug_assert_eq!(out.at, logical_len);
-            let header =
-                record::encode_frame_header(salt, &out.buf[body_start..out.at], count, first_lsn);
+            let header = record::encode_frame_header_crc(
+                salt,
+                out.at - body_start,
+                frame_crc.body_crc(),
+                count,
+                first_lsn,
+            );
             out.buf[header_at..body_start].copy_from_slice(&header);
             out.buf[logical_len..].fill(0);
             let end = align_down(start, align as u64) + logical_len as u64;
