@@ -5,10 +5,12 @@
 //!   id, fixed at creation by the proposer).
 //! * Repository state (refs, symrefs, settings) lives in the group's state machine; it
 //!   changes only by committed raft entries.
-//! * A push: the verified objects are stored here and sent to every other member;
-//!   once a majority (counting this node) holds them durably, one entry with the ref
-//!   transaction is proposed (forwarded to the leader if this node is not it). The
-//!   client hears "ok" only after that entry committed and applied.
+//! * A push: the verified objects are stored here and sent to every other member (a
+//!   large push's while it arrives, written aside there and adopted after
+//!   verification: [`crate::aside`]); once a majority (counting this node) holds them
+//!   durably in the repository, one entry with the ref transaction is proposed
+//!   (forwarded to the leader if this node is not it). The client hears "ok" only
+//!   after that entry committed and applied.
 //! * A read first proves this node is current ([`Backend::linearize`]): the leader
 //!   confirms its leadership with a quorum (read index); a follower asks the leader
 //!   for its read index and waits until it has applied that far.
