@@ -524,6 +524,29 @@ fn the_node_endpoint_refuses_strangers_and_garbage() {
             400,
         ),
         ("/rpc/shard/0/fetch", vec![0; 9], 400),
+        // The stream of a large push to the other members (src/aside.rs): a short key,
+        // ids that are not whole, objects that run past the end, and an adoption of
+        // objects this node never held aside (refused, nothing adopted).
+        ("/rpc/shard/0/aside", vec![0; 23], 400),
+        ("/rpc/shard/0/adopt", vec![0; 24 + 19], 400),
+        (
+            "/rpc/shard/0/aside",
+            {
+                let mut b = vec![7; 24];
+                b.extend_from_slice(&[0x11; 20]);
+                b.push(3);
+                b.extend_from_slice(&[0; 17]);
+                b.extend_from_slice(&u32::MAX.to_le_bytes());
+                b
+            },
+            400,
+        ),
+        (
+            "/rpc/shard/0/adopt",
+            [vec![9; 24], vec![0x22; 20]].concat(),
+            409,
+        ),
+        ("/rpc/shard/0/drop-aside", vec![1; 10], 400),
         ("/rpc/shard/0/snapshot", vec![255, 255, 255, 255, b'{'], 400),
         ("/rpc/shard/0/join", b"[]".to_vec(), 400),
     ];
