@@ -19,11 +19,10 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use repospanner_net::git::Oid;
-use repospanner_storage::Namespace;
 
 use crate::cluster::{Reader, WireError};
 
@@ -97,14 +96,6 @@ pub fn decode_adopt(b: &[u8]) -> Result<(StreamKey, Vec<Oid>), WireError> {
             })
             .collect(),
     ))
-}
-
-/// A member's side: objects a peer's push wrote here aside.
-#[derive(Debug)]
-pub struct PeerAside {
-    pub ns: Namespace,
-    pub written: HashSet<Oid>,
-    pub touched: Instant,
 }
 
 /// The receiving node's side: one member's stream of one push.

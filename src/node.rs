@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::aside::{
-    decode_adopt, encode_adopt, split_acked, Batch, MemberStream, OutStream, PeerAside, StreamKey,
+    decode_adopt, encode_adopt, split_acked, Batch, MemberStream, OutStream, StreamKey,
     StreamState, PEER_ASIDE_IDLE,
 };
 use crate::cluster::{
@@ -88,13 +88,19 @@ struct Inner<D: Dir> {
     /// Those pushes' streams to the other members (see [`crate::aside`]).
     out_streams: RefCell<HashMap<u64, Rc<OutStream>>>,
     /// Objects other members' pushes wrote here aside while they arrived.
-    peer_asides: RefCell<HashMap<StreamKey, PeerAside>>,
+    peer_asides: RefCell<HashMap<StreamKey, Aside>>,
 }
 
+/// Objects of one push written aside (this node's push, or a peer's it streamed here):
+/// the namespace, the ids written there, and when it was last written.
 struct Aside {
     ns: Namespace,
     written: HashSet<Oid>,
+    touched: Instant,
 }
+
+/// Either map of [`Aside`]s: keyed by this shard's push ids, or by a peer's streams.
+type Asides<K> = RefCell<HashMap<K, Aside>>;
 
 /// The store's opaque stream that lists the namespaces holding objects written aside
 /// (see `Backend::store_aside`), one key each, for as long as they exist: whatever it
@@ -459,10 +465,19 @@ impl<D: Dir> NodeBackend<D> {
         written
     }
 
-    /// A new namespace for objects written aside, listed in [`ASIDE_STREAM`] before
-    /// anything is written there (so that a restart drops it). u64::MAX is not a key:
-    /// the list is read as the range 0..u64::MAX.
-    async fn open_aside(&self) -> Result<Namespace, repospanner_storage::Error> {
+    /// The namespace of aside entry `key` in `map`, opened if new (second: whether it
+    /// was): a random namespace, listed in [`ASIDE_STREAM`] before anything is written
+    /// there, so a restart drops it (u64::MAX is not a key: the list is read as the
+    /// range 0..u64::MAX). Two writes that open the same entry at once (a push keeps
+    /// two in flight) end up in one namespace: the later opener drops its own.
+    async fn aside_ns<K: std::hash::Hash + Eq + Copy>(
+        &self,
+        map: &Asides<K>,
+        key: K,
+    ) -> Result<(Namespace, bool), repospanner_storage::Error> {
+        if let Some(a) = map.borrow().get(&key) {
+            return Ok((a.ns, false));
+        }
         let ns = Namespace(random_u64().min(u64::MAX - 1));
         self.inner
             .store
@@ -472,7 +487,51 @@ impl<D: Dir> NodeBackend<D> {
                 data: vec![1],
             }])
             .await?;
-        Ok(ns)
+        let raced = match map.borrow_mut().entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => Some(e.get().ns),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(Aside {
+                    ns,
+                    written: HashSet::new(),
+                    touched: Instant::now(),
+                });
+                None
+            }
+        };
+        match raced {
+            Some(theirs) => {
+                self.inner.store.append(drop_aside_writes(ns)).await?;
+                Ok((theirs, false))
+            }
+            None => Ok((ns, true)),
+        }
+    }
+
+    /// Writes `objects` into aside entry `key` of `map` (see [`NodeBackend::aside_ns`])
+    /// and records their ids there, but only in the entry of the namespace they went
+    /// to: an adoption trusts `written`. If the entry was dropped meanwhile, what this
+    /// wrote is dropped too and the answer is `Ok(false)`.
+    async fn write_aside<K: std::hash::Hash + Eq + Copy>(
+        &self,
+        map: &Asides<K>,
+        key: K,
+        ns: Namespace,
+        objects: Vec<StoredObject>,
+    ) -> Result<bool, repospanner_storage::Error> {
+        let oids: Vec<Oid> = objects.iter().map(|o| o.oid).collect();
+        store_objects(&self.inner.store, ns.0, objects).await?;
+        let kept = match map.borrow_mut().get_mut(&key) {
+            Some(a) if a.ns == ns => {
+                a.written.extend(oids);
+                a.touched = Instant::now();
+                true
+            }
+            _ => false,
+        };
+        if !kept {
+            self.inner.store.append(drop_aside_writes(ns)).await?;
+        }
+        Ok(kept)
     }
 
     /// Starts streaming push `aside` (of repository namespace `ns`) to the other
@@ -593,86 +652,43 @@ impl<D: Dir> NodeBackend<D> {
         key: StreamKey,
         objs: Vec<StoredObject>,
     ) -> Result<(), (u16, String)> {
-        let known = self.inner.peer_asides.borrow().get(&key).map(|a| a.ns);
-        let ns = match known {
-            Some(ns) => ns,
-            None => {
-                let stale: Vec<Namespace> = {
-                    let mut asides = self.inner.peer_asides.borrow_mut();
-                    let old: Vec<StreamKey> = asides
-                        .iter()
-                        .filter(|(_, a)| a.touched.elapsed() > PEER_ASIDE_IDLE)
-                        .map(|(k, _)| *k)
-                        .collect();
-                    old.iter()
-                        .filter_map(|k| asides.remove(k))
-                        .map(|a| a.ns)
-                        .collect()
-                };
-                for old in stale {
-                    warn!(
-                        shard = self.inner.shard,
-                        "dropping objects a peer's push left here aside and never finished"
-                    );
-                    self.inner
-                        .store
-                        .append(drop_aside_writes(old))
-                        .await
-                        .map_err(|e| (500, e.to_string()))?;
-                }
-                let ns = self.open_aside().await.map_err(|e| (500, e.to_string()))?;
-                let raced = {
-                    let mut asides = self.inner.peer_asides.borrow_mut();
-                    match asides.get(&key) {
-                        Some(a) => Some(a.ns),
-                        None => {
-                            asides.insert(
-                                key,
-                                PeerAside {
-                                    ns,
-                                    written: HashSet::new(),
-                                    touched: Instant::now(),
-                                },
-                            );
-                            None
-                        }
-                    }
-                };
-                match raced {
-                    // Another batch of the stream opened it meanwhile: use that one.
-                    Some(theirs) => {
-                        self.inner
-                            .store
-                            .append(drop_aside_writes(ns))
-                            .await
-                            .map_err(|e| (500, e.to_string()))?;
-                        theirs
-                    }
-                    None => ns,
-                }
+        let failed = |e: repospanner_storage::Error| (500, e.to_string());
+        if !self.inner.peer_asides.borrow().contains_key(&key) {
+            let stale: Vec<Namespace> = {
+                let mut asides = self.inner.peer_asides.borrow_mut();
+                let old: Vec<StreamKey> = asides
+                    .iter()
+                    .filter(|(_, a)| a.touched.elapsed() > PEER_ASIDE_IDLE)
+                    .map(|(k, _)| *k)
+                    .collect();
+                old.iter()
+                    .filter_map(|k| asides.remove(k))
+                    .map(|a| a.ns)
+                    .collect()
+            };
+            for old in stale {
+                warn!(
+                    shard = self.inner.shard,
+                    "dropping objects a peer's push left here aside and never finished"
+                );
+                self.inner
+                    .store
+                    .append(drop_aside_writes(old))
+                    .await
+                    .map_err(failed)?;
             }
-        };
-        let oids: Vec<Oid> = objs.iter().map(|o| o.oid).collect();
-        self.inner.activity.touch(key.ns);
-        store_objects(&self.inner.store, ns.0, objs)
+        }
+        let (ns, _) = self
+            .aside_ns(&self.inner.peer_asides, key)
             .await
-            .map_err(|e| (500, e.to_string()))?;
+            .map_err(failed)?;
         self.inner.activity.touch(key.ns);
-        let kept = match self.inner.peer_asides.borrow_mut().get_mut(&key) {
-            Some(a) if a.ns == ns => {
-                a.written.extend(oids);
-                a.touched = Instant::now();
-                true
-            }
-            _ => false,
-        };
+        let kept = self
+            .write_aside(&self.inner.peer_asides, key, ns, objs)
+            .await
+            .map_err(failed)?;
+        self.inner.activity.touch(key.ns);
         if !kept {
-            // Dropped while this was written: drop what this wrote too.
-            self.inner
-                .store
-                .append(drop_aside_writes(ns))
-                .await
-                .map_err(|e| (500, e.to_string()))?;
             return Err((409, "the push's objects here were dropped meanwhile".into()));
         }
         Ok(())
@@ -1096,50 +1112,25 @@ impl<D: Dir> Backend for NodeBackend<D> {
         let Some(repo_ns) = self.ns_of(repo) else {
             return Err(err("repository was deleted"));
         };
-        let known = self.inner.asides.borrow().get(&aside).map(|a| a.ns);
-        let ns = match known {
-            Some(ns) => ns,
-            None => {
-                let ns = self
-                    .open_aside()
-                    .await
-                    .map_err(|e| err(format!("storing objects: {e}")))?;
-                info!(
-                    repo,
-                    aside, "writing a push's objects aside while it arrives"
-                );
-                self.inner.asides.borrow_mut().insert(
-                    aside,
-                    Aside {
-                        ns,
-                        written: HashSet::new(),
-                    },
-                );
-                self.open_stream(repo_ns, aside);
-                ns
-            }
-        };
+        let failed = |e: repospanner_storage::Error| err(format!("storing objects: {e}"));
+        let (ns, opened) = self
+            .aside_ns(&self.inner.asides, aside)
+            .await
+            .map_err(failed)?;
+        if opened {
+            info!(
+                repo,
+                aside, "writing a push's objects aside while it arrives"
+            );
+            self.open_stream(repo_ns, aside);
+        }
         let objects: Vec<StoredObject> = objects.into_iter().map(stored).collect();
         let oids: Vec<Oid> = objects.iter().map(|o| o.oid).collect();
         self.stream_batch(aside, &objects, &oids);
-        store_objects(&self.inner.store, ns.0, objects)
+        // Dropped meanwhile (the push failed): what this wrote went with it.
+        self.write_aside(&self.inner.asides, aside, ns, objects)
             .await
-            .map_err(|e| err(format!("storing objects: {e}")))?;
-        let gone = match self.inner.asides.borrow_mut().get_mut(&aside) {
-            Some(a) => {
-                a.written.extend(oids);
-                false
-            }
-            None => true,
-        };
-        if gone {
-            // The push was dropped while this was being written: drop it again.
-            self.inner
-                .store
-                .append(drop_aside_writes(ns))
-                .await
-                .map_err(|e| err(format!("dropping objects: {e}")))?;
-        }
+            .map_err(failed)?;
         Ok(())
     }
 
