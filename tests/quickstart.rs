@@ -92,9 +92,29 @@ fn quickstart_runs_a_three_node_region_that_git_uses_and_ctrl_c_stops_it() {
         let base = &env.iter().find(|(n, _)| *n == name).expect("url in env").1;
         format!("{base}/repo/test.git")
     };
-    for name in ["GIT_SSL_CAINFO", "GIT_SSL_CERT", "GIT_SSL_KEY"] {
+    for name in [
+        "GIT_SSL_CAINFO",
+        "GIT_SSL_CAPATH",
+        "GIT_SSL_CERT",
+        "GIT_SSL_KEY",
+    ] {
         assert!(env.iter().any(|(n, _)| n == name), "{name} in env");
     }
+    // git trusts the region's CA alone: its CA path holds that one certificate.
+    let capath = &env
+        .iter()
+        .find(|(n, _)| n == "GIT_SSL_CAPATH")
+        .expect("capath")
+        .1;
+    let held: Vec<_> = std::fs::read_dir(capath)
+        .expect("CA path")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(held, ["ca.crt"], "{capath}");
+    assert_eq!(
+        std::fs::read(Path::new(capath).join("ca.crt")).expect("trusted CA"),
+        std::fs::read(dir.join("ca/ca.crt")).expect("CA")
+    );
     let home = t.path();
     // The command it prints, then a push through node 2 and a clone from node 3.
     git(&env, home, home, &["clone", "-q", &url(1), "a"]);

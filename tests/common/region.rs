@@ -283,6 +283,7 @@ impl Region {
         GitClient {
             home: self.dir.path().to_owned(),
             ca: self.ca_dir().join("ca.crt"),
+            trust: repospanner::quickstart::trust_dir(&self.ca_dir()).expect("trust dir"),
             identity: user.map(|u| {
                 (
                     self.ca_dir().join(format!("{u}.crt")),
@@ -376,6 +377,8 @@ impl Drop for Region {
 pub struct GitClient {
     home: PathBuf,
     ca: PathBuf,
+    /// Holds only the region's CA, as the quick start's env gives git (`GIT_SSL_CAPATH`).
+    trust: PathBuf,
     identity: Option<(PathBuf, PathBuf)>,
 }
 
@@ -387,6 +390,7 @@ impl GitClient {
             .env_remove("GIT_SSL_CERT")
             .env_remove("GIT_SSL_KEY")
             .env("GIT_SSL_CAINFO", &self.ca)
+            .env("GIT_SSL_CAPATH", &self.trust)
             .env("HOME", &self.home)
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_TERMINAL_PROMPT", "0")
