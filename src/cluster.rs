@@ -73,18 +73,19 @@ pub fn rpc_path(shard: usize, op: &str) -> String {
 /// Encodes objects for object sync after `prefix` (a sync body starts with its
 /// namespace), into one buffer of exactly the right size: a push's objects are sent
 /// to every peer, so a reallocation or a second copy here costs as much as the TLS.
-pub fn encode_objects(prefix: &[u8], objects: &[StoredObject]) -> Vec<u8> {
+pub fn encode_objects<B: AsRef<[u8]>>(prefix: &[u8], objects: &[StoredObject<B>]) -> Vec<u8> {
     let len = prefix.len()
         + objects
             .iter()
-            .map(|o| HEAD_MAX_BYTES + 4 + o.deflated.len())
+            .map(|o| HEAD_MAX_BYTES + 4 + o.deflated.as_ref().len())
             .sum::<usize>();
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(prefix);
     for o in objects {
         put_head(&mut out, &Head::of(o));
-        out.extend_from_slice(&(o.deflated.len() as u32).to_le_bytes());
-        out.extend_from_slice(&o.deflated);
+        let deflated = o.deflated.as_ref();
+        out.extend_from_slice(&(deflated.len() as u32).to_le_bytes());
+        out.extend_from_slice(deflated);
     }
     debug_assert!(out.len() <= len);
     out
@@ -206,7 +207,7 @@ pub struct Head {
 }
 
 impl Head {
-    pub fn of(o: &StoredObject) -> Head {
+    pub fn of<B>(o: &StoredObject<B>) -> Head {
         Head {
             oid: o.oid,
             kind: o.kind,

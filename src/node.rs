@@ -163,7 +163,7 @@ fn from_storage_kind(k: repospanner_storage::ObjectKind) -> ObjectKind {
     }
 }
 
-fn raw(o: StoredObject) -> RawObject {
+fn raw<B>(o: StoredObject<B>) -> RawObject<B> {
     RawObject {
         oid: o.oid,
         kind: from_storage_kind(o.kind),
@@ -1031,6 +1031,8 @@ impl<D: Dir> NodeBackend<D> {
 }
 
 impl<D: Dir> Backend for NodeBackend<D> {
+    type Chunk = repospanner_storage::Chunk;
+
     async fn repo(&self, name: &str) -> Result<Option<RepoState>, BackendError> {
         Ok(self
             .inner
@@ -1055,7 +1057,11 @@ impl<D: Dir> Backend for NodeBackend<D> {
             .map(|(k, c)| (from_storage_kind(k), c)))
     }
 
-    async fn raws(&self, repo: &str, oids: &[Oid]) -> Result<Vec<Option<RawObject>>, BackendError> {
+    async fn raws(
+        &self,
+        repo: &str,
+        oids: &[Oid],
+    ) -> Result<Vec<Option<RawObject<Self::Chunk>>>, BackendError> {
         let Some(ns) = self.ns_of(repo) else {
             return Ok(vec![None; oids.len()]);
         };

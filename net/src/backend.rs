@@ -19,16 +19,18 @@ pub struct RepoState {
     pub symrefs: BTreeMap<String, String>,
 }
 
-/// A stored pack entry (what a fetch copies out).
+/// A stored pack entry (what a fetch copies out). Its bytes are `Bytes` where the
+/// entry travels (a push's objects, handed between shards), and the backend's own
+/// [`Backend::Chunk`] where a fetch copies them straight from the read buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawObject {
+pub struct RawObject<B = bytes::Bytes> {
     pub oid: Oid,
     pub kind: ObjectKind,
     pub object_size: u64,
     pub entry_size: u64,
     pub base: Option<Oid>,
     /// Shared with the pushed pack (or the read buffer), not copied.
-    pub deflated: bytes::Bytes,
+    pub deflated: B,
 }
 
 /// What a stored pack entry says of its object, without its bytes: enough to plan a
@@ -42,7 +44,7 @@ pub struct RawHead {
     pub base: Option<Oid>,
 }
 
-impl RawObject {
+impl<B> RawObject<B> {
     pub fn head(&self) -> RawHead {
         RawHead {
             oid: self.oid,
@@ -82,6 +84,9 @@ pub struct BackendError(pub String);
 /// Everything the HTTP services ask of the node.
 #[allow(async_fn_in_trait)]
 pub trait Backend {
+    /// The bytes of a stored entry as the store read them (a view of its read
+    /// buffer; it need not leave the shard).
+    type Chunk: AsRef<[u8]>;
     /// The repository's state; `None` if it does not exist.
     async fn repo(&self, name: &str) -> Result<Option<RepoState>, BackendError>;
     /// The content of an object of the repository.
@@ -92,7 +97,11 @@ pub trait Backend {
     ) -> Result<Option<(ObjectKind, Vec<u8>)>, BackendError>;
     /// The stored pack entries of objects of the repository (`None` for each it
     /// lacks), read together: neighbouring entries come in one device read.
-    async fn raws(&self, repo: &str, oids: &[Oid]) -> Result<Vec<Option<RawObject>>, BackendError>;
+    async fn raws(
+        &self,
+        repo: &str,
+        oids: &[Oid],
+    ) -> Result<Vec<Option<RawObject<Self::Chunk>>>, BackendError>;
     /// The heads of the stored pack entries of objects (see [`RawHead`]), read
     /// together like [`Backend::raws`].
     async fn raw_heads(

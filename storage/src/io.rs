@@ -31,6 +31,77 @@ impl Deref for Blob {
     }
 }
 
+/// Bytes read from a segment, shared without copying: a view into the read's own
+/// buffer (for [`DmaDir`], glommio's DMA buffer, which the kernel filled), kept alive
+/// by every view of it. Cheap to clone and to slice.
+///
+/// Not `Send`: the buffer belongs to the shard that read it. What must leave the
+/// shard (a reply to a peer, a request handed to another shard) is copied out.
+#[derive(Clone)]
+pub struct Chunk {
+    buf: Rc<dyn AsRef<[u8]>>,
+    start: usize,
+    end: usize,
+}
+
+impl Chunk {
+    /// All of `buf`.
+    pub fn new(buf: impl AsRef<[u8]> + 'static) -> Chunk {
+        let end = buf.as_ref().len();
+        Chunk {
+            buf: Rc::new(buf),
+            start: 0,
+            end,
+        }
+    }
+
+    /// The bytes at `range` of this chunk (clamped to its end).
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Chunk {
+        let end = (self.start + range.end).min(self.end);
+        Chunk {
+            buf: self.buf.clone(),
+            start: (self.start + range.start).min(end),
+            end,
+        }
+    }
+}
+
+impl Deref for Chunk {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &(*self.buf).as_ref()[self.start..self.end]
+    }
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl std::fmt::Debug for Chunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Chunk({} bytes)", self.len())
+    }
+}
+
+impl PartialEq for Chunk {
+    fn eq(&self, other: &Chunk) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Chunk {}
+
+/// A glommio read buffer as the bytes it holds.
+struct DmaRead(glommio::io::ReadResult);
+
+impl AsRef<[u8]> for DmaRead {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// A directory of files: segments, checkpoints.
 #[allow(async_fn_in_trait)]
 pub trait Dir: Clone + 'static {
@@ -61,8 +132,9 @@ pub trait SegmentFile: 'static {
     fn buffer(&self, len: usize) -> Self::Buf;
     /// Writes `data` at `pos`; both aligned.
     async fn write_at(&self, pos: u64, data: Self::Buf) -> io::Result<()>;
-    /// Reads up to `len` bytes at `pos` (fewer at the end of the file).
-    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Reads up to `len` bytes at `pos` (fewer at the end of the file), into a buffer
+    /// of the read's own that the result shares rather than copies.
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Chunk>;
     /// Durability barrier: once it returns, every completed write is durable
     /// (`fdatasync`, or nothing where writes are synchronous, as with O_DSYNC).
     async fn sync_data(&self) -> io::Result<()>;
@@ -215,9 +287,9 @@ impl SegmentFile for DmaSegment {
         Ok(())
     }
 
-    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Chunk> {
         let r = self.file.read_at(pos, len).await?;
-        Ok(r.to_vec())
+        Ok(Chunk::new(DmaRead(r)))
     }
 
     async fn sync_data(&self) -> io::Result<()> {
@@ -522,7 +594,7 @@ impl SegmentFile for MemSegment {
         Ok(())
     }
 
-    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Chunk> {
         self.dir.state.borrow_mut().reads += 1;
         let s = self.dir.state.borrow();
         let f = s
@@ -531,7 +603,9 @@ impl SegmentFile for MemSegment {
             .ok_or_else(|| not_found(&self.name))?;
         let start = (pos as usize).min(f.data.len());
         let end = start.saturating_add(len).min(f.data.len());
-        Ok(f.data[start..end].to_vec())
+        // A copy of its own, as a device read would be.
+        let read: Vec<u8> = f.data[start..end].into();
+        Ok(Chunk::new(read))
     }
 
     async fn sync_data(&self) -> io::Result<()> {

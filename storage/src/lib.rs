@@ -55,7 +55,7 @@ pub mod record;
 mod store;
 
 pub use index::Loc;
-pub use io::{DmaDir, Faults, MemDir};
+pub use io::{Chunk, DmaDir, Faults, MemDir};
 pub use object::{Namespace, ObjectHead, ObjectKind, Oid, StoredObject};
 pub use store::{Corruption, Options, RecoveryReport, Stats, Store, VerifyReport, Write};
 

@@ -49,9 +49,11 @@ impl ObjectKind {
     }
 }
 
-/// A git object as a stored pack entry.
+/// A git object as a stored pack entry. Its bytes are `Bytes` on the way in (shared
+/// with the pushed pack) and a [`Chunk`](crate::Chunk) of the read buffer on the way
+/// out of [`Store::read_raws`](crate::Store::read_raws).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredObject {
+pub struct StoredObject<B = bytes::Bytes> {
     pub oid: Oid,
     /// Kind of the resolved object.
     pub kind: ObjectKind,
@@ -62,22 +64,62 @@ pub struct StoredObject {
     /// For a delta entry, the object it is a delta against (same namespace).
     pub base: Option<Oid>,
     /// The zlib stream exactly as it was in the pack (shared, not copied, on its way
-    /// from a pushed pack to the write buffer).
-    pub deflated: bytes::Bytes,
+    /// from a pushed pack to the write buffer, or from the read buffer to a clone).
+    pub deflated: B,
+}
+
+impl<B> StoredObject<B> {
+    /// What the entry says of its object.
+    pub fn head(&self) -> ObjectHead {
+        ObjectHead {
+            oid: self.oid,
+            kind: self.kind,
+            object_size: self.object_size,
+            entry_size: self.entry_size,
+            base: self.base,
+        }
+    }
+
+    /// The same entry with `f(deflated)` for its bytes.
+    pub fn map<C>(self, f: impl FnOnce(B) -> C) -> StoredObject<C> {
+        StoredObject {
+            oid: self.oid,
+            kind: self.kind,
+            object_size: self.object_size,
+            entry_size: self.entry_size,
+            base: self.base,
+            deflated: f(self.deflated),
+        }
+    }
+}
+
+impl<B: AsRef<[u8]>> StoredObject<B> {
+    /// The entry with its bytes copied into a `Bytes` of their own: what leaves the
+    /// shard that read it.
+    pub fn to_shared(&self) -> StoredObject {
+        StoredObject {
+            oid: self.oid,
+            kind: self.kind,
+            object_size: self.object_size,
+            entry_size: self.entry_size,
+            base: self.base,
+            deflated: bytes::Bytes::copy_from_slice(self.deflated.as_ref()),
+        }
+    }
 }
 
 const FIXED: usize = 8 + 20 + 1 + 1 + 8 + 8;
 
 /// Encodes an object record payload.
-pub fn encode(ns: Namespace, o: &StoredObject) -> Vec<u8> {
+pub fn encode<B: AsRef<[u8]>>(ns: Namespace, o: &StoredObject<B>) -> Vec<u8> {
     let mut out = encode_head(ns, o);
-    out.extend_from_slice(&o.deflated);
+    out.extend_from_slice(o.deflated.as_ref());
     out
 }
 
 /// Encodes the part of an object record payload before the deflated bytes (the whole
 /// payload is this followed by `o.deflated`).
-pub fn encode_head(ns: Namespace, o: &StoredObject) -> Vec<u8> {
+pub fn encode_head<B>(ns: Namespace, o: &StoredObject<B>) -> Vec<u8> {
     let mut out = Vec::with_capacity(FIXED + 20);
     out.extend_from_slice(&ns.0.to_le_bytes());
     out.extend_from_slice(&o.oid);
@@ -162,6 +204,16 @@ pub fn decode(p: &[u8]) -> Option<(Namespace, StoredObject)> {
 
 /// Decodes an object payload whose deflated bytes stay shared with `p`.
 pub fn decode_shared(p: &bytes::Bytes) -> Option<(Namespace, StoredObject)> {
+    decode_with(p, |at| p.slice(at..))
+}
+
+/// Decodes an object payload read from a segment, its deflated bytes a view of the
+/// read buffer.
+pub fn decode_chunk(p: &crate::Chunk) -> Option<(Namespace, StoredObject<crate::Chunk>)> {
+    decode_with(p, |at| p.slice(at..p.len()))
+}
+
+fn decode_with<B>(p: &[u8], rest: impl FnOnce(usize) -> B) -> Option<(Namespace, StoredObject<B>)> {
     let (ns, h, at) = decode_head(p)?;
     Some((
         ns,
@@ -171,7 +223,7 @@ pub fn decode_shared(p: &bytes::Bytes) -> Option<(Namespace, StoredObject)> {
             object_size: h.object_size,
             entry_size: h.entry_size,
             base: h.base,
-            deflated: p.slice(at..),
+            deflated: rest(at),
         },
     ))
 }

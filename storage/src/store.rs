@@ -21,7 +21,7 @@ use futures_channel::oneshot;
 use tracing::{info, warn};
 
 use crate::index::{self, Covered, Index, Loc};
-use crate::io::{Dir, SegmentFile};
+use crate::io::{Chunk, Dir, SegmentFile};
 use crate::object::{self, ContentError, Namespace, ObjectHead, ObjectKind, Oid, StoredObject};
 use crate::record::{
     self, FrameHeader, Out, RecordKind, SegmentHeader, FLAG_ZSTD, FRAME_HEADER_LEN,
@@ -247,11 +247,7 @@ fn corrupt_at(loc: Loc, reason: &str) -> Error {
 }
 
 /// The record read at `loc`, checked: its kind, flags and payload.
-fn checked_record(
-    bytes: bytes::Bytes,
-    loc: Loc,
-    salt: u64,
-) -> Result<(RecordKind, u8, bytes::Bytes)> {
+fn checked_record(bytes: Chunk, loc: Loc, salt: u64) -> Result<(RecordKind, u8, Chunk)> {
     let (r, _) = record::decode_record(&bytes, salt)
         .map_err(|e| corrupt_at(loc, &format!("record check failed: {e:?}")))?;
     let (kind, flags) = (r.kind, r.flags);
@@ -277,7 +273,7 @@ fn align_up(v: usize, a: usize) -> usize {
 struct Window<'f, F> {
     file: &'f F,
     start: u64,
-    buf: Vec<u8>,
+    buf: Chunk,
 }
 
 const WINDOW: usize = 8 << 20;
@@ -287,7 +283,7 @@ impl<'f, F: SegmentFile> Window<'f, F> {
         Window {
             file,
             start: 0,
-            buf: Vec::new(),
+            buf: Chunk::new(Vec::new()),
         }
     }
 
@@ -490,6 +486,7 @@ impl<D: Dir> Store<D> {
                 .read_at(block_start, (offset - block_start) as usize)
                 .await
                 .map_err(io_err("read", &name))?
+                .to_vec()
         } else {
             Vec::new()
         };
@@ -851,14 +848,14 @@ impl<D: Dir> Store<D> {
     }
 
     /// Reads and checks the record at `loc`.
-    async fn read_record(&self, loc: Loc) -> Result<(RecordKind, u8, bytes::Bytes)> {
+    async fn read_record(&self, loc: Loc) -> Result<(RecordKind, u8, Chunk)> {
         let seg = self.segment_of(loc)?;
         let bytes = seg
             .file
             .read_at(loc.offset, loc.len as usize)
             .await
             .map_err(io_err("read", &segment_name(seg.id)))?;
-        checked_record(bytes::Bytes::from(bytes), loc, seg.salt)
+        checked_record(bytes, loc, seg.salt)
     }
 
     fn segment_of(&self, loc: Loc) -> Result<Rc<Segment<D::File>>> {
@@ -916,7 +913,7 @@ impl<D: Dir> Store<D> {
         oids: &[Oid],
         len: impl Fn(&Loc) -> usize,
         gap: u64,
-        decode: impl Fn(&Oid, Loc, bytes::Bytes) -> Result<T>,
+        decode: impl Fn(&Oid, Loc, Chunk) -> Result<T>,
     ) -> Result<Vec<Option<T>>> {
         let locs = self.locate(ns, oids);
         let spans: Vec<(Loc, usize)> = locs.iter().flatten().map(|l| (*l, len(l))).collect();
@@ -925,7 +922,10 @@ impl<D: Dir> Store<D> {
             .zip(locs)
             .map(|(oid, loc)| match loc {
                 None => Ok(None),
-                Some(loc) => decode(oid, loc, read.next().unwrap_or_default()).map(Some),
+                Some(loc) => {
+                    let bytes = read.next().unwrap_or_else(|| Chunk::new(Vec::new()));
+                    decode(oid, loc, bytes).map(Some)
+                }
             })
             .collect()
     }
@@ -941,7 +941,7 @@ impl<D: Dir> Store<D> {
     /// as one run (the bytes between read through) of at most [`RUN_BYTES_MAX`], a
     /// few runs at once. Reading a clone's objects one request each cost more in
     /// system calls and device notifications than the rest of the clone but hashing.
-    async fn read_spans(&self, spans: &[(Loc, usize)], gap: u64) -> Result<Vec<bytes::Bytes>> {
+    async fn read_spans(&self, spans: &[(Loc, usize)], gap: u64) -> Result<Vec<Chunk>> {
         use futures_util::StreamExt;
         let mut order: Vec<usize> = (0..spans.len()).collect();
         order.sort_unstable_by_key(|&i| (spans[i].0.segment, spans[i].0.offset));
@@ -962,7 +962,7 @@ impl<D: Dir> Store<D> {
                 _ => runs.push((loc, end, vec![i])),
             }
         }
-        let mut out = vec![bytes::Bytes::new(); spans.len()];
+        let mut out = vec![Chunk::new(Vec::new()); spans.len()];
         let mut reads = futures_util::stream::iter(runs)
             .map(|(first, end, members)| async move {
                 let seg = self.segment_of(first)?;
@@ -971,7 +971,7 @@ impl<D: Dir> Store<D> {
                     .read_at(first.offset, (end - first.offset) as usize)
                     .await
                     .map_err(io_err("read", &segment_name(seg.id)))?;
-                Ok::<_, Error>((first.offset, bytes::Bytes::from(bytes), members))
+                Ok::<_, Error>((first.offset, bytes, members))
             })
             .buffer_unordered(RUNS_IN_FLIGHT);
         while let Some(run) = reads.next().await {
@@ -1014,8 +1014,9 @@ impl<D: Dir> Store<D> {
         self.inner.index.borrow().object_count()
     }
 
-    /// The stored pack entry of `oid` in `ns` (for copying into an outgoing pack).
-    pub async fn read_raw(&self, ns: Namespace, oid: &Oid) -> Result<Option<StoredObject>> {
+    /// The stored pack entry of `oid` in `ns` (for copying into an outgoing pack), its
+    /// bytes a view of the read buffer.
+    pub async fn read_raw(&self, ns: Namespace, oid: &Oid) -> Result<Option<StoredObject<Chunk>>> {
         Ok(self
             .read_raws(ns, std::slice::from_ref(oid))
             .await?
@@ -1029,7 +1030,7 @@ impl<D: Dir> Store<D> {
         &self,
         ns: Namespace,
         oids: &[Oid],
-    ) -> Result<Vec<Option<StoredObject>>> {
+    ) -> Result<Vec<Option<StoredObject<Chunk>>>> {
         let whole = |l: &Loc| l.len as usize;
         self.read_located(ns, oids, whole, RAW_GAP_BYTES, |oid, loc, bytes| {
             let seg = self.segment_of(loc)?;
@@ -1040,7 +1041,7 @@ impl<D: Dir> Store<D> {
                     "index points at a record that is not an object",
                 ));
             }
-            match object::decode_shared(&payload) {
+            match object::decode_chunk(&payload) {
                 // The record may be of another namespace: an object adopted from it.
                 Some((_, o)) if o.oid == *oid => Ok(o),
                 _ => Err(corrupt_at(

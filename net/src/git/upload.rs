@@ -667,7 +667,7 @@ pub async fn read_batch<B: Backend>(
     b: &B,
     repo: &str,
     heads: &[RawHead],
-) -> Result<Vec<RawObject>, UploadError> {
+) -> Result<Vec<RawObject<B::Chunk>>, UploadError> {
     let oids: Vec<Oid> = heads.iter().map(|h| h.oid).collect();
     let read = b.raws(repo, &oids).await.map_err(be)?;
     heads
@@ -713,25 +713,25 @@ impl PackOut {
     }
 
     /// Writes the next entries (in plan order) to `sink`.
-    pub fn write(&mut self, entries: &[RawObject], sink: &mut dyn FnMut(&[u8])) {
+    pub fn write<C: AsRef<[u8]>>(&mut self, entries: &[RawObject<C>], sink: &mut dyn FnMut(&[u8])) {
         for r in entries {
             let e = match r.base {
                 Some(base) => match self.index.get(&base) {
                     Some(&bi) => OutEntry::OfsDelta {
                         base_index: bi,
                         size: r.entry_size,
-                        deflated: &r.deflated,
+                        deflated: r.deflated.as_ref(),
                     },
                     None => OutEntry::RefDelta {
                         base,
                         size: r.entry_size,
-                        deflated: &r.deflated,
+                        deflated: r.deflated.as_ref(),
                     },
                 },
                 None => OutEntry::Full {
                     kind: r.kind,
                     size: r.entry_size,
-                    deflated: &r.deflated,
+                    deflated: r.deflated.as_ref(),
                 },
             };
             self.writer.entry_to(&e, sink);
@@ -748,8 +748,8 @@ impl PackOut {
 
 /// The most bytes [`PackOut::write`] makes of `entries` (their data and the largest
 /// entry headers).
-pub fn framed_bytes(entries: &[RawObject]) -> usize {
-    entries.iter().map(|r| r.deflated.len() + 32).sum()
+pub fn framed_bytes<C: AsRef<[u8]>>(entries: &[RawObject<C>]) -> usize {
+    entries.iter().map(|r| r.deflated.as_ref().len() + 32).sum()
 }
 
 /// Formats the v0 negotiation part of a response (before any pack). `ready`: the
