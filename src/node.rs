@@ -79,6 +79,8 @@ struct Inner<D: Dir> {
     /// Whether this node answers vote requests. Not while it joins: a node whose disk
     /// was wiped has forgotten the votes it gave, and could vote twice in one term.
     votes: Cell<bool>,
+    /// Whether this node takes appended entries (see [`NodeBackend::hold_appends`]).
+    appends: Cell<bool>,
     activity: SyncActivity,
     out_stages: OutStages,
     in_stages: InStages,
@@ -424,6 +426,7 @@ impl<D: Dir> NodeBackend<D> {
                 timeout,
                 pushes: Cell::new(0),
                 votes: Cell::new(true),
+                appends: Cell::new(true),
                 activity,
                 out_stages: OutStages::default(),
                 in_stages: InStages::default(),
@@ -812,6 +815,28 @@ impl<D: Dir> NodeBackend<D> {
         self.raft().runtime_config().elect(votes);
     }
 
+    /// Whether this node holds nothing of the group's log (no entry, no snapshot): a
+    /// node joining for the first time, or one whose disk was wiped.
+    pub fn log_is_empty(&self) -> bool {
+        with_metrics(self.raft(), |m| {
+            m.last_log_index.is_none() && m.snapshot.is_none()
+        })
+    }
+
+    /// Refuses (`false`) or takes appended entries. A node that lost its log refuses them
+    /// until the leader knows (the `rejoin` operation): the leader still believes the entries
+    /// the node acknowledged before are there, and openraft, told otherwise by a
+    /// refusal of that log, neither goes back nor gives up, but sends the same entries
+    /// again, hundreds of times a second, for as long as both run.
+    pub fn hold_appends(&self, take: bool) {
+        self.inner.appends.set(take);
+    }
+
+    /// Whether appended entries are taken (see [`NodeBackend::hold_appends`]).
+    pub fn takes_appends(&self) -> bool {
+        self.inner.appends.get()
+    }
+
     /// Whether this node is a voter of the group.
     pub fn is_voter(&self) -> bool {
         let me = self.inner.identity.id;
@@ -938,32 +963,69 @@ impl<D: Dir> NodeBackend<D> {
         }
     }
 
+    /// Sends a join operation (`join`, `rejoin`) to the group's leader: any member may
+    /// be asked, the leader does it.
+    async fn join_at_leader(&self, op: &str, req: &JoinRequest) -> Result<(), String> {
+        let Some((_, Some(addr))) = self.leader() else {
+            return Err("the group has no leader right now".into());
+        };
+        let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+        let b = self
+            .inner
+            .client
+            .post(
+                &addr,
+                &rpc_path(self.inner.shard, op),
+                Bytes::from(body),
+                Duration::from_secs(600),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        match serde_json::from_slice::<RpcReply<()>>(&b) {
+            Ok(RpcReply::Ok(())) => Ok(()),
+            Ok(RpcReply::Err(e)) => Err(e),
+            Ok(RpcReply::NotLeader) => Err("the leader moved; ask again".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// A member whose log is empty asks to rejoin (its disk was wiped, or it never had
+    /// one): if the group knows it, the leader lets replication to it start over once
+    /// it finds the log gone (openraft's `allow_next_revert`), where it would otherwise
+    /// keep sending what the node no longer has. Entries the node had acknowledged stay
+    /// committed: they are on the leader, as every committed entry is.
+    async fn rejoin(&self, req: JoinRequest) -> Result<(), String> {
+        let raft = self.raft();
+        let m = raft.metrics().borrow_watched().clone();
+        if m.current_leader != Some(self.inner.identity.id) {
+            return self.join_at_leader("rejoin", &req).await;
+        }
+        if m.membership_config.get_node(&req.id).is_none() || req.id == self.inner.identity.id {
+            return Ok(());
+        }
+        match raft.trigger().allow_next_revert(&req.id, true).await {
+            Ok(Ok(())) => {
+                info!(
+                    shard = self.inner.shard,
+                    node = req.id,
+                    "rejoin: the node lost its log; replicating it from the start"
+                );
+                Ok(())
+            }
+            // Not replicated to by this leader yet: a new stream starts from nothing.
+            Ok(Err(e)) => {
+                info!(shard = self.inner.shard, node = req.id, error = %e, "rejoin: nothing to reset");
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     async fn join(&self, req: JoinRequest) -> Result<(), String> {
         let raft = self.raft();
         let m = raft.metrics().borrow_watched().clone();
         if m.current_leader != Some(self.inner.identity.id) {
-            // Any member may be asked; the leader does it.
-            let Some((_, Some(addr))) = self.leader() else {
-                return Err("the group has no leader right now".into());
-            };
-            let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
-            let b = self
-                .inner
-                .client
-                .post(
-                    &addr,
-                    &rpc_path(self.inner.shard, "join"),
-                    Bytes::from(body),
-                    Duration::from_secs(600),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            return match serde_json::from_slice::<RpcReply<()>>(&b) {
-                Ok(RpcReply::Ok(())) => Ok(()),
-                Ok(RpcReply::Err(e)) => Err(e),
-                Ok(RpcReply::NotLeader) => Err("the leader moved; ask again".into()),
-                Err(e) => Err(e.to_string()),
-            };
+            return self.join_at_leader("join", &req).await;
         }
         let known = m.membership_config.get_node(&req.id).is_some();
         if m.membership_config.voter_ids().any(|v| v == req.id) {
@@ -1448,6 +1510,11 @@ impl<D: Dir> Backend for NodeBackend<D> {
     async fn node_rpc(&self, op: &str, body: Vec<u8>) -> Result<Vec<u8>, (u16, String)> {
         let raft = self.raft();
         match op {
+            "append" if !self.inner.appends.get() => Err((
+                503,
+                "this node lost its log and waits for the leader to replicate it from the start"
+                    .into(),
+            )),
             "append" => rpc_reply(raft.append_entries(parse(&body)?).await),
             "vote" if !self.inner.votes.get() => Err((
                 503,
@@ -1568,6 +1635,10 @@ impl<D: Dir> Backend for NodeBackend<D> {
             "join" => {
                 let req: JoinRequest = parse(&body)?;
                 rpc_reply(self.join(req).await)
+            }
+            "rejoin" => {
+                let req: JoinRequest = parse(&body)?;
+                rpc_reply(self.rejoin(req).await)
             }
             _ => Err((404, format!("unknown node operation {op:?}"))),
         }

@@ -524,6 +524,11 @@ async fn run_shard(
     let store = backend.store().clone();
     // A joining node learns the group's term from its leader before it may vote.
     backend.set_voting(join.is_none());
+    // A joining node without a log takes no entries until the leader knows it has none
+    // (see join_shard).
+    if join.is_some() && backend.log_is_empty() {
+        backend.hold_appends(false);
+    }
     // Inboxes first: connecting a sender waits for its receiver to connect.
     let ctx_cell: Rc<std::cell::OnceCell<Rc<Ctx<NodeBackend<DmaDir>>>>> =
         Rc::new(std::cell::OnceCell::new());
@@ -640,16 +645,51 @@ async fn join_shard(
         Ok(b) => bytes::Bytes::from(b),
         Err(_) => return,
     };
+    // Without a log (a first join, or a wiped disk), the leader is told first, so that
+    // replication to this node starts over instead of sending entries it lost.
+    if !backend.takes_appends() {
+        if !ask_until_ok(k, &peer, "rejoin", &body, &client).await {
+            return;
+        }
+        backend.hold_appends(true);
+    }
+    if !ask_until_ok(k, &peer, "join", &body, &client).await {
+        return;
+    }
+    // The leader said yes; wait until this node has seen the membership itself.
+    while !(stop_requested() || backend.is_voter() && backend.caught_up()) {
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+    }
+    info!(
+        shard = k,
+        "joined: this node is a voter of the shard's group"
+    );
+    if JOINED.fetch_add(1, Ordering::SeqCst) + 1 == shards {
+        info!("joined every shard's group; run `repospanner serve` to serve");
+        JOIN_DONE.store(true, Ordering::SeqCst);
+        request_stop();
+    }
+}
+
+/// Posts the join operation `op` of shard `k` to `peer` until it succeeds (backing
+/// off); false if the node is asked to stop first.
+async fn ask_until_ok(
+    k: usize,
+    peer: &str,
+    op: &str,
+    body: &bytes::Bytes,
+    client: &NodeClient,
+) -> bool {
     let mut attempt = 0u32;
     loop {
         if stop_requested() {
-            return;
+            return false;
         }
         attempt += 1;
         let r = client
             .post(
-                &peer,
-                &crate::cluster::rpc_path(k, "join"),
+                peer,
+                &crate::cluster::rpc_path(k, op),
                 body.clone(),
                 Duration::from_secs(600),
             )
@@ -664,25 +704,12 @@ async fn join_shard(
             Err(e) => Err(e.to_string()),
         };
         match outcome {
-            Ok(()) => break,
+            Ok(()) => return true,
             Err(e) => {
-                warn!(shard = k, attempt, error = %e, "join: not added yet; retrying");
+                warn!(shard = k, attempt, op, error = %e, "join: not done yet; retrying");
                 glommio::timer::sleep(Duration::from_millis(500 * u64::from(attempt.min(10))))
                     .await;
             }
         }
-    }
-    // The leader said yes; wait until this node has seen the membership itself.
-    while !(stop_requested() || backend.is_voter() && backend.caught_up()) {
-        glommio::timer::sleep(Duration::from_millis(100)).await;
-    }
-    info!(
-        shard = k,
-        "joined: this node is a voter of the shard's group"
-    );
-    if JOINED.fetch_add(1, Ordering::SeqCst) + 1 == shards {
-        info!("joined every shard's group; run `repospanner serve` to serve");
-        JOIN_DONE.store(true, Ordering::SeqCst);
-        request_stop();
     }
 }
