@@ -80,15 +80,15 @@ impl<B> StoredObject<B> {
         }
     }
 
-    /// The same entry with `f(deflated)` for its bytes.
-    pub fn map<C>(self, f: impl FnOnce(B) -> C) -> StoredObject<C> {
+    /// The same entry with `deflated` for its bytes.
+    pub fn with_bytes<C>(&self, deflated: C) -> StoredObject<C> {
         StoredObject {
             oid: self.oid,
             kind: self.kind,
             object_size: self.object_size,
             entry_size: self.entry_size,
             base: self.base,
-            deflated: f(self.deflated),
+            deflated,
         }
     }
 }
@@ -97,14 +97,7 @@ impl<B: AsRef<[u8]>> StoredObject<B> {
     /// The entry with its bytes copied into a `Bytes` of their own: what leaves the
     /// shard that read it.
     pub fn to_shared(&self) -> StoredObject {
-        StoredObject {
-            oid: self.oid,
-            kind: self.kind,
-            object_size: self.object_size,
-            entry_size: self.entry_size,
-            base: self.base,
-            deflated: bytes::Bytes::copy_from_slice(self.deflated.as_ref()),
-        }
+        self.with_bytes(bytes::Bytes::copy_from_slice(self.deflated.as_ref()))
     }
 }
 
