@@ -1003,6 +1003,18 @@ impl<D: Dir> NodeBackend<D> {
         if m.membership_config.get_node(&req.id).is_none() || req.id == self.inner.identity.id {
             return Ok(());
         }
+        // Only where this leader counts entries as on the node is there anything to
+        // reset (a retried first join has none), and nothing is left armed that could
+        // later pass a real reversion over.
+        let matched = m
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&req.id))
+            .cloned()
+            .flatten();
+        if matched.is_none() {
+            return Ok(());
+        }
         match raft.trigger().allow_next_revert(&req.id, true).await {
             Ok(Ok(())) => {
                 info!(
