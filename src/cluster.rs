@@ -31,7 +31,7 @@ use repospanner_raft::openraft::raft::{
 use repospanner_raft::openraft::{self, BasicNode, OptionalSend, Raft, RaftNetworkV2};
 use repospanner_raft::{Command, Hooks, State, StateMachine, TypeConfig as C};
 use repospanner_storage::io::Dir;
-use repospanner_storage::{Namespace, ObjectKind, Oid, Store, StoredObject, Write};
+use repospanner_storage::{Namespace, ObjectHead, ObjectKind, Oid, Store, StoredObject, Write};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -82,7 +82,7 @@ pub fn encode_objects<B: AsRef<[u8]>>(prefix: &[u8], objects: &[StoredObject<B>]
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(prefix);
     for o in objects {
-        put_head(&mut out, &Head::of(o));
+        put_head(&mut out, &o.head());
         let deflated = o.deflated.as_ref();
         out.extend_from_slice(&(deflated.len() as u32).to_le_bytes());
         out.extend_from_slice(deflated);
@@ -196,39 +196,8 @@ impl SyncBodies {
 }
 
 /// What describes a stored object besides its bytes (object sync and staged commits
-/// share its encoding).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Head {
-    pub oid: Oid,
-    pub kind: ObjectKind,
-    pub object_size: u64,
-    pub entry_size: u64,
-    pub base: Option<Oid>,
-}
-
-impl Head {
-    pub fn of<B>(o: &StoredObject<B>) -> Head {
-        Head {
-            oid: o.oid,
-            kind: o.kind,
-            object_size: o.object_size,
-            entry_size: o.entry_size,
-            base: o.base,
-        }
-    }
-
-    /// The stored object with these facts and `deflated` bytes.
-    pub fn with(self, deflated: Bytes) -> StoredObject {
-        StoredObject {
-            oid: self.oid,
-            kind: self.kind,
-            object_size: self.object_size,
-            entry_size: self.entry_size,
-            base: self.base,
-            deflated,
-        }
-    }
-}
+/// share its encoding, [`put_head`]): the store's own [`ObjectHead`].
+pub type Head = ObjectHead;
 
 /// The longest encoding of a [`Head`].
 const HEAD_MAX_BYTES: usize = 20 + 1 + 8 + 8 + 1 + 20;
@@ -338,7 +307,7 @@ pub fn decode_objects(b: &Bytes) -> Result<Vec<StoredObject>, WireError> {
         let len = r.u32("length")? as usize;
         let at = r.at;
         r.take(len, "object data")?;
-        out.push(head.with(b.slice(at..at + len)));
+        out.push(head.with_bytes(b.slice(at..at + len)));
     }
     Ok(out)
 }
@@ -449,6 +418,28 @@ pub enum RpcReply<T> {
     Ok(T),
     Err(String),
     NotLeader,
+}
+
+/// Posts the join operation `op` (`join`, `rejoin`) of shard `shard` to the node at
+/// `addr` and reads its answer (the joining node's loop and a member forwarding to
+/// the leader).
+pub async fn post_join(
+    client: &NodeClient,
+    addr: &str,
+    shard: usize,
+    op: &str,
+    body: Bytes,
+) -> Result<(), String> {
+    let b = client
+        .post(addr, &rpc_path(shard, op), body, Duration::from_secs(600))
+        .await
+        .map_err(|e| e.to_string())?;
+    match serde_json::from_slice::<RpcReply<()>>(&b) {
+        Ok(RpcReply::Ok(())) => Ok(()),
+        Ok(RpcReply::Err(e)) => Err(e),
+        Ok(RpcReply::NotLeader) => Err("the leader moved; ask again".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

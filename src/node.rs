@@ -970,23 +970,14 @@ impl<D: Dir> NodeBackend<D> {
             return Err("the group has no leader right now".into());
         };
         let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
-        let b = self
-            .inner
-            .client
-            .post(
-                &addr,
-                &rpc_path(self.inner.shard, op),
-                Bytes::from(body),
-                Duration::from_secs(600),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        match serde_json::from_slice::<RpcReply<()>>(&b) {
-            Ok(RpcReply::Ok(())) => Ok(()),
-            Ok(RpcReply::Err(e)) => Err(e),
-            Ok(RpcReply::NotLeader) => Err("the leader moved; ask again".into()),
-            Err(e) => Err(e.to_string()),
-        }
+        crate::cluster::post_join(
+            &self.inner.client,
+            &addr,
+            self.inner.shard,
+            op,
+            Bytes::from(body),
+        )
+        .await
     }
 
     /// A member whose log is empty asks to rejoin (its disk was wiped, or it never had

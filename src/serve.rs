@@ -686,24 +686,7 @@ async fn ask_until_ok(
             return false;
         }
         attempt += 1;
-        let r = client
-            .post(
-                peer,
-                &crate::cluster::rpc_path(k, op),
-                body.clone(),
-                Duration::from_secs(600),
-            )
-            .await;
-        let outcome = match r {
-            Ok(b) => match serde_json::from_slice::<crate::cluster::RpcReply<()>>(&b) {
-                Ok(crate::cluster::RpcReply::Ok(())) => Ok(()),
-                Ok(crate::cluster::RpcReply::Err(e)) => Err(e),
-                Ok(crate::cluster::RpcReply::NotLeader) => Err("the leader moved".into()),
-                Err(e) => Err(e.to_string()),
-            },
-            Err(e) => Err(e.to_string()),
-        };
-        match outcome {
+        match crate::cluster::post_join(client, peer, k, op, body.clone()).await {
             Ok(()) => return true,
             Err(e) => {
                 warn!(shard = k, attempt, op, error = %e, "join: not done yet; retrying");

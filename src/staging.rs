@@ -364,7 +364,7 @@ impl InStages {
                     .get(p.range.clone())
                     .ok_or_else(|| StageError::OutOfRange(repospanner_net::git::hex(&p.head.oid)))?
                     .to_vec();
-                Ok(p.head.with(deflated.into()))
+                Ok(p.head.with_bytes(deflated.into()))
             })
             .collect()
     }

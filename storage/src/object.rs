@@ -82,14 +82,7 @@ impl<B> StoredObject<B> {
 
     /// The same entry with `deflated` for its bytes.
     pub fn with_bytes<C>(&self, deflated: C) -> StoredObject<C> {
-        StoredObject {
-            oid: self.oid,
-            kind: self.kind,
-            object_size: self.object_size,
-            entry_size: self.entry_size,
-            base: self.base,
-            deflated,
-        }
+        self.head().with_bytes(deflated)
     }
 }
 
@@ -146,6 +139,20 @@ pub struct ObjectHead {
     pub object_size: u64,
     pub entry_size: u64,
     pub base: Option<Oid>,
+}
+
+impl ObjectHead {
+    /// The stored entry with these facts and `deflated` bytes.
+    pub fn with_bytes<B>(self, deflated: B) -> StoredObject<B> {
+        StoredObject {
+            oid: self.oid,
+            kind: self.kind,
+            object_size: self.object_size,
+            entry_size: self.entry_size,
+            base: self.base,
+            deflated,
+        }
+    }
 }
 
 /// The most bytes an object payload's head takes (see [`decode_head`]).
