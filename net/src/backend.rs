@@ -86,7 +86,7 @@ pub struct BackendError(pub String);
 pub trait Backend {
     /// The bytes of a stored entry as the store read them (a view of its read
     /// buffer; it need not leave the shard).
-    type Chunk: AsRef<[u8]>;
+    type Chunk: AsRef<[u8]> + 'static;
     /// The repository's state; `None` if it does not exist.
     async fn repo(&self, name: &str) -> Result<Option<RepoState>, BackendError>;
     /// The content of an object of the repository.

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite};
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
@@ -22,13 +21,16 @@ use rustls::ServerConfig;
 use rustls_pki_types::CertificateDer;
 use tracing::{debug, info, warn};
 
-/// Response bodies: a whole buffer or a stream fed by a task.
-pub type Body = UnsyncBoxBody<Bytes, io::Error>;
+pub use crate::piece::Piece;
+
+/// Response bodies: a whole buffer or a stream fed by a task, in [`Piece`]s (which
+/// may point into the shard's read buffers).
+/// Not `Send` (pieces are not), which hyper's HTTP/1 connections, each served on the
+/// shard that accepted it, do not need.
+pub type Body = Pin<Box<dyn hyper::body::Body<Data = Piece, Error = io::Error>>>;
 
 pub fn full(b: impl Into<Bytes>) -> Body {
-    http_body_util::Full::new(b.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Box::pin(http_body_util::Full::new(Piece::from(b.into())).map_err(|never| match never {}))
 }
 
 /// A response body fed through a bounded channel: the producer waits while the client
@@ -41,7 +43,7 @@ pub fn full(b: impl Into<Bytes>) -> Body {
 /// client sees a broken transfer, never a clean 200 with half a pack.
 pub fn channel() -> (BodySender, Body) {
     use futures_util::StreamExt;
-    let (tx, rx) = futures_channel::mpsc::channel::<Bytes>(8);
+    let (tx, rx) = futures_channel::mpsc::channel::<Piece>(8);
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let done = finished.clone();
     let end = futures_util::stream::once(async move {
@@ -56,13 +58,13 @@ pub fn channel() -> (BodySender, Body) {
     .filter_map(std::future::ready);
     let body = rx.map(|b| Ok::<_, io::Error>(Frame::data(b))).chain(end);
     let body = http_body_util::StreamBody::new(body);
-    (BodySender { tx, finished }, BodyExt::boxed_unsync(body))
+    (BodySender { tx, finished }, Box::pin(body))
 }
 
 /// The producing end of a [`channel`] body.
 #[derive(Debug, Clone)]
 pub struct BodySender {
-    tx: futures_channel::mpsc::Sender<Bytes>,
+    tx: futures_channel::mpsc::Sender<Piece>,
     finished: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -73,14 +75,14 @@ pub struct Gone;
 
 impl BodySender {
     /// Sends `b`, waiting while the channel is full.
-    pub async fn send(&mut self, b: Bytes) -> Result<(), Gone> {
+    pub async fn send(&mut self, b: impl Into<Piece>) -> Result<(), Gone> {
         use futures_util::SinkExt;
-        self.tx.send(b).await.map_err(|_| Gone)
+        self.tx.send(b.into()).await.map_err(|_| Gone)
     }
 
     /// Sends `b` if there is room now (progress messages: dropped for a slow client).
-    pub fn try_send(&mut self, b: Bytes) -> Result<(), Gone> {
-        self.tx.try_send(b).map_err(|_| Gone)
+    pub fn try_send(&mut self, b: impl Into<Piece>) -> Result<(), Gone> {
+        self.tx.try_send(b.into()).map_err(|_| Gone)
     }
 
     /// The body is complete: it ends cleanly once what was sent is taken.

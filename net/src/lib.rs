@@ -9,6 +9,7 @@ pub mod backend;
 pub mod client;
 pub mod git;
 pub mod http;
+pub mod piece;
 pub mod route;
 pub mod service;
 pub mod spool;

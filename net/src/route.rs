@@ -421,7 +421,8 @@ where
                 match frame {
                     Ok(f) => {
                         if let Ok(data) = f.into_data() {
-                            if tx.send(Reply::Data(data)).await.is_err() {
+                            // Leaves the shard: a copy of what points into its buffers.
+                            if tx.send(Reply::Data(data.into_shared())).await.is_err() {
                                 return;
                             }
                         }

@@ -1099,6 +1099,17 @@ pub enum OutEntry<'a> {
     },
 }
 
+impl<'a> OutEntry<'a> {
+    /// The entry's deflated bytes, which follow its header as they are.
+    pub fn deflated(&self) -> &'a [u8] {
+        match self {
+            OutEntry::Full { deflated, .. }
+            | OutEntry::OfsDelta { deflated, .. }
+            | OutEntry::RefDelta { deflated, .. } => deflated,
+        }
+    }
+}
+
 /// Writes packs from stored entries, copying their deflated bytes.
 #[derive(Debug)]
 pub struct PackWriter {
@@ -1150,6 +1161,14 @@ impl PackWriter {
     /// Encodes one entry into `sink`: its header, then its deflated bytes as they are
     /// (never copied here).
     pub fn entry_to(&mut self, e: &OutEntry<'_>, sink: &mut dyn FnMut(&[u8])) {
+        let head = self.entry_head(e);
+        sink(&head);
+        sink(e.deflated());
+    }
+
+    /// Counts one entry into the pack (its offset, the trailer's hash) and returns its
+    /// header: the entry is the header, then its deflated bytes as they are.
+    pub fn entry_head(&mut self, e: &OutEntry<'_>) -> Vec<u8> {
         let offset = self.written;
         let mut head = Vec::with_capacity(32);
         let deflated = match e {
@@ -1192,8 +1211,7 @@ impl PackWriter {
         self.offsets.push(offset);
         self.feed(&head);
         self.feed(deflated);
-        sink(&head);
-        sink(deflated);
+        head
     }
 
     /// The trailer: SHA-1 of everything written.

@@ -6,6 +6,10 @@
 /// Largest pkt-line git allows: 65520 bytes including the 4-byte length.
 pub const MAX_PKT: usize = 65520;
 
+use bytes::Bytes;
+
+use crate::piece::{LocalBytes, Piece};
+
 /// One decoded packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pkt<'a> {
@@ -138,27 +142,36 @@ pub fn delim(out: &mut Vec<u8>) {
 /// Appends `payload` on side-band channel `band` (1 data, 2 progress, 3 error), split
 /// into packets of at most `max` bytes (65520 for side-band-64k, 1000 for side-band).
 pub fn sideband(out: &mut Vec<u8>, band: u8, payload: &[u8], max: usize) {
-    let mut w = BandWriter {
-        out: std::mem::take(out),
-        band,
-        max: Some(max.clamp(6, MAX_PKT)),
-        open: None,
-    };
+    let mut w = BandWriter::new(band, Some(max));
+    w.out = std::mem::take(out);
     w.write(payload);
     *out = w.take();
 }
 
 /// Writes a byte stream as side-band packets on one band, each of at most `max` bytes
-/// (header included), straight into one buffer; without side-band (`max` = `None`) the
-/// bytes pass as they are. The same bytes as [`sideband`], however the stream is split.
+/// (header included); without side-band (`max` = `None`) the bytes pass as they are.
+/// The same bytes as [`sideband`], however the stream is split.
+///
+/// Bytes come by copy ([`BandWriter::write`]) or by reference
+/// ([`BandWriter::write_local`], a clone's stored entries): the packet headers and
+/// the copied bytes go into one buffer, and [`BandWriter::take_piece`] gives the
+/// whole as a [`Piece`] of that buffer's slices and the references between them.
 #[derive(Debug)]
 pub struct BandWriter {
+    /// Packet headers and bytes written by copy.
     out: Vec<u8>,
     band: u8,
     max: Option<usize>,
-    /// Where the open packet's header is in `out`.
-    open: Option<usize>,
+    /// The open packet: where its header is in `out`, and its length so far.
+    open: Option<(usize, usize)>,
+    /// Bytes written by reference, each with the length `out` had when it came.
+    refs: Vec<(usize, LocalBytes)>,
+    ref_bytes: usize,
 }
+
+/// Referenced bytes shorter than this are copied: a part of its own costs a clone of
+/// the buffer's handle and a slot in the vectored write, more than a short copy.
+const COPY_BELOW: usize = 2048;
 
 impl BandWriter {
     pub fn new(band: u8, max: Option<usize>) -> BandWriter {
@@ -167,6 +180,29 @@ impl BandWriter {
             band,
             max: max.map(|m| m.clamp(6, MAX_PKT)),
             open: None,
+            refs: Vec::new(),
+            ref_bytes: 0,
+        }
+    }
+
+    /// Room left in the open packet (opening one if none is), and the packet's limit.
+    fn room(&mut self, max: usize) -> usize {
+        let (_, len) = *self.open.get_or_insert_with(|| {
+            let at = self.out.len();
+            self.out.extend_from_slice(b"0000");
+            self.out.push(self.band);
+            (at, 5)
+        });
+        max - len
+    }
+
+    /// Counts `n` more bytes into the open packet, closing it when full.
+    fn fill(&mut self, n: usize, max: usize) {
+        if let Some((_, len)) = &mut self.open {
+            *len += n;
+            if *len == max {
+                self.close();
+            }
         }
     }
 
@@ -176,53 +212,88 @@ impl BandWriter {
             return;
         };
         while !data.is_empty() {
-            let at = match self.open {
-                Some(at) => at,
-                None => {
-                    let at = self.out.len();
-                    self.out.extend_from_slice(b"0000");
-                    self.out.push(self.band);
-                    self.open = Some(at);
-                    at
-                }
-            };
-            let n = (max - (self.out.len() - at)).min(data.len());
+            let n = self.room(max).min(data.len());
             self.out.extend_from_slice(&data[..n]);
             data = &data[n..];
-            if self.out.len() - at == max {
-                self.close();
-            }
+            self.fill(n, max);
+        }
+    }
+
+    /// Writes `data` by reference (short data by copy, see [`COPY_BELOW`]).
+    pub fn write_local(&mut self, data: LocalBytes) {
+        if data.len() < COPY_BELOW {
+            return self.write(data.as_ref());
+        }
+        let Some(max) = self.max else {
+            self.ref_bytes += data.len();
+            self.refs.push((self.out.len(), data));
+            return;
+        };
+        let mut at = 0;
+        while at < data.len() {
+            let n = self.room(max).min(data.len() - at);
+            self.refs.push((self.out.len(), data.slice(at..at + n)));
+            self.ref_bytes += n;
+            at += n;
+            self.fill(n, max);
+        }
+    }
+
+    /// Writes `data`, kept by reference unless it is short (see [`COPY_BELOW`]).
+    pub fn write_owned<C: AsRef<[u8]> + 'static>(&mut self, data: C) {
+        if data.as_ref().len() < COPY_BELOW {
+            self.write(data.as_ref());
+        } else {
+            self.write_local(LocalBytes::new(data));
         }
     }
 
     fn close(&mut self) {
-        if let Some(at) = self.open.take() {
-            let len = format!("{:04x}", self.out.len() - at);
-            self.out[at..at + 4].copy_from_slice(len.as_bytes());
+        if let Some((at, len)) = self.open.take() {
+            let hex = format!("{len:04x}");
+            self.out[at..at + 4].copy_from_slice(hex.as_bytes());
         }
-    }
-
-    /// Makes room for `n` more payload bytes and their packet headers, so that a
-    /// batch of a clone is framed without growing the buffer (growing by doubling
-    /// copied it again: 3% of a clone's CPU).
-    pub fn reserve(&mut self, n: usize) {
-        let packets = self.max.map_or(0, |m| n / (m - 5) + 2);
-        self.out.reserve(n + packets * 5);
     }
 
     /// Bytes written and not yet taken.
     pub fn len(&self) -> usize {
-        self.out.len()
+        self.out.len() + self.ref_bytes
     }
 
     pub fn is_empty(&self) -> bool {
-        self.out.is_empty()
+        self.len() == 0
     }
 
-    /// Everything written so far, as whole packets.
+    /// Everything written so far, as whole packets, in one buffer (referenced bytes
+    /// copied into it).
     pub fn take(&mut self) -> Vec<u8> {
+        if self.refs.is_empty() {
+            self.close();
+            return std::mem::take(&mut self.out);
+        }
+        let mut all = Vec::with_capacity(self.len());
+        let piece = self.take_piece();
+        for c in piece.parts() {
+            all.extend_from_slice(c);
+        }
+        all
+    }
+
+    /// Everything written so far, as whole packets: slices of the header buffer and
+    /// the referenced bytes, in order.
+    pub fn take_piece(&mut self) -> Piece {
         self.close();
-        std::mem::take(&mut self.out)
+        let out = Bytes::from(std::mem::take(&mut self.out));
+        let mut piece = Piece::new();
+        let mut from = 0;
+        for (at, data) in self.refs.drain(..) {
+            piece.push_shared(out.slice(from..at));
+            piece.push_local(data);
+            from = at;
+        }
+        piece.push_shared(out.slice(from..));
+        self.ref_bytes = 0;
+        piece
     }
 }
 
@@ -286,6 +357,52 @@ mod tests {
         plain.write(b"abc");
         plain.write(b"");
         assert_eq!(plain.take(), b"abc");
+    }
+
+    #[test]
+    fn band_writer_by_reference_frames_the_same_bytes() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let shared = LocalBytes::new(data.clone());
+        for max in [Some(1000), Some(MAX_PKT), None] {
+            let mut expected = Vec::new();
+            match max {
+                Some(m) => sideband(&mut expected, 1, &data, m),
+                None => expected.extend_from_slice(&data),
+            }
+            // Alternating copies and references of every size, around COPY_BELOW and
+            // the packet size; taken whole, as a piece, or in pieces.
+            let sizes = [1usize, 7, COPY_BELOW - 1, COPY_BELOW, 5000, 65_515, 70_000];
+            let mut w = BandWriter::new(1, max);
+            let mut whole = BandWriter::new(1, max);
+            let mut copied = BandWriter::new(1, max);
+            let mut pieces = Vec::new();
+            let (mut at, mut k) = (0, 0);
+            while at < data.len() {
+                let n = sizes[k % sizes.len()].min(data.len() - at);
+                for w in [&mut w, &mut whole, &mut copied] {
+                    if k % 2 == 0 {
+                        w.write(&data[at..at + n]);
+                    } else {
+                        w.write_local(shared.slice(at..at + n));
+                    }
+                }
+                if k % 3 == 2 {
+                    pieces.extend_from_slice(&w.take_piece().into_shared());
+                }
+                at += n;
+                k += 1;
+            }
+            pieces.extend_from_slice(&w.take_piece().into_shared());
+            let piece = whole.take_piece();
+            assert_eq!(piece.len(), expected.len());
+            assert!(whole.is_empty());
+            assert_eq!(&piece.into_shared()[..], &expected[..], "max {max:?}");
+            assert_eq!(copied.take(), expected, "max {max:?}");
+            match max {
+                Some(m) => assert_eq!(unband(&pieces, m), data, "max {max:?}"),
+                None => assert_eq!(pieces, data),
+            }
+        }
     }
 
     fn check(input: &[u8], expected: Result<Decoded<'_>, PktError>) {

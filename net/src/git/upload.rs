@@ -11,7 +11,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 
 use super::objects::links;
 use super::pack::{OutEntry, PackWriter};
-use super::pktline::{self, Pkt, Reader};
+use super::pktline::{self, BandWriter, Pkt, Reader};
 use super::{hex, parse_hex, ObjectKind, Oid};
 use crate::backend::{Backend, RawHead, RawObject, RepoState};
 
@@ -712,29 +712,37 @@ impl PackOut {
         }
     }
 
-    /// Writes the next entries (in plan order) to `sink`.
-    pub fn write<C: AsRef<[u8]>>(&mut self, entries: &[RawObject<C>], sink: &mut dyn FnMut(&[u8])) {
+    /// Writes the next entries (in plan order) to `sink`, their stored bytes as they
+    /// are.
+    pub fn write<C: AsRef<[u8]>>(
+        &mut self,
+        entries: Vec<RawObject<C>>,
+        sink: &mut impl PackSink<C>,
+    ) {
         for r in entries {
+            let deflated = r.deflated.as_ref();
             let e = match r.base {
                 Some(base) => match self.index.get(&base) {
                     Some(&bi) => OutEntry::OfsDelta {
                         base_index: bi,
                         size: r.entry_size,
-                        deflated: r.deflated.as_ref(),
+                        deflated,
                     },
                     None => OutEntry::RefDelta {
                         base,
                         size: r.entry_size,
-                        deflated: r.deflated.as_ref(),
+                        deflated,
                     },
                 },
                 None => OutEntry::Full {
                     kind: r.kind,
                     size: r.entry_size,
-                    deflated: r.deflated.as_ref(),
+                    deflated,
                 },
             };
-            self.writer.entry_to(&e, sink);
+            let head = self.writer.entry_head(&e);
+            sink.bytes(&head);
+            sink.stored(r.deflated);
             self.index.insert(r.oid, self.written);
             self.written += 1;
         }
@@ -746,10 +754,22 @@ impl PackOut {
     }
 }
 
-/// The most bytes [`PackOut::write`] makes of `entries` (their data and the largest
-/// entry headers).
-pub fn framed_bytes<C: AsRef<[u8]>>(entries: &[RawObject<C>]) -> usize {
-    entries.iter().map(|r| r.deflated.as_ref().len() + 32).sum()
+/// Where [`PackOut`] writes: the bytes it makes (entry headers), and each entry's
+/// stored bytes, handed over as the store read them.
+pub trait PackSink<C> {
+    fn bytes(&mut self, b: &[u8]);
+    fn stored(&mut self, deflated: C);
+}
+
+/// Side-band framing that refers to the stored bytes instead of copying them (see
+/// [`BandWriter::write_owned`]).
+impl<C: AsRef<[u8]> + 'static> PackSink<C> for BandWriter {
+    fn bytes(&mut self, b: &[u8]) {
+        self.write(b);
+    }
+    fn stored(&mut self, deflated: C) {
+        self.write_owned(deflated);
+    }
 }
 
 /// Formats the v0 negotiation part of a response (before any pack). `ready`: the
@@ -852,6 +872,79 @@ pub async fn ready<B: Backend>(b: &B, repo: &str, wants: &[Oid], common: &[Oid])
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pack written by [`PackOut`] through side-band framing that keeps the stored
+    /// bytes by reference reads back as git would: every object, a good trailer.
+    #[test]
+    fn pack_out_by_reference_reads_back() {
+        use crate::git::pack::{object_id, Limits, PackStream};
+        use std::io::Write;
+        let contents: Vec<Vec<u8>> = [10usize, 5000, 200_000, 3]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|k| ((k * 31 + i * 7) % 256) as u8).collect())
+            .collect();
+        let objects: Vec<RawObject<Vec<u8>>> = contents
+            .iter()
+            .map(|c| {
+                let mut z =
+                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+                z.write_all(c).expect("deflate");
+                RawObject {
+                    oid: object_id(ObjectKind::Blob, c).expect("id"),
+                    kind: ObjectKind::Blob,
+                    object_size: c.len() as u64,
+                    entry_size: c.len() as u64,
+                    base: None,
+                    deflated: z.finish().expect("deflate"),
+                }
+            })
+            .collect();
+        let plan = Plan {
+            objects: objects
+                .iter()
+                .map(|o| RawHead {
+                    oid: o.oid,
+                    kind: o.kind,
+                    object_size: o.object_size,
+                    entry_size: o.entry_size,
+                    base: None,
+                })
+                .collect(),
+            shallow: Vec::new(),
+            thin: 0,
+        };
+        for max in [None, Some(pktline::MAX_PKT), Some(1000)] {
+            let mut out = BandWriter::new(1, max);
+            let mut pack = PackOut::new(&plan, &mut |b| out.write(b));
+            let mut sent = Vec::new();
+            let mut objects = objects.clone();
+            let rest = objects.split_off(2);
+            pack.write(objects, &mut out);
+            sent.extend_from_slice(&out.take_piece().into_shared());
+            pack.write(rest, &mut out);
+            pack.finish(&mut |b| out.write(b));
+            sent.extend_from_slice(&out.take_piece().into_shared());
+            let bytes = match max {
+                None => sent,
+                Some(_) => {
+                    let mut r = Reader::new(&sent);
+                    let mut payload = Vec::new();
+                    while let Ok(Some(Pkt::Data(d))) = r.next_pkt() {
+                        assert_eq!(d[0], 1);
+                        payload.extend_from_slice(&d[1..]);
+                    }
+                    payload
+                }
+            };
+            let mut st = PackStream::new(Limits::default());
+            st.advance(&bytes).expect("pack");
+            let entries = st.finish(&bytes).expect("a whole pack");
+            let ids: Vec<Oid> = entries.iter().filter_map(|e| e.oid).collect();
+            let want: Vec<Oid> = plan.objects.iter().map(|h| h.oid).collect();
+            assert_eq!(ids, want, "max {max:?}");
+        }
+    }
 
     #[test]
     fn parses_v0_requests() {
