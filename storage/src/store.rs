@@ -1059,6 +1059,14 @@ impl<D: Dir> Store<D> {
         ns: Namespace,
         oid: &Oid,
     ) -> Result<Option<(ObjectKind, Vec<u8>)>> {
+        // Objects the namespace holds come from the cache without a read: a clone's
+        // planning reads every tree and commit, a device read each (thousands of
+        // 512-byte reads for a 100 MiB repository, each a request to the disk).
+        if self.contains(ns, oid) {
+            if let Some((kind, c)) = self.inner.cache.borrow_mut().get(ns, oid) {
+                return Ok(Some((kind, c.as_ref().clone())));
+            }
+        }
         let Some(top) = self.read_raw(ns, oid).await? else {
             return Ok(None);
         };
@@ -1066,7 +1074,7 @@ impl<D: Dir> Store<D> {
         let mut chain = Vec::new();
         let mut cur = top;
         let mut content: Rc<Vec<u8>> = loop {
-            if let Some(c) = self.inner.cache.borrow_mut().get(ns, &cur.oid) {
+            if let Some((_, c)) = self.inner.cache.borrow_mut().get(ns, &cur.oid) {
                 break c;
             }
             match cur.base {
@@ -1080,6 +1088,7 @@ impl<D: Dir> Store<D> {
                     break self.inner.cache.borrow_mut().put(
                         ns,
                         cur.oid,
+                        kind,
                         c,
                         self.inner.opts.delta_cache_bytes_max,
                     );
@@ -1115,6 +1124,7 @@ impl<D: Dir> Store<D> {
             content = self.inner.cache.borrow_mut().put(
                 ns,
                 d.oid,
+                kind,
                 out,
                 self.inner.opts.delta_cache_bytes_max,
             );
@@ -1446,25 +1456,38 @@ async fn scan_segment<F: SegmentFile>(
     }
 }
 
-/// Resolved objects kept for delta resolution, bounded in bytes (FIFO eviction).
+/// An object's kind and content, as [`DeltaCache`] keeps them.
+type Cached = (ObjectKind, Rc<Vec<u8>>);
+
+/// Resolved objects (with their kind: a delta's is its base's), kept for delta
+/// resolution and for reading trees and commits again, bounded in bytes (FIFO
+/// eviction). Objects are immutable, but a key is only trusted where the index still
+/// holds the object ([`Store::read_object`]).
 #[derive(Default)]
 struct DeltaCache {
-    map: HashMap<(Namespace, Oid), Rc<Vec<u8>>>,
+    map: HashMap<(Namespace, Oid), Cached>,
     order: VecDeque<(Namespace, Oid)>,
     bytes: usize,
 }
 
 impl DeltaCache {
-    fn get(&mut self, ns: Namespace, oid: &Oid) -> Option<Rc<Vec<u8>>> {
+    fn get(&mut self, ns: Namespace, oid: &Oid) -> Option<Cached> {
         self.map.get(&(ns, *oid)).cloned()
     }
 
-    fn put(&mut self, ns: Namespace, oid: Oid, content: Vec<u8>, max: usize) -> Rc<Vec<u8>> {
+    fn put(
+        &mut self,
+        ns: Namespace,
+        oid: Oid,
+        kind: ObjectKind,
+        content: Vec<u8>,
+        max: usize,
+    ) -> Rc<Vec<u8>> {
         let c = Rc::new(content);
         if c.len() > max / 4 {
             return c; // too big to be worth keeping
         }
-        if self.map.insert((ns, oid), c.clone()).is_none() {
+        if self.map.insert((ns, oid), (kind, c.clone())).is_none() {
             self.bytes += c.len();
             self.order.push_back((ns, oid));
         }
@@ -1472,7 +1495,7 @@ impl DeltaCache {
             let Some(k) = self.order.pop_front() else {
                 break;
             };
-            if let Some(v) = self.map.remove(&k) {
+            if let Some((_, v)) = self.map.remove(&k) {
                 self.bytes -= v.len();
             }
         }

@@ -556,12 +556,23 @@ fn limits_and_hostile_objects() {
             "{v:?}"
         );
 
-        // Dropping a namespace removes its objects, also after a rescan.
+        // Dropping a namespace removes its objects, also after a rescan; one read
+        // (and so cached) before is not served from the cache after.
+        let kept = full(ObjectKind::Tree, b"");
+        store
+            .append(vec![Write::Object(NS, kept.clone())])
+            .await
+            .expect("append");
+        for _ in 0..2 {
+            let got = store.read_object(NS, &kept.oid).await.expect("read");
+            assert_eq!(got, Some((ObjectKind::Tree, Vec::new())));
+        }
         store
             .append(vec![Write::DropNamespace(NS)])
             .await
             .expect("append");
         assert!(!store.contains(NS, &a.oid));
+        assert_eq!(store.read_object(NS, &kept.oid).await.expect("read"), None);
         drop(store);
         let (store, _) = Store::open(mem.clone(), Options::default())
             .await
