@@ -1167,6 +1167,17 @@ impl<D: Dir> Backend for NodeBackend<D> {
             .collect())
     }
 
+    fn remember(&self, repo: &str, objects: Vec<(Oid, ObjectKind, Vec<u8>)>) {
+        if let Some(ns) = self.ns_of(repo) {
+            self.inner.store.remember(
+                Namespace(ns),
+                objects
+                    .into_iter()
+                    .map(|(oid, kind, content)| (oid, to_storage_kind(kind), content)),
+            );
+        }
+    }
+
     fn has_many(&self, repo: &str, oids: &[Oid]) -> Vec<bool> {
         match self.ns_of(repo) {
             Some(ns) => self.inner.store.contains_many(Namespace(ns), oids),

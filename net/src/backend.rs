@@ -111,6 +111,10 @@ pub trait Backend {
     ) -> Result<Vec<Option<RawHead>>, BackendError>;
     /// Which of `oids` the repository has.
     fn has_many(&self, repo: &str, oids: &[Oid]) -> Vec<bool>;
+    /// Contents a push verified (trees, commits, tags) of objects the repository now
+    /// holds, for the node to keep in memory: the next clone plans from them without
+    /// reading them from the disk again. Keeping none is correct.
+    fn remember(&self, repo: &str, objects: Vec<(Oid, ObjectKind, Vec<u8>)>);
     /// Stores verified objects durably (not yet referenced by any ref): on this node
     /// and, in a region, on a majority of its nodes. `progress` gets lines for the
     /// client.

@@ -1053,6 +1053,23 @@ impl<D: Dir> Store<D> {
         .await
     }
 
+    /// Keeps the contents of objects `ns` holds in the cache [`Store::read_object`]
+    /// reads first (contents a push verified: its trees and commits); objects the
+    /// index does not hold in `ns` are skipped.
+    pub fn remember(
+        &self,
+        ns: Namespace,
+        objects: impl IntoIterator<Item = (Oid, ObjectKind, Vec<u8>)>,
+    ) {
+        let max = self.inner.opts.delta_cache_bytes_max;
+        let mut cache = self.inner.cache.borrow_mut();
+        for (oid, kind, content) in objects {
+            if self.contains(ns, &oid) {
+                cache.put(ns, oid, kind, content, max);
+            }
+        }
+    }
+
     /// The content of `oid` in `ns`, delta chains resolved through a bounded cache.
     pub async fn read_object(
         &self,

@@ -567,6 +567,26 @@ fn limits_and_hostile_objects() {
             let got = store.read_object(NS, &kept.oid).await.expect("read");
             assert_eq!(got, Some((ObjectKind::Tree, Vec::new())));
         }
+        // Contents remembered for objects the namespace does not hold are not served.
+        let absent = full(ObjectKind::Commit, b"never stored");
+        store.remember(NS, [(absent.oid, ObjectKind::Commit, b"x".to_vec())]);
+        assert_eq!(
+            store.read_object(NS, &absent.oid).await.expect("read"),
+            None
+        );
+        let remembered = full(ObjectKind::Commit, b"stored");
+        store
+            .append(vec![Write::Object(NS, remembered.clone())])
+            .await
+            .expect("append");
+        store.remember(
+            NS,
+            [(remembered.oid, ObjectKind::Commit, b"stored".to_vec())],
+        );
+        assert_eq!(
+            store.read_object(NS, &remembered.oid).await.expect("read"),
+            Some((ObjectKind::Commit, b"stored".to_vec()))
+        );
         store
             .append(vec![Write::DropNamespace(NS)])
             .await

@@ -365,6 +365,13 @@ pub async fn receive<B: Backend>(
             );
         }
         progress(format!("Stored {n} new objects"));
+        b.remember(
+            repo,
+            kept.iter()
+                .filter(|r| r.kind != ObjectKind::Blob)
+                .filter_map(|r| Some((r.oid, r.kind, r.content.clone()?)))
+                .collect(),
+        );
         phases.mark("store");
         let updates: Vec<RefUpdate> = accepted
             .iter()
