@@ -694,7 +694,9 @@ async fn upload_pack<B: Backend + 'static>(
         pack.finish(&mut |b| out.write(b));
         let mut last = out.take_piece();
         if sideband.is_some() {
-            last.push_shared(Bytes::from_static(b"0000"));
+            let mut end = Vec::new();
+            pktline::flush(&mut end);
+            last.push_shared(Bytes::from(end));
         }
         if tx.send(last).await.is_ok() {
             tx.finish();

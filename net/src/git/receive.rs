@@ -365,11 +365,16 @@ pub async fn receive<B: Backend>(
             );
         }
         progress(format!("Stored {n} new objects"));
+        let mut budget = REMEMBER_BYTES_MAX;
         b.remember(
             repo,
             kept.iter()
                 .filter(|r| r.kind != ObjectKind::Blob)
-                .filter_map(|r| Some((r.oid, r.kind, r.content.clone()?)))
+                .filter_map(|r| {
+                    let c = r.content.as_ref().filter(|c| c.len() <= budget)?;
+                    budget -= c.len();
+                    Some((r.oid, r.kind, c.clone()))
+                })
                 .collect(),
         );
         phases.mark("store");
@@ -411,6 +416,11 @@ pub async fn receive<B: Backend>(
             .collect(),
     }
 }
+
+/// Most bytes of verified trees and commits one push copies for the node to keep
+/// ([`Backend::remember`]): the node's cache holds 64 MiB, so copying more of a huge
+/// push would only evict what was just copied.
+const REMEMBER_BYTES_MAX: usize = 16 << 20;
 
 /// How long each phase of a push took, for the log.
 #[derive(Debug)]
