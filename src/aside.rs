@@ -21,8 +21,8 @@ use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use repospanner_net::git::Oid;
+use repospanner_net::piece::SharedChain;
 
 use crate::cluster::{Reader, WireError};
 
@@ -122,11 +122,11 @@ pub struct StreamState {
     pub sent: Cell<bool>,
 }
 
-/// One batch of a stream: its encoded body (shared by every member's sender), the
-/// ids in it, and its size for the queue bound.
+/// One batch of a stream: its encoded body (a chain over the pack's bytes, cloned
+/// for every member's sender), the ids in it, and its size for the queue bound.
 #[derive(Debug)]
 pub struct Batch {
-    pub body: Bytes,
+    pub body: SharedChain,
     pub oids: Vec<Oid>,
     pub bytes: usize,
 }

@@ -60,6 +60,8 @@ pub fn raft_config(snapshot_entries: u64) -> Arc<openraft::Config> {
 
 use std::sync::Arc;
 
+use repospanner_net::piece::SharedChain;
+
 /// The path of operation `op` of shard `k` on a peer.
 pub fn rpc_path(shard: usize, op: &str) -> String {
     format!("/rpc/shard/{shard}/{op}")
@@ -71,52 +73,71 @@ pub fn rpc_path(shard: usize, op: &str) -> String {
 //   len[u32 LE] deflated[len]
 
 /// Encodes objects for object sync after `prefix` (a sync body starts with its
-/// namespace), into one buffer of exactly the right size: a push's objects are sent
-/// to every peer, so a reallocation or a second copy here costs as much as the TLS.
+/// namespace), into one buffer of exactly the right size (for answers, which leave
+/// the shard; a push's requests to its members go as [`encode_objects_shared`]).
 pub fn encode_objects<B: AsRef<[u8]>>(prefix: &[u8], objects: &[StoredObject<B>]) -> Vec<u8> {
     let len = prefix.len()
         + objects
             .iter()
-            .map(|o| HEAD_MAX_BYTES + 4 + o.deflated.as_ref().len())
+            .map(|o| OBJECT_HEAD_MAX_BYTES + o.deflated.as_ref().len())
             .sum::<usize>();
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(prefix);
     for o in objects {
-        put_head(&mut out, &o.head());
-        let deflated = o.deflated.as_ref();
-        out.extend_from_slice(&(deflated.len() as u32).to_le_bytes());
-        out.extend_from_slice(deflated);
+        put_object_head(&mut out, o);
+        out.extend_from_slice(o.deflated.as_ref());
     }
     debug_assert!(out.len() <= len);
     out
 }
 
-/// The object-sync bodies of one push, cut into pieces of about `chunk_bytes` and
-/// shared by the senders to every peer: the first sender to need piece `i` encodes
-/// it, and the copy is kept (up to [`SHARED_SYNC_BYTES`] in all) only until every
-/// sender has taken it or given up. A sender that falls further behind encodes its
-/// own pieces, so a slow peer costs CPU, never the whole push held in memory twice.
+/// Deflated entries shorter than this are copied in with the framing around them; the
+/// others are referred to.
+const COPY_BELOW: usize = 2048;
+
+/// [`encode_objects`] as a chain of the objects' own bytes (slices of the pack they
+/// arrived in) and the few bytes of framing between them: a push's objects go to every
+/// member, and copying them into one body first cost the receiving node a pass over
+/// the whole pack and a page fault per 4 KiB of it.
+pub fn encode_objects_shared(prefix: &[u8], objects: &[StoredObject]) -> SharedChain {
+    let mut chain = SharedChain::new();
+    let mut framing = prefix.to_vec();
+    for o in objects {
+        put_object_head(&mut framing, o);
+        if o.deflated.len() < COPY_BELOW {
+            framing.extend_from_slice(&o.deflated);
+        } else {
+            chain.push(Bytes::from(std::mem::take(&mut framing)));
+            chain.push(o.deflated.clone());
+        }
+    }
+    chain.push(Bytes::from(framing));
+    chain
+}
+
+/// The longest [`put_object_head`].
+const OBJECT_HEAD_MAX_BYTES: usize = HEAD_MAX_BYTES + 4;
+
+/// An object's head and the length of its deflated bytes, which follow it.
+fn put_object_head<B: AsRef<[u8]>>(out: &mut Vec<u8>, o: &StoredObject<B>) {
+    put_head(out, &o.head());
+    out.extend_from_slice(&(o.deflated.as_ref().len() as u32).to_le_bytes());
+}
+
+/// The object-sync bodies of one push, cut into pieces of about `chunk_bytes`. Each
+/// is made when a sender takes it, as a chain over the objects' bytes
+/// ([`encode_objects_shared`]): however far apart the senders to different members
+/// are, the node holds no copy of the push's objects beside the pack.
 #[derive(Debug)]
 pub struct SyncBodies {
     prefix: Vec<u8>,
     objects: Vec<StoredObject>,
     pieces: Vec<std::ops::Range<usize>>,
-    /// Per piece: its body if kept, and how many senders have yet to take it.
-    kept: std::cell::RefCell<Vec<(Option<Bytes>, usize)>>,
-    kept_bytes: std::cell::Cell<usize>,
 }
 
-/// Most bytes of encoded sync bodies one push keeps for its slower senders.
-pub const SHARED_SYNC_BYTES: usize = 32 << 20;
-
 impl SyncBodies {
-    /// Bodies for `senders` senders, each starting with `prefix`.
-    pub fn new(
-        prefix: Vec<u8>,
-        objects: Vec<StoredObject>,
-        chunk_bytes: usize,
-        senders: usize,
-    ) -> SyncBodies {
+    /// Bodies starting with `prefix`.
+    pub fn new(prefix: Vec<u8>, objects: Vec<StoredObject>, chunk_bytes: usize) -> SyncBodies {
         let mut pieces = Vec::new();
         let mut start = 0;
         while start < objects.len() {
@@ -129,13 +150,10 @@ impl SyncBodies {
             pieces.push(start..end);
             start = end;
         }
-        let kept = std::cell::RefCell::new(vec![(None, senders); pieces.len()]);
         SyncBodies {
             prefix,
             objects,
             pieces,
-            kept,
-            kept_bytes: std::cell::Cell::new(0),
         }
     }
 
@@ -149,49 +167,9 @@ impl SyncBodies {
         self.pieces.is_empty()
     }
 
-    /// Piece `i`, for one sender (each sender takes each piece once).
-    pub fn take(&self, i: usize) -> Bytes {
-        let mut kept = self.kept.borrow_mut();
-        let (body, left) = &mut kept[i];
-        *left = left.saturating_sub(1);
-        let b = match body {
-            Some(b) => b.clone(),
-            None => {
-                let b = Bytes::from(encode_objects(
-                    &self.prefix,
-                    &self.objects[self.pieces[i].clone()],
-                ));
-                if *left > 0 && self.kept_bytes.get() + b.len() <= SHARED_SYNC_BYTES {
-                    self.kept_bytes.set(self.kept_bytes.get() + b.len());
-                    *body = Some(b.clone());
-                }
-                b
-            }
-        };
-        if *left == 0 {
-            if let Some(gone) = body.take() {
-                self.kept_bytes.set(self.kept_bytes.get() - gone.len());
-            }
-        }
-        b
-    }
-
-    /// One sender stops before piece `from` (it failed): it takes none of the rest.
-    pub fn leave(&self, from: usize) {
-        let mut kept = self.kept.borrow_mut();
-        for (body, left) in kept.iter_mut().skip(from) {
-            *left = left.saturating_sub(1);
-            if *left == 0 {
-                if let Some(gone) = body.take() {
-                    self.kept_bytes.set(self.kept_bytes.get() - gone.len());
-                }
-            }
-        }
-    }
-
-    /// Bytes kept for senders that have yet to take them.
-    pub fn kept_bytes(&self) -> usize {
-        self.kept_bytes.get()
+    /// Piece `i`.
+    pub fn take(&self, i: usize) -> SharedChain {
+        encode_objects_shared(&self.prefix, &self.objects[self.pieces[i].clone()])
     }
 }
 
@@ -859,45 +837,36 @@ mod tests {
     }
 
     #[test]
-    fn shared_sync_bodies_hold_every_object_once_per_sender_and_free_what_all_took() {
-        let objs = blobs(10, 1000);
-        let bodies = SyncBodies::new(7u64.to_le_bytes().to_vec(), objs.clone(), 2500, 2);
+    fn sync_bodies_carry_every_object_once_in_pieces_that_refer_to_large_ones() {
+        let mut objs = blobs(10, 1000);
+        objs.extend(blobs(3, 5000));
+        let bodies = SyncBodies::new(7u64.to_le_bytes().to_vec(), objs.clone(), 2500);
         assert!(
-            bodies.len() > 1 && bodies.len() < 10,
+            bodies.len() > 1 && bodies.len() < objs.len(),
             "{} pieces",
             bodies.len()
         );
-        // The first sender makes and keeps every piece; the second takes the same bytes.
-        let first: Vec<Bytes> = (0..bodies.len()).map(|i| bodies.take(i)).collect();
-        assert!(bodies.kept_bytes() > 0);
         let mut got = Vec::new();
-        for (i, f) in first.iter().enumerate() {
+        for i in 0..bodies.len() {
             let b = bodies.take(i);
-            assert_eq!(&b, f);
-            assert_eq!(b[..8], 7u64.to_le_bytes());
-            got.extend(decode_objects(&b.slice(8..)).expect("decodes"));
+            // The same bytes as the buffer encoding, and the same each time taken.
+            let whole = Bytes::from(b.to_vec());
+            assert_eq!(whole, Bytes::from(bodies.take(i).to_vec()));
+            assert_eq!(whole[..8], 7u64.to_le_bytes());
+            let range = bodies.pieces[i].clone();
+            assert_eq!(
+                &whole[..],
+                &encode_objects(&7u64.to_le_bytes(), &objs[range])[..]
+            );
+            got.extend(decode_objects(&whole.slice(8..)).expect("decodes"));
         }
         assert_eq!(got, objs);
-        assert_eq!(bodies.kept_bytes(), 0, "every piece was taken by both");
-    }
-
-    #[test]
-    fn a_sender_that_gives_up_frees_its_share_and_a_far_behind_one_encodes_its_own() {
-        let bodies = SyncBodies::new(Vec::new(), blobs(3, 100), 1, 2);
-        assert_eq!(bodies.len(), 3);
-        let _ = bodies.take(0);
-        let _ = bodies.take(1);
-        assert!(bodies.kept_bytes() > 0);
-        bodies.leave(0);
-        assert_eq!(bodies.kept_bytes(), 0);
-        // More than SHARED_SYNC_BYTES ahead: nothing is kept, the laggard re-encodes.
-        let big = SyncBodies::new(Vec::new(), blobs(3, SHARED_SYNC_BYTES / 2), 1, 2);
-        let ahead: Vec<Bytes> = (0..3).map(|i| big.take(i)).collect();
-        assert!(big.kept_bytes() <= SHARED_SYNC_BYTES);
-        for (i, a) in ahead.iter().enumerate() {
-            assert_eq!(&big.take(i), a);
-        }
-        assert_eq!(big.kept_bytes(), 0);
+        // Entries of COPY_BELOW or more are the objects' own bytes, not copies.
+        let last = bodies.take(bodies.len() - 1);
+        let big = objs.last().expect("objects");
+        assert!(last
+            .parts()
+            .any(|p| p.as_ptr() == big.deflated.as_ptr() && p.len() == big.deflated.len()));
     }
 
     #[test]

@@ -27,6 +27,7 @@ use repospanner_net::backend::{
 };
 use repospanner_net::client::{ClientError, NodeClient};
 use repospanner_net::git::{hex, ObjectKind, Oid};
+use repospanner_net::piece::SharedChain;
 use repospanner_raft::openraft::async_runtime::watch::WatchReceiver;
 use repospanner_raft::openraft::raft::ReadPolicy;
 use repospanner_raft::openraft::{self, BasicNode, ChangeMembers, ServerState};
@@ -41,9 +42,10 @@ use crate::aside::{
     StreamState, PEER_ASIDE_IDLE,
 };
 use crate::cluster::{
-    decode_ids, decode_objects, decode_snapshot_body, encode_ids, encode_objects, members_but,
-    peers_of, raft_config, rpc_path, store_objects, with_metrics, Head, Network, ObjectSync,
-    RpcReply, ShardRaft, SyncActivity, SyncBodies, FETCH_REPLY_BYTES,
+    decode_ids, decode_objects, decode_snapshot_body, encode_ids, encode_objects,
+    encode_objects_shared, members_but, peers_of, raft_config, rpc_path, store_objects,
+    with_metrics, Head, Network, ObjectSync, RpcReply, ShardRaft, SyncActivity, SyncBodies,
+    FETCH_REPLY_BYTES,
 };
 use crate::staging::{decode_commit, decode_stage, encode_commit, InStages, OutStages, Placed};
 
@@ -287,10 +289,8 @@ async fn send_bodies(
     bodies: &SyncBodies,
     deadline: Instant,
 ) -> Result<(), String> {
-    let taken = Cell::new(0);
     let mut sends = futures_util::stream::iter(0..bodies.len())
         .map(|i| {
-            taken.set(i + 1);
             let left = deadline.saturating_duration_since(Instant::now());
             client.post(addr, path, bodies.take(i), left)
         })
@@ -303,7 +303,6 @@ async fn send_bodies(
         }
     }
     drop(sends);
-    bodies.leave(taken.get());
     r
 }
 
@@ -333,7 +332,7 @@ async fn send_after_stream(
         client,
         addr,
         &path,
-        &SyncBodies::new(prefix.clone(), rest, SYNC_CHUNK_BYTES, 1),
+        &SyncBodies::new(prefix.clone(), rest, SYNC_CHUNK_BYTES),
         deadline,
     )
     .await;
@@ -364,7 +363,7 @@ async fn send_after_stream(
                 client,
                 addr,
                 &path,
-                &SyncBodies::new(prefix, held, SYNC_CHUNK_BYTES, 1),
+                &SyncBodies::new(prefix, held, SYNC_CHUNK_BYTES),
                 deadline,
             )
             .await
@@ -597,7 +596,7 @@ impl<D: Dir> NodeBackend<D> {
             return;
         };
         let bytes: usize = objects.iter().map(|o| o.deflated.len()).sum();
-        let mut body: Option<Bytes> = None;
+        let mut body: Option<SharedChain> = None;
         for m in &out.members {
             let Some(tx) = m.tx.borrow().clone() else {
                 continue;
@@ -606,7 +605,7 @@ impl<D: Dir> NodeBackend<D> {
                 continue;
             }
             let body = body
-                .get_or_insert_with(|| Bytes::from(encode_objects(&out.key.encode(), objects)))
+                .get_or_insert_with(|| encode_objects_shared(&out.key.encode(), objects))
                 .clone();
             m.state.queued.set(m.state.queued.get() + bytes);
             let batch = Batch {
@@ -1324,10 +1323,9 @@ impl<D: Dir> Backend for NodeBackend<D> {
             .count();
         if !peers.is_empty() {
             // In bodies of about SYNC_CHUNK_BYTES: a peer stores one while the next is
-            // on its way, and holds no more than SYNC_IN_FLIGHT in memory. Each body is
-            // encoded once for all peers and dropped once all have sent it (the
-            // objects' bytes are shared with the pack), so the sender holds no copy of
-            // the whole push either.
+            // on its way, and holds no more than SYNC_IN_FLIGHT in memory. A body refers
+            // to the objects' bytes in the pack (SyncBodies), so the sender holds no
+            // copy of the push either.
             let bodies = Rc::new(SyncBodies::new(
                 ns.to_le_bytes().to_vec(),
                 if whole > 0 {
@@ -1336,7 +1334,6 @@ impl<D: Dir> Backend for NodeBackend<D> {
                     Vec::new()
                 },
                 SYNC_CHUNK_BYTES,
-                whole,
             ));
             for (id, addr) in peers {
                 let (tx, client) = (tx.clone(), self.inner.client.clone());
@@ -1367,7 +1364,6 @@ impl<D: Dir> Backend for NodeBackend<D> {
                         if within(left, holds).await == Some(Ok(true)) {
                             let left = deadline.saturating_duration_since(Instant::now());
                             if client.post(&addr, &commit_path, commit, left).await.is_ok() {
-                                bodies.leave(0);
                                 let _ = tx.unbounded_send((id, Ok(())));
                                 return;
                             }

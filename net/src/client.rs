@@ -24,6 +24,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::http::Io;
+use crate::piece::SharedChain;
 use crate::tls::{provider, TlsError};
 
 /// Why a node-to-node request failed.
@@ -168,7 +169,7 @@ const POOL_PER_PEER: usize = 8;
 /// A pooled HTTPS client for one executor (not shared between threads).
 pub struct NodeClient {
     tls: Arc<ClientConfig>,
-    pool: RefCell<HashMap<String, Vec<SendRequest<Full<Bytes>>>>>,
+    pool: RefCell<HashMap<String, Vec<SendRequest<Full<SharedChain>>>>>,
 }
 
 impl std::fmt::Debug for NodeClient {
@@ -200,7 +201,7 @@ impl NodeClient {
         }
     }
 
-    async fn connect(&self, addr: &str) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+    async fn connect(&self, addr: &str) -> Result<SendRequest<Full<SharedChain>>, ClientError> {
         let unreachable = |reason: String| ClientError::Unreachable {
             addr: addr.to_owned(),
             reason,
@@ -228,7 +229,7 @@ impl NodeClient {
         Ok(sender)
     }
 
-    fn pooled(&self, addr: &str) -> Option<SendRequest<Full<Bytes>>> {
+    fn pooled(&self, addr: &str) -> Option<SendRequest<Full<SharedChain>>> {
         let mut pool = self.pool.borrow_mut();
         let v = pool.get_mut(addr)?;
         while let Some(s) = v.pop() {
@@ -240,15 +241,21 @@ impl NodeClient {
     }
 
     /// POSTs `body` to `https://addr{path}` and returns the response body of a 2xx
-    /// answer. `timeout` bounds the whole exchange.
+    /// answer. `timeout` bounds the whole exchange. A [`SharedChain`] body is written
+    /// as it is, its parts not copied into one buffer first.
     pub async fn post(
         &self,
         addr: &str,
         path: &str,
-        body: Bytes,
+        body: impl Into<SharedChain>,
         timeout: Duration,
     ) -> Result<Bytes, ClientError> {
-        with_timeout(timeout, addr, self.exchange(Method::POST, addr, path, body)).await
+        with_timeout(
+            timeout,
+            addr,
+            self.exchange(Method::POST, addr, path, body.into()),
+        )
+        .await
     }
 
     /// GETs `https://addr{path}`.
@@ -261,7 +268,7 @@ impl NodeClient {
         with_timeout(
             timeout,
             addr,
-            self.exchange(Method::GET, addr, path, Bytes::new()),
+            self.exchange(Method::GET, addr, path, SharedChain::new()),
         )
         .await
     }
@@ -271,7 +278,7 @@ impl NodeClient {
         method: Method,
         addr: &str,
         path: &str,
-        body: Bytes,
+        body: SharedChain,
     ) -> Result<Bytes, ClientError> {
         let failed = |reason: String| ClientError::Failed {
             addr: addr.to_owned(),

@@ -66,13 +66,31 @@ impl AsRef<[u8]> for LocalBytes {
     }
 }
 
+/// A part of a chain: bytes read from the front.
+pub trait Fragment {
+    fn bytes(&self) -> &[u8];
+    /// Drops the first `n` bytes (`n` at most the length).
+    fn skip(&mut self, n: usize);
+}
+
+impl Fragment for Bytes {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+
+    fn skip(&mut self, n: usize) {
+        self.advance(n);
+    }
+}
+
+/// A part of a [`Piece`]: shared bytes, or a view of a local buffer.
 #[derive(Debug)]
-enum Part {
+pub enum Part {
     Shared(Bytes),
     Local(LocalBytes),
 }
 
-impl Part {
+impl Fragment for Part {
     fn bytes(&self) -> &[u8] {
         match self {
             Part::Shared(b) => b,
@@ -80,7 +98,7 @@ impl Part {
         }
     }
 
-    fn advance(&mut self, n: usize) {
+    fn skip(&mut self, n: usize) {
         match self {
             Part::Shared(b) => b.advance(n),
             Part::Local(l) => l.start += n,
@@ -88,31 +106,41 @@ impl Part {
     }
 }
 
-/// A piece of a response body: parts in order, none empty.
-#[derive(Debug, Default)]
-pub struct Piece {
-    parts: VecDeque<Part>,
+/// Buffers in order, none empty, read as one [`Buf`] (and written as one vectored
+/// write).
+#[derive(Debug, Clone)]
+pub struct Chain<P> {
+    parts: VecDeque<P>,
     len: usize,
 }
 
-impl Piece {
-    pub fn new() -> Piece {
-        Piece::default()
-    }
+/// A piece of a response body, which may point into this thread's buffers.
+pub type Piece = Chain<Part>;
 
-    /// Appends shared bytes.
-    pub fn push_shared(&mut self, b: Bytes) {
-        if !b.is_empty() {
-            self.len += b.len();
-            self.parts.push_back(Part::Shared(b));
+/// Shared buffers in order (`Send`): a request body made of slices of a push's pack
+/// and the few bytes written between them.
+pub type SharedChain = Chain<Bytes>;
+
+impl<P> Default for Chain<P> {
+    fn default() -> Self {
+        Chain {
+            parts: VecDeque::new(),
+            len: 0,
         }
     }
+}
 
-    /// Appends a view of a local buffer.
-    pub fn push_local(&mut self, l: LocalBytes) {
-        if !l.is_empty() {
-            self.len += l.len();
-            self.parts.push_back(Part::Local(l));
+impl<P: Fragment> Chain<P> {
+    pub fn new() -> Chain<P> {
+        Chain::default()
+    }
+
+    /// Appends a part (nothing if it is empty).
+    pub fn push(&mut self, part: P) {
+        let n = part.bytes().len();
+        if n > 0 {
+            self.len += n;
+            self.parts.push_back(part);
         }
     }
 
@@ -126,7 +154,28 @@ impl Piece {
 
     /// The parts' bytes, in order.
     pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
-        self.parts.iter().map(Part::bytes)
+        self.parts.iter().map(P::bytes)
+    }
+
+    /// A copy of the bytes.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        for p in self.parts() {
+            out.extend_from_slice(p);
+        }
+        out
+    }
+}
+
+impl Piece {
+    /// Appends shared bytes.
+    pub fn push_shared(&mut self, b: Bytes) {
+        self.push(Part::Shared(b));
+    }
+
+    /// Appends a view of a local buffer.
+    pub fn push_local(&mut self, l: LocalBytes) {
+        self.push(Part::Local(l));
     }
 
     /// The bytes as one shared buffer, for leaving the thread: copied unless they are
@@ -137,11 +186,7 @@ impl Piece {
                 return b;
             }
         }
-        let mut out = Vec::with_capacity(self.len);
-        for p in &self.parts {
-            out.extend_from_slice(p.bytes());
-        }
-        Bytes::from(out)
+        Bytes::from(self.to_vec())
     }
 }
 
@@ -159,17 +204,31 @@ impl From<Vec<u8>> for Piece {
     }
 }
 
-impl Buf for Piece {
+impl From<Bytes> for SharedChain {
+    fn from(b: Bytes) -> SharedChain {
+        let mut c = SharedChain::new();
+        c.push(b);
+        c
+    }
+}
+
+impl From<Vec<u8>> for SharedChain {
+    fn from(v: Vec<u8>) -> SharedChain {
+        SharedChain::from(Bytes::from(v))
+    }
+}
+
+impl<P: Fragment> Buf for Chain<P> {
     fn remaining(&self) -> usize {
         self.len
     }
 
     fn chunk(&self) -> &[u8] {
-        self.parts.front().map_or(&[], Part::bytes)
+        self.parts.front().map_or(&[], P::bytes)
     }
 
     fn advance(&mut self, mut cnt: usize) {
-        assert!(cnt <= self.len, "advance past the end of a piece");
+        assert!(cnt <= self.len, "advance past the end of a chain");
         self.len -= cnt;
         while cnt > 0 {
             let Some(front) = self.parts.front_mut() else {
@@ -180,7 +239,7 @@ impl Buf for Piece {
                 self.parts.pop_front();
                 cnt -= n;
             } else {
-                front.advance(cnt);
+                front.skip(cnt);
                 cnt = 0;
             }
         }

@@ -966,7 +966,9 @@ impl PackReading {
                     let mut upto = last;
                     last = len;
                     while error.is_none() && upto < len {
+                        let from = upto;
                         upto = (upto + READ_STEP_BYTES).min(len);
+                        view.populate(from..upto);
                         let r = match view.get(at..upto) {
                             Some(b) => stream.advance(b),
                             None => Err(PackError::Truncated),
@@ -1239,8 +1241,10 @@ async fn receive_body<B: Backend + 'static>(
     let mut got = spool::Body::new();
     let mut held = http::Held::default();
     let mut pack_at = None;
-    // Hashed here as the pieces arrive (cheap: plain SHA-1), not by the pack reader.
+    // Hashed here as the pieces arrive (cheap: plain SHA-1), not by the pack reader;
+    // `hashed_to` is how much of the body the trailer was given.
     let mut trailer = crate::git::pack::Trailer::new();
+    let mut hashed_to = 0;
     let mut reading = PackReading::Here {
         stream: Some(Box::new(crate::git::pack::PackStream::without_trailer(
             limits,
@@ -1319,7 +1323,15 @@ async fn receive_body<B: Backend + 'static>(
             }
             if let Some(at) = pack_at {
                 reading.advance(&got, at, ctx.limits.pack_hash_threads);
-                trailer.feed(got.as_slice().get(at..).unwrap_or_default());
+                // From the piece itself where it holds all that is new (every piece
+                // after the one the pack starts in).
+                let (from, end) = (hashed_to.max(at), got.len());
+                let piece_at = end - data.len();
+                match from.checked_sub(piece_at) {
+                    Some(skip) => trailer.push(data.get(skip..).unwrap_or_default()),
+                    None => trailer.push(got.as_slice().get(from..end).unwrap_or_default()),
+                }
+                hashed_to = end;
                 if let spool::Body::File(f) = &got {
                     aside.add(&f.view(), at, reading.take_ready()).await?;
                 }

@@ -136,6 +136,23 @@ impl SpoolView {
         self.len() == 0
     }
 
+    /// Maps the written pages of `range` in one call before they are read
+    /// (`MADV_POPULATE_READ`; best effort: nothing on kernels before 5.14). A reader
+    /// that follows the writer closely otherwise takes a page fault every few pages, as
+    /// the kernel's fault-around maps only pages already written: 11,700 faults for a
+    /// 102 MiB push, most of a pack reader's time in the kernel.
+    pub fn populate(&self, range: std::ops::Range<usize>) {
+        // (memmap2 aligns the start down to a page.)
+        let end = range.end.min(self.len());
+        if range.start < end {
+            let _ = self.map.advise_range(
+                memmap2::Advice::PopulateRead,
+                range.start,
+                end - range.start,
+            );
+        }
+    }
+
     /// The bytes in `range`, shared (they stay in the mapping); `None` if they are not
     /// all written yet.
     pub fn bytes(&self, range: std::ops::Range<usize>) -> Option<Bytes> {

@@ -303,6 +303,8 @@ fn finalize(h: sha1dc::Hasher) -> Result<Oid, PackError> {
 pub struct Trailer {
     hasher: Sha1,
     hashed: usize,
+    /// What [`Trailer::push`] was given after the hashed part (at most 20 bytes).
+    held: Vec<u8>,
 }
 
 impl Default for Trailer {
@@ -316,7 +318,29 @@ impl Trailer {
         Trailer {
             hasher: Sha1::new(),
             hashed: 0,
+            held: Vec::new(),
         }
+    }
+
+    /// Hashes the next `piece` of the pack as it arrives, holding back the last 20
+    /// bytes given so far, which may be the trailer: the pieces are hashed while hot in
+    /// the cache, where reading them back from a spool file's mapping right behind its
+    /// writer took a page fault every few pages. Not to be mixed with
+    /// [`Trailer::feed`].
+    pub fn push(&mut self, piece: &[u8]) {
+        let total = self.held.len() + piece.len();
+        if total <= 20 {
+            self.held.extend_from_slice(piece);
+            return;
+        }
+        let now = total - 20;
+        let from_held = now.min(self.held.len());
+        self.hasher.update(&self.held[..from_held]);
+        let from_piece = now - from_held;
+        self.hasher.update(&piece[..from_piece]);
+        self.hashed += now;
+        self.held.drain(..from_held);
+        self.held.extend_from_slice(&piece[from_piece..]);
     }
 
     /// Hashes what arrived of the pack (`buf`, which only grows), but for its last 20
@@ -332,7 +356,8 @@ impl Trailer {
         }
     }
 
-    /// `buf` is the whole pack: its last 20 bytes must be the SHA-1 of the rest.
+    /// `buf` is the whole pack (of which what was fed or pushed is the start): its last
+    /// 20 bytes must be the SHA-1 of the rest.
     pub fn check(mut self, buf: &[u8]) -> Result<(), PackError> {
         if buf.len() < 12 + 20 {
             return Err(PackError::Truncated);
@@ -369,6 +394,9 @@ pub struct PackStream {
     /// Ids that came back before their entry was added.
     early_oids: HashMap<usize, Oid>,
     current: Option<Inflating>,
+    /// The inflater of the last entry, reset for the next (a new one per entry cost an
+    /// allocation of its state and window each).
+    spare_z: Option<flate2::Decompress>,
     /// `None`: the caller checks the trailer ([`PackStream::without_trailer`]).
     trailer: Option<Trailer>,
     scratch: Vec<u8>,
@@ -474,6 +502,7 @@ impl PackStream {
             in_flight: Default::default(),
             early_oids: HashMap::new(),
             current: None,
+            spare_z: None,
             trailer: Some(Trailer::new()),
             scratch: vec![0; 64 << 10],
         }
@@ -626,7 +655,13 @@ impl PackStream {
                     kind,
                     size,
                     data_start: self.pos + header_len,
-                    z: flate2::Decompress::new(true),
+                    z: match self.spare_z.take() {
+                        Some(mut z) => {
+                            z.reset(true);
+                            z
+                        }
+                        None => flate2::Decompress::new(true),
+                    },
                     kept: keep.then(|| Vec::with_capacity((size as usize).min(1 << 20))),
                     oid,
                 });
@@ -679,6 +714,7 @@ impl PackStream {
                 return Err(PackError::BadZlib { offset: cur.offset });
             }
             let end = cur.data_start + cur.z.total_in() as usize;
+            self.spare_z = Some(cur.z);
             let index = self.entries.len();
             let oid = match cur.oid {
                 Hashing::Inline(h) => Some(finalize(*h)?),
@@ -1433,6 +1469,31 @@ mod tests {
             }
         }
         assert_eq!(Trailer::new().check(&good[..20]), Err(PackError::Truncated));
+    }
+
+    #[test]
+    fn a_trailer_pushed_in_pieces_of_any_size_checks_as_one_fed_whole() {
+        let a = vec![7u8; 3000];
+        let da = deflate(&a);
+        let good = pack_of(&[full(ObjectKind::Blob, a.len(), &da)]);
+        let mut bad = good.clone();
+        let n = bad.len();
+        bad[n - 21] ^= 1;
+        let mut short = good.clone();
+        short[n - 1] ^= 1;
+        for (pack, ok) in [(&good, true), (&bad, false), (&short, false)] {
+            for step in [1, 3, 19, 20, 21, 64, 1000, pack.len()] {
+                let mut t = Trailer::new();
+                for piece in pack.chunks(step) {
+                    t.push(piece);
+                }
+                assert_eq!(t.check(pack).is_ok(), ok, "pieces of {step}");
+            }
+            // What was pushed may stop short of the pack: check hashes the rest.
+            let mut t = Trailer::new();
+            t.push(&pack[..pack.len() / 2]);
+            assert_eq!(t.check(pack).is_ok(), ok);
+        }
     }
 
     #[test]
