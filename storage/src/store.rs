@@ -44,6 +44,9 @@ pub struct Options {
     pub checkpoint_interval_bytes: u64,
     /// Bytes of resolved objects kept for delta resolution.
     pub delta_cache_bytes_max: usize,
+    /// Heads of object records kept in memory (about 100 bytes each), those written or
+    /// read last ([`Store::read_heads`]).
+    pub head_cache_entries_max: usize,
     /// Longest delta chain followed before giving up (also stops cycles).
     pub delta_chain_max: usize,
     /// Opaque payloads at least this large are zstd-compressed when that saves ≥ 1/8.
@@ -62,6 +65,7 @@ impl Default for Options {
             append_bytes_max: (1 << 30) + (1 << 20),
             checkpoint_interval_bytes: 256 << 20,
             delta_cache_bytes_max: 64 << 20,
+            head_cache_entries_max: 256 << 10,
             delta_chain_max: 10_000,
             zstd_min_bytes: 512,
             zstd_level: 3,
@@ -188,6 +192,7 @@ struct Inner<D: Dir> {
     since_checkpoint: Cell<u64>,
     checkpointing: Cell<bool>,
     cache: RefCell<DeltaCache>,
+    heads: RefCell<HeadCache>,
     stats: Cell<Stats>,
     corruptions: RefCell<Vec<Corruption>>,
 }
@@ -503,6 +508,7 @@ impl<D: Dir> Store<D> {
         for c in &report.corruptions {
             warn!(segment = c.segment, offset = c.offset, len = c.len, reason = %c.reason, "damaged region in the log; it is never served");
         }
+        let head_cache_entries_max = opts.head_cache_entries_max;
         let inner = Inner {
             dir,
             opts,
@@ -522,6 +528,7 @@ impl<D: Dir> Store<D> {
             since_checkpoint: Cell::new(0),
             checkpointing: Cell::new(false),
             cache: RefCell::new(DeltaCache::default()),
+            heads: RefCell::new(HeadCache::new(head_cache_entries_max)),
             stats: Cell::new(Stats::default()),
             corruptions: RefCell::new(report.corruptions.clone()),
         };
@@ -579,10 +586,17 @@ impl<D: Dir> Store<D> {
             let me = self.clone();
             glommio::spawn_local(async move { me.write_loop().await }).detach();
         }
-        match rx.await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Fatal("the writer stopped".into())),
+        let locs = match rx.await {
+            Ok(r) => r?,
+            Err(_) => return Err(Error::Fatal("the writer stopped".into())),
+        };
+        let mut heads = inner.heads.borrow_mut();
+        for (w, loc) in writes.iter().zip(&locs) {
+            if let Write::Object(_, o) = w {
+                heads.put(*loc, o.head());
+            }
         }
+        Ok(locs)
     }
 
     async fn write_loop(&self) {
@@ -892,21 +906,51 @@ impl<D: Dir> Store<D> {
     /// push's commits and trees) come in one read.
     pub async fn read_heads(&self, ns: Namespace, oids: &[Oid]) -> Result<Vec<Option<ObjectHead>>> {
         let head_len = |l: &Loc| (l.len as usize).min(RECORD_HEADER_LEN + object::HEAD_MAX);
-        self.read_located(ns, oids, head_len, HEAD_GAP_BYTES, |oid, loc, bytes| {
+        let locs = self.locate(ns, oids);
+        // Heads the cache holds (of the very records the index names) are not read.
+        let mut out: Vec<Option<ObjectHead>> = {
+            let mut heads = self.inner.heads.borrow_mut();
+            oids.iter()
+                .zip(&locs)
+                .map(|(oid, l)| {
+                    l.as_ref()
+                        .and_then(|l| heads.get(l))
+                        .filter(|h| h.oid == *oid)
+                })
+                .collect()
+        };
+        let missing: Vec<usize> = (0..oids.len())
+            .filter(|&i| out[i].is_none() && locs[i].is_some())
+            .collect();
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let spans: Vec<(Loc, usize)> = missing
+            .iter()
+            .filter_map(|&i| locs[i].map(|l| (l, head_len(&l))))
+            .collect();
+        let read = self.read_spans(&spans, HEAD_GAP_BYTES).await?;
+        let mut heads = self.inner.heads.borrow_mut();
+        for ((&i, (loc, _)), bytes) in missing.iter().zip(&spans).zip(read) {
             let head = bytes
                 .get(RECORD_HEADER_LEN..)
                 .filter(|_| bytes.get(4) == Some(&(RecordKind::Object as u8)))
                 .and_then(object::decode_head);
             match head {
                 // The record may be of another namespace: an object adopted from it.
-                Some((_, h, _)) if h.oid == *oid => Ok(h),
-                _ => Err(corrupt_at(
-                    loc,
-                    "object record head does not decode to the indexed object",
-                )),
+                Some((_, h, _)) if h.oid == oids[i] => {
+                    heads.put(*loc, h);
+                    out[i] = Some(h);
+                }
+                _ => {
+                    return Err(corrupt_at(
+                        *loc,
+                        "object record head does not decode to the indexed object",
+                    ))
+                }
             }
-        })
-        .await
+        }
+        Ok(out)
     }
 
     /// For each of `oids`: `None` if `ns` lacks it, else `decode(oid, place, bytes)` of
@@ -1479,6 +1523,47 @@ async fn scan_segment<F: SegmentFile>(
 
 /// An object's kind and content, as [`DeltaCache`] keeps them.
 type Cached = (ObjectKind, Rc<Vec<u8>>);
+
+/// Heads of object records by place, for planning a clone without reading every
+/// record's start again: filled as records are written and as their heads are read,
+/// two generations of at most half the bound each (a hit in the older moves to the
+/// newer; when the newer is full, the older is dropped). A place names one record for
+/// as long as the process runs (segments only grow, and compaction writes elsewhere),
+/// and the index gives the place, so an entry is never stale.
+struct HeadCache {
+    young: HashMap<Loc, ObjectHead>,
+    old: HashMap<Loc, ObjectHead>,
+    max: usize,
+}
+
+impl HeadCache {
+    fn new(max: usize) -> HeadCache {
+        HeadCache {
+            young: HashMap::new(),
+            old: HashMap::new(),
+            max,
+        }
+    }
+
+    fn get(&mut self, loc: &Loc) -> Option<ObjectHead> {
+        if let Some(h) = self.young.get(loc) {
+            return Some(*h);
+        }
+        let h = self.old.remove(loc)?;
+        self.put(*loc, h);
+        Some(h)
+    }
+
+    fn put(&mut self, loc: Loc, head: ObjectHead) {
+        if self.max == 0 {
+            return;
+        }
+        if self.young.len() >= self.max.div_ceil(2) && !self.young.contains_key(&loc) {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(loc, head);
+    }
+}
 
 /// Resolved objects (with their kind: a delta's is its base's), kept for delta
 /// resolution and for reading trees and commits again, bounded in bytes (FIFO

@@ -760,3 +760,73 @@ fn objects_read_together_match_one_at_a_time_and_damage_in_a_run_is_reported() {
         }
     });
 }
+
+#[test]
+fn heads_written_or_read_once_come_from_memory_for_the_records_the_index_names() {
+    run(|| async {
+        const STAGE: Namespace = Namespace(9);
+        let mem = MemDir::new(4);
+        // A cache of 8 heads, for 20 objects: eviction is exercised too.
+        let opts = Options {
+            head_cache_entries_max: 8,
+            ..small_segments()
+        };
+        let (store, _) = Store::open(mem.clone(), opts.clone()).await.expect("open");
+        let objs: Vec<_> = (0..20u64)
+            .map(|i| full(ObjectKind::Blob, &noise(i, 5000)))
+            .collect();
+        // Written aside, then adopted: the heads are of the same records.
+        store
+            .append(
+                objs.iter()
+                    .map(|o| Write::Object(STAGE, o.clone()))
+                    .collect(),
+            )
+            .await
+            .expect("append");
+        store
+            .append(vec![
+                Write::Adopt {
+                    from: STAGE,
+                    to: NS,
+                    oids: objs.iter().map(|o| o.oid).collect(),
+                },
+                Write::DropNamespace(STAGE),
+            ])
+            .await
+            .expect("adopt");
+        let last: Vec<_> = objs[16..].iter().map(|o| o.oid).collect();
+        let reads = mem.reads();
+        let heads = store.read_heads(NS, &last).await.expect("heads");
+        assert_eq!(mem.reads(), reads, "the last written are held");
+        for (h, o) in heads.iter().zip(&objs[16..]) {
+            let h = h.as_ref().expect("present");
+            assert_eq!(h.oid, o.oid);
+            assert_eq!(h.entry_size, o.entry_size);
+        }
+        // All of them: the evicted ones are read, and agree with a fresh store's.
+        let all: Vec<_> = objs.iter().map(|o| o.oid).collect();
+        let first = store.read_heads(NS, &all).await.expect("heads");
+        assert!(mem.reads() > reads, "evicted heads are read again");
+        assert!(store
+            .read_heads(STAGE, &all)
+            .await
+            .expect("dropped")
+            .iter()
+            .all(Option::is_none));
+        store.close().await.expect("close");
+        let (store, _) = Store::open(mem.clone(), opts).await.expect("reopen");
+        assert_eq!(store.read_heads(NS, &all).await.expect("cold"), first);
+        // Dropped: a held head is not served for a namespace that lost the object.
+        store
+            .append(vec![Write::DropNamespace(NS)])
+            .await
+            .expect("drop");
+        assert!(store
+            .read_heads(NS, &all)
+            .await
+            .expect("gone")
+            .iter()
+            .all(Option::is_none));
+    });
+}
