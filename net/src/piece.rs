@@ -190,31 +190,23 @@ impl Piece {
     }
 }
 
-impl From<Bytes> for Piece {
-    fn from(b: Bytes) -> Piece {
-        let mut p = Piece::new();
-        p.push_shared(b);
-        p
+impl From<Bytes> for Part {
+    fn from(b: Bytes) -> Part {
+        Part::Shared(b)
     }
 }
 
-impl From<Vec<u8>> for Piece {
-    fn from(v: Vec<u8>) -> Piece {
-        Piece::from(Bytes::from(v))
-    }
-}
-
-impl From<Bytes> for SharedChain {
-    fn from(b: Bytes) -> SharedChain {
-        let mut c = SharedChain::new();
-        c.push(b);
+impl<P: Fragment + From<Bytes>> From<Bytes> for Chain<P> {
+    fn from(b: Bytes) -> Chain<P> {
+        let mut c = Chain::new();
+        c.push(P::from(b));
         c
     }
 }
 
-impl From<Vec<u8>> for SharedChain {
-    fn from(v: Vec<u8>) -> SharedChain {
-        SharedChain::from(Bytes::from(v))
+impl<P: Fragment + From<Bytes>> From<Vec<u8>> for Chain<P> {
+    fn from(v: Vec<u8>) -> Chain<P> {
+        Chain::from(Bytes::from(v))
     }
 }
 

@@ -808,12 +808,8 @@ fn heads_written_or_read_once_come_from_memory_for_the_records_the_index_names()
         let all: Vec<_> = objs.iter().map(|o| o.oid).collect();
         let first = store.read_heads(NS, &all).await.expect("heads");
         assert!(mem.reads() > reads, "evicted heads are read again");
-        assert!(store
-            .read_heads(STAGE, &all)
-            .await
-            .expect("dropped")
-            .iter()
-            .all(Option::is_none));
+        let none = |heads: Vec<Option<_>>| heads.iter().all(Option::is_none);
+        assert!(none(store.read_heads(STAGE, &all).await.expect("dropped")));
         store.close().await.expect("close");
         let (store, _) = Store::open(mem.clone(), opts).await.expect("reopen");
         assert_eq!(store.read_heads(NS, &all).await.expect("cold"), first);
@@ -822,11 +818,6 @@ fn heads_written_or_read_once_come_from_memory_for_the_records_the_index_names()
             .append(vec![Write::DropNamespace(NS)])
             .await
             .expect("drop");
-        assert!(store
-            .read_heads(NS, &all)
-            .await
-            .expect("gone")
-            .iter()
-            .all(Option::is_none));
+        assert!(none(store.read_heads(NS, &all).await.expect("gone")));
     });
 }
