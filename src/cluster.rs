@@ -320,11 +320,12 @@ pub fn decode_ids(b: &[u8]) -> Result<(u64, Vec<Oid>), WireError> {
 /// Largest answer to one `fetch` (the asker asks again for what is still missing).
 pub const FETCH_REPLY_BYTES: usize = 32 << 20;
 
-/// Largest single append when storing objects: one O_DSYNC write each. Measured on
-/// this project's machines: direct synchronous writes of 8-16 MiB run at the device's
-/// speed (4 MiB at a quarter of it); larger ones only cost memory (the frame and its
-/// DMA copy).
-const APPEND_BYTES: usize = 16 << 20;
+/// Largest single append when storing objects (unless one object is larger): one
+/// O_DSYNC write each. Measured on this project's machines: direct synchronous writes
+/// of 8-16 MiB run at the device's speed (4 MiB at a quarter of it); larger ones only
+/// cost memory. Just under 8 MiB, so that the frame fits the store's
+/// `batch_bytes_max` and a block of the executor's I/O memory.
+const APPEND_BYTES: usize = (8 << 20) - (128 << 10);
 
 /// Stores objects durably in namespace `ns`: appends of about [`APPEND_BYTES`], two
 /// queued at a time, so the store's writer goes from one to the next without waiting
@@ -339,12 +340,14 @@ pub async fn store_objects<D: Dir>(
     let mut batch = Vec::new();
     let mut bytes = 0;
     for o in objects {
-        bytes += o.deflated.len() + 128;
-        batch.push(Write::Object(Namespace(ns), o));
-        if bytes >= APPEND_BYTES {
+        // A record's framing and head are under 128 bytes.
+        let size = o.deflated.len() + 128;
+        if !batch.is_empty() && bytes + size > APPEND_BYTES {
             batches.push(std::mem::take(&mut batch));
             bytes = 0;
         }
+        bytes += size;
+        batch.push(Write::Object(Namespace(ns), o));
     }
     if !batch.is_empty() {
         batches.push(batch);

@@ -270,14 +270,14 @@ pub fn join(config: &Config, url: &str) -> Result<()> {
 const JOINING: &str = "joining";
 
 /// Memory each shard's executor keeps for the buffers of its direct I/O (glommio's
-/// `io_memory`, registered with io_uring where RLIMIT_MEMLOCK allows). The store's
-/// reads and writes fit in it: a write batch of under 16 MiB and four reads of under
-/// 8 MiB at once (`repospanner_storage` sizes them to its buddy blocks). With
-/// glommio's default of 10 MiB they did not, and every larger buffer was fresh memory
-/// from malloc, faulted in page by page as the store filled it: 12,000 page faults
-/// for a 102 MiB push on a 3-node leader. Pages are taken as used, so an idle shard
-/// costs little of it.
-const IO_MEMORY_BYTES: usize = 64 << 20;
+/// `io_memory`; registered with io_uring, and so pinned, where RLIMIT_MEMLOCK allows).
+/// The store's buffers are sized to fit it: a write frame of under 8 MiB and four reads
+/// of under 4 MiB at once (`repospanner_storage::Options::batch_bytes_max`, its
+/// `RUN_BYTES_MAX`, and `cluster::APPEND_BYTES`), blocks of its buddy allocator. With
+/// glommio's default of 10 MiB and 16 MiB frames, every frame was fresh memory from
+/// malloc, faulted in page by page as the store filled it: 12,500 page faults for a
+/// 102 MiB push on a 3-node leader, 1,570 with the frames from this pool.
+const IO_MEMORY_BYTES: usize = 32 << 20;
 
 fn mark_joining(state_dir: &Path) -> Result<()> {
     let marker = state_dir.join(JOINING);

@@ -74,7 +74,7 @@ fn pushing_and_cloning_160_mib_costs_the_node_a_bounded_amount_of_memory() {
         region.git_ok(t, &["clone", "-q", "--bare", &url, "c"]);
     });
     eprintln!("node memory growth: push {push} MiB, clone {clone} MiB (pack ~160 MiB)");
-    // The store's write buffers (two 16 MiB frames and their DMA copies) and its delta
+    // The store's write buffers (frames of under 8 MiB, from the shard's I/O memory) and its delta
     // cache (64 MiB at most) are the bounded parts; the pack is not held.
     assert!(push < 100, "a 160 MiB push grew the node by {push} MiB");
     assert!(clone < 100, "a 160 MiB clone grew the node by {clone} MiB");

@@ -58,9 +58,9 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             segment_bytes_max: 1 << 30,
-            // The frame's buffer then stays within a 16 MiB block of the executor's
+            // The frame's buffer then stays within an 8 MiB block of the executor's
             // I/O memory (see RUN_BYTES_MAX).
-            batch_bytes_max: (16 << 20) - (64 << 10),
+            batch_bytes_max: (8 << 20) - (64 << 10),
             queued_bytes_max: 256 << 20,
             append_bytes_max: (1 << 30) + (1 << 20),
             checkpoint_interval_bytes: 256 << 20,
@@ -240,9 +240,10 @@ const RAW_GAP_BYTES: u64 = 64 << 10;
 /// page, so neighbouring small records share a read but large ones are skipped.
 const HEAD_GAP_BYTES: u64 = 4 << 10;
 /// Longest single read of [`Store::read_spans`]: with the two blocks direct I/O may
-/// add around it, a read buffer of at most 8 MiB, a block of the executor's buddy
-/// allocator for I/O memory (a byte more takes a block of 16).
-const RUN_BYTES_MAX: u64 = (8 << 20) - (8 << 10);
+/// add around it, a read buffer of at most 4 MiB, a block of the executor's buddy
+/// allocator for I/O memory (a byte more takes a block of 8; the node gives each
+/// executor room for a write frame and four such reads).
+const RUN_BYTES_MAX: u64 = (4 << 20) - (8 << 10);
 /// Reads of [`Store::read_spans`] in flight at once.
 const RUNS_IN_FLIGHT: usize = 4;
 
