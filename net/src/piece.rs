@@ -181,7 +181,7 @@ impl Piece {
     /// The bytes as one shared buffer, for leaving the thread: copied unless they are
     /// one shared part already.
     pub fn into_shared(mut self) -> Bytes {
-        if self.parts.len() == 1 {
+        if self.parts.len() == 1 && matches!(self.parts.front(), Some(Part::Shared(_))) {
             if let Some(Part::Shared(b)) = self.parts.pop_front() {
                 return b;
             }
@@ -292,6 +292,18 @@ mod tests {
         let mut one = [IoSlice::new(&[])];
         assert_eq!(p.chunks_vectored(&mut one), 1);
         assert_eq!(&one[0][..], b"0009\x01");
+    }
+
+    #[test]
+    fn a_piece_of_one_local_part_leaves_the_thread_whole() {
+        let mut p = Piece::new();
+        p.push_local(LocalBytes::new(b"entry"));
+        assert_eq!(&p.into_shared()[..], b"entry");
+        let one = Bytes::from_static(b"shared");
+        assert_eq!(
+            Piece::from(one.clone()).into_shared().as_ptr(),
+            one.as_ptr()
+        );
     }
 
     #[test]

@@ -44,8 +44,10 @@ pub struct Options {
     pub checkpoint_interval_bytes: u64,
     /// Bytes of resolved objects kept for delta resolution.
     pub delta_cache_bytes_max: usize,
-    /// Heads of object records kept in memory (about 100 bytes each), those written or
-    /// read last ([`Store::read_heads`]).
+    /// Heads of object records kept in memory, those written or read last
+    /// ([`Store::read_heads`]): in two tables of half as many, each about 100 bytes an
+    /// entry at its fullest (the default, 112 Ki, is 7/8 of two tables of 64 Ki
+    /// buckets, the most those hold before doubling: about 12 MiB in all).
     pub head_cache_entries_max: usize,
     /// Longest delta chain followed before giving up (also stops cycles).
     pub delta_chain_max: usize,
@@ -65,7 +67,7 @@ impl Default for Options {
             append_bytes_max: (1 << 30) + (1 << 20),
             checkpoint_interval_bytes: 256 << 20,
             delta_cache_bytes_max: 64 << 20,
-            head_cache_entries_max: 256 << 10,
+            head_cache_entries_max: 2 * (7 << 13),
             delta_chain_max: 10_000,
             zstd_min_bytes: 512,
             zstd_level: 3,
