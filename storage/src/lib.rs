@@ -37,6 +37,8 @@
 //! copies its live records to the head of the log through the normal append path (so
 //! they get new locations, CRCs and LSNs), switches the index entries whose location is
 //! still the old one, writes a checkpoint, and only then deletes the old segment file.
+//! Places are never reused while the process runs: the head cache (`store.rs`) is keyed by
+//! a record's place, and would serve a stale head for a place that named a new record.
 //! A crash at any point leaves either the old copy or both (duplicates are harmless:
 //! the first copy of an object wins on rescan, the newest opaque value wins). Runs as
 //! a low-priority task of the shard, yielding between records.
