@@ -365,15 +365,20 @@ pub async fn receive<B: Backend>(
             );
         }
         progress(format!("Stored {n} new objects"));
+        // The contents move to the node's cache: nothing below reads them again.
         let mut budget = REMEMBER_BYTES_MAX;
         b.remember(
             repo,
-            kept.iter()
-                .filter(|r| r.kind != ObjectKind::Blob)
+            resolved
+                .iter_mut()
+                .filter(|r| r.kind != ObjectKind::Blob && needed.contains(&r.oid))
                 .filter_map(|r| {
-                    let c = r.content.as_ref().filter(|c| c.len() <= budget)?;
-                    budget -= c.len();
-                    Some((r.oid, r.kind, c.clone()))
+                    let len = r.content.as_ref()?.len();
+                    if len > budget {
+                        return None;
+                    }
+                    budget -= len;
+                    Some((r.oid, r.kind, r.content.take()?))
                 })
                 .collect(),
         );
@@ -417,9 +422,9 @@ pub async fn receive<B: Backend>(
     }
 }
 
-/// Most bytes of verified trees and commits one push copies for the node to keep
-/// ([`Backend::remember`]): the node's cache holds 64 MiB, so copying more of a huge
-/// push would only evict what was just copied.
+/// Most bytes of verified trees and commits one push hands the node to keep
+/// ([`Backend::remember`]): the node's cache holds 64 MiB, so more of a huge push
+/// would only evict what was just kept.
 const REMEMBER_BYTES_MAX: usize = 16 << 20;
 
 /// How long each phase of a push took, for the log.
