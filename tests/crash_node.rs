@@ -127,6 +127,25 @@ fn a_second_serve_on_the_same_state_is_refused() {
 }
 
 #[test]
+fn a_node_without_state_refuses_to_serve_and_says_how_to_make_it() {
+    let region = Region::write(1, "");
+    let out = region.repospanner(&["serve"]);
+    assert!(!out.status.success(), "a node without state started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("No state found") && err.contains("serve --spawn"),
+        "{err}"
+    );
+    // The refusal made nothing that would stand in the way of initialising it.
+    let out = region.repospanner(&["serve", "--spawn"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn a_shard_that_cannot_start_stops_the_whole_node() {
     let region = Region::write(1, "");
     // Three shards, so a failing shard 0 is not the last one joined.
