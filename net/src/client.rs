@@ -215,10 +215,13 @@ impl NodeClient {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| unreachable(format!("bad host name: {e}")))?;
-        let tls = futures_rustls::TlsConnector::from(self.tls.clone())
+        let mut tls = futures_rustls::TlsConnector::from(self.tls.clone())
             .connect(name, crate::http::buffered(tcp))
             .await
             .map_err(|e| unreachable(format!("TLS: {e}")))?;
+        tls.get_mut()
+            .1
+            .set_buffer_limit(Some(crate::http::TLS_SEND_BYTES));
         let (sender, conn) = hyper::client::conn::http1::handshake(Io(tls))
             .await
             .map_err(|e| unreachable(e.to_string()))?;
