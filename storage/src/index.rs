@@ -33,7 +33,7 @@ pub struct Loc {
 /// the whole store's.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Index {
-    objects: HashMap<Namespace, HashMap<Oid, Loc>>,
+    objects: HashMap<Namespace, foldhash::HashMap<Oid, Loc>>,
     /// Objects over every namespace.
     count: usize,
     pub opaque: BTreeMap<(u8, u64), Loc>,

@@ -7,7 +7,9 @@
 //! against an object the client already has become REF_DELTA when it asked for a thin
 //! pack; otherwise the base is sent too). Nothing is re-deflated.
 
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::BinaryHeap;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use super::objects::links;
 use super::pack::{OutEntry, PackWriter};
@@ -155,7 +157,7 @@ pub struct FetchRequest {
     pub shallows: Vec<Oid>,
     pub deepen: Option<u32>,
     pub done: bool,
-    pub caps: HashSet<String>,
+    pub caps: std::collections::HashSet<String>,
 }
 
 impl FetchRequest {
