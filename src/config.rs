@@ -248,6 +248,16 @@ pub struct Limits {
     /// git directory's file system, so pushes in flight never fill the disk the store
     /// writes to.
     pub disk_reserve_bytes: u64,
+    /// Largest upload-pack (clone, fetch) request body, after gzip is undone.
+    pub negotiation_bytes_max: u64,
+    /// Most object ids (want, have, shallow) in one upload-pack request.
+    pub negotiation_ids_max: u32,
+    /// Longest ref name a push may create or update, in bytes.
+    pub ref_name_bytes_max: u32,
+    /// Most capabilities in one request.
+    pub capabilities_max: u32,
+    /// Most push options (`git push -o`) in one push.
+    pub push_options_max: u32,
 }
 
 impl Default for Limits {
@@ -262,6 +272,11 @@ impl Default for Limits {
             stage_push_bytes: 0,
             pack_hash_threads: 0,
             disk_reserve_bytes: 1 << 30,
+            negotiation_bytes_max: 64 << 20,
+            negotiation_ids_max: 1_000_000,
+            ref_name_bytes_max: 4096,
+            capabilities_max: 256,
+            push_options_max: 256,
         }
     }
 }
@@ -331,6 +346,13 @@ impl Config {
             ("limits.refs_per_push_max", u64::from(l.refs_per_push_max)),
             ("limits.connections_max", u64::from(l.connections_max)),
             ("limits.buffered_bytes_max", l.buffered_bytes_max),
+            ("limits.negotiation_bytes_max", l.negotiation_bytes_max),
+            (
+                "limits.negotiation_ids_max",
+                u64::from(l.negotiation_ids_max),
+            ),
+            ("limits.ref_name_bytes_max", u64::from(l.ref_name_bytes_max)),
+            ("limits.capabilities_max", u64::from(l.capabilities_max)),
             (
                 "limits.replication_timeout_seconds",
                 u64::from(l.replication_timeout_seconds),
@@ -340,6 +362,16 @@ impl Config {
             if v == 0 {
                 return Err(invalid(key, "0", "must be greater than zero"));
             }
+        }
+        if l.ref_name_bytes_max as usize > repospanner_net::git::REF_NAME_BYTES_LIMIT {
+            return Err(invalid(
+                "limits.ref_name_bytes_max",
+                &l.ref_name_bytes_max.to_string(),
+                &format!(
+                    "must be at most {} (a ref's line must fit one pkt-line)",
+                    repospanner_net::git::REF_NAME_BYTES_LIMIT
+                ),
+            ));
         }
         if l.pack_hash_threads > 16 {
             return Err(invalid(

@@ -313,6 +313,31 @@ pub fn request_stop() {
     STOP.store(true, Ordering::SeqCst);
 }
 
+/// The panic policy (README, "Invariants"): a panic inside a contained boundary
+/// (`repospanner_net::contain`: request parsing, negotiation, pack reading, object
+/// checks) and outside any fail-stop section (`repospanner_storage::failstop`: the
+/// store's and the raft state machine's state changes) fails its request and is logged;
+/// any other panic stops the node, since the other shards must not serve on without
+/// one of them, or from state a half-done change left behind.
+pub fn install_panic_policy() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if panic_is_contained() {
+            tracing::error!(panic = %info, "a request failed on a bug; the node goes on");
+            return;
+        }
+        repospanner_net::contain::mark_fatal();
+        request_stop();
+        default_hook(info);
+    }));
+}
+
+/// Whether a panic on this thread now costs only its request (see
+/// [`install_panic_policy`]).
+pub fn panic_is_contained() -> bool {
+    repospanner_net::contain::active() && !repospanner_storage::failstop::active()
+}
+
 /// `serve`: runs the node until SIGINT or SIGTERM.
 pub fn serve(config: &Config) -> Result<()> {
     run(config, None)
@@ -388,17 +413,18 @@ fn run(config: &Config, join: Option<String>) -> Result<()> {
         }
     }
     install_signal_handlers();
-    // A panic on any shard stops the node: the others must not serve on without it.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        request_stop();
-        default_hook(info);
-    }));
+    install_panic_policy();
     let limits = Limits {
         pack_bytes_max: sc.limits.pack_bytes_max,
         object_bytes_max: sc.limits.object_bytes_max,
-        refs_per_push_max: sc.limits.refs_per_push_max,
-        negotiation_bytes_max: 256 << 20,
+        request: repospanner_net::git::RequestLimits {
+            ref_name_bytes_max: sc.limits.ref_name_bytes_max as usize,
+            capabilities_max: sc.limits.capabilities_max as usize,
+            negotiation_ids_max: sc.limits.negotiation_ids_max as usize,
+            refs_per_push_max: sc.limits.refs_per_push_max as usize,
+            push_options_max: sc.limits.push_options_max as usize,
+        },
+        negotiation_bytes_max: sc.limits.negotiation_bytes_max,
         stage_push_bytes: sc.limits.stage_push_bytes,
         disk_reserve_bytes: sc.limits.disk_reserve_bytes,
         pack_hash_threads: sc.limits.pack_hash_threads as usize,

@@ -237,7 +237,7 @@ fn push_body(old: &str, new: &str, name: &[u8], pack: &[u8]) -> Vec<u8> {
     line.extend_from_slice(name);
     line.extend_from_slice(b"\0report-status\n");
     let mut body = Vec::new();
-    pktline::data(&mut body, &line);
+    pktline::data(&mut body, &line).expect("fits one pkt-line");
     pktline::flush(&mut body);
     body.extend_from_slice(pack);
     body

@@ -297,6 +297,8 @@ pub enum BodyError {
     Read(String),
     #[error("request body is not valid gzip")]
     Gzip,
+    #[error("{0}")]
+    Encoding(String),
     #[error("the node holds too many request bodies right now (limits.buffered_bytes_max); retry")]
     Busy,
     #[error("the client sent nothing for {0} seconds")]
@@ -423,17 +425,43 @@ impl<'b> Gathered<'b> {
 /// Largest buffer [`collect`] makes before the body's bytes arrive.
 const PRESIZE_MAX_BYTES: u64 = 64 << 20;
 
-/// Collects a request body up to `max` bytes, taking them from `budget` as they arrive,
-/// inflating `Content-Encoding: gzip` (with the same limit on the inflated size).
+/// How a request body is encoded (`Content-Encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+}
+
+/// The request's `Content-Encoding`: none, `identity` or `gzip` (git compresses large
+/// negotiation bodies); anything else is refused.
+pub fn encoding(headers: &hyper::HeaderMap) -> Result<Encoding, BodyError> {
+    let mut all = headers.get_all(hyper::header::CONTENT_ENCODING).iter();
+    let (Some(v), None) = (all.next(), all.next()) else {
+        return match headers.contains_key(hyper::header::CONTENT_ENCODING) {
+            true => Err(BodyError::Encoding("more than one Content-Encoding".into())),
+            false => Ok(Encoding::Identity),
+        };
+    };
+    let v = v.as_bytes().trim_ascii();
+    if v.eq_ignore_ascii_case(b"gzip") || v.eq_ignore_ascii_case(b"x-gzip") {
+        Ok(Encoding::Gzip)
+    } else if v.eq_ignore_ascii_case(b"identity") {
+        Ok(Encoding::Identity)
+    } else {
+        Err(BodyError::Encoding(format!(
+            "Content-Encoding {} is not supported (gzip is)",
+            crate::git::excerpt(v)
+        )))
+    }
+}
+
+/// Collects a request body up to `max` bytes as it was sent (compressed or not),
+/// taking them from `budget` as they arrive.
 pub async fn collect(
     req: Request<Incoming>,
     max: u64,
     budget: &Budget,
 ) -> Result<(Vec<u8>, Held), BodyError> {
-    let gzip = req
-        .headers()
-        .get(hyper::header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
     // Sized from Content-Length up front (to a bound, as the header is the peer's
     // word): growing by doubling copied a 8 MiB object-sync body about twice over.
     let expect = req
@@ -449,19 +477,31 @@ pub async fn collect(
     while let Some(data) = next_chunk(&mut body).await? {
         got.push(&data)?;
     }
-    if gzip {
-        use std::io::Read;
-        let mut inflated = Vec::new();
-        flate2::read::GzDecoder::new(&got.bytes[..])
-            .take(max + 1)
-            .read_to_end(&mut inflated)
-            .map_err(|_| BodyError::Gzip)?;
-        let mut out = Gathered::new(max, budget);
-        out.push(&inflated)?;
-        out.held.merge(got.held);
-        return Ok((out.bytes, out.held));
-    }
     Ok((got.bytes, got.held))
+}
+
+/// How much a gzip body is inflated at a time: the most memory one step takes beyond
+/// what the budget already holds.
+const INFLATE_STEP_BYTES: usize = 64 << 10;
+
+/// Inflates a gzip request body (once the request is authorized), a step at a time,
+/// each step taken from `budget` and held to `max` inflated bytes: a small body that
+/// inflates to gigabytes fails at `max` having held at most `max`.
+pub fn gunzip(compressed: &[u8], max: u64, budget: &Budget) -> Result<(Vec<u8>, Held), BodyError> {
+    use std::io::Read;
+    let mut z = flate2::read::GzDecoder::new(compressed);
+    let mut out = Gathered::new(max, budget);
+    let mut step = vec![0u8; INFLATE_STEP_BYTES];
+    loop {
+        let n = match z.read(&mut step) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(BodyError::Gzip),
+        };
+        out.push(&step[..n])?;
+    }
+    Ok((out.bytes, out.held))
 }
 
 /// Who is on the other end of a connection.
@@ -574,6 +614,72 @@ mod tests {
             .expect("executor")
             .join()
             .expect("join");
+    }
+
+    #[test]
+    fn a_gzip_bomb_stops_at_its_limit_within_the_budget() {
+        use std::io::Write;
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..256 {
+            z.write_all(&zeros).expect("deflate");
+        }
+        let bomb = z.finish().expect("deflate"); // 256 MiB in about 250 KiB
+        assert!(bomb.len() < 1 << 20);
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let budget = Budget::new(64 << 20);
+                match gunzip(&bomb, 1 << 20, &budget) {
+                    Err(BodyError::TooLarge(max)) => assert_eq!(max, 1 << 20),
+                    other => panic!("{other:?}"),
+                }
+                // Over the budget before the limit: refused as busy.
+                let small = Budget::new(512 << 10);
+                assert!(matches!(
+                    gunzip(&bomb, 8 << 20, &small),
+                    Err(BodyError::Busy)
+                ));
+                // Everything given back: the whole budget is free again.
+                assert!(budget.try_take(64 << 20).is_some());
+                // A body that is not gzip, and one cut short.
+                assert!(matches!(
+                    gunzip(b"plain", 1 << 20, &budget),
+                    Err(BodyError::Gzip)
+                ));
+                assert!(matches!(
+                    gunzip(&bomb[..bomb.len() / 2], 1 << 30, &Budget::new(1 << 30)),
+                    Err(BodyError::Gzip)
+                ));
+                let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                z.write_all(b"0009done\n").expect("deflate");
+                let (plain, _held) =
+                    gunzip(&z.finish().expect("gzip"), 100, &budget).expect("valid");
+                assert_eq!(plain, b"0009done\n");
+            })
+            .expect("executor")
+            .join()
+            .expect("join");
+    }
+
+    #[test]
+    fn content_encodings() {
+        let h = |v: &[&str]| {
+            let mut m = hyper::HeaderMap::new();
+            for v in v {
+                m.append(
+                    hyper::header::CONTENT_ENCODING,
+                    hyper::header::HeaderValue::from_str(v).expect("value"),
+                );
+            }
+            encoding(&m)
+        };
+        assert_eq!(h(&[]).ok(), Some(Encoding::Identity));
+        assert_eq!(h(&["gzip"]).ok(), Some(Encoding::Gzip));
+        assert_eq!(h(&[" GZIP "]).ok(), Some(Encoding::Gzip));
+        assert_eq!(h(&["identity"]).ok(), Some(Encoding::Identity));
+        assert!(h(&["br"]).is_err());
+        assert!(h(&["gzip", "gzip"]).is_err());
+        assert!(h(&["gzip, deflate"]).is_err());
     }
 
     #[test]

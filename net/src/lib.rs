@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod contain;
 pub mod git;
 pub mod http;
 pub mod piece;

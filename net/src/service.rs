@@ -29,7 +29,9 @@ use glommio::channels::shared_channel::SharedReceiver;
 pub struct Limits {
     pub pack_bytes_max: u64,
     pub object_bytes_max: u64,
-    pub refs_per_push_max: u32,
+    /// Limits on the variable-length parts of a request (ref names, capabilities,
+    /// ids, ref updates, push options).
+    pub request: crate::git::RequestLimits,
     /// Largest negotiation (upload-pack request) body.
     pub negotiation_bytes_max: u64,
     /// Push bodies at least this large are passed to the other members while they
@@ -130,10 +132,22 @@ pub async fn handle_user<B: Backend + 'static>(
     } else {
         1 << 20
     };
+    // Only a negotiation body may come compressed (git compresses nothing else); it is
+    // inflated once the request is authorized (see `dispatch`).
+    match http::encoding(req.headers()) {
+        Ok(http::Encoding::Identity) => {}
+        Ok(http::Encoding::Gzip) if path.ends_with("/git-upload-pack") => {}
+        Ok(http::Encoding::Gzip) => {
+            let e = http::BodyError::Encoding(
+                "Content-Encoding gzip is accepted on git-upload-pack only".into(),
+            );
+            return body_error(&e, &ctx.node_name);
+        }
+        Err(e) => return body_error(&e, &ctx.node_name),
+    }
     // A push is read while it arrives: here if this shard owns the repository, else
     // streamed to the owner chunk by chunk.
-    let gzip = req.headers().contains_key(hyper::header::CONTENT_ENCODING);
-    if req.method() == Method::POST && !gzip {
+    if req.method() == Method::POST {
         if let Some((repo, "git-receive-pack")) = split_repo_path(&path) {
             let owner = route::shard_of(repo, ctx.shards);
             let repo = repo.to_owned();
@@ -193,6 +207,7 @@ fn body_refusal(e: &http::BodyError) -> Refusal {
         http::BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         http::BodyError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         http::BodyError::Stalled(_) => StatusCode::REQUEST_TIMEOUT,
+        http::BodyError::Encoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         _ => StatusCode::BAD_REQUEST,
     };
     Refusal {
@@ -410,7 +425,10 @@ pub async fn dispatch<B: Backend + 'static>(
         .is_some_and(|v| v.split(':').any(|p| p == "version=2"));
     match (&req.method, rest, service.as_str()) {
         (&Method::GET, "info/refs", "git-upload-pack" | "git-receive-pack") => {
-            info_refs(&ctx, &repo, &state, &service, v2 && !writing).await
+            let advertise = info_refs(&ctx, &repo, &state, &service, v2 && !writing);
+            crate::contain::contained(advertise)
+                .await
+                .unwrap_or_else(|p| bug(&repo, &p, &node))
         }
         (&Method::GET, "info/refs", _) => text(
             StatusCode::FORBIDDEN,
@@ -418,13 +436,34 @@ pub async fn dispatch<B: Backend + 'static>(
             &node,
         ),
         (&Method::POST, "git-upload-pack", _) => {
-            upload_pack(ctx.clone(), repo, state, req, v2).await
+            let (mut req, mut held) = (req, held);
+            // Inflated only now that the request is authorized, within the budget.
+            if let Ok(http::Encoding::Gzip) = http::encoding(&req.headers) {
+                let max = ctx.limits.negotiation_bytes_max;
+                match http::gunzip(&req.body, max, &ctx.budget) {
+                    Ok((plain, inflated)) => (req.body, held) = (plain, inflated),
+                    Err(e) => return body_error(&e, &node),
+                }
+            }
+            // Contained: the request fails on a bug of ours, the shard goes on.
+            let response =
+                crate::contain::contained(upload_pack(ctx.clone(), repo.clone(), state, req, v2))
+                    .await
+                    .unwrap_or_else(|p| bug(&repo, &p, &node));
+            drop(held);
+            response
         }
         (&Method::POST, "git-receive-pack", _) => {
             receive_pack(ctx.clone(), repo, state, req, held).await
         }
         _ => text(StatusCode::NOT_FOUND, "not found", &node),
     }
+}
+
+/// The answer to a request that failed on a contained bug (see [`crate::contain`]).
+fn bug(repo: &str, p: &crate::contain::Panicked, node: &str) -> Response<Body> {
+    tracing::error!(repo = %repo, error = %p, "a request failed on a bug; the node goes on");
+    text(StatusCode::INTERNAL_SERVER_ERROR, &p.to_string(), node)
 }
 
 async fn info_refs<B: Backend>(
@@ -436,7 +475,7 @@ async fn info_refs<B: Backend>(
 ) -> Response<Body> {
     let node = &ctx.node_name;
     let mut out = Vec::new();
-    pktline::line(&mut out, &format!("# service={service}"));
+    pktline::fixed(&mut out, &format!("# service={service}"));
     pktline::flush(&mut out);
     if v2 {
         out.extend(upload::advertise_v2());
@@ -508,7 +547,7 @@ async fn upload_pack<B: Backend + 'static>(
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), &node),
     };
     let (fetch, v2_fetch) = if v2 {
-        let r = match upload::parse_v2(&body) {
+        let r = match upload::parse_v2(&body, &ctx.limits.request) {
             Ok(r) => r,
             Err(e) => return git_error(&e.to_string(), &node, ctype),
         };
@@ -521,14 +560,17 @@ async fn upload_pack<B: Backend + 'static>(
                     &node,
                 )
             }
-            "fetch" => match upload::parse_v2_fetch(&r.args) {
+            "fetch" => match upload::parse_v2_fetch(&r.args, &ctx.limits.request) {
                 Ok(f) => (f, true),
                 Err(e) => return git_error(&e.to_string(), &node, ctype),
             },
-            other => return git_error(&format!("unknown command {other:?}"), &node, ctype),
+            other => {
+                let other = crate::git::excerpt(other.as_bytes());
+                return git_error(&format!("unknown command {other}"), &node, ctype);
+            }
         }
     } else {
-        match upload::parse_v0(&body) {
+        match upload::parse_v0(&body, &ctx.limits.request) {
             Ok(f) => (f, false),
             Err(e) => return git_error(&e.to_string(), &node, ctype),
         }
@@ -555,7 +597,10 @@ async fn upload_pack<B: Backend + 'static>(
         }
     }
     let (mut tx, body) = http::channel();
-    glommio::spawn_local(async move {
+    // Contained as its request is: on a bug the response is abandoned (the client sees
+    // a broken transfer) and the shard goes on.
+    let failed_repo = repo.clone();
+    let sending = crate::contain::contained(async move {
         let sideband = sideband_of(&fetch);
         let progress = !fetch.has("no-progress") && sideband.is_some();
         let band_max = sideband.unwrap_or(1000);
@@ -567,17 +612,17 @@ async fn upload_pack<B: Backend + 'static>(
             let mut head = v2_acks.clone();
             if v2_fetch {
                 if let Some(plan) = plan.filter(|_| !early) {
-                    pktline::line(&mut head, "shallow-info");
+                    pktline::fixed(&mut head, "shallow-info");
                     for s in &plan.shallow {
-                        pktline::line(&mut head, &format!("shallow {}", crate::git::hex(s)));
+                        pktline::fixed(&mut head, &format!("shallow {}", crate::git::hex(s)));
                     }
                     pktline::delim(&mut head);
                 }
-                pktline::line(&mut head, "packfile");
+                pktline::fixed(&mut head, "packfile");
             } else {
                 if let Some(plan) = plan.filter(|_| fetch.deepen.is_some()) {
                     for s in &plan.shallow {
-                        pktline::line(&mut head, &format!("shallow {}", crate::git::hex(s)));
+                        pktline::fixed(&mut head, &format!("shallow {}", crate::git::hex(s)));
                     }
                     pktline::flush(&mut head);
                 }
@@ -618,7 +663,7 @@ async fn upload_pack<B: Backend + 'static>(
                         pktline::sideband(&mut o, 3, format!("{e}\n").as_bytes(), max)
                     }
                     // Nothing sent yet: git reads an ERR line in place of the answer.
-                    (false, _) => pktline::data(&mut o, format!("ERR {e}\n").as_bytes()),
+                    (false, _) => pktline::error(&mut o, &e.to_string()),
                     // A raw pack has been promised and there is no channel to say why
                     // it will not come: the response is abandoned (see http::channel).
                     (true, None) => return,
@@ -708,6 +753,11 @@ async fn upload_pack<B: Backend + 'static>(
             total_ms = started.elapsed().as_millis() as u64,
             "served a pack"
         );
+    });
+    glommio::spawn_local(async move {
+        if let Err(p) = sending.await {
+            tracing::error!(repo = %failed_repo, error = %p, "sending a pack failed on a bug; the node goes on");
+        }
     })
     .detach();
     let mut r = Response::new(body);
@@ -773,7 +823,7 @@ impl<C: AsRef<[u8]> + 'static> upload::PackSink<C> for Cut<'_> {
 
 fn git_error(msg: &str, node: &str, ctype: &str) -> Response<Body> {
     let mut o = Vec::new();
-    pktline::data(&mut o, format!("ERR {msg}\n").as_bytes());
+    pktline::error(&mut o, msg);
     respond(StatusCode::OK, ctype, o, node)
 }
 
@@ -903,8 +953,11 @@ impl PackReading {
                         }
                     }
                 }
+                let pack = body.as_slice().get(at..).unwrap_or_default();
                 let r = match stream.as_mut() {
-                    Some(st) => st.advance(body.as_slice().get(at..).unwrap_or_default()),
+                    Some(st) => {
+                        crate::contain::run(|| st.advance(pack)).unwrap_or_else(|p| Err(p.into()))
+                    }
                     None => Ok(()),
                 };
                 if let Err(e) = r {
@@ -948,51 +1001,54 @@ impl PackReading {
         let started = std::thread::Builder::new()
             .name("pack-reader".into())
             .spawn(move || {
-                let _slot = slot;
-                unpin_this_thread();
-                stream.use_hash_threads(hash_threads);
-                let mut last = at;
-                let mut error = None;
-                while let Ok(mut len) = rx.recv() {
-                    // Whatever arrived meanwhile, at once.
-                    while let Ok(l) = rx.try_recv() {
-                        len = l;
-                    }
-                    if stop.load(Ordering::Acquire) {
-                        return;
-                    }
-                    // In steps, so what it verifies is reported as it goes (written
-                    // aside meanwhile) also when it has fallen behind the arrival.
-                    let mut upto = last;
-                    last = len;
-                    while error.is_none() && upto < len {
-                        let from = upto;
-                        upto = (upto + READ_STEP_BYTES).min(len);
-                        view.populate(from..upto);
-                        let r = match view.get(at..upto) {
-                            Some(b) => stream.advance(b),
-                            None => Err(PackError::Truncated),
-                        };
-                        error = r.err();
-                        let found = stream.resolved_since(reported);
-                        reported = stream.ready();
-                        if !found.is_empty() {
-                            let _ = ready_tx.send(found);
+                // A bug here costs this push only: dropping `done_tx` fails it.
+                let _contained = crate::contain::run(move || {
+                    let _slot = slot;
+                    unpin_this_thread();
+                    stream.use_hash_threads(hash_threads);
+                    let mut last = at;
+                    let mut error = None;
+                    while let Ok(mut len) = rx.recv() {
+                        // Whatever arrived meanwhile, at once.
+                        while let Ok(l) = rx.try_recv() {
+                            len = l;
                         }
                         if stop.load(Ordering::Acquire) {
                             return;
                         }
+                        // In steps, so what it verifies is reported as it goes (written
+                        // aside meanwhile) also when it has fallen behind the arrival.
+                        let mut upto = last;
+                        last = len;
+                        while error.is_none() && upto < len {
+                            let from = upto;
+                            upto = (upto + READ_STEP_BYTES).min(len);
+                            view.populate(from..upto);
+                            let r = match view.get(at..upto) {
+                                Some(b) => stream.advance(b),
+                                None => Err(PackError::Truncated),
+                            };
+                            error = r.err();
+                            let found = stream.resolved_since(reported);
+                            reported = stream.ready();
+                            if !found.is_empty() {
+                                let _ = ready_tx.send(found);
+                            }
+                            if stop.load(Ordering::Acquire) {
+                                return;
+                            }
+                        }
                     }
-                }
-                if stop.load(Ordering::Acquire) {
-                    return;
-                }
-                let r = match (error, view.get(at..last)) {
-                    (Some(e), _) => Err(e),
-                    (None, Some(b)) => stream.finish(b),
-                    (None, None) => Err(PackError::Truncated),
-                };
-                let _ = done_tx.send(r);
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let r = match (error, view.get(at..last)) {
+                        (Some(e), _) => Err(e),
+                        (None, Some(b)) => stream.finish(b),
+                        (None, None) => Err(PackError::Truncated),
+                    };
+                    let _ = done_tx.send(r);
+                });
             });
         match started {
             Ok(_) => PackReading::Away {
@@ -1001,9 +1057,9 @@ impl PackReading {
                 cancel,
                 ready,
                 result: Box::pin(async move {
-                    done_rx
-                        .await
-                        .unwrap_or(Err(PackError::Header("the pack reader thread failed")))
+                    done_rx.await.unwrap_or(Err(PackError::Header(
+                        "the pack reader failed (a bug, logged by the node)",
+                    )))
                 }),
             },
             Err(e) => {
@@ -1022,7 +1078,8 @@ impl PackReading {
             PackReading::Here { error: Some(e), .. } => Err(e),
             PackReading::Here {
                 stream: Some(st), ..
-            } => st.finish(body.get(at..).unwrap_or_default()),
+            } => crate::contain::run(|| st.finish(body.get(at..).unwrap_or_default()))
+                .unwrap_or_else(|p| Err(p.into())),
             PackReading::Here { .. } => Err(crate::git::pack::PackError::Truncated),
             PackReading::Away { tx, result, .. } => {
                 let _ = tx.send(body.len());
@@ -1310,7 +1367,9 @@ async fn receive_body<B: Backend + 'static>(
                 }
             }
             if pack_at.is_none() {
-                match receive::commands_end(got.as_slice()) {
+                let end = crate::contain::run(|| receive::commands_end(got.as_slice()))
+                    .unwrap_or_else(|p| Err(receive::ProtocolError(p.to_string())));
+                match end {
                     Ok(at) => pack_at = at,
                     Err(e) => {
                         return Err(Refusal {
@@ -1580,9 +1639,11 @@ async fn receive_pack_body<B: Backend + 'static>(
         // git's probe before a large chunked POST.
         return respond(StatusCode::OK, ctype, Vec::new(), &node);
     }
-    let push = match receive::parse_push(&body, ctx.limits.refs_per_push_max as usize) {
-        Ok(p) => p,
-        Err(e) => return git_error(&e.to_string(), &node, ctype),
+    let parsed = crate::contain::run(|| receive::parse_push(&body, &ctx.limits.request));
+    let push = match parsed {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return git_error(&e.to_string(), &node, ctype),
+        Err(p) => return bug(&repo, &p, &node),
     };
     if push.commands.is_empty() {
         return respond(StatusCode::OK, ctype, Vec::new(), &node);

@@ -356,6 +356,9 @@ impl<D: Dir> RaftStateMachine<C> for StateMachine<D> {
                 self.hooks.before_apply(cmd, members).await?;
             }
             let response = {
+                // Fail-stop even if a contained handler were the caller: see
+                // repospanner_storage::failstop.
+                let _fail_stop = repospanner_storage::failstop::enter();
                 let mut i = self.inner.borrow_mut();
                 i.applied = Some(entry.log_id());
                 match &entry.payload {

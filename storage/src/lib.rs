@@ -50,6 +50,7 @@
 //! eighth; git's own data is already deflated and is stored as received. The index
 //! checkpoint is stored raw: 20 of every 48 bytes are random object ids.
 
+pub mod failstop;
 pub mod index;
 pub mod io;
 pub mod object;

@@ -29,6 +29,34 @@ use crate::record::{
 };
 use crate::{Error, Lsn, Result};
 
+/// A mutable borrow of the store's state, inside a fail-stop section for as long as it
+/// lives ([`crate::failstop`]): a panic while the state is half changed stops the node,
+/// even under a request handler that contains its own panics.
+struct StateMut<'a, T> {
+    inner: std::cell::RefMut<'a, T>,
+    _section: crate::failstop::Section,
+}
+
+impl<T> std::ops::Deref for StateMut<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T> std::ops::DerefMut for StateMut<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+}
+
+fn state<T>(cell: &std::cell::RefCell<T>) -> StateMut<'_, T> {
+    StateMut {
+        _section: crate::failstop::enter(),
+        inner: cell.borrow_mut(),
+    }
+}
+
 /// Named limits and tunables of a store.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -571,14 +599,14 @@ impl<D: Dir> Store<D> {
             && inner.queued_bytes.get() + bytes > inner.opts.queued_bytes_max
         {
             let (tx, rx) = oneshot::channel();
-            inner.space.borrow_mut().push(tx);
+            state(&inner.space).push(tx);
             let _ = rx.await;
             if let Some(why) = inner.fatal.borrow().clone() {
                 return Err(Error::Fatal(why));
             }
         }
         let (tx, rx) = oneshot::channel();
-        inner.queue.borrow_mut().push_back(Pending {
+        state(&inner.queue).push_back(Pending {
             writes: encoded,
             bytes,
             done: tx,
@@ -593,7 +621,7 @@ impl<D: Dir> Store<D> {
             Ok(r) => r?,
             Err(_) => return Err(Error::Fatal("the writer stopped".into())),
         };
-        let mut heads = inner.heads.borrow_mut();
+        let mut heads = state(&inner.heads);
         for (w, loc) in writes.iter().zip(&locs) {
             if let Write::Object(_, o) = w {
                 heads.put(*loc, o.head());
@@ -606,7 +634,7 @@ impl<D: Dir> Store<D> {
         let inner = &self.inner;
         loop {
             let batch: Vec<Pending> = {
-                let mut q = inner.queue.borrow_mut();
+                let mut q = state(&inner.queue);
                 let mut taken = 0usize;
                 let mut batch = Vec::new();
                 while let Some(p) = q.front() {
@@ -625,7 +653,7 @@ impl<D: Dir> Store<D> {
             let bytes: usize = batch.iter().map(|p| p.bytes).sum();
             let result = self.write_batch(&batch).await;
             inner.queued_bytes.set(inner.queued_bytes.get() - bytes);
-            for tx in inner.space.borrow_mut().drain(..) {
+            for tx in state(&inner.space).drain(..) {
                 let _ = tx.send(());
             }
             match result {
@@ -654,11 +682,11 @@ impl<D: Dir> Store<D> {
                     // that is not on disk.
                     let why = e.to_string();
                     warn!(error = %why, "storage write failed; the store stops accepting writes");
-                    *inner.fatal.borrow_mut() = Some(why.clone());
+                    *state(&inner.fatal) = Some(why.clone());
                     for p in batch {
                         let _ = p.done.send(Err(Error::Fatal(why.clone())));
                     }
-                    for p in inner.queue.borrow_mut().drain(..) {
+                    for p in state(&inner.queue).drain(..) {
                         let _ = p.done.send(Err(Error::Fatal(why.clone())));
                     }
                     inner.queued_bytes.set(0);
@@ -690,9 +718,9 @@ impl<D: Dir> Store<D> {
                 (inner.tail.borrow().segment.clone(), false)
             };
             if fresh {
-                inner.segments.borrow_mut().insert(seg.id, seg.clone());
+                state(&inner.segments).insert(seg.id, seg.clone());
             }
-            let mut t = inner.tail.borrow_mut();
+            let mut t = state(&inner.tail);
             t.segment = seg;
             t.offset = 0;
             t.block.clear();
@@ -797,7 +825,7 @@ impl<D: Dir> Store<D> {
 
         // Durable: publish.
         {
-            let mut index = inner.index.borrow_mut();
+            let mut index = state(&inner.index);
             let mut l = locs.iter();
             for p in batch {
                 for e in &p.writes {
@@ -810,7 +838,7 @@ impl<D: Dir> Store<D> {
         }
         inner.next_lsn.set(first_lsn + u64::from(count));
         {
-            let mut t = inner.tail.borrow_mut();
+            let mut t = state(&inner.tail);
             t.offset = end;
             t.block = tail_block;
         }
@@ -912,7 +940,7 @@ impl<D: Dir> Store<D> {
         let locs = self.locate(ns, oids);
         // Heads the cache holds (of the very records the index names) are not read.
         let mut out: Vec<Option<ObjectHead>> = {
-            let mut heads = self.inner.heads.borrow_mut();
+            let mut heads = state(&self.inner.heads);
             oids.iter()
                 .zip(&locs)
                 .map(|(oid, l)| {
@@ -933,7 +961,7 @@ impl<D: Dir> Store<D> {
             .filter_map(|&i| locs[i].map(|l| (l, head_len(&l))))
             .collect();
         let read = self.read_spans(&spans, HEAD_GAP_BYTES).await?;
-        let mut heads = self.inner.heads.borrow_mut();
+        let mut heads = state(&self.inner.heads);
         for ((&i, (loc, _)), bytes) in missing.iter().zip(&spans).zip(read) {
             let head = bytes
                 .get(RECORD_HEADER_LEN..)
@@ -1113,7 +1141,7 @@ impl<D: Dir> Store<D> {
         objects: impl IntoIterator<Item = (Oid, ObjectKind, Vec<u8>)>,
     ) {
         let max = self.inner.opts.delta_cache_bytes_max;
-        let mut cache = self.inner.cache.borrow_mut();
+        let mut cache = state(&self.inner.cache);
         for (oid, kind, content) in objects {
             if self.contains(ns, &oid) {
                 cache.put(ns, oid, kind, content, max);
@@ -1131,7 +1159,7 @@ impl<D: Dir> Store<D> {
         // planning reads every tree and commit, a device read each (thousands of
         // 512-byte reads for a 100 MiB repository, each a request to the disk).
         if self.contains(ns, oid) {
-            if let Some((kind, c)) = self.inner.cache.borrow_mut().get(ns, oid) {
+            if let Some((kind, c)) = state(&self.inner.cache).get(ns, oid) {
                 return Ok(Some((kind, c.as_ref().clone())));
             }
         }
@@ -1142,7 +1170,7 @@ impl<D: Dir> Store<D> {
         let mut chain = Vec::new();
         let mut cur = top;
         let mut content: Rc<Vec<u8>> = loop {
-            if let Some((_, c)) = self.inner.cache.borrow_mut().get(ns, &cur.oid) {
+            if let Some((_, c)) = state(&self.inner.cache).get(ns, &cur.oid) {
                 break c;
             }
             match cur.base {
@@ -1153,7 +1181,7 @@ impl<D: Dir> Store<D> {
                             source,
                         }
                     })?;
-                    break self.inner.cache.borrow_mut().put(
+                    break state(&self.inner.cache).put(
                         ns,
                         cur.oid,
                         kind,
@@ -1189,7 +1217,7 @@ impl<D: Dir> Store<D> {
                 oid: object::hex(&d.oid),
                 source,
             })?;
-            content = self.inner.cache.borrow_mut().put(
+            content = state(&self.inner.cache).put(
                 ns,
                 d.oid,
                 kind,

@@ -63,6 +63,9 @@ pub enum PackError {
     DeltaCycle,
     #[error("object {0} is a SHA-1 collision attack")]
     Collision(String),
+    /// Reading the pack hit a bug of ours: contained (see `crate::contain`).
+    #[error("{0}")]
+    Panicked(#[from] crate::contain::Panicked),
 }
 
 /// How an entry is stored in the pack.
@@ -251,28 +254,31 @@ impl Hashers {
             std::thread::Builder::new()
                 .name("pack-hasher".into())
                 .spawn(move || {
-                    let mut cur: Option<(usize, sha1dc::Hasher)> = None;
-                    for msg in rx {
-                        match msg {
-                            HashMsg::Begin(i, header) => {
-                                let mut h = sha1dc::Hasher::new();
-                                h.update(&header);
-                                cur = Some((i, h));
-                            }
-                            HashMsg::Data(d) => {
-                                if let Some((_, h)) = cur.as_mut() {
-                                    h.update(&d);
+                    // A bug here costs this push only (dropping `res_tx` fails it).
+                    let _contained = crate::contain::run(move || {
+                        let mut cur: Option<(usize, sha1dc::Hasher)> = None;
+                        for msg in rx {
+                            match msg {
+                                HashMsg::Begin(i, header) => {
+                                    let mut h = sha1dc::Hasher::new();
+                                    h.update(&header);
+                                    cur = Some((i, h));
                                 }
-                            }
-                            HashMsg::End => {
-                                if let Some((i, h)) = cur.take() {
-                                    if res_tx.send((i, finalize(h))).is_err() {
-                                        return;
+                                HashMsg::Data(d) => {
+                                    if let Some((_, h)) = cur.as_mut() {
+                                        h.update(&d);
+                                    }
+                                }
+                                HashMsg::End => {
+                                    if let Some((i, h)) = cur.take() {
+                                        if res_tx.send((i, finalize(h))).is_err() {
+                                            return;
+                                        }
                                     }
                                 }
                             }
                         }
-                    }
+                    });
                 })
                 .ok()?;
             to.push(tx);

@@ -114,21 +114,63 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Appends a data packet holding `data`. Panics only on our own oversized output,
-/// which callers split first (see [`data_chunks`]).
-pub fn data(out: &mut Vec<u8>, payload: &[u8]) {
+/// Appends a data packet holding `payload`, or refuses (writing nothing) when it does
+/// not fit one packet: lines built from what a client sent (ref names, messages)
+/// must never stop the shard, so the caller decides what a refused line means.
+pub fn data(out: &mut Vec<u8>, payload: &[u8]) -> Result<(), PktError> {
     let n = payload.len() + 4;
-    assert!(n <= MAX_PKT, "pkt-line payload of {} bytes", payload.len());
-    out.extend_from_slice(format!("{n:04x}").as_bytes());
+    if n > MAX_PKT {
+        return Err(PktError::TooLong(n));
+    }
+    out.extend_from_slice(&len_hex(n));
     out.extend_from_slice(payload);
+    Ok(())
 }
 
-/// Appends a data packet holding `line` and a newline.
-pub fn line(out: &mut Vec<u8>, line: &str) {
-    let mut p = Vec::with_capacity(line.len() + 1);
-    p.extend_from_slice(line.as_bytes());
-    p.push(b'\n');
-    data(out, &p);
+/// The four hex digits of a packet length (at most [`MAX_PKT`]).
+fn len_hex(n: usize) -> [u8; 4] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    [
+        DIGITS[(n >> 12) & 15],
+        DIGITS[(n >> 8) & 15],
+        DIGITS[(n >> 4) & 15],
+        DIGITS[n & 15],
+    ]
+}
+
+/// Appends a data packet holding `line` and a newline; refused as [`data`] is.
+pub fn line(out: &mut Vec<u8>, line: &str) -> Result<(), PktError> {
+    let n = line.len() + 5;
+    if n > MAX_PKT {
+        return Err(PktError::TooLong(n));
+    }
+    out.extend_from_slice(&len_hex(n));
+    out.extend_from_slice(line.as_bytes());
+    out.push(b'\n');
+    Ok(())
+}
+
+/// Appends a line whose parts we bound ourselves (`ACK <id> common`, `version 2`, a
+/// push report's `ng <name> <reason>` with a name within its limit): a line over the
+/// packet limit would be a bug of ours, and is cut rather than stopping the shard.
+pub fn fixed(out: &mut Vec<u8>, line: &str) {
+    let cut = floor_char_boundary(line, MAX_PKT - 5);
+    let _ = self::line(out, &line[..cut]);
+}
+
+/// Appends `ERR <message>`: the message is cut to fit one packet (it is prose for a
+/// person; see [`super::excerpt`] for echoing what a client sent).
+pub fn error(out: &mut Vec<u8>, message: &str) {
+    let cut = floor_char_boundary(message, MAX_PKT - 9);
+    let _ = line(out, &format!("ERR {}", &message[..cut]));
+}
+
+/// The largest index at most `at` that is on a char boundary of `s`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    if at >= s.len() {
+        return s.len();
+    }
+    (0..=at).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
 }
 
 pub fn flush(out: &mut Vec<u8>) {
@@ -250,8 +292,7 @@ impl BandWriter {
 
     fn close(&mut self) {
         if let Some((at, len)) = self.open.take() {
-            let hex = format!("{len:04x}");
-            self.out[at..at + 4].copy_from_slice(hex.as_bytes());
+            self.out[at..at + 4].copy_from_slice(&len_hex(len));
         }
     }
 
@@ -444,9 +485,39 @@ mod tests {
     }
 
     #[test]
+    fn oversized_lines_are_refused_not_written() {
+        let mut out = b"keep".to_vec();
+        let long = "x".repeat(MAX_PKT - 4);
+        assert_eq!(line(&mut out, &long), Err(PktError::TooLong(MAX_PKT + 1)));
+        assert_eq!(data(&mut out, long.as_bytes()), Ok(()));
+        assert_eq!(&out[..8], b"keepfff0");
+        out.truncate(4);
+        assert_eq!(
+            data(&mut out, &[1; MAX_PKT]),
+            Err(PktError::TooLong(MAX_PKT + 4))
+        );
+        assert_eq!(out, b"keep");
+        // An error message is cut to one packet, on a char boundary.
+        let mut e = Vec::new();
+        error(&mut e, &"é".repeat(40_000));
+        match decode(&e) {
+            Ok(Decoded::Pkt(Pkt::Data(d), n)) => {
+                assert_eq!(n, e.len());
+                assert!(n <= MAX_PKT);
+                assert!(std::str::from_utf8(d).is_ok());
+                assert!(d.starts_with(b"ERR \xc3\xa9"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut f = Vec::new();
+        fixed(&mut f, "NAK");
+        assert_eq!(f, b"0008NAK\n");
+    }
+
+    #[test]
     fn encodes() {
         let mut out = Vec::new();
-        line(&mut out, "# service=git-upload-pack");
+        line(&mut out, "# service=git-upload-pack").expect("short");
         flush(&mut out);
         assert_eq!(out, b"001e# service=git-upload-pack\n0000");
         let mut out = Vec::new();

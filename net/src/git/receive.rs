@@ -12,7 +12,7 @@ use super::objects::links;
 use super::pack::{self, Limits, Resolved};
 use super::pktline::{self, Pkt, Reader};
 use super::refs::valid_ref_name;
-use super::{hex, parse_hex, ObjectKind, Oid, ZERO};
+use super::{excerpt, hex, parse_hex, ObjectKind, Oid, RequestLimits, ZERO};
 use crate::backend::{Backend, RawObject, RefUpdate, RepoState, Staged};
 
 /// Capabilities of receive-pack.
@@ -50,8 +50,10 @@ fn perr(e: impl std::fmt::Display) -> ProtocolError {
     ProtocolError(e.to_string())
 }
 
-/// Parses the commands, capabilities and push options; the pack follows.
-pub fn parse_push(body: &[u8], refs_max: usize) -> Result<PushRequest, ProtocolError> {
+/// Parses the commands, capabilities and push options; the pack follows. Each
+/// variable-length part is held to its limit in `limits`, and an error quotes at most
+/// an excerpt of what was sent.
+pub fn parse_push(body: &[u8], limits: &RequestLimits) -> Result<PushRequest, ProtocolError> {
     let mut r = Reader::new(body);
     let mut req = PushRequest::default();
     loop {
@@ -63,7 +65,21 @@ pub fn parse_push(body: &[u8], refs_max: usize) -> Result<PushRequest, ProtocolE
                 if req.commands.is_empty() {
                     if let Some(nul) = l.iter().position(|b| *b == 0) {
                         for c in l[nul + 1..].split(|b| *b == b' ').filter(|c| !c.is_empty()) {
-                            req.caps.insert(String::from_utf8_lossy(c).into_owned());
+                            if req.caps.len() >= limits.capabilities_max {
+                                return Err(perr(format!(
+                                    "more than {} capabilities (limits.capabilities_max)",
+                                    limits.capabilities_max
+                                )));
+                            }
+                            let c = std::str::from_utf8(c).map_err(|_| {
+                                perr(format!("capability {} is not UTF-8", excerpt(c)))
+                            })?;
+                            if !req.caps.insert(c.to_owned()) {
+                                return Err(perr(format!(
+                                    "capability {} given twice",
+                                    excerpt(c.as_bytes())
+                                )));
+                            }
                         }
                         l = &l[..nul];
                     }
@@ -72,23 +88,29 @@ pub fn parse_push(body: &[u8], refs_max: usize) -> Result<PushRequest, ProtocolE
                     return Err(perr("pushing from a shallow clone is not supported"));
                 }
                 if l.len() < 83 || l[40] != b' ' || l[81] != b' ' {
-                    return Err(perr(format!(
-                        "malformed command {:?}",
-                        String::from_utf8_lossy(l)
-                    )));
+                    return Err(perr(format!("malformed command {}", excerpt(l))));
                 }
                 let old = parse_hex(&l[..40]).ok_or_else(|| perr("invalid old id"))?;
                 let new = parse_hex(&l[41..81]).ok_or_else(|| perr("invalid new id"))?;
-                let name = String::from_utf8(l[82..].to_vec())
-                    .map_err(|_| perr("ref name is not UTF-8"))?;
-                req.commands.push(Command { old, new, name });
-                if req.commands.len() > refs_max {
+                let name = &l[82..];
+                if name.len() > limits.ref_name_bytes_max {
                     return Err(perr(format!(
-                        "more than {refs_max} ref updates in one push"
+                        "ref name {} is longer than {} bytes (limits.ref_name_bytes_max)",
+                        excerpt(name),
+                        limits.ref_name_bytes_max
+                    )));
+                }
+                let name = String::from_utf8(name.to_vec())
+                    .map_err(|_| perr(format!("ref name {} is not UTF-8", excerpt(name))))?;
+                req.commands.push(Command { old, new, name });
+                if req.commands.len() > limits.refs_per_push_max {
+                    return Err(perr(format!(
+                        "more than {} ref updates in one push (limits.refs_per_push_max)",
+                        limits.refs_per_push_max
                     )));
                 }
             }
-            Some(_) => return Err(perr("unexpected special packet")),
+            Some(_) => return Err(perr("unexpected special packet (0001 or 0002)")),
         }
     }
     if req.caps.contains("push-options") {
@@ -96,10 +118,17 @@ pub fn parse_push(body: &[u8], refs_max: usize) -> Result<PushRequest, ProtocolE
             match r.next_pkt().map_err(perr)? {
                 None => return Err(perr("request ends inside the push options")),
                 Some(Pkt::Flush) => break,
-                Some(Pkt::Data(d)) => req
-                    .options
-                    .push(String::from_utf8_lossy(pktline::chomp(d)).into_owned()),
-                Some(_) => return Err(perr("unexpected special packet")),
+                Some(Pkt::Data(d)) => {
+                    if req.options.len() >= limits.push_options_max {
+                        return Err(perr(format!(
+                            "more than {} push options (limits.push_options_max)",
+                            limits.push_options_max
+                        )));
+                    }
+                    req.options
+                        .push(String::from_utf8_lossy(pktline::chomp(d)).into_owned())
+                }
+                Some(_) => return Err(perr("unexpected special packet (0001 or 0002)")),
             }
         }
     }
@@ -165,15 +194,17 @@ impl Report {
 
     /// report-status lines (pkt-lines, ending with a flush).
     pub fn encode(&self) -> Vec<u8> {
+        // Names are within limits.ref_name_bytes_max (at most REF_NAME_BYTES_LIMIT)
+        // and reasons within 900 bytes, so every line fits; `fixed` cuts, never stops.
         let mut out = Vec::new();
         match &self.unpack {
-            Ok(()) => pktline::line(&mut out, "unpack ok"),
-            Err(e) => pktline::line(&mut out, &format!("unpack {}", one_line(e))),
+            Ok(()) => pktline::fixed(&mut out, "unpack ok"),
+            Err(e) => pktline::fixed(&mut out, &format!("unpack {}", one_line(e))),
         }
         for (name, r) in &self.refs {
             match r {
-                Ok(()) => pktline::line(&mut out, &format!("ok {name}")),
-                Err(e) => pktline::line(&mut out, &format!("ng {name} {}", one_line(e))),
+                Ok(()) => pktline::fixed(&mut out, &format!("ok {name}")),
+                Err(e) => pktline::fixed(&mut out, &format!("ng {name} {}", one_line(e))),
             }
         }
         pktline::flush(&mut out);
@@ -189,14 +220,22 @@ fn one_line(s: &str) -> String {
 }
 
 /// Checks commands against the repository's current refs (pure): names, duplicates,
-/// compare-and-swap. Returns per-command refusals (`None`: acceptable so far).
+/// names that would be ambiguous, compare-and-swap. Returns per-command refusals
+/// (`None`: acceptable so far).
 pub fn check_commands(commands: &[Command], state: &RepoState) -> Vec<Option<String>> {
     let mut seen = HashSet::new();
+    // Lower-cased names of the refs a new ref must not collide with: built only when
+    // the push creates one.
+    let mut folded: Option<HashMap<String, &str>> = None;
     commands
         .iter()
         .map(|c| {
             if !valid_ref_name(c.name.as_bytes()) {
                 return Some("funny refname".into());
+            }
+            // (Such a ref stored before this check can still be deleted.)
+            if let Some(why) = ambiguous_ref_name(&c.name).filter(|_| c.new != ZERO) {
+                return Some(why.into());
             }
             if !seen.insert(c.name.clone()) {
                 return Some("duplicate ref update".into());
@@ -216,9 +255,45 @@ pub fn check_commands(commands: &[Command], state: &RepoState) -> Vec<Option<Str
                     _ => "stale info: the ref changed since you fetched it".into(),
                 });
             }
+            if current.is_none() {
+                // A new ref that differs from another only by case: on a client's
+                // case-insensitive file system the two would be one file.
+                let folded = folded.get_or_insert_with(|| {
+                    let mut m: HashMap<String, &str> = state
+                        .refs
+                        .keys()
+                        .map(|n| (n.to_lowercase(), n.as_str()))
+                        .collect();
+                    for c in commands.iter().filter(|c| c.old == ZERO && c.new != ZERO) {
+                        m.entry(c.name.to_lowercase()).or_insert(c.name.as_str());
+                    }
+                    m
+                });
+                if let Some(other) = folded.get(&c.name.to_lowercase()) {
+                    if *other != c.name {
+                        return Some(format!("differs from {other} only in case"));
+                    }
+                }
+            }
             None
         })
         .collect()
+}
+
+/// Why a ref name git accepts would still confuse its users, if it would: a branch or
+/// tag named `HEAD`, or one whose name is itself a full ref name
+/// (`refs/heads/refs/heads/x`, which `git checkout refs/heads/x` cannot tell apart).
+pub fn ambiguous_ref_name(name: &str) -> Option<&'static str> {
+    let short = name
+        .strip_prefix("refs/heads/")
+        .or_else(|| name.strip_prefix("refs/tags/"))?;
+    if short == "HEAD" {
+        return Some("ambiguous refname: HEAD as a branch or tag name");
+    }
+    if short.starts_with("refs/") {
+        return Some("ambiguous refname: a branch or tag named like a full ref");
+    }
+    None
 }
 
 /// Verifies and applies a push. `pre_read`: the pack's entries if they were read while
@@ -249,7 +324,10 @@ pub async fn receive<B: Backend>(
             return Report::all_failed(commands, Err("missing pack".into()), "unpacker error");
         }
         // Entries already read while the pack arrived, or read now.
-        let entries = match pre_read.unwrap_or_else(|| pack::read_entries(&pack_bytes, limits)) {
+        let entries = match pre_read.unwrap_or_else(|| {
+            crate::contain::run(|| pack::read_entries(&pack_bytes, limits))
+                .unwrap_or_else(|p| Err(p.into()))
+        }) {
             Ok(e) => e,
             Err(e) => return Report::all_failed(commands, Err(e.to_string()), "unpacker error"),
         };
@@ -281,7 +359,10 @@ pub async fn receive<B: Backend>(
         let (pack, limits_copy) = (pack_bytes.clone(), *limits);
         let resolution = glommio::executor()
             .spawn_blocking(move || {
-                pack::resolve(&pack, &entries, &limits_copy, |o| externals.get(o).cloned())
+                crate::contain::run(|| {
+                    pack::resolve(&pack, &entries, &limits_copy, |o| externals.get(o).cloned())
+                })
+                .unwrap_or_else(|p| Err(p.into()))
             })
             .await;
         resolved = match resolution {
@@ -598,21 +679,31 @@ mod tests {
         let mut first = cmd(&z, &n, "refs/heads/master");
         first.extend_from_slice(b"\0report-status side-band-64k push-options atomic");
         first.push(b'\n');
-        pktline::data(&mut body, &first);
-        pktline::line(
+        pktline::data(&mut body, &first).expect("fits");
+        pktline::fixed(
             &mut body,
             &String::from_utf8(cmd(&n, &z, "refs/heads/old")).expect("utf8"),
         );
         pktline::flush(&mut body);
-        pktline::line(&mut body, "ci.skip");
+        pktline::fixed(&mut body, "ci.skip");
         pktline::flush(&mut body);
         body.extend_from_slice(b"PACK...");
-        let r = parse_push(&body, 100).expect("valid");
+        let r = parse_push(&body, &RequestLimits::default()).expect("valid");
         assert_eq!(r.commands.len(), 2);
         assert!(r.caps.contains("atomic"));
         assert_eq!(r.options, vec!["ci.skip".to_string()]);
         assert_eq!(&body[r.pack_at..], b"PACK...");
-        assert!(parse_push(&body, 1).is_err(), "ref count limit");
+        assert!(
+            parse_push(
+                &body,
+                &RequestLimits {
+                    refs_per_push_max: 1,
+                    ..RequestLimits::default()
+                }
+            )
+            .is_err(),
+            "ref count limit"
+        );
     }
 
     #[test]
@@ -621,9 +712,9 @@ mod tests {
         let mut body = Vec::new();
         let mut first = cmd(&z, &"1".repeat(40), "refs/heads/master");
         first.extend_from_slice(b"\0report-status push-options\n");
-        pktline::data(&mut body, &first);
+        pktline::data(&mut body, &first).expect("fits");
         pktline::flush(&mut body);
-        pktline::line(&mut body, "an option");
+        pktline::fixed(&mut body, "an option");
         pktline::flush(&mut body);
         let pack_at = body.len();
         body.extend_from_slice(b"PACK");
@@ -631,7 +722,12 @@ mod tests {
             assert_eq!(commands_end(&body[..cut]), Ok(None), "cut at {cut}");
         }
         assert_eq!(commands_end(&body), Ok(Some(pack_at)));
-        assert_eq!(parse_push(&body, 10).expect("valid").pack_at, pack_at);
+        assert_eq!(
+            parse_push(&body, &RequestLimits::default())
+                .expect("valid")
+                .pack_at,
+            pack_at
+        );
         assert_eq!(commands_end(b"0000"), Ok(Some(4)), "git's probe");
         assert!(commands_end(b"zzzz").is_err());
     }
@@ -645,7 +741,7 @@ mod tests {
             b"zzzz",
             b"0032short line\n0000",
         ] {
-            let r = parse_push(body, 10);
+            let r = parse_push(body, &RequestLimits::default());
             if body == b"0000" {
                 assert!(r.expect("empty push parses").commands.is_empty());
             } else {

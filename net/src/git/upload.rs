@@ -14,7 +14,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use super::objects::links;
 use super::pack::{OutEntry, PackWriter};
 use super::pktline::{self, BandWriter, Pkt, Reader};
-use super::{hex, parse_hex, ObjectKind, Oid};
+use super::{excerpt, hex, parse_hex, ObjectKind, Oid, RequestLimits};
 use crate::backend::{Backend, RawHead, RawObject, RepoState};
 
 /// The agent string we announce.
@@ -117,20 +117,21 @@ pub fn advertise_v0(refs: &[AdRef], state: &RepoState, caps: &str) -> Vec<u8> {
         }
     }
     if lines.is_empty() {
-        pktline::data(
-            &mut out,
-            format!("{} capabilities^{{}}\0{caps}\n", hex(&[0; 20])).as_bytes(),
-        );
+        let first = format!("{} capabilities^{{}}\0{caps}", hex(&[0; 20]));
+        ref_line(&mut out, &first);
     }
-    for (i, (name, oid)) in lines.iter().enumerate() {
-        if i == 0 {
-            pktline::data(
-                &mut out,
-                format!("{} {name}\0{caps}\n", hex(oid)).as_bytes(),
-            );
+    // The capabilities go on the first line that fits (all of them do, ref names being
+    // bounded by limits.ref_name_bytes_max, but for refs stored before that limit).
+    let mut caps_sent = false;
+    for (name, oid) in &lines {
+        let l = if caps_sent {
+            format!("{} {name}", hex(oid))
         } else {
-            pktline::line(&mut out, &format!("{} {name}", hex(oid)));
-        }
+            format!("{} {name}\0{caps}", hex(oid))
+        };
+        let before = out.len();
+        ref_line(&mut out, &l);
+        caps_sent |= out.len() > before;
     }
     pktline::flush(&mut out);
     out
@@ -139,12 +140,12 @@ pub fn advertise_v0(refs: &[AdRef], state: &RepoState, caps: &str) -> Vec<u8> {
 /// The v2 capability advertisement.
 pub fn advertise_v2() -> Vec<u8> {
     let mut out = Vec::new();
-    pktline::line(&mut out, "version 2");
-    pktline::line(&mut out, &agent());
-    pktline::line(&mut out, "ls-refs=unborn");
-    pktline::line(&mut out, "fetch=shallow");
-    pktline::line(&mut out, "server-option");
-    pktline::line(&mut out, "object-format=sha1");
+    pktline::fixed(&mut out, "version 2");
+    pktline::fixed(&mut out, &agent());
+    pktline::fixed(&mut out, "ls-refs=unborn");
+    pktline::fixed(&mut out, "fetch=shallow");
+    pktline::fixed(&mut out, "server-option");
+    pktline::fixed(&mut out, "object-format=sha1");
     pktline::flush(&mut out);
     out
 }
@@ -173,15 +174,18 @@ fn oid_arg(line: &[u8], key: &str) -> Result<Option<Oid>, UploadError> {
     else {
         return Ok(None);
     };
-    let hexpart = rest
-        .get(..40)
-        .ok_or_else(|| proto(format!("short id after {key}")))?;
-    parse_hex(hexpart)
+    parse_hex(rest)
         .map(Some)
-        .ok_or_else(|| proto(format!("invalid id after {key}")))
+        .ok_or_else(|| proto(format!("invalid id after {key}: {}", excerpt(rest))))
 }
 
-fn apply_arg(req: &mut FetchRequest, l: &[u8]) -> Result<bool, UploadError> {
+/// Applies one request line (want, have, shallow, deepen, done); false if it is none
+/// of those. The ids counted against `limits.negotiation_ids_max`.
+fn apply_arg(
+    req: &mut FetchRequest,
+    l: &[u8],
+    limits: &RequestLimits,
+) -> Result<bool, UploadError> {
     if let Some(o) = oid_arg(l, "want")? {
         req.wants.push(o);
     } else if let Some(o) = oid_arg(l, "have")? {
@@ -189,43 +193,82 @@ fn apply_arg(req: &mut FetchRequest, l: &[u8]) -> Result<bool, UploadError> {
     } else if let Some(o) = oid_arg(l, "shallow")? {
         req.shallows.push(o);
     } else if let Some(n) = l.strip_prefix(b"deepen ") {
-        let n = std::str::from_utf8(n)
+        let n: u32 = std::str::from_utf8(n)
             .ok()
-            .and_then(|n| n.trim().parse().ok())
-            .ok_or_else(|| proto("invalid deepen"))?;
+            .and_then(|n| n.parse().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| proto(format!("invalid deepen {}", excerpt(n))))?;
+        if req.deepen.is_some_and(|d| d != n) {
+            return Err(proto("conflicting deepen lines"));
+        }
         req.deepen = Some(n);
     } else if l == b"done" {
         req.done = true;
     } else {
         return Ok(false);
     }
+    let ids = req.wants.len() + req.haves.len() + req.shallows.len();
+    if ids > limits.negotiation_ids_max {
+        return Err(proto(format!(
+            "more than {} object ids in one request (limits.negotiation_ids_max)",
+            limits.negotiation_ids_max
+        )));
+    }
     Ok(true)
 }
 
-/// Parses a v0 upload-pack request body.
-pub fn parse_v0(body: &[u8]) -> Result<FetchRequest, UploadError> {
+/// Adds capability `c` to `caps`: a repeated one or one past
+/// `limits.capabilities_max` is refused.
+fn add_cap(
+    caps: &mut std::collections::HashSet<String>,
+    c: &[u8],
+    limits: &RequestLimits,
+) -> Result<(), UploadError> {
+    if caps.len() >= limits.capabilities_max {
+        return Err(proto(format!(
+            "more than {} capabilities (limits.capabilities_max)",
+            limits.capabilities_max
+        )));
+    }
+    let c = std::str::from_utf8(c)
+        .map_err(|_| proto(format!("capability {} is not UTF-8", excerpt(c))))?;
+    if !caps.insert(c.to_owned()) {
+        return Err(proto(format!(
+            "capability {} given twice",
+            excerpt(c.as_bytes())
+        )));
+    }
+    Ok(())
+}
+
+/// Parses a v0 upload-pack request body: wants (the first carrying capabilities),
+/// shallows and deepen, a flush, then haves and `done`.
+pub fn parse_v0(body: &[u8], limits: &RequestLimits) -> Result<FetchRequest, UploadError> {
     let mut req = FetchRequest::default();
     let mut r = Reader::new(body);
     let mut first = true;
     while let Some(p) = r.next_pkt().map_err(proto)? {
-        let Pkt::Data(d) = p else { continue };
+        let d = match p {
+            Pkt::Data(d) => d,
+            Pkt::Flush => continue,
+            Pkt::Delim | Pkt::ResponseEnd => {
+                return Err(proto("protocol v2 packet (0001 or 0002) in a v0 request"))
+            }
+        };
         let mut l = pktline::chomp(d);
         if first {
             // The first want carries the capabilities: `want <id> <cap> <cap>...`.
             if l.starts_with(b"want ") && l.len() > 45 {
                 for c in l[45..].split(|b| *b == b' ').filter(|c| !c.is_empty()) {
-                    req.caps.insert(String::from_utf8_lossy(c).into_owned());
+                    add_cap(&mut req.caps, c, limits)?;
                 }
                 l = &l[..45];
             }
             first = false;
         }
-        if !apply_arg(&mut req, l)? {
+        if !apply_arg(&mut req, l, limits)? {
             // deepen-since, deepen-not, filter: not supported; refuse clearly.
-            return Err(proto(format!(
-                "unsupported request line {:?}",
-                String::from_utf8_lossy(l)
-            )));
+            return Err(proto(format!("unsupported request line {}", excerpt(l))));
         }
     }
     if req.wants.is_empty() && !body.is_empty() && req.haves.is_empty() && !req.done {
@@ -241,30 +284,77 @@ pub struct V2Request {
     pub args: Vec<Vec<u8>>,
 }
 
-/// Parses a v2 request: `command=X`, capabilities, delim, arguments, flush.
-pub fn parse_v2(body: &[u8]) -> Result<V2Request, UploadError> {
+/// Parses a v2 request: `command=X`, capabilities, a delim, arguments, a flush; one
+/// command per request (the stateless HTTP transport sends one).
+pub fn parse_v2(body: &[u8], limits: &RequestLimits) -> Result<V2Request, UploadError> {
     let mut r = Reader::new(body);
     let mut req = V2Request::default();
     let mut in_args = false;
-    while let Some(p) = r.next_pkt().map_err(proto)? {
-        match p {
-            Pkt::Data(d) => {
+    let mut caps = 0usize;
+    let args_max = limits
+        .negotiation_ids_max
+        .saturating_add(limits.capabilities_max);
+    loop {
+        match r.next_pkt().map_err(proto)? {
+            None => return Err(proto("request ends before its flush")),
+            Some(Pkt::Data(d)) => {
                 let l = pktline::chomp(d);
                 if in_args {
+                    if req.args.len() >= args_max {
+                        return Err(proto(format!(
+                            "more than {args_max} arguments (limits.negotiation_ids_max)"
+                        )));
+                    }
                     req.args.push(l.to_vec());
-                } else if let Some(c) = l.strip_prefix(b"command=") {
-                    req.command = String::from_utf8_lossy(c).into_owned();
+                    continue;
+                }
+                caps += 1;
+                if caps > limits.capabilities_max {
+                    return Err(proto(format!(
+                        "more than {} capability lines (limits.capabilities_max)",
+                        limits.capabilities_max
+                    )));
+                }
+                if let Some(c) = l.strip_prefix(b"command=") {
+                    if !req.command.is_empty() {
+                        return Err(proto("more than one command= line"));
+                    }
+                    req.command = std::str::from_utf8(c)
+                        .ok()
+                        .filter(|c| !c.is_empty())
+                        .ok_or_else(|| proto(format!("invalid command {}", excerpt(c))))?
+                        .to_owned();
+                } else if let Some(f) = l.strip_prefix(b"object-format=") {
+                    if f != b"sha1" {
+                        return Err(proto(format!(
+                            "unsupported object-format {}: this server stores sha1",
+                            excerpt(f)
+                        )));
+                    }
                 }
             }
-            Pkt::Delim => in_args = true,
-            Pkt::Flush => break,
-            Pkt::ResponseEnd => {}
+            Some(Pkt::Delim) if !in_args => in_args = true,
+            Some(Pkt::Delim) => return Err(proto("a second delim packet (0001)")),
+            Some(Pkt::ResponseEnd) => return Err(proto("response-end packet (0002) in a request")),
+            Some(Pkt::Flush) => break,
         }
+    }
+    if !r.rest().is_empty() {
+        return Err(proto(
+            "bytes after the request's flush: one command per request",
+        ));
     }
     if req.command.is_empty() {
         return Err(proto("no command"));
     }
     Ok(req)
+}
+
+/// Appends `line` to an advertisement; a ref too long for a pkt-line (stored before
+/// `limits.ref_name_bytes_max` existed) is left out rather than failing the whole
+/// advertisement.
+fn ref_line(out: &mut Vec<u8>, line: &str) {
+    let _too_long = pktline::line(out, line);
 }
 
 /// `ls-refs`: the refs as v2 lists them.
@@ -286,10 +376,10 @@ pub fn ls_refs(args: &[Vec<u8>], refs: &[AdRef], state: &RepoState) -> Vec<u8> {
                 if symrefs {
                     l.push_str(&format!(" symref-target:{target}"));
                 }
-                pktline::line(&mut out, &l);
+                ref_line(&mut out, &l);
             }
             (None, Some(target)) if unborn && symrefs => {
-                pktline::line(&mut out, &format!("unborn HEAD symref-target:{target}"));
+                ref_line(&mut out, &format!("unborn HEAD symref-target:{target}"));
             }
             _ => {}
         }
@@ -299,25 +389,34 @@ pub fn ls_refs(args: &[Vec<u8>], refs: &[AdRef], state: &RepoState) -> Vec<u8> {
         if let (true, Some(p)) = (peel, r.peeled) {
             l.push_str(&format!(" peeled:{}", hex(&p)));
         }
-        pktline::line(&mut out, &l);
+        ref_line(&mut out, &l);
     }
     pktline::flush(&mut out);
     out
 }
 
 /// Parses the arguments of a v2 `fetch`.
-pub fn parse_v2_fetch(args: &[Vec<u8>]) -> Result<FetchRequest, UploadError> {
+pub fn parse_v2_fetch(
+    args: &[Vec<u8>],
+    limits: &RequestLimits,
+) -> Result<FetchRequest, UploadError> {
     let mut req = FetchRequest::default();
     for a in args {
-        if !apply_arg(&mut req, a)? {
-            let s = String::from_utf8_lossy(a).into_owned();
-            match s.as_str() {
-                "thin-pack" | "ofs-delta" | "no-progress" | "include-tag" | "deepen-relative"
-                | "sideband-all" => {
-                    req.caps.insert(s);
+        if !apply_arg(&mut req, a, limits)? {
+            match a.as_slice() {
+                b"thin-pack" | b"ofs-delta" | b"no-progress" | b"include-tag"
+                | b"deepen-relative" | b"sideband-all" => {
+                    // Repeating one is harmless: git's own client never does.
+                    if req.caps.len() >= limits.capabilities_max {
+                        return Err(proto(format!(
+                            "more than {} capabilities (limits.capabilities_max)",
+                            limits.capabilities_max
+                        )));
+                    }
+                    req.caps.insert(String::from_utf8_lossy(a).into_owned());
                 }
-                _ if s.starts_with("server-option") || s.starts_with("agent") => {}
-                _ => return Err(proto(format!("unsupported fetch argument {s:?}"))),
+                _ if a.starts_with(b"server-option") || a.starts_with(b"agent") => {}
+                _ => return Err(proto(format!("unsupported fetch argument {}", excerpt(a)))),
             }
         }
     }
@@ -783,23 +882,23 @@ pub fn negotiation_v0(req: &FetchRequest, common: &[Oid], ready: bool) -> (Vec<u
     let multi = detailed || req.has("multi_ack");
     if multi {
         for c in common {
-            pktline::line(&mut out, &format!("ACK {} common", hex(c)));
+            pktline::fixed(&mut out, &format!("ACK {} common", hex(c)));
         }
     }
     if req.done {
         match common.last() {
-            Some(c) => pktline::line(&mut out, &format!("ACK {}", hex(c))),
-            None => pktline::line(&mut out, "NAK"),
+            Some(c) => pktline::fixed(&mut out, &format!("ACK {}", hex(c))),
+            None => pktline::fixed(&mut out, "NAK"),
         }
         return (out, true);
     }
     let last = common.last().filter(|_| ready && detailed);
     if let Some(c) = last {
-        pktline::line(&mut out, &format!("ACK {} ready", hex(c)));
+        pktline::fixed(&mut out, &format!("ACK {} ready", hex(c)));
     }
-    pktline::line(&mut out, "NAK");
+    pktline::fixed(&mut out, "NAK");
     if let (Some(c), true) = (last, req.has("no-done")) {
-        pktline::line(&mut out, &format!("ACK {}", hex(c)));
+        pktline::fixed(&mut out, &format!("ACK {}", hex(c)));
         return (out, true);
     }
     (out, false)
@@ -809,15 +908,15 @@ pub fn negotiation_v0(req: &FetchRequest, common: &[Oid], ready: bool) -> (Vec<u
 /// section ends with `ready` and a delimiter, and the packfile follows.
 pub fn acknowledgments_v2(common: &[Oid], ready: bool) -> Vec<u8> {
     let mut o = Vec::new();
-    pktline::line(&mut o, "acknowledgments");
+    pktline::fixed(&mut o, "acknowledgments");
     if common.is_empty() {
-        pktline::line(&mut o, "NAK");
+        pktline::fixed(&mut o, "NAK");
     }
     for c in common {
-        pktline::line(&mut o, &format!("ACK {}", hex(c)));
+        pktline::fixed(&mut o, &format!("ACK {}", hex(c)));
     }
     if ready && !common.is_empty() {
-        pktline::line(&mut o, "ready");
+        pktline::fixed(&mut o, "ready");
         pktline::delim(&mut o);
     } else {
         pktline::flush(&mut o);
@@ -952,18 +1051,18 @@ mod tests {
     fn parses_v0_requests() {
         let mut body = Vec::new();
         let w = "1111111111111111111111111111111111111111";
-        pktline::line(
+        pktline::fixed(
             &mut body,
             &format!(
                 "want {w} multi_ack_detailed side-band-64k thin-pack ofs-delta agent=git/2.47"
             ),
         );
-        pktline::line(&mut body, &format!("want {}", "2".repeat(40)));
-        pktline::line(&mut body, "deepen 1");
+        pktline::fixed(&mut body, &format!("want {}", "2".repeat(40)));
+        pktline::fixed(&mut body, "deepen 1");
         pktline::flush(&mut body);
-        pktline::line(&mut body, &format!("have {}", "3".repeat(40)));
-        pktline::line(&mut body, "done");
-        let r = parse_v0(&body).expect("valid");
+        pktline::fixed(&mut body, &format!("have {}", "3".repeat(40)));
+        pktline::fixed(&mut body, "done");
+        let r = parse_v0(&body, &RequestLimits::default()).expect("valid");
         assert_eq!(r.wants.len(), 2);
         assert_eq!(r.haves.len(), 1);
         assert_eq!(r.deepen, Some(1));
@@ -979,7 +1078,7 @@ mod tests {
             b"00",
         ] {
             assert!(
-                parse_v0(body).is_err(),
+                parse_v0(body, &RequestLimits::default()).is_err(),
                 "{:?}",
                 String::from_utf8_lossy(body)
             );
