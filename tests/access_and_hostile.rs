@@ -4,9 +4,10 @@
 mod common;
 
 use common::noise;
+use common::packs::{blob_id, deflate, pack, push_body, retrail};
 use common::region::Region;
-use repospanner_net::git::pack::{OutEntry, PackWriter};
-use repospanner_net::git::{hex, pktline, ObjectKind};
+use repospanner_net::git::pack::OutEntry;
+use repospanner_net::git::{hex, ObjectKind};
 
 fn status(region: &Region, user: Option<&str>, path: &str) -> u16 {
     region.http(user, "GET", path, &[], None).status
@@ -199,50 +200,6 @@ fn commit_file(region: &Region, w: &std::path::Path, name: &str, data: &[u8]) {
     region.git_ok(w, &["commit", "-qm", name]);
 }
 
-fn deflate(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    z.write_all(data).expect("deflate");
-    z.finish().expect("deflate")
-}
-
-fn blob_id(content: &[u8]) -> [u8; 20] {
-    use sha1::Digest;
-    let mut h = sha1::Sha1::new();
-    h.update(format!("blob {}\0", content.len()).as_bytes());
-    h.update(content);
-    h.finalize().into()
-}
-
-fn pack(entries: &[OutEntry<'_>]) -> Vec<u8> {
-    let (mut w, mut out) = PackWriter::new(entries.len() as u32);
-    for e in entries {
-        out.extend(w.entry(e));
-    }
-    out.extend(w.finish());
-    out
-}
-
-fn retrail(mut p: Vec<u8>) -> Vec<u8> {
-    use sha1::Digest;
-    p.truncate(p.len() - 20);
-    let t: [u8; 20] = sha1::Sha1::digest(&p).into();
-    p.extend_from_slice(&t);
-    p
-}
-
-/// A receive-pack request: one command, then `pack`.
-fn push_body(old: &str, new: &str, name: &[u8], pack: &[u8]) -> Vec<u8> {
-    let mut line = format!("{old} {new} ").into_bytes();
-    line.extend_from_slice(name);
-    line.extend_from_slice(b"\0report-status\n");
-    let mut body = Vec::new();
-    pktline::data(&mut body, &line).expect("fits one pkt-line");
-    pktline::flush(&mut body);
-    body.extend_from_slice(pack);
-    body
-}
-
 #[test]
 fn hostile_input_is_refused_and_changes_nothing() {
     let region = Region::start();
@@ -268,21 +225,26 @@ fn hostile_input_is_refused_and_changes_nothing() {
         (r.status, String::from_utf8_lossy(&r.body).into_owned())
     };
 
-    // Malformed pkt-lines: bad hex, lengths 1 to 3, truncated, oversized.
-    for body in [
-        &b"zzzz"[..],
-        b"0003",
-        b"0001abc",
-        b"0032want 1111",
-        b"fff1",
-        b"00",
+    // Malformed pkt-lines: bad hex, lengths 1 to 3, truncated, oversized. Each is
+    // answered with git's ERR packet naming the problem, and the node lives on.
+    for (body, why) in [
+        (&b"zzzz"[..], "not four hex digits"),
+        (b"0003", "reserved"),
+        (b"0001abc", "unexpected special packet"),
+        (b"0032want 1111", "middle of a pkt-line"),
+        (b"fff1", "longer than the limit"),
+        (b"00", "middle of a pkt-line"),
     ] {
         let (code, text) = post(body);
+        let what = String::from_utf8_lossy(body);
+        assert_eq!(code, 200, "{what:?}: {text}");
         assert!(
-            code != 200 || text.contains("ERR"),
-            "{:?} -> {code} {text}",
-            String::from_utf8_lossy(body)
+            text.get(4..)
+                .is_some_and(|t| t.starts_with("ERR invalid push request")),
+            "{what:?}: {text}"
         );
+        assert!(text.contains(why), "{what:?}: {why:?} not in {text}");
+        assert!(region.alive(1), "{what:?} stopped the node");
     }
 
     let content = b"hostile test blob\n";

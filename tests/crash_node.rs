@@ -31,6 +31,13 @@ fn no_acknowledged_push_is_lost_when_the_node_is_killed() {
         // Push commits one after another while another thread SIGKILLs the node at
         // a random moment, usually in the middle of a push.
         let delay = std::time::Duration::from_millis(100 + seed.wrapping_mul(round + 7) % 700);
+        // At least one push per round is acknowledged before the killer starts, so the
+        // test always has something it could lose.
+        std::fs::write(w.join("first"), format!("round {round}\n")).expect("write");
+        region.git_ok(&w, &["add", "-A"]);
+        region.git_ok(&w, &["commit", "-qm", &format!("round {round} first")]);
+        region.git_ok(&w, &["push", "-q", &url, "master"]);
+        acked.push(region.git_ok(&w, &["rev-parse", "HEAD"]).trim().to_owned());
         let pid = region.pid().expect("node running");
         let killer = std::thread::spawn(move || {
             std::thread::sleep(delay);
@@ -64,24 +71,21 @@ fn no_acknowledged_push_is_lost_when_the_node_is_killed() {
         region.start_node();
         // The ref is at the newest acknowledged commit or later, never behind.
         let remote = region.git_ok(&t, &["ls-remote", &url, "refs/heads/master"]);
-        let tip = remote.split_whitespace().next().map(str::to_owned);
-        // The node may have been killed before any push was acknowledged.
-        if let Some(last) = acked.last() {
-            let tip = tip.unwrap_or_else(|| {
-                panic!("round {round}: master is gone after acknowledged pushes")
-            });
-            let ancestry = region.git(
-                Some("admin"),
-                &w,
-                &["merge-base", "--is-ancestor", last, &tip],
-            );
-            assert!(
-                ancestry.status.success(),
-                "round {round}: remote master {tip} is behind acknowledged {last}"
-            );
-        } else if tip.is_none() {
-            continue;
-        }
+        let tip = remote
+            .split_whitespace()
+            .next()
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("round {round}: master is gone after acknowledged pushes"));
+        let last = acked.last().expect("a push per round is acknowledged");
+        let ancestry = region.git(
+            Some("admin"),
+            &w,
+            &["merge-base", "--is-ancestor", last, &tip],
+        );
+        assert!(
+            ancestry.status.success(),
+            "round {round}: remote master {tip} is behind acknowledged {last}"
+        );
         // Resynchronise the work tree with what the node has.
         region.git_ok(&w, &["fetch", "-q", &url, "master"]);
         region.git_ok(&w, &["reset", "-q", "--hard", "FETCH_HEAD"]);
@@ -92,6 +96,7 @@ fn no_acknowledged_push_is_lost_when_the_node_is_killed() {
         &["clone", "-q", "--mirror", &url, c.to_str().expect("path")],
     );
     region.git_ok(&c, &["fsck", "--full", "--strict"]);
+    assert!(acked.len() >= 3, "every round acknowledged a push");
     for a in &acked {
         let out = region.git(
             Some("admin"),

@@ -475,7 +475,11 @@ pub async fn collect(
     let mut got = Gathered::new(max, budget);
     got.bytes.reserve_exact(expect);
     while let Some(data) = next_chunk(&mut body).await? {
-        got.push(&data)?;
+        if let Err(e) = got.push(&data) {
+            // Refused mid-body: the rest is drained so the client reads the refusal.
+            glommio::spawn_local(linger(body)).detach();
+            return Err(e);
+        }
     }
     Ok((got.bytes, got.held))
 }

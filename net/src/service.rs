@@ -141,9 +141,13 @@ pub async fn handle_user<B: Backend + 'static>(
             let e = http::BodyError::Encoding(
                 "Content-Encoding gzip is accepted on git-upload-pack only".into(),
             );
+            glommio::spawn_local(http::linger(req.into_body())).detach();
             return body_error(&e, &ctx.node_name);
         }
-        Err(e) => return body_error(&e, &ctx.node_name),
+        Err(e) => {
+            glommio::spawn_local(http::linger(req.into_body())).detach();
+            return body_error(&e, &ctx.node_name);
+        }
     }
     // A push is read while it arrives: here if this shard owns the repository, else
     // streamed to the owner chunk by chunk.

@@ -95,4 +95,5 @@ pub fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
 }
+pub mod packs;
 pub mod region;

@@ -245,6 +245,27 @@ impl Region {
         self.children[k - 1].is_some()
     }
 
+    /// Whether node `k`'s process is alive (not exited, not a zombie).
+    pub fn alive(&self, k: usize) -> bool {
+        self.pid_of(k).is_some_and(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().to_owned()))
+                .is_some_and(|state| !state.starts_with('Z'))
+        })
+    }
+
+    /// A field of node `k`'s `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+    pub fn status_kib(&self, k: usize, field: &str) -> u64 {
+        let pid = self.pid_of(k).expect("node running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("field")
+    }
+
     /// `repospanner --config <node1 config> args...`
     pub fn repospanner(&self, args: &[&str]) -> Output {
         self.repospanner_at(1, args)

@@ -1066,7 +1066,11 @@ fn varint(d: &[u8], at: &mut usize) -> Result<u64, &'static str> {
     }
 }
 
-/// Applies a git delta to `base`; the result may not exceed `max` bytes.
+/// The most memory [`apply_delta`] takes before a delta's result is produced.
+const DELTA_PREALLOC_BYTES: usize = 16 << 20;
+
+/// Applies a git delta to `base`; the result may not exceed `max` bytes (refused from
+/// the delta's header, before anything is allocated for it).
 pub fn apply_delta(base: &[u8], delta: &[u8], max: u64) -> Result<Vec<u8>, &'static str> {
     let mut at = 0;
     if varint(delta, &mut at)? != base.len() as u64 {
@@ -1077,7 +1081,8 @@ pub fn apply_delta(base: &[u8], delta: &[u8], max: u64) -> Result<Vec<u8>, &'sta
         return Err("result larger than the object size limit");
     }
     let result_size = result_size as usize;
-    let mut out = Vec::with_capacity(result_size);
+    // The declared size is the sender's word: memory comes as the result grows.
+    let mut out = Vec::with_capacity(result_size.min(DELTA_PREALLOC_BYTES));
     while at < delta.len() {
         let op = delta[at];
         at += 1;
@@ -1684,5 +1689,60 @@ mod tests {
         assert_eq!(inflate_prefix(&d, 2), None);
         assert_eq!(inflate_prefix(&d, 4), None);
         assert_eq!(inflate_prefix(&d[..n - 2], 3), None);
+    }
+
+    /// The two SHAttered prefixes (see testdata/shattered.hex).
+    fn shattered() -> [Vec<u8>; 2] {
+        let text = include_str!("testdata/shattered.hex");
+        let mut lines = text.lines().filter(|l| !l.starts_with('#'));
+        let mut one = || {
+            let l = lines.next().expect("a line");
+            (0..l.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&l[i..i + 2], 16).expect("hex"))
+                .collect::<Vec<u8>>()
+        };
+        [one(), one()]
+    }
+
+    #[test]
+    fn the_shattered_collision_is_detected_and_git_objects_of_it_are_not_one() {
+        let [a, b] = shattered();
+        assert_ne!(a, b);
+        // Hashed as they are, both are caught as the attack they are (their plain
+        // SHA-1, f92d74e3..., is the same).
+        for x in [&a, &b] {
+            let mut h = sha1dc::Hasher::new();
+            h.update(x);
+            assert!(matches!(finalize(h), Err(PackError::Collision(_))));
+        }
+        // As blobs, git's header moves the blocks off the attacked state: two distinct
+        // ids, as git computes them (`git hash-object`), and no attack to detect.
+        let ida = object_id(ObjectKind::Blob, &a).expect("not an attack as a blob");
+        let idb = object_id(ObjectKind::Blob, &b).expect("not an attack as a blob");
+        assert_eq!(
+            super::super::hex(&ida),
+            "6e98aef8bba6ff517f5b164d7418c5e2a6cf90c9"
+        );
+        assert_eq!(
+            super::super::hex(&idb),
+            "ef380704685cc8e54de9bc13556d1ff7026ec0cc"
+        );
+    }
+
+    #[test]
+    fn a_delta_declaring_more_than_the_limit_is_refused_from_its_header() {
+        // Base of 3 bytes; result declared as 2^40 bytes; one insert.
+        let delta = [3, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x20, 1, b'x'];
+        assert_eq!(
+            apply_delta(b"abc", &delta, 1 << 30),
+            Err("result larger than the object size limit")
+        );
+        // Declared within the limit but never produced: refused, having taken little.
+        let delta = [3, 0x80, 0x80, 0x80, 0x02, 1, b'x'];
+        assert_eq!(
+            apply_delta(b"abc", &delta, 1 << 30),
+            Err("result size does not match")
+        );
     }
 }
