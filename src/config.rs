@@ -171,11 +171,18 @@ pub struct CertificatesSection {
 pub struct ChecksSection {
     /// Walk the whole new history on push (default true, as in the Go original).
     pub paranoid: bool,
+    /// Object checks a push must pass are git's `receive.fsckObjects`, always on; this
+    /// relaxes (or tightens) single checks by git's message ids, as git's
+    /// `receive.fsck.<msg-id>` does: `"zeroPaddedFilemode=ignore,badTimezone=warn"`.
+    pub fsck: String,
 }
 
 impl Default for ChecksSection {
     fn default() -> Self {
-        ChecksSection { paranoid: true }
+        ChecksSection {
+            paranoid: true,
+            fsck: String::new(),
+        }
     }
 }
 
@@ -338,6 +345,9 @@ impl Config {
         }
         if let Some(url) = &self.admin.url {
             check_url("admin.url", url)?;
+        }
+        if let Err(why) = repospanner_net::git::fsck::Options::parse(&self.checks.fsck) {
+            return Err(invalid("checks.fsck", &self.checks.fsck, &why));
         }
         let l = &self.limits;
         for (key, v) in [
@@ -507,6 +517,7 @@ impl Config {
             server_certs: server,
             node,
             paranoid: self.checks.paranoid,
+            fsck: self.checks.fsck.clone(),
             default_head: self.silly.defaulthead.clone(),
             limits: self.limits.clone(),
             raft: self.raft.clone(),
@@ -549,6 +560,8 @@ pub struct ServeConfig {
     pub server_certs: BTreeMap<String, (Vec<u8>, Vec<u8>)>,
     pub node: NodeIdentity,
     pub paranoid: bool,
+    /// `checks.fsck`, checked when the configuration was read.
+    pub fsck: String,
     pub default_head: String,
     pub limits: Limits,
     pub raft: RaftSection,
@@ -695,6 +708,9 @@ mod tests {
         check_err("listen:\n  http: [1]\n", &["listen.http"]);
         check_err("listen:\n  http: nothost\n", &["listen.http", "host:port"]);
         check_err("checks:\n  paranoid: maybe\n", &["checks.paranoid"]);
+        check_err("checks:\n  fsck: hasDotgit=maybe\n", &["checks.fsck"]);
+        check_err("checks:\n  fsck: noSuchCheck=ignore\n", &["checks.fsck"]);
+        assert!(Config::parse("checks:\n  fsck: zeroPaddedFilemode=ignore\n").is_ok());
         check_err("storage:\n  git:\n    type: blob\n", &["storage.git.type"]);
         check_err("storage:\n  shards: 0\n", &["storage.shards"]);
         check_err("silly:\n  defaulthead: a..b\n", &["silly.defaulthead"]);

@@ -609,6 +609,10 @@ async fn run_shard(
         peers,
         budget: repospanner_net::http::Budget::new(per_shard),
         spool_dir: Some(spool_dir(&sc.git_dir)),
+        fsck: std::sync::Arc::new(
+            repospanner_net::git::fsck::Options::parse(&sc.fsck)
+                .map_err(|e| anyhow::anyhow!("checks.fsck: {e}"))?,
+        ),
     });
     let _ = ctx_cell.set(ctx.clone());
     let user_ctx = ctx.clone();

@@ -60,6 +60,8 @@ pub struct Ctx<B> {
     pub budget: Budget,
     /// Where large push bodies are spooled while they are verified (`None`: memory).
     pub spool_dir: Option<std::path::PathBuf>,
+    /// The object checks a push passes (git's `receive.fsck.<msg-id>` overrides).
+    pub fsck: std::sync::Arc<crate::git::fsck::Options>,
 }
 
 fn respond(status: StatusCode, ctype: &str, body: impl Into<Bytes>, node: &str) -> Response<Body> {
@@ -1687,6 +1689,7 @@ async fn receive_pack_body<B: Backend + 'static>(
             staged,
             aside_id,
             &limits,
+            &ctx.fsck,
             pre_read,
             progress,
         )

@@ -3,6 +3,7 @@
 //! bytes and a [`Repo`] view.
 
 pub mod checksum;
+pub mod fsck;
 pub mod objects;
 pub mod pack;
 pub mod pktline;

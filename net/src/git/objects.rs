@@ -1,6 +1,6 @@
 //! Reading the links out of commits, trees and tags (for connectivity checks and for
-//! walking history when planning a pack), with the structural checks git's fsck makes
-//! on what a push may introduce. Pure.
+//! walking history when planning a pack), refusing what cannot be walked. Pure. The
+//! checks git's fsck makes on what a push may introduce are in [`super::fsck`].
 
 use super::{parse_hex, ObjectKind, Oid};
 
@@ -134,13 +134,19 @@ fn tree_links(c: &[u8]) -> Result<Links, Malformed> {
         let mut oid = [0u8; 20];
         oid.copy_from_slice(id);
         at += 20;
-        match mode {
-            b"40000" => links.targets.push((oid, ObjectKind::Tree)),
-            b"100644" | b"100755" | b"120000" | b"100664" => {
-                links.targets.push((oid, ObjectKind::Blob))
-            }
-            b"160000" => {} // a submodule's commit lives in another repository
-            _ => return Err(bad(k, "invalid entry mode")),
+        // As git reads a mode (octal, zero padding allowed: `zeroPaddedFilemode` is
+        // fsck's to judge), by its type bits; any other type is taken as a gitlink,
+        // as git's canon_mode does (fsck reports it as `badFilemode`).
+        if mode.is_empty() || mode.len() > 7 || !mode.iter().all(|b| (b'0'..=b'7').contains(b)) {
+            return Err(bad(k, "invalid entry mode"));
+        }
+        let mode = mode
+            .iter()
+            .fold(0u32, |m, b| (m << 3) | u32::from(b - b'0'));
+        match mode & 0o170000 {
+            0o040000 => links.targets.push((oid, ObjectKind::Tree)),
+            0o100000 | 0o120000 => links.targets.push((oid, ObjectKind::Blob)),
+            _ => {} // a submodule's commit lives in another repository
         }
     }
     Ok(links)
@@ -191,6 +197,14 @@ mod tests {
             .is_empty());
         assert!(links(ObjectKind::Tree, b"100644 a\0short").is_err());
         assert!(links(ObjectKind::Tree, b"999 a\0aaaaaaaaaaaaaaaaaaaa").is_err());
+        assert!(links(ObjectKind::Tree, b" a\0aaaaaaaaaaaaaaaaaaaa").is_err());
+        // Zero-padded, and of an unknown type (followed as git does: not at all).
+        let mut t = b"0100644 a\0".to_vec();
+        t.extend_from_slice(&[4; 20]);
+        t.extend_from_slice(b"70000 b\0");
+        t.extend_from_slice(&[5; 20]);
+        let l = links(ObjectKind::Tree, &t).expect("git reads it");
+        assert_eq!(l.targets, vec![([4; 20], ObjectKind::Blob)]);
     }
 
     #[test]

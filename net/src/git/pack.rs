@@ -1066,6 +1066,60 @@ fn varint(d: &[u8], at: &mut usize) -> Result<u64, &'static str> {
     }
 }
 
+/// The content of object `oid` of a resolved pack (blob contents are not kept once
+/// resolved): its delta chain inflated and applied, bases from the pack or from
+/// `external`. `None` if neither holds it.
+pub fn content_of(
+    pack: &[u8],
+    resolved: &[Resolved],
+    index: &std::collections::HashMap<Oid, usize>,
+    oid: &Oid,
+    limits: &Limits,
+    external: &mut dyn FnMut(&Oid) -> Option<Vec<u8>>,
+) -> Result<Option<Vec<u8>>, PackError> {
+    let inflated = |r: &Resolved| {
+        pack.get(r.data.clone())
+            .and_then(|d| inflate_prefix(d, r.entry_size))
+            .map(|(v, _)| v)
+            .ok_or(PackError::BadZlib {
+                offset: r.data.start,
+            })
+    };
+    let mut chain: Vec<&Resolved> = Vec::new();
+    let mut cur = *oid;
+    let mut content = loop {
+        let Some(r) = index.get(&cur).and_then(|&i| resolved.get(i)) else {
+            match external(&cur) {
+                Some(c) if !chain.is_empty() => break c,
+                _ => return Ok(None),
+            }
+        };
+        if let Some(c) = &r.content {
+            break c.clone();
+        }
+        match r.base {
+            None => break inflated(r)?,
+            Some(base) => {
+                if chain.len() >= limits.delta_depth_max {
+                    return Err(PackError::DeltaCycle);
+                }
+                chain.push(r);
+                cur = base;
+            }
+        }
+    };
+    while let Some(r) = chain.pop() {
+        let delta = inflated(r)?;
+        content = apply_delta(&content, &delta, limits.object_bytes_max).map_err(|reason| {
+            PackError::BadDelta {
+                offset: r.data.start,
+                reason,
+            }
+        })?;
+    }
+    Ok(Some(content))
+}
+
 /// The most memory [`apply_delta`] takes before a delta's result is produced.
 const DELTA_PREALLOC_BYTES: usize = 16 << 20;
 

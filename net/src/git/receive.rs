@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::fsck;
 use super::objects::links;
 use super::pack::{self, Limits, Resolved};
 use super::pktline::{self, Pkt, Reader};
@@ -296,6 +297,116 @@ pub fn ambiguous_ref_name(name: &str) -> Option<&'static str> {
     None
 }
 
+/// A blob a pushed tree names as `.gitmodules` or `.gitattributes`, which git checks
+/// after the pack is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Special {
+    Gitmodules,
+    Gitattributes,
+}
+
+/// git's `receive.fsckObjects` over a resolved pack (pure): every commit, tree and tag
+/// it carries, then the `.gitmodules` and `.gitattributes` blobs the trees name that
+/// it carries too. Returns those it does not carry (stored already: the caller reads
+/// them and calls [`check_special`]), or the first fatal finding, as git words it.
+pub fn fsck_pack(
+    pack: &[u8],
+    resolved: &[Resolved],
+    index: &HashMap<Oid, usize>,
+    opts: &fsck::Options,
+    limits: &Limits,
+    external: &mut dyn FnMut(&Oid) -> Option<Vec<u8>>,
+) -> Result<Vec<(Oid, Special)>, String> {
+    let mut checked = fsck::Checked::default();
+    for r in resolved {
+        if let Some(content) = &r.content {
+            fsck::check(r.kind, content, opts, &mut checked)
+                .map_err(|f| format!("object {}: {f}", hex(&r.oid)))?;
+        }
+    }
+    let special = checked
+        .gitmodules
+        .iter()
+        .map(|o| (*o, Special::Gitmodules))
+        .chain(
+            checked
+                .gitattributes
+                .iter()
+                .map(|o| (*o, Special::Gitattributes)),
+        );
+    let mut stored = Vec::new();
+    for (oid, which) in special {
+        let Some(r) = index.get(&oid).and_then(|&i| resolved.get(i)) else {
+            stored.push((oid, which));
+            continue;
+        };
+        let content = if r.kind == ObjectKind::Blob && r.object_size <= special_max(which) {
+            pack::content_of(pack, resolved, index, &oid, limits, external)
+                .map_err(|e| e.to_string())?
+        } else {
+            None
+        };
+        check_special(
+            which,
+            &oid,
+            Some((r.kind, r.object_size)),
+            content.as_deref(),
+            opts,
+        )?;
+    }
+    Ok(stored)
+}
+
+fn special_max(which: Special) -> u64 {
+    match which {
+        Special::Gitmodules => fsck::GITMODULES_MAX_BYTES,
+        Special::Gitattributes => fsck::GITATTRIBUTES_MAX_BYTES,
+    }
+}
+
+/// Checks a `.gitmodules` or `.gitattributes` blob: `found` is its kind and size
+/// (`None`: nowhere to be found), `content` its bytes when it is a blob within size.
+pub fn check_special(
+    which: Special,
+    oid: &Oid,
+    found: Option<(ObjectKind, u64)>,
+    content: Option<&[u8]>,
+    opts: &fsck::Options,
+) -> Result<(), String> {
+    use fsck::MsgId;
+    let (missing, not_blob, large) = match which {
+        Special::Gitmodules => (
+            MsgId::GitmodulesMissing,
+            MsgId::GitmodulesBlob,
+            MsgId::GitmodulesLarge,
+        ),
+        Special::Gitattributes => (
+            MsgId::GitattributesMissing,
+            MsgId::GitattributesBlob,
+            MsgId::GitattributesLarge,
+        ),
+    };
+    let finding = match (found, content) {
+        (None, _) => Some((missing, "unable to read the blob")),
+        (Some((kind, _)), _) if kind != ObjectKind::Blob => Some((not_blob, "non-blob found")),
+        (Some((_, size)), _) if size > special_max(which) => Some((large, "blob too large")),
+        (Some(_), None) => Some((missing, "unable to read the blob")),
+        (Some(_), Some(c)) => {
+            let checked = match which {
+                Special::Gitmodules => fsck::check_gitmodules(c, opts),
+                Special::Gitattributes => fsck::check_gitattributes(c, opts),
+            };
+            return checked.map_err(|f| format!("object {}: {f}", hex(oid)));
+        }
+    };
+    match finding {
+        Some((id, detail)) if opts.is_fatal(id) => {
+            Err(format!("object {}: {}: {detail}", hex(oid), id.name()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Verifies and applies a push. `pre_read`: the pack's entries if they were read while
 /// it arrived. `progress` receives human-readable progress lines.
 #[allow(clippy::too_many_arguments)] // each is a distinct input of the push
@@ -308,6 +419,7 @@ pub async fn receive<B: Backend>(
     staged: Option<(u64, usize)>,
     aside: Option<u64>,
     limits: &Limits,
+    fsck_opts: &std::sync::Arc<fsck::Options>,
     pre_read: Option<Result<Vec<pack::Entry>, pack::PackError>>,
     mut progress: impl FnMut(String),
 ) -> Report {
@@ -356,19 +468,48 @@ pub async fn receive<B: Backend>(
         }
         // Inflating and hashing a large pack takes seconds of CPU: off the executor, so
         // the shard keeps serving (raft heartbeats above all) meanwhile.
-        let (pack, limits_copy) = (pack_bytes.clone(), *limits);
+        let (pack, limits_copy, opts) = (pack_bytes.clone(), *limits, fsck_opts.clone());
         let resolution = glommio::executor()
             .spawn_blocking(move || {
                 crate::contain::run(|| {
-                    pack::resolve(&pack, &entries, &limits_copy, |o| externals.get(o).cloned())
+                    let resolved = pack::resolve(&pack, &entries, &limits_copy, |o| {
+                        externals.get(o).cloned()
+                    })?;
+                    // The objects as git's receive.fsckObjects checks them.
+                    let index: HashMap<Oid, usize> = resolved
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| (r.oid, i))
+                        .collect();
+                    let mut external = |o: &Oid| externals.get(o).map(|(_, c)| c.clone());
+                    let checked =
+                        fsck_pack(&pack, &resolved, &index, &opts, &limits_copy, &mut external);
+                    Ok::<_, pack::PackError>((resolved, checked))
                 })
                 .unwrap_or_else(|p| Err(p.into()))
             })
             .await;
-        resolved = match resolution {
-            Ok(r) => r,
+        let stored_special;
+        (resolved, stored_special) = match resolution {
+            Ok((r, Ok(stored))) => (r, stored),
+            Ok((_, Err(why))) => {
+                return Report::all_failed(commands, Err(why), "fsck error in the pack")
+            }
             Err(e) => return Report::all_failed(commands, Err(e.to_string()), "unpacker error"),
         };
+        // `.gitmodules` and `.gitattributes` the pushed trees name but it does not
+        // carry: stored already, read from the repository.
+        for (oid, which) in stored_special {
+            let found = match b.object(repo, &oid).await {
+                Ok(o) => o,
+                Err(e) => return Report::all_failed(commands, Err(e.0), "unpacker error"),
+            };
+            let kind_size = found.as_ref().map(|(k, c)| (*k, c.len() as u64));
+            let content = found.as_ref().map(|(_, c)| c.as_slice());
+            if let Err(why) = check_special(which, &oid, kind_size, content, fsck_opts) {
+                return Report::all_failed(commands, Err(why), "fsck error in the pack");
+            }
+        }
         progress(format!(
             "Resolving deltas: {} objects verified",
             resolved.len()
