@@ -334,4 +334,21 @@ mod tests {
         let p = user(&[Read], &["*"], &[]);
         check(&p, "r", "x", Read, false);
     }
+
+    #[test]
+    fn globs_that_would_make_a_backtracking_matcher_explode_answer_at_once() {
+        // 30 stars against the longest repository name: a naive backtracking matcher
+        // takes about n^30 steps; the glob crate gives up on the first star that
+        // runs out of text. (A hang here is the failure.)
+        let name = "a".repeat(512);
+        for glob in [
+            format!("{}b", "*a".repeat(30)),
+            format!("{}*b", "a*".repeat(30)),
+            "*?*?*?*?*?*?*?*?*?*?*?*?*?*?*?*?*?*?*?*?b".to_owned(),
+            format!("{}[b]", "*[a]".repeat(30)),
+        ] {
+            assert!(!glob_matches(&glob, &name), "{glob}");
+        }
+        assert!(glob_matches(&format!("{}*", "*a".repeat(30)), &name));
+    }
 }
