@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod client;
 pub mod contain;
+pub mod gate;
 pub mod git;
 pub mod http;
 pub mod piece;

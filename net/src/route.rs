@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+use crate::gate::gated;
 use bytes::Bytes;
 use glommio::channels::shared_channel::{
     self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
@@ -118,7 +119,7 @@ impl ShardBody {
     async fn recv(&mut self) -> Option<BodyChunk> {
         match self.peeked.take() {
             Some(m) => Some(m),
-            None => self.rx.recv().await,
+            None => gated(self.rx.recv()).await,
         }
     }
 
@@ -128,7 +129,7 @@ impl ShardBody {
         if !self.pending.is_empty() || self.peeked.is_some() {
             return None;
         }
-        match self.rx.recv().await {
+        match gated(self.rx.recv()).await {
             Some(BodyChunk::Received(r)) => Some(Whole::Received(r)),
             Some(BodyChunk::Refused(f)) => Some(Whole::Refused(f)),
             Some(BodyChunk::Aside(v)) => Some(Whole::Aside(v)),
@@ -247,7 +248,7 @@ impl Peers {
         let mut to = Vec::with_capacity(senders.len());
         for s in senders {
             to.push(match s {
-                Some(s) => Some(s.connect().await),
+                Some(s) => Some(gated(s.connect()).await),
                 None => None,
             });
         }
@@ -290,7 +291,7 @@ pub async fn forward_streaming(
     );
     let (tx, rx) = shared_channel::new_bounded(BODY_QUEUE);
     glommio::spawn_local(async move {
-        let tx = tx.connect().await;
+        let tx = gated(tx.connect()).await;
         let mut source = Source::Client(body);
         // TLS hands over ~16 KiB at a time; each message between shards may wake the
         // other executor, so pieces go over in batches, as the connection gave them
@@ -311,8 +312,7 @@ pub async fn forward_streaming(
                     BodyChunk::Data(std::mem::take(&mut batch))
                 }
                 Ok(None) if !batch.is_empty() => {
-                    if tx
-                        .send(BodyChunk::Data(std::mem::take(&mut batch)))
+                    if gated(tx.send(BodyChunk::Data(std::mem::take(&mut batch))))
                         .await
                         .is_err()
                     {
@@ -324,7 +324,7 @@ pub async fn forward_streaming(
                 Err(e) => BodyChunk::Failed(e.to_string()),
             };
             let last = !matches!(chunk, BodyChunk::Data(_));
-            if tx.send(chunk).await.is_err() || last {
+            if gated(tx.send(chunk)).await.is_err() || last {
                 return;
             }
         }
@@ -346,27 +346,26 @@ pub async fn forward_with(
         return unavailable("no route to the shard that owns this repository");
     };
     let (reply_tx, reply_rx) = shared_channel::new_bounded(REPLY_QUEUE);
-    if tx
-        .send(Forward {
-            req,
-            cert,
-            addr,
-            local_only,
-            reply: reply_tx,
-            body,
-        })
-        .await
-        .is_err()
-    {
+    let forwarded = gated(tx.send(Forward {
+        req,
+        cert,
+        addr,
+        local_only,
+        reply: reply_tx,
+        body,
+    }));
+    if forwarded.await.is_err() {
         return unavailable("the shard that owns this repository is not running");
     }
-    let rx = reply_rx.connect().await;
-    let Some(Reply::Head(status, headers)) = rx.recv().await else {
+    // Awaited by the client's connection task, which its request body's reader wakes
+    // at every piece: gated (see crate::gate).
+    let rx = gated(reply_rx.connect()).await;
+    let Some(Reply::Head(status, headers)) = gated(rx.recv()).await else {
         return unavailable("the shard that owns this repository gave no answer");
     };
     let (mut out, body) = http::channel();
     glommio::spawn_local(async move {
-        while let Some(reply) = rx.recv().await {
+        while let Some(reply) = gated(rx.recv()).await {
             match reply {
                 Reply::Data(b) => {
                     if out.send(b).await.is_err() {
@@ -395,8 +394,8 @@ where
     H: Fn(Req, Rc<Peer>, bool, Option<SharedReceiver<BodyChunk>>) -> F + Clone + 'static,
     F: std::future::Future<Output = Response<Body>> + 'static,
 {
-    let rx: ConnectedReceiver<Forward> = rx.connect().await;
-    while let Some(fwd) = rx.recv().await {
+    let rx: ConnectedReceiver<Forward> = gated(rx.connect()).await;
+    while let Some(fwd) = gated(rx.recv()).await {
         let handle = handle.clone();
         glommio::spawn_local(async move {
             let peer = Rc::new(Peer {
@@ -407,11 +406,10 @@ where
             // a channel to connect is woken on every turn of its executor, so the
             // forwarding shard spun at full speed for as long as this handling took
             // (a whole push: 0.1-0.3 s of one core).
-            let tx = fwd.reply.connect().await;
+            let tx = gated(fwd.reply.connect()).await;
             let resp = handle(fwd.req, peer, fwd.local_only, fwd.body).await;
             let (parts, mut body) = resp.into_parts();
-            if tx
-                .send(Reply::Head(parts.status, parts.headers))
+            if gated(tx.send(Reply::Head(parts.status, parts.headers)))
                 .await
                 .is_err()
             {
@@ -422,7 +420,10 @@ where
                     Ok(f) => {
                         if let Ok(data) = f.into_data() {
                             // Leaves the shard: a copy of what points into its buffers.
-                            if tx.send(Reply::Data(data.into_shared())).await.is_err() {
+                            if gated(tx.send(Reply::Data(data.into_shared())))
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -433,7 +434,7 @@ where
                     }
                 }
             }
-            let _ = tx.send(Reply::End).await;
+            let _ = gated(tx.send(Reply::End)).await;
         })
         .detach();
     }

@@ -246,7 +246,8 @@ pub async fn dispatch_forwarded<B: Backend + 'static>(
 ) -> Response<Body> {
     if let Some(rx) = body {
         // Connect first, whatever the answer: the accepting shard waits for it.
-        let source = route::Source::Shard(route::ShardBody::new(rx.connect().await));
+        let rx = crate::gate::gated(rx.connect()).await;
+        let source = route::Source::Shard(route::ShardBody::new(rx));
         return match split_repo_path(req.uri.path()) {
             Some((repo, "git-receive-pack")) => {
                 let repo = repo.to_owned();
@@ -1254,7 +1255,7 @@ async fn receive_and_forward<B: Backend + 'static>(
     let stop = answered.clone();
     let c = ctx.clone();
     glommio::spawn_local(async move {
-        let tx = tx.connect().await;
+        let tx = crate::gate::gated(tx.connect()).await;
         let mut source = route::Source::Client(body);
         let stopped = || stop.get();
         let to = AsideTo::Owner(&tx);
@@ -1266,7 +1267,7 @@ async fn receive_and_forward<B: Backend + 'static>(
             Err(refusal) => (route::BodyChunk::Refused(refusal), None),
         };
         // The owner takes the body into its own budget when it gets it.
-        let _ = tx.send(msg).await;
+        let _ = crate::gate::gated(tx.send(msg)).await;
         drop(held);
     })
     .detach();
@@ -1577,8 +1578,7 @@ impl<'a, B: Backend + 'static> AsideWriter<'a, B> {
         };
         match self.to {
             AsideTo::Nowhere => Ok(()),
-            AsideTo::Owner(tx) => tx
-                .send(route::BodyChunk::Aside(batch))
+            AsideTo::Owner(tx) => crate::gate::gated(tx.send(route::BodyChunk::Aside(batch)))
                 .await
                 .map_err(|_| failed("the owning shard went away".into())),
             AsideTo::Here => {
