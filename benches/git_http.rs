@@ -28,6 +28,10 @@
 //! concurrent-push load (default 32 pushers for 10 s). `BENCH_LOG=info` sets the nodes'
 //! log level, `BENCH_KEEP=1` keeps the directory with their logs.
 
+#[path = "support/corpus.rs"]
+mod corpus;
+
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -162,6 +166,9 @@ struct Server {
     /// Where clones are measured from (another node of a region; the baseline's
     /// recording CGI wrapper).
     clone_url: String,
+    /// Where the corpus is pushed: the baseline's recording wrapper, so that its
+    /// receive-pack's CPU is counted too; node 1 of ours.
+    push_url: String,
     children: Vec<Child>,
     /// The baseline's CGI wrapper writes the CPU time of each request's processes here.
     cgi_cpu_log: Option<PathBuf>,
@@ -230,6 +237,172 @@ impl Drop for Server {
     }
 }
 
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Server {
+    /// The largest `field` over the server's own processes (the nodes), in MiB; `None`
+    /// for the baseline, whose git processes live only for a request.
+    fn rss_mib(&self, field: &str) -> Option<f64> {
+        (self.cgi_cpu_log.is_none()).then(|| {
+            self.children
+                .iter()
+                .map(|c| status_kib(c.id(), field))
+                .max()
+                .unwrap_or(0) as f64
+                / 1024.0
+        })
+    }
+}
+
+/// What the many-object corpus costs one server: its push, a full clone, and an
+/// incremental fetch after a small push.
+#[derive(Default)]
+struct CorpusFigures {
+    push: Vec<f64>,
+    push_cpu: Vec<f64>,
+    clone: Vec<f64>,
+    clone_cpu: Vec<f64>,
+    /// From the start of the clone to the first pack byte (git's "Receiving objects").
+    first_byte: Vec<f64>,
+    fetch: Vec<f64>,
+    fetch_cpu: Vec<f64>,
+    /// The largest node's RSS before the push, its peak during it and after it (MiB).
+    rss_before: Vec<f64>,
+    rss_peak: Vec<f64>,
+    rss_after: Vec<f64>,
+}
+
+/// Pushes the corpus into `corpus{rep}` on `s`, clones it (from another node of a
+/// region), then pushes one small commit and fetches it into the clone.
+fn measure_corpus(
+    env: &Env,
+    s: &Server,
+    work: &Path,
+    src: &Path,
+    rep: usize,
+    f: &mut CorpusFigures,
+) {
+    let url = format!("{}/repo/corpus{rep}.git", s.push_url);
+    if let Some(r) = s.rss_mib("VmRSS") {
+        f.rss_before.push(r);
+    }
+    let cpu0 = s.cpu();
+    let t = Instant::now();
+    env.git_ok(
+        src,
+        &[
+            "push",
+            "-q",
+            &url,
+            "refs/heads/*:refs/heads/*",
+            "refs/tags/*:refs/tags/*",
+        ],
+    );
+    f.push.push(t.elapsed().as_secs_f64());
+    std::thread::sleep(Duration::from_millis(100));
+    f.push_cpu.push(s.cpu() - cpu0);
+    if let (Some(peak), Some(after)) = (s.rss_mib("VmHWM"), s.rss_mib("VmRSS")) {
+        f.rss_peak.push(peak);
+        f.rss_after.push(after);
+    }
+    // The full clone, with the time to its first pack byte.
+    let target = work.join(format!("corpus-clone-{}-{rep}", s.name.replace(' ', "-")));
+    let clone_url = format!("{}/repo/corpus{rep}.git", s.clone_url);
+    let cpu0 = s.cpu();
+    let t = Instant::now();
+    let mut child = env
+        .git(
+            work,
+            &[
+                "clone",
+                "--bare",
+                "--progress",
+                &clone_url,
+                target.to_str().expect("path"),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("clone");
+    let mut err = child.stderr.take().expect("stderr");
+    let watcher = std::thread::spawn(move || {
+        let (mut seen, mut first, mut buf) = (Vec::new(), None, [0u8; 4096]);
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if first.is_none() && seen.windows(9).any(|w| w == b"Receiving") {
+                first = Some(t.elapsed().as_secs_f64());
+            }
+        }
+        (first, String::from_utf8_lossy(&seen).into_owned())
+    });
+    let status = child.wait().expect("clone");
+    let (first, text) = watcher.join().expect("watcher");
+    assert!(status.success(), "clone from {}: {text}", s.name);
+    f.clone.push(t.elapsed().as_secs_f64());
+    std::thread::sleep(Duration::from_millis(100));
+    f.clone_cpu.push(s.cpu() - cpu0);
+    f.first_byte.push(first.unwrap_or(f64::NAN));
+    // One small commit pushed from objects the clone does not get (an object directory
+    // of their own, the clone's as alternate), then fetched into the clone.
+    let extra = work.join(format!("corpus-extra-{}-{rep}", s.name.replace(' ', "-")));
+    std::fs::create_dir_all(&extra).expect("extra");
+    let aside = |args: &[&str], input: Option<&str>| -> String {
+        let mut c = env.git(&target, args);
+        c.env("GIT_OBJECT_DIRECTORY", &extra)
+            .env("GIT_ALTERNATE_OBJECT_DIRECTORIES", target.join("objects"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut p = c.spawn().expect("git");
+        if let Some(i) = input {
+            p.stdin
+                .take()
+                .expect("stdin")
+                .write_all(i.as_bytes())
+                .expect("stdin");
+        }
+        let out = p.wait_with_output().expect("git");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let blob = aside(&["hash-object", "-w", "--stdin"], Some("a small change\n"));
+    let mut listing = aside(&["ls-tree", "master"], None);
+    listing.push_str(&format!("\n100644 blob {blob}\tsmall-change-{rep}.txt\n"));
+    let tree = aside(&["mktree"], Some(&listing));
+    let commit = aside(
+        &["commit-tree", &tree, "-p", "master", "-m", "a small change"],
+        None,
+    );
+    aside(
+        &["push", "-q", &url, &format!("{commit}:refs/heads/master")],
+        None,
+    );
+    let cpu0 = s.cpu();
+    let t = Instant::now();
+    env.git_ok(&target, &["fetch", "-q", &clone_url, "master"]);
+    f.fetch.push(t.elapsed().as_secs_f64());
+    std::thread::sleep(Duration::from_millis(100));
+    f.fetch_cpu.push(s.cpu() - cpu0);
+    let _ = std::fs::remove_dir_all(&target);
+    let _ = std::fs::remove_dir_all(&extra);
+}
+
 /// Repositories the concurrent pushers write to.
 const PUSH_REPOS: usize = 32;
 
@@ -242,10 +415,26 @@ fn reps() -> usize {
         .max(1)
 }
 
-/// Every repository a server needs: `small`, `big0..`, and the pushers' `p0..`.
+/// How many times the corpus is pushed and cloned (`BENCH_CORPUS_REPS`, default 1).
+fn corpus_reps() -> usize {
+    std::env::var("BENCH_CORPUS_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Whether section `name` runs (`BENCH_ONLY=corpus,bytes,rate`; all by default).
+fn section(name: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |v| v.split(',').any(|s| s.trim() == name))
+}
+
+/// Every repository a server needs: `small`, `big0..`, `corpus0..` and the pushers'
+/// `p0..`.
 fn repo_names() -> impl Iterator<Item = String> {
     std::iter::once("small".to_string())
         .chain((0..reps()).map(|i| format!("big{i}")))
+        .chain((0..corpus_reps()).map(|i| format!("corpus{i}")))
         .chain((0..PUSH_REPOS).map(|i| format!("p{i}")))
 }
 
@@ -288,6 +477,7 @@ fn start_region(dir: &Path, port: u16, nodes: usize) -> (Server, Env) {
             "https://localhost:{}",
             if nodes > 1 { port + 2 } else { port }
         ),
+        push_url: format!("https://localhost:{port}"),
         children: Vec::new(),
         cgi_cpu_log: None,
     };
@@ -481,6 +671,7 @@ http {{
     Some(Server {
         name: "git http-backend",
         clone_url: format!("{url}/measured"),
+        push_url: format!("{url}/measured"),
         url,
         children: vec![nginx, fcgi],
         cgi_cpu_log: Some(cgi_cpu_log),
@@ -705,6 +896,138 @@ fn push_rate(env: &Env, s: &Server, pushers: usize, secs: u64) -> (f64, usize) {
     )
 }
 
+/// Prints one figure for both of ours and the baseline, with ratios.
+type Row = dyn Fn(&str, f64, f64, Option<f64>, &str);
+
+/// The many-object corpus: generated (see `support/corpus.rs`) or `BENCH_CORPUS`, a
+/// bare repository; pushed to each server, cloned, fetched into; costs per object.
+fn corpus_section(
+    env: &Env,
+    env3: &Env,
+    node: &Server,
+    region: &Server,
+    nginx: Option<&Server>,
+    work: &Path,
+    row: &Row,
+) {
+    let var = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let t = Instant::now();
+    let (src, what) = match std::env::var_os("BENCH_CORPUS") {
+        Some(p) => (PathBuf::from(&p), format!("{}", Path::new(&p).display())),
+        None => {
+            let shape = corpus::Shape {
+                commits: var("BENCH_COMMITS", 50_000),
+                files: var("BENCH_FILES", 5_000),
+                tags: var("BENCH_TAGS", 1_000),
+            };
+            let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-corpus");
+            (
+                corpus::corpus(&cache, shape),
+                format!(
+                    "generated: {} commits over {} files, {} tags",
+                    shape.commits, shape.files, shape.tags
+                ),
+            )
+        }
+    };
+    let objects = corpus::objects(&src);
+    let refs = String::from_utf8_lossy(&env.git_ok(&src, &["for-each-ref", "--format=x"]).stdout)
+        .lines()
+        .count();
+    println!(
+        "### many objects: {what}; {objects} objects, {refs} refs (ready in {:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+    let mut theirs = nginx.map(|_| CorpusFigures::default());
+    let (mut one, mut three) = (CorpusFigures::default(), CorpusFigures::default());
+    for rep in 0..corpus_reps() {
+        if let (Some(n), Some(f)) = (nginx, theirs.as_mut()) {
+            measure_corpus(env, n, work, &src, rep, f);
+        }
+        measure_corpus(env, node, work, &src, rep, &mut one);
+        measure_corpus(env3, region, work, &src, rep, &mut three);
+    }
+    let m = |v: &Vec<f64>| median(v.clone());
+    let base = |f: fn(&CorpusFigures) -> &Vec<f64>| theirs.as_ref().map(|t| median(f(t).clone()));
+    row(
+        "corpus push",
+        m(&one.push),
+        m(&three.push),
+        base(|t| &t.push),
+        "s",
+    );
+    row(
+        "server CPU per push",
+        m(&one.push_cpu),
+        m(&three.push_cpu),
+        base(|t| &t.push_cpu),
+        "s",
+    );
+    row(
+        "corpus clone (3 nodes: node 2)",
+        m(&one.clone),
+        m(&three.clone),
+        base(|t| &t.clone),
+        "s",
+    );
+    row(
+        "server CPU per clone",
+        m(&one.clone_cpu),
+        m(&three.clone_cpu),
+        base(|t| &t.clone_cpu),
+        "s",
+    );
+    row(
+        "time to first pack byte",
+        m(&one.first_byte),
+        m(&three.first_byte),
+        base(|t| &t.first_byte),
+        "s",
+    );
+    row(
+        "fetch after a small push",
+        m(&one.fetch),
+        m(&three.fetch),
+        base(|t| &t.fetch),
+        "s",
+    );
+    row(
+        "server CPU per such fetch",
+        m(&one.fetch_cpu),
+        m(&three.fetch_cpu),
+        base(|t| &t.fetch_cpu),
+        "s",
+    );
+    let per = |v: &Vec<f64>| m(v) / objects.max(1) as f64 * 1e6;
+    row(
+        "push per object",
+        per(&one.push),
+        per(&three.push),
+        theirs.as_ref().map(|t| per(&t.push)),
+        "us",
+    );
+    row(
+        "clone CPU per object",
+        per(&one.clone_cpu),
+        per(&three.clone_cpu),
+        theirs.as_ref().map(|t| per(&t.clone_cpu)),
+        "us",
+    );
+    for (what, f) in [("one node", &one), ("3 nodes (largest node)", &three)] {
+        println!(
+            "node RSS, {what}: {:.0} MiB before the push, peak {:.0} MiB, {:.0} MiB after (VmRSS, VmHWM)",
+            m(&f.rss_before),
+            m(&f.rss_peak),
+            m(&f.rss_after)
+        );
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -737,6 +1060,30 @@ fn main() {
     let nginx = start_nginx(&one_dir, &env, base_port + 10);
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).expect("work");
+    let row = |what: &str, a: f64, b: f64, base: Option<f64>, unit: &str| {
+        match base {
+        Some(c) => println!(
+            "{what:<34} one node {a:>8.3} {unit} ({:.2}x) | 3 nodes {b:>8.3} {unit} ({:.2}x) | http-backend {c:>8.3} {unit}",
+            a / c,
+            b / c
+        ),
+        None => println!(
+            "{what:<34} one node {a:>8.3} {unit} | 3 nodes {b:>8.3} {unit} | (no baseline: install nginx and fcgiwrap)"
+        ),
+    }
+    };
+    let m = |v: &Vec<f64>| median(v.clone());
+    println!("## git over HTTPS with client certificates: repoSpanner-rs (one node; a 3-node region) vs git http-backend behind nginx (same machine, same run)");
+    if section("corpus") {
+        corpus_section(&env, &env3, &node, &region, nginx.as_ref(), &work, &row);
+    }
+    if !section("bytes") && !section("rate") {
+        if std::env::var_os("BENCH_KEEP").is_some() {
+            drop((node, region, nginx));
+            let _ = dir.keep();
+        }
+        return;
+    }
     let big = work.join("big-src");
     let t = Instant::now();
     generate(&env, &big, mb);
@@ -749,7 +1096,6 @@ fn main() {
                 >> 20
         })
         .unwrap_or(0);
-    println!("## git over HTTPS with client certificates: repoSpanner-rs (one node; a 3-node region) vs git http-backend behind nginx (same machine, same run)");
     println!(
         "generated a repository of 200 commits, {pack_mb} MiB packed, in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -767,20 +1113,7 @@ fn main() {
     let rate_theirs = nginx.as_ref().map(|n| push_rate(&env, n, pushers, secs));
     let rate_one = push_rate(&env, &node, pushers, secs);
     let rate_three = push_rate(&env3, &region, pushers, secs);
-    let row = |what: &str, a: f64, b: f64, base: Option<f64>, unit: &str| {
-        match base {
-        Some(c) => println!(
-            "{what:<30} one node {a:>8.3} {unit} ({:.2}x) | 3 nodes {b:>8.3} {unit} ({:.2}x) | http-backend {c:>8.3} {unit}",
-            a / c,
-            b / c
-        ),
-        None => println!(
-            "{what:<30} one node {a:>8.3} {unit} | 3 nodes {b:>8.3} {unit} | (no baseline: install nginx and fcgiwrap)"
-        ),
-    }
-    };
     let base = |f: fn(&Figures) -> f64| theirs.as_ref().map(f);
-    let m = |v: &Vec<f64>| median(v.clone());
     row(
         "small push p50",
         one.small_p50,
