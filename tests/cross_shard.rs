@@ -10,10 +10,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use common::noise;
-use common::packs::{deflate, object_id, pack, push_body};
+use common::packs::{push_body, OneFileCommit};
 use common::region::Region;
-use repospanner_net::git::pack::OutEntry;
-use repospanner_net::git::{hex, ObjectKind};
 
 /// POSTs `body` to `path` as admin with `Transfer-Encoding: chunked`, `piece` bytes a
 /// chunk; returns the status line and the raw reply.
@@ -60,38 +58,8 @@ fn a_push_in_forty_thousand_pieces_through_any_shard_is_taken() {
     let region = Region::start();
     let t = region.dir.path();
     let zero = "0".repeat(40);
-    let content = noise(0x5eed_cafe, 1 << 20);
-    let blob = object_id("blob", &content);
-    let mut tree = b"100644 big\0".to_vec();
-    tree.extend_from_slice(&blob);
-    let tree_id = object_id("tree", &tree);
-    let commit = format!(
-        "tree {}\nauthor A U Thor <a@example.com> 1700000000 +0000\ncommitter A U Thor <a@example.com> 1700000000 +0000\n\npieces\n",
-        hex(&tree_id)
-    );
-    let commit_id = hex(&object_id("commit", commit.as_bytes()));
-    let (db, dt, dc) = (
-        deflate(&content),
-        deflate(&tree),
-        deflate(commit.as_bytes()),
-    );
-    let p = pack(&[
-        OutEntry::Full {
-            kind: ObjectKind::Blob,
-            size: content.len() as u64,
-            deflated: &db,
-        },
-        OutEntry::Full {
-            kind: ObjectKind::Tree,
-            size: tree.len() as u64,
-            deflated: &dt,
-        },
-        OutEntry::Full {
-            kind: ObjectKind::Commit,
-            size: commit.len() as u64,
-            deflated: &dc,
-        },
-    ]);
+    let one = OneFileCommit::new("big", &noise(0x5eed_cafe, 1 << 20), "pieces");
+    let (p, commit_id) = (one.pack(), one.id.clone());
     // Eight pushes on eight connections: with two shards, all eight land on the
     // owner with a chance of 1 in 256.
     for i in 0..8 {

@@ -68,6 +68,18 @@ fn path_of(i: usize) -> String {
     )
 }
 
+/// Writes file `i` with lines `f` as a fast-import file change.
+fn write_file(w: &mut dyn Write, i: usize, f: &[String]) {
+    let body: String = f.concat();
+    write!(
+        w,
+        "M 100644 inline {}\ndata {}\n{body}\n",
+        path_of(i),
+        body.len()
+    )
+    .expect("fast-import");
+}
+
 /// The bare repository of `shape` under `cache`, generated on first use.
 pub fn corpus(cache: &Path, shape: Shape) -> PathBuf {
     let repo = cache.join(format!("{}.git", shape.name()));
@@ -122,14 +134,7 @@ pub fn corpus(cache: &Path, shape: Shape) -> PathBuf {
                 1 if f.len() < 200 => f.insert(at, line(rng)),
                 _ => f[at] = line(rng),
             }
-            let body: String = f.concat();
-            write!(
-                w,
-                "M 100644 inline {}\ndata {}\n{body}\n",
-                path_of(i),
-                body.len()
-            )
-            .expect("fast-import");
+            write_file(w, i, f);
         }
     };
     let commit = |w: &mut dyn Write,
@@ -204,14 +209,7 @@ pub fn corpus(cache: &Path, shape: Shape) -> PathBuf {
             if master.is_none() {
                 // The first commit holds every file.
                 for (i, f) in files.iter().enumerate() {
-                    let body: String = f.concat();
-                    write!(
-                        w,
-                        "M 100644 inline {}\ndata {}\n{body}\n",
-                        path_of(i),
-                        body.len()
-                    )
-                    .expect("fast-import");
+                    write_file(&mut w, i, f);
                 }
             } else {
                 let k = 1 + rng.below(3);

@@ -1,7 +1,7 @@
 //! Building packs and push requests by hand, for tests that send what `git` never would.
 
 use repospanner_net::git::pack::{OutEntry, PackWriter};
-use repospanner_net::git::pktline;
+use repospanner_net::git::{hex, pktline, ObjectKind};
 
 pub fn deflate(data: &[u8]) -> Vec<u8> {
     use std::io::Write;
@@ -67,4 +67,52 @@ pub fn push_request(commands: &[(&str, &str, &[u8])], caps: &str, pack: &[u8]) -
 /// A pkt-line of `payload` as it is, for requests built by hand.
 pub fn pkt(out: &mut Vec<u8>, payload: &[u8]) {
     pktline::data(out, payload).expect("fits one pkt-line");
+}
+
+/// A commit of one file `name` holding `content`, made by hand: its blob, tree and
+/// commit, each as (kind, bytes, deflated), and the commit's id.
+pub struct OneFileCommit {
+    pub objects: Vec<(ObjectKind, Vec<u8>, Vec<u8>)>,
+    pub id: String,
+}
+
+impl OneFileCommit {
+    pub fn new(name: &str, content: &[u8], message: &str) -> OneFileCommit {
+        let mut tree = format!("100644 {name}\0").into_bytes();
+        tree.extend_from_slice(&blob_id(content));
+        let commit = format!(
+            "tree {}\nauthor A U Thor <a@example.com> 1700000000 +0000\n\
+             committer A U Thor <a@example.com> 1700000000 +0000\n\n{message}\n",
+            hex(&object_id("tree", &tree))
+        )
+        .into_bytes();
+        let id = hex(&object_id("commit", &commit));
+        let objects = [
+            (ObjectKind::Blob, content.to_vec()),
+            (ObjectKind::Tree, tree),
+            (ObjectKind::Commit, commit),
+        ]
+        .into_iter()
+        .map(|(k, b)| {
+            let d = deflate(&b);
+            (k, b, d)
+        })
+        .collect();
+        OneFileCommit { objects, id }
+    }
+
+    /// Object `i` (0 blob, 1 tree, 2 commit) as a pack entry.
+    pub fn entry(&self, i: usize) -> OutEntry<'_> {
+        let (kind, bytes, deflated) = &self.objects[i];
+        OutEntry::Full {
+            kind: *kind,
+            size: bytes.len() as u64,
+            deflated,
+        }
+    }
+
+    /// The three objects as a pack.
+    pub fn pack(&self) -> Vec<u8> {
+        pack(&[self.entry(0), self.entry(1), self.entry(2)])
+    }
 }
