@@ -449,3 +449,45 @@ fn fetch_into_a_clone_with_much_unrelated_history() {
     }
     region.git_ok(&c, &["fsck", "--full"]);
 }
+
+#[test]
+fn a_shallow_clone_pushes_on_top_of_the_history_the_repository_has() {
+    let region = Region::start();
+    let t = region.dir.path();
+    let url = region.repo_url("test");
+    let w = pushed_work_repo(&region, "w", &url);
+    for i in 0..3 {
+        commit(
+            &region,
+            &w,
+            "f",
+            format!("v{i}\n").as_bytes(),
+            &format!("c{i}"),
+        );
+    }
+    region.git_ok(&w, &["push", "-q", &url, "master"]);
+    let s = t.join("shallow");
+    region.git_ok(
+        t,
+        &[
+            "clone",
+            "-q",
+            "--depth",
+            "1",
+            &url,
+            s.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(
+        region.git_ok(&s, &["rev-list", "--count", "HEAD"]).trim(),
+        "1",
+        "a shallow clone"
+    );
+    commit(&region, &s, "g", b"from a shallow clone\n", "shallow work");
+    region.git_ok(&s, &["push", "-q", &url, "master"]);
+    let tip = region.git_ok(&s, &["rev-parse", "HEAD"]);
+    let full = t.join("full");
+    region.git_ok(t, &["clone", "-q", &url, full.to_str().expect("path")]);
+    assert_eq!(region.git_ok(&full, &["rev-parse", "HEAD"]), tip);
+    region.git_ok(&full, &["fsck", "--strict"]);
+}

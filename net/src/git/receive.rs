@@ -38,6 +38,8 @@ pub struct PushRequest {
     pub commands: Vec<Command>,
     pub caps: HashSet<String>,
     pub options: Vec<String>,
+    /// The pushing clone's shallow boundary, if it is shallow.
+    pub shallow: Vec<Oid>,
     /// Where the pack starts in the body.
     pub pack_at: usize,
 }
@@ -63,6 +65,24 @@ pub fn parse_push(body: &[u8], limits: &RequestLimits) -> Result<PushRequest, Pr
             Some(Pkt::Flush) => break,
             Some(Pkt::Data(d)) => {
                 let mut l = pktline::chomp(d);
+                // A shallow clone's boundary comes first (`shallow <id>`). Nothing needs
+                // it here: the push's new objects must still connect to objects the
+                // repository has, which a boundary the repository lacks cannot.
+                if let Some(id) = l.strip_prefix(b"shallow ") {
+                    if !req.commands.is_empty() {
+                        return Err(perr("a shallow line after the commands"));
+                    }
+                    let id = parse_hex(id)
+                        .ok_or_else(|| perr(format!("invalid shallow id {}", excerpt(id))))?;
+                    if req.shallow.len() >= limits.negotiation_ids_max {
+                        return Err(perr(format!(
+                            "more than {} shallow lines (limits.negotiation_ids_max)",
+                            limits.negotiation_ids_max
+                        )));
+                    }
+                    req.shallow.push(id);
+                    continue;
+                }
                 if req.commands.is_empty() {
                     if let Some(nul) = l.iter().position(|b| *b == 0) {
                         for c in l[nul + 1..].split(|b| *b == b' ').filter(|c| !c.is_empty()) {
@@ -84,9 +104,6 @@ pub fn parse_push(body: &[u8], limits: &RequestLimits) -> Result<PushRequest, Pr
                         }
                         l = &l[..nul];
                     }
-                }
-                if l.starts_with(b"shallow ") {
-                    return Err(perr("pushing from a shallow clone is not supported"));
                 }
                 if l.len() < 83 || l[40] != b' ' || l[81] != b' ' {
                     return Err(perr(format!("malformed command {}", excerpt(l))));
@@ -149,7 +166,9 @@ pub fn commands_end(buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
             pktline::Decoded::Pkt(p, n) => {
                 at += n;
                 match p {
-                    Pkt::Data(d) if first => {
+                    // The first command carries the capabilities (shallow lines
+                    // come before it).
+                    Pkt::Data(d) if first && !d.starts_with(b"shallow ") => {
                         first = false;
                         let caps = d.split(|b| *b == 0).nth(1).unwrap_or_default();
                         if pktline::chomp(caps)
@@ -871,6 +890,37 @@ mod tests {
         );
         assert_eq!(commands_end(b"0000"), Ok(Some(4)), "git's probe");
         assert!(commands_end(b"zzzz").is_err());
+    }
+
+    #[test]
+    fn a_shallow_clone_push_states_its_boundary_first() {
+        let z = "0".repeat(40);
+        let mut body = Vec::new();
+        pktline::fixed(&mut body, &format!("shallow {}", "3".repeat(40)));
+        let mut first = cmd(&z, &"1".repeat(40), "refs/heads/master");
+        first.extend_from_slice(b"\0report-status push-options\n");
+        pktline::data(&mut body, &first).expect("fits");
+        pktline::flush(&mut body);
+        pktline::fixed(&mut body, "an option");
+        pktline::flush(&mut body);
+        let pack_at = body.len();
+        body.extend_from_slice(b"PACK");
+        assert_eq!(commands_end(&body), Ok(Some(pack_at)));
+        let r = parse_push(&body, &RequestLimits::default()).expect("valid");
+        assert_eq!(r.shallow, vec![[0x33; 20]]);
+        assert_eq!(r.commands.len(), 1);
+        assert!(r.caps.contains("push-options"));
+        assert_eq!(r.options, vec!["an option".to_string()]);
+        // After a command, or not an id: refused.
+        let mut late = Vec::new();
+        pktline::data(&mut late, &first).expect("fits");
+        pktline::fixed(&mut late, &format!("shallow {}", "3".repeat(40)));
+        pktline::flush(&mut late);
+        assert!(parse_push(&late, &RequestLimits::default()).is_err());
+        let mut bad = Vec::new();
+        pktline::fixed(&mut bad, "shallow xyz");
+        pktline::flush(&mut bad);
+        assert!(parse_push(&bad, &RequestLimits::default()).is_err());
     }
 
     #[test]
