@@ -491,3 +491,81 @@ fn a_shallow_clone_pushes_on_top_of_the_history_the_repository_has() {
     assert_eq!(region.git_ok(&full, &["rev-parse", "HEAD"]), tip);
     region.git_ok(&full, &["fsck", "--strict"]);
 }
+
+/// Objects a clone lacks, as `rev-list --missing=print` lists them (`?<id>`).
+fn missing(region: &Region, repo: &Path) -> usize {
+    region
+        .git_ok(repo, &["rev-list", "--objects", "--all", "--missing=print"])
+        .lines()
+        .filter(|l| l.starts_with('?'))
+        .count()
+}
+
+#[test]
+fn partial_clones_leave_out_what_their_filter_names_and_fetch_it_when_needed() {
+    let region = Region::start();
+    let t = region.dir.path();
+    let url = region.repo_url("test");
+    let w = pushed_work_repo(&region, "w", &url);
+    std::fs::create_dir_all(w.join("dir/sub")).expect("mkdir");
+    for i in 0..4 {
+        commit(
+            &region,
+            &w,
+            "small.txt",
+            format!("small {i}\n").as_bytes(),
+            &format!("s{i}"),
+        );
+        std::fs::write(w.join("dir/sub/deep.txt"), format!("deep {i}\n")).expect("write");
+        let big = common::noise(0x51de_0000 + i, 8 << 10);
+        commit(&region, &w, "big.bin", &big, &format!("b{i}"));
+    }
+    region.git_ok(&w, &["push", "-q", &url, "master"]);
+    let head = region.git_ok(&w, &["rev-parse", "HEAD"]);
+    for (filter, lacks) in [
+        ("blob:none", "old blobs"),
+        ("blob:limit=1k", "old large blobs"),
+        ("tree:0", "old trees"),
+    ] {
+        let c = t.join(format!("partial-{}", filter.replace([':', '='], "-")));
+        region.git_ok(
+            t,
+            &[
+                "clone",
+                "-q",
+                &format!("--filter={filter}"),
+                &url,
+                c.to_str().expect("path"),
+            ],
+        );
+        // The checkout fetched what it needed; history still lacks what the filter named.
+        assert_eq!(region.git_ok(&c, &["rev-parse", "HEAD"]), head, "{filter}");
+        assert_eq!(
+            std::fs::read(c.join("big.bin")).expect("checked out"),
+            std::fs::read(w.join("big.bin")).expect("work"),
+            "{filter}"
+        );
+        let before = missing(&region, &c);
+        assert!(before > 0, "{filter}: the clone lacks {lacks}");
+        // Reading old history fetches what it lacks, lazily, from the node.
+        let log = region.git_ok(&c, &["log", "-p", "--format=%s"]);
+        assert!(log.contains("+small 0"), "{filter}");
+        assert!(
+            missing(&region, &c) < before,
+            "{filter}: lazy fetches happened"
+        );
+        region.git_ok(&c, &["fsck"]);
+    }
+    // An unknown filter is refused clearly.
+    let out = region.git(
+        Some("admin"),
+        t,
+        &["clone", "-q", "--filter=sparse:oid=HEAD:x", &url, "sparse"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unsupported filter"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -93,7 +93,7 @@ pub fn head(state: &RepoState) -> Option<(String, Oid)> {
 /// Capabilities of upload-pack v0.
 pub fn upload_caps(state: &RepoState) -> String {
     let mut caps = String::from(
-        "multi_ack_detailed no-done side-band-64k side-band thin-pack ofs-delta shallow deepen-relative no-progress include-tag allow-tip-sha1-in-want allow-reachable-sha1-in-want",
+        "multi_ack_detailed no-done side-band-64k side-band thin-pack ofs-delta shallow deepen-relative no-progress include-tag allow-tip-sha1-in-want allow-reachable-sha1-in-want filter",
     );
     if let Some(t) = state.symrefs.get("HEAD") {
         caps.push_str(&format!(" symref=HEAD:{t}"));
@@ -143,7 +143,7 @@ pub fn advertise_v2() -> Vec<u8> {
     pktline::fixed(&mut out, "version 2");
     pktline::fixed(&mut out, &agent());
     pktline::fixed(&mut out, "ls-refs=unborn");
-    pktline::fixed(&mut out, "fetch=shallow");
+    pktline::fixed(&mut out, "fetch=shallow filter");
     pktline::fixed(&mut out, "server-option");
     pktline::fixed(&mut out, "object-format=sha1");
     pktline::flush(&mut out);
@@ -159,6 +159,56 @@ pub struct FetchRequest {
     pub deepen: Option<u32>,
     pub done: bool,
     pub caps: std::collections::HashSet<String>,
+    /// A partial clone's object filter (`filter <spec>`).
+    pub filter: Option<Filter>,
+}
+
+/// What a partial clone leaves out (git's `--filter`; `Documentation/rev-list-options`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// `blob:none`: no blobs.
+    NoBlobs,
+    /// `blob:limit=<n>[kmg]`: no blobs of `n` bytes or more.
+    BlobsBelow(u64),
+    /// `tree:<depth>`: no trees or blobs `depth` or more levels below a commit's root
+    /// tree (which is at depth 0): `tree:0` sends commits and tags only.
+    TreeDepth(u32),
+}
+
+impl Filter {
+    /// Parses a filter spec as git sends it.
+    pub fn parse(spec: &[u8]) -> Result<Filter, UploadError> {
+        let bad = || proto(format!("unsupported filter {}", excerpt(spec)));
+        let s = std::str::from_utf8(spec).map_err(|_| bad())?;
+        if s == "blob:none" {
+            return Ok(Filter::NoBlobs);
+        }
+        if let Some(n) = s.strip_prefix("blob:limit=") {
+            let (digits, unit) = match n.as_bytes().last() {
+                Some(b'k' | b'K') => (&n[..n.len() - 1], 1u64 << 10),
+                Some(b'm' | b'M') => (&n[..n.len() - 1], 1 << 20),
+                Some(b'g' | b'G') => (&n[..n.len() - 1], 1 << 30),
+                _ => (n, 1),
+            };
+            let v: u64 = digits.parse().map_err(|_| bad())?;
+            return Ok(Filter::BlobsBelow(v.saturating_mul(unit)));
+        }
+        if let Some(d) = s.strip_prefix("tree:") {
+            return d.parse().map(Filter::TreeDepth).map_err(|_| bad());
+        }
+        Err(bad())
+    }
+
+    /// Whether an object of `kind` and `size`, `depth` levels below its commit's root
+    /// tree (the root tree at 0), is left out.
+    pub fn omits(&self, kind: ObjectKind, size: u64, depth: u32) -> bool {
+        match (self, kind) {
+            (Filter::NoBlobs, ObjectKind::Blob) => true,
+            (Filter::BlobsBelow(n), ObjectKind::Blob) => size >= *n,
+            (Filter::TreeDepth(d), ObjectKind::Blob | ObjectKind::Tree) => depth >= *d,
+            _ => false,
+        }
+    }
 }
 
 impl FetchRequest {
@@ -204,6 +254,12 @@ fn apply_arg(
         req.deepen = Some(n);
     } else if l == b"done" {
         req.done = true;
+    } else if let Some(spec) = l.strip_prefix(b"filter ") {
+        if req.filter.is_some() {
+            return Err(proto("more than one filter"));
+        }
+        req.filter = Some(Filter::parse(spec)?);
+        return Ok(true);
     } else {
         return Ok(false);
     }
@@ -267,7 +323,7 @@ pub fn parse_v0(body: &[u8], limits: &RequestLimits) -> Result<FetchRequest, Upl
             first = false;
         }
         if !apply_arg(&mut req, l, limits)? {
-            // deepen-since, deepen-not, filter: not supported; refuse clearly.
+            // deepen-since, deepen-not: not supported; refuse clearly.
             return Err(proto(format!("unsupported request line {}", excerpt(l))));
         }
     }
@@ -596,6 +652,7 @@ pub async fn plan<B: Backend>(
         &mut have_objects,
         &HashSet::new(),
         None,
+        None,
     )
     .await?;
     have_objects.extend(seen.iter().filter(|(_, u)| **u).map(|(o, _)| *o));
@@ -612,13 +669,35 @@ pub async fn plan<B: Backend>(
         .iter()
         .filter_map(|c| commit_tree.get(c).copied())
         .collect();
-    walk_trees(b, repo, &roots, &mut sent, &have_objects, Some(&mut order)).await?;
+    // A partial clone's filter applies to what the commits reach, not to objects the
+    // client names itself (its lazy fetches of what the filter left out).
+    let filter = req.filter;
+    walk_trees(
+        b,
+        repo,
+        &roots,
+        &mut sent,
+        &have_objects,
+        Some(&mut order),
+        filter,
+    )
+    .await?;
+    let named: HashSet<Oid> = send_other.iter().copied().collect();
     for o in send_other {
         if have_objects.contains(&o) {
             continue;
         }
         if let Some((ObjectKind::Tree, _)) = b.object(repo, &o).await.map_err(be)? {
-            walk_trees(b, repo, &[o], &mut sent, &have_objects, Some(&mut order)).await?;
+            walk_trees(
+                b,
+                repo,
+                &[o],
+                &mut sent,
+                &have_objects,
+                Some(&mut order),
+                None,
+            )
+            .await?;
         } else if sent.insert(o) {
             order.push(o);
         }
@@ -642,6 +721,8 @@ pub async fn plan<B: Backend>(
     // a time: the store reads neighbouring heads together and the rest concurrently,
     // where one at a time would pay the device latency per object.
     let mut raws: HashMap<Oid, RawHead> = HashMap::with_capacity(order.len());
+    // Blobs `blob:limit` leaves out, unless a blob sent is a delta against one.
+    let mut too_big: HashMap<Oid, RawHead> = HashMap::new();
     let mut i = 0;
     while i < order.len() {
         let end = (i + HEADS_AT_ONCE).min(order.len());
@@ -651,6 +732,12 @@ pub async fn plan<B: Backend>(
         for (oid, r) in chunk.into_iter().zip(read) {
             let raw =
                 r.ok_or_else(|| UploadError::Backend(format!("object {} is missing", hex(&oid))))?;
+            if let Some(f @ Filter::BlobsBelow(_)) = filter {
+                if f.omits(raw.kind, raw.object_size, 0) && !named.contains(&oid) {
+                    too_big.insert(oid, raw);
+                    continue;
+                }
+            }
             if let Some(base) = raw.base {
                 let client_has = thin_ok && have_objects.contains(&base);
                 if !client_has && !sent.contains(&base) {
@@ -664,6 +751,14 @@ pub async fn plan<B: Backend>(
             progress(format!("Reading objects: {i}/{}", order.len()));
         }
         glommio::yield_if_needed().await;
+    }
+    // Delta bases a partial clone left out are sent after all: the delta needs them.
+    let mut bases: Vec<Oid> = raws.values().filter_map(|r| r.base).collect();
+    while let Some(base) = bases.pop() {
+        if let Some(r) = too_big.remove(&base) {
+            bases.extend(r.base);
+            raws.insert(base, r);
+        }
     }
     let mut out = Vec::with_capacity(order.len());
     let mut emitted: HashSet<Oid> = HashSet::with_capacity(order.len());
@@ -699,6 +794,7 @@ pub async fn plan<B: Backend>(
 }
 
 /// Adds every object of tree `t` not in `skip` to `seen` (and `order`).
+#[allow(clippy::too_many_arguments)] // each is a distinct input of the walk
 async fn walk_trees<B: Backend>(
     b: &B,
     repo: &str,
@@ -706,11 +802,18 @@ async fn walk_trees<B: Backend>(
     seen: &mut HashSet<Oid>,
     skip: &HashSet<Oid>,
     mut order: Option<&mut Vec<Oid>>,
+    filter: Option<Filter>,
 ) -> Result<(), UploadError> {
+    // Only depth can be judged here (sizes come with the heads): `tree:<depth>` and
+    // `blob:none`; the rest of a filter is the caller's.
+    let omitted = |kind, depth| {
+        filter.is_some_and(|f| !matches!(f, Filter::BlobsBelow(_)) && f.omits(kind, 0, depth))
+    };
     // Breadth first from all roots at once, each level's trees read concurrently.
     let mut level = Vec::new();
+    let mut depth = 0u32;
     for t in roots {
-        if skip.contains(t) || !seen.insert(*t) {
+        if omitted(ObjectKind::Tree, depth) || skip.contains(t) || !seen.insert(*t) {
             continue;
         }
         if let Some(ord) = order.as_deref_mut() {
@@ -719,6 +822,7 @@ async fn walk_trees<B: Backend>(
         level.push(*t);
     }
     while !level.is_empty() {
+        depth += 1;
         let mut next = Vec::new();
         for chunk in level.chunks(READ_AHEAD) {
             let read =
@@ -729,7 +833,7 @@ async fn walk_trees<B: Backend>(
                 };
                 let l = links(ObjectKind::Tree, &content).map_err(proto)?;
                 for (child, kind) in l.targets {
-                    if skip.contains(&child) || !seen.insert(child) {
+                    if omitted(kind, depth) || skip.contains(&child) || !seen.insert(child) {
                         continue;
                     }
                     if let Some(ord) = order.as_deref_mut() {
@@ -1083,6 +1187,50 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn filters() {
+        for (spec, f) in [
+            ("blob:none", Filter::NoBlobs),
+            ("blob:limit=0", Filter::BlobsBelow(0)),
+            ("blob:limit=1k", Filter::BlobsBelow(1024)),
+            ("blob:limit=2M", Filter::BlobsBelow(2 << 20)),
+            ("tree:0", Filter::TreeDepth(0)),
+            ("tree:3", Filter::TreeDepth(3)),
+        ] {
+            assert_eq!(Filter::parse(spec.as_bytes()), Ok(f), "{spec}");
+        }
+        for bad in [
+            "",
+            "blob:limit=",
+            "blob:limit=x",
+            "tree:-1",
+            "sparse:oid=abc",
+            "combine:a+b",
+        ] {
+            assert!(Filter::parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+        use ObjectKind::*;
+        assert!(Filter::NoBlobs.omits(Blob, 1, 0) && !Filter::NoBlobs.omits(Tree, 1, 5));
+        assert!(Filter::BlobsBelow(10).omits(Blob, 10, 0));
+        assert!(!Filter::BlobsBelow(10).omits(Blob, 9, 0));
+        assert!(Filter::TreeDepth(0).omits(Tree, 0, 0));
+        assert!(!Filter::TreeDepth(1).omits(Tree, 0, 0) && Filter::TreeDepth(1).omits(Blob, 0, 1));
+        assert!(!Filter::TreeDepth(0).omits(Commit, 0, 0));
+        // In a request: once.
+        let l = RequestLimits::default();
+        let args = vec![
+            b"want 1111111111111111111111111111111111111111".to_vec(),
+            b"filter blob:none".to_vec(),
+        ];
+        assert_eq!(
+            parse_v2_fetch(&args, &l).expect("valid").filter,
+            Some(Filter::NoBlobs)
+        );
+        let mut twice = args.clone();
+        twice.push(b"filter tree:0".to_vec());
+        assert!(parse_v2_fetch(&twice, &l).is_err());
     }
 
     #[test]
