@@ -483,6 +483,14 @@ fn a_shallow_clone_pushes_on_top_of_the_history_the_repository_has() {
         "1",
         "a shallow clone"
     );
+    // --deepen is refused by name (depth from the shallow boundary is not built).
+    let out = region.git(Some("admin"), &s, &["fetch", "-q", "--deepen=1", &url]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("git fetch --deepen"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     commit(&region, &s, "g", b"from a shallow clone\n", "shallow work");
     region.git_ok(&s, &["push", "-q", &url, "master"]);
     let tip = region.git_ok(&s, &["rev-parse", "HEAD"]);

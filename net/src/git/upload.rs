@@ -93,7 +93,7 @@ pub fn head(state: &RepoState) -> Option<(String, Oid)> {
 /// Capabilities of upload-pack v0.
 pub fn upload_caps(state: &RepoState) -> String {
     let mut caps = String::from(
-        "multi_ack_detailed no-done side-band-64k side-band thin-pack ofs-delta shallow deepen-relative no-progress include-tag allow-tip-sha1-in-want allow-reachable-sha1-in-want filter",
+        "multi_ack_detailed no-done side-band-64k side-band thin-pack ofs-delta shallow no-progress include-tag allow-tip-sha1-in-want allow-reachable-sha1-in-want filter",
     );
     if let Some(t) = state.symrefs.get("HEAD") {
         caps.push_str(&format!(" symref=HEAD:{t}"));
@@ -330,6 +330,11 @@ pub fn parse_v0(body: &[u8], limits: &RequestLimits) -> Result<FetchRequest, Upl
     if req.wants.is_empty() && !body.is_empty() && req.haves.is_empty() && !req.done {
         return Err(proto("no wants"));
     }
+    if req.has("deepen-relative") {
+        return Err(proto(
+            "deepen-relative (git fetch --deepen) is not supported; fetch --depth=<n> or --unshallow instead",
+        ));
+    }
     Ok(req)
 }
 
@@ -460,8 +465,15 @@ pub fn parse_v2_fetch(
     for a in args {
         if !apply_arg(&mut req, a, limits)? {
             match a.as_slice() {
-                b"thin-pack" | b"ofs-delta" | b"no-progress" | b"include-tag"
-                | b"deepen-relative" | b"sideband-all" => {
+                // Depth counted from the client's shallow boundary is not built yet:
+                // refused by name rather than answered with the wrong depth.
+                b"deepen-relative" => {
+                    return Err(proto(
+                        "deepen-relative (git fetch --deepen) is not supported; \
+                         fetch --depth=<n> or --unshallow instead",
+                    ))
+                }
+                b"thin-pack" | b"ofs-delta" | b"no-progress" | b"include-tag" | b"sideband-all" => {
                     // Repeating one is harmless: git's own client never does.
                     if req.caps.len() >= limits.capabilities_max {
                         return Err(proto(format!(
@@ -1231,6 +1243,16 @@ mod tests {
         let mut twice = args.clone();
         twice.push(b"filter tree:0".to_vec());
         assert!(parse_v2_fetch(&twice, &l).is_err());
+        // --deepen is refused by name until it is built, in v2 and in v0.
+        let mut relative = args.clone();
+        relative.push(b"deepen-relative".to_vec());
+        let e = parse_v2_fetch(&relative, &l).expect_err("refused");
+        assert!(e.to_string().contains("git fetch --deepen"), "{e}");
+        let mut v0 = Vec::new();
+        pktline::fixed(&mut v0, &format!("want {} deepen-relative", "1".repeat(40)));
+        pktline::fixed(&mut v0, "deepen 1");
+        pktline::flush(&mut v0);
+        assert!(parse_v0(&v0, &l).is_err());
     }
 
     #[test]
