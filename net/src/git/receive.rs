@@ -866,10 +866,14 @@ mod tests {
         );
     }
 
-    #[test]
-    fn finds_the_end_of_the_command_section_as_it_arrives() {
+    /// A push of one command asking for push options, after `before` lines, with one
+    /// option and a pack; returns the body and where its pack starts.
+    fn push_with_an_option(before: &[String]) -> (Vec<u8>, usize) {
         let z = "0".repeat(40);
         let mut body = Vec::new();
+        for l in before {
+            pktline::fixed(&mut body, l);
+        }
         let mut first = cmd(&z, &"1".repeat(40), "refs/heads/master");
         first.extend_from_slice(b"\0report-status push-options\n");
         pktline::data(&mut body, &first).expect("fits");
@@ -878,6 +882,12 @@ mod tests {
         pktline::flush(&mut body);
         let pack_at = body.len();
         body.extend_from_slice(b"PACK");
+        (body, pack_at)
+    }
+
+    #[test]
+    fn finds_the_end_of_the_command_section_as_it_arrives() {
+        let (body, pack_at) = push_with_an_option(&[]);
         for cut in 0..pack_at {
             assert_eq!(commands_end(&body[..cut]), Ok(None), "cut at {cut}");
         }
@@ -894,17 +904,7 @@ mod tests {
 
     #[test]
     fn a_shallow_clone_push_states_its_boundary_first() {
-        let z = "0".repeat(40);
-        let mut body = Vec::new();
-        pktline::fixed(&mut body, &format!("shallow {}", "3".repeat(40)));
-        let mut first = cmd(&z, &"1".repeat(40), "refs/heads/master");
-        first.extend_from_slice(b"\0report-status push-options\n");
-        pktline::data(&mut body, &first).expect("fits");
-        pktline::flush(&mut body);
-        pktline::fixed(&mut body, "an option");
-        pktline::flush(&mut body);
-        let pack_at = body.len();
-        body.extend_from_slice(b"PACK");
+        let (body, pack_at) = push_with_an_option(&[format!("shallow {}", "3".repeat(40))]);
         assert_eq!(commands_end(&body), Ok(Some(pack_at)));
         let r = parse_push(&body, &RequestLimits::default()).expect("valid");
         assert_eq!(r.shallow, vec![[0x33; 20]]);
@@ -912,6 +912,8 @@ mod tests {
         assert!(r.caps.contains("push-options"));
         assert_eq!(r.options, vec!["an option".to_string()]);
         // After a command, or not an id: refused.
+        let mut first = cmd(&"0".repeat(40), &"1".repeat(40), "refs/heads/master");
+        first.extend_from_slice(b"\0report-status\n");
         let mut late = Vec::new();
         pktline::data(&mut late, &first).expect("fits");
         pktline::fixed(&mut late, &format!("shallow {}", "3".repeat(40)));
