@@ -63,6 +63,17 @@ fn pushed(region: &Region, repo: &str) -> (std::path::PathBuf, String) {
     (w, id)
 }
 
+/// A clone of `repo` (with the real git) into `<region dir>/<name>`.
+fn clone(region: &Region, repo: &str, name: &str) -> std::path::PathBuf {
+    let to = region.dir.path().join(name);
+    let target = to.to_str().expect("path");
+    region.git_ok(
+        region.dir.path(),
+        &["clone", "-q", &region.repo_url(repo), target],
+    );
+    to
+}
+
 /// `repo`'s refs are still `before`, and the region still takes a push to and serves
 /// a clone of it.
 fn unchanged_and_serving(
@@ -77,16 +88,7 @@ fn unchanged_and_serving(
     std::fs::write(w.join("f"), format!("after {tag}\n")).expect("write");
     region.git_ok(w, &["commit", "-qam", tag]);
     region.git_ok(w, &["push", "-q", &region.repo_url(repo), "master"]);
-    let to = region.dir.path().join(format!("clone-{tag}"));
-    region.git_ok(
-        region.dir.path(),
-        &[
-            "clone",
-            "-q",
-            &region.repo_url(repo),
-            to.to_str().expect("path"),
-        ],
-    );
+    let to = clone(region, repo, &format!("clone-{tag}"));
     region.git_ok(&to, &["fsck", "--strict"]);
     assert!(region.alive(1));
 }
@@ -503,7 +505,6 @@ fn the_hostile_input_catalogue_gets_clear_errors_and_changes_nothing() {
 #[test]
 fn the_same_object_twice_in_one_pack_is_stored_once() {
     let region = Region::start();
-    let t = region.dir.path();
     let zero = "0".repeat(40);
     let one = OneFileCommit::new("f", b"twice\n", "twice");
     let commit_id = one.id.clone();
@@ -523,16 +524,7 @@ fn the_same_object_twice_in_one_pack_is_stored_once() {
         "{text}"
     );
     // Served once: git's clone verifies the pack it gets (a duplicate fails it).
-    let to = t.join("clone");
-    region.git_ok(
-        t,
-        &[
-            "clone",
-            "-q",
-            &region.repo_url("test"),
-            to.to_str().expect("path"),
-        ],
-    );
+    let to = clone(&region, "test", "clone");
     region.git_ok(&to, &["fsck", "--strict"]);
     assert_eq!(region.git_ok(&to, &["rev-parse", "HEAD"]).trim(), commit_id);
     let count = region.git_ok(&to, &["count-objects", "-v"]);
@@ -578,7 +570,6 @@ fn the_shattered_pair_as_blobs_is_two_objects_as_git_sees_them() {
     // detected by the hasher every pushed object goes through (unit test in
     // net/src/git/pack.rs). Pushed with the real git, both are stored and served.
     let region = Region::start();
-    let t = region.dir.path();
     let text = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("net/src/git/testdata/shattered.hex"),
     )
@@ -599,16 +590,7 @@ fn the_shattered_pair_as_blobs_is_two_objects_as_git_sees_them() {
     region.git_ok(&w, &["add", "-A"]);
     region.git_ok(&w, &["commit", "-qm", "shattered"]);
     region.git_ok(&w, &["push", "-q", &region.repo_url("test"), "master"]);
-    let to = t.join("clone");
-    region.git_ok(
-        t,
-        &[
-            "clone",
-            "-q",
-            &region.repo_url("test"),
-            to.to_str().expect("path"),
-        ],
-    );
+    let to = clone(&region, "test", "clone");
     for (i, bytes) in pair.iter().enumerate() {
         let name = format!("shattered-{}", i + 1);
         assert_eq!(
