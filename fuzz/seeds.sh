@@ -37,7 +37,8 @@ git tag -a v1 -m "release 1"
 git tag light HEAD~2
 
 # Requests: a v2 clone (ls-refs, fetch), a v0 clone, incremental fetches with haves,
-# a push (commands and capabilities).
+# a shallow and a partial clone, a push (commands and capabilities) and a push from the
+# shallow clone.
 to_bodies() { # trace file, direction marker (e.g. "upload-pack<"), output prefix
     python3 - "$@" <<'PY'
 import re, sys
@@ -67,7 +68,10 @@ GIT_TRACE_PACKET="$work/v0.trace" git -c protocol.version=0 clone -q --no-local 
 GIT_TRACE_PACKET="$work/v2f.trace" git -C c2 -c protocol.version=2 fetch -q origin
 GIT_TRACE_PACKET="$work/v0f.trace" git -C c0 -c protocol.version=0 fetch -q origin
 GIT_TRACE_PACKET="$work/v2s.trace" git -c protocol.version=2 clone -q --no-local --depth 2 "file://$src" c2s
-for t in v2 v0 v2f v0f v2s; do
+git -C "$src" config uploadpack.allowFilter true
+GIT_TRACE_PACKET="$work/v2p.trace" git -c protocol.version=2 clone -q --no-local \
+    --filter=blob:none "file://$src" cpf
+for t in v2 v0 v2f v0f v2s v2p; do
     to_bodies "$work/$t.trace" "upload-pack<" "$out/upload_request/$t"
 done
 git init -q --bare "$work/bare.git"
@@ -75,7 +79,12 @@ git init -q --bare "$work/bare.git"
 git -C "$work/bare.git" config receive.advertisePushOptions true
 GIT_TRACE_PACKET="$work/push.trace" git -C c2 -c protocol.version=0 push -q --atomic \
     -o ci.skip "file://$work/bare.git" master v1 refs/remotes/origin/side:refs/heads/side
+# A push from the shallow clone: its boundary comes first.
+(cd c2s && echo shallow >> d/f3 && git commit -qam "from a shallow clone")
+GIT_TRACE_PACKET="$work/spush.trace" git -C c2s push -q "file://$work/bare.git" \
+    HEAD:refs/heads/shallow-work
 to_bodies "$work/push.trace" "receive-pack<" "$out/receive_request/push"
+to_bodies "$work/spush.trace" "receive-pack<" "$out/receive_request/shallow-push"
 # A push request with its pack after the commands, as it comes over HTTP.
 for f in "$out"/receive_request/push-*; do
     { cat "$f"; git -C c2 pack-objects --stdout --revs -q <<<"master" ; } > "$f.with-pack"
