@@ -195,6 +195,7 @@ fn repo_state(r: &Repo) -> RepoState {
         allow_non_fast_forward: r.allow_non_fast_forward,
         refs: r.refs.clone(),
         symrefs: r.symrefs.clone(),
+        only_reachable: r.only_reachable,
     }
 }
 
@@ -1177,6 +1178,19 @@ impl<D: Dir> Backend for NodeBackend<D> {
         }
     }
 
+    fn stored_objects(&self, repo: &str) -> Vec<(Oid, u64)> {
+        match self.ns_of(repo) {
+            Some(ns) => self
+                .inner
+                .store
+                .objects_in_place_order(Namespace(ns))
+                .into_iter()
+                .map(|(oid, loc)| (oid, u64::from(loc.len)))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
     fn has_many(&self, repo: &str, oids: &[Oid]) -> Vec<bool> {
         match self.ns_of(repo) {
             Some(ns) => self.inner.store.contains_many(Namespace(ns), oids),
@@ -1441,6 +1455,7 @@ impl<D: Dir> Backend for NodeBackend<D> {
                 .collect(),
             atomic,
             objects: objects.iter().map(hex).collect(),
+            forward: updates.iter().all(|u| u.forward),
         };
         info!(repo, push = %push, refs = updates.len(), objects = objects.len(), "proposing a push");
         match self.propose(cmd).await {

@@ -577,3 +577,106 @@ fn partial_clones_leave_out_what_their_filter_names_and_fetch_it_when_needed() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Clones `url` into `t/name` with progress on; returns whether the node sent every
+/// stored object without walking the history (its progress line says so).
+fn clone_sent_everything(region: &Region, t: &Path, url: &str, name: &str) -> bool {
+    let out = region.git(
+        Some("admin"),
+        t,
+        &["clone", "-q", "--progress", "--bare", url, name],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "clone {name}: {err}");
+    region.git_ok(&t.join(name), &["fsck", "--no-dangling"]);
+    err.contains("every object the repository stores")
+}
+
+fn has_object(region: &Region, repo: &Path, oid: &str) -> bool {
+    region
+        .git(Some("admin"), repo, &["cat-file", "-e", oid])
+        .status
+        .success()
+}
+
+/// A full clone of a repository whose stored objects are all reachable gets them all
+/// without a walk of the history; once a ref is deleted or rewound it walks again, so
+/// what no ref reaches any more (a secret force-pushed away) is not sent; and a push
+/// whose change is refused stores nothing for it.
+#[test]
+fn full_clones_send_every_object_only_while_every_object_is_reachable() {
+    let region = Region::start();
+    let t = region.dir.path();
+    let url = region.repo_url("test");
+    let w = pushed_work_repo(&region, "w", &url);
+    region.git_ok(&w, &["checkout", "-q", "-b", "side"]);
+    commit(&region, &w, "s", b"a secret\n", "secret");
+    region.git_ok(&w, &["push", "-q", &url, "side"]);
+    let secret = region
+        .git_ok(&w, &["rev-parse", "side:s"])
+        .trim()
+        .to_owned();
+    region.git_ok(&w, &["checkout", "-q", "master"]);
+    commit(&region, &w, "a", b"two\n", "two");
+    region.git_ok(&w, &["push", "-q", &url, "master", "--tags"]);
+
+    assert!(clone_sent_everything(&region, t, &url, "c1"));
+    assert!(has_object(&region, &t.join("c1"), &secret));
+    assert_eq!(refs(&region, &t.join("c1")), refs(&region, &w));
+    // A clone that wants only some refs gets only what they reach.
+    let out = region.git_ok(
+        t,
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            "--single-branch",
+            "-b",
+            "master",
+            &url,
+            "c2",
+        ],
+    );
+    assert!(out.is_empty());
+    assert!(!has_object(&region, &t.join("c2"), &secret));
+
+    region.git_ok(&w, &["push", "-q", &url, ":refs/heads/side"]);
+    assert!(!clone_sent_everything(&region, t, &url, "c3"));
+    assert!(!has_object(&region, &t.join("c3"), &secret));
+
+    // One push, not atomic: a non-fast-forward rewrite of master (refused) and a new
+    // branch (accepted). Only the new branch's objects are stored.
+    let strict = region.repo_url("strict");
+    let out = region.repospanner(&["admin", "repo", "create", "strict"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    region.git_ok(&w, &["push", "-q", &strict, "master"]);
+    region.git_ok(&w, &["checkout", "-q", "--orphan", "rewrite"]);
+    commit(&region, &w, "r", b"refused content\n", "rewrite");
+    let refused = region
+        .git_ok(&w, &["rev-parse", "rewrite:r"])
+        .trim()
+        .to_owned();
+    region.git_ok(&w, &["checkout", "-q", "-b", "fresh", "master"]);
+    commit(&region, &w, "f", b"accepted content\n", "fresh");
+    let out = region.git(
+        Some("admin"),
+        &w,
+        &["push", &strict, "+rewrite:master", "fresh"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("non-fast-forward"),
+        "{err}"
+    );
+    assert!(clone_sent_everything(&region, t, &strict, "c4"));
+    assert!(has_object(
+        &region,
+        &t.join("c4"),
+        region.git_ok(&w, &["rev-parse", "fresh:f"]).trim()
+    ));
+    assert!(!has_object(&region, &t.join("c4"), &refused));
+}

@@ -17,6 +17,11 @@ pub struct RepoState {
     pub refs: BTreeMap<String, String>,
     /// symbolic ref → target ref (`HEAD` → `refs/heads/master`).
     pub symrefs: BTreeMap<String, String>,
+    /// Every object the repository stores is reachable from its refs (no ref was ever
+    /// deleted or rewound, no push's change refused), so a full clone may send them all
+    /// without walking the history.
+    #[serde(default)]
+    pub only_reachable: bool,
 }
 
 /// A stored pack entry (what a fetch copies out). Its bytes are `Bytes` where the
@@ -64,6 +69,8 @@ pub struct RefUpdate {
     pub old: Option<Oid>,
     /// `None`: delete the ref.
     pub new: Option<Oid>,
+    /// `new` creates the ref or descends from `old` (a deletion is not forward).
+    pub forward: bool,
 }
 
 /// Where the objects of a push lie in its request body, if the body was passed to the
@@ -111,6 +118,9 @@ pub trait Backend {
     ) -> Result<Vec<Option<RawHead>>, BackendError>;
     /// Which of `oids` the repository has.
     fn has_many(&self, repo: &str, oids: &[Oid]) -> Vec<bool>;
+    /// Every object the repository stores, in the order their records lie on the
+    /// disk, each with its record's size (which bounds its entry's).
+    fn stored_objects(&self, repo: &str) -> Vec<(Oid, u64)>;
     /// Contents a push verified (trees, commits, tags) of objects the repository now
     /// holds, for the node to keep in memory: the next clone plans from them without
     /// reading them from the disk again. Keeping none is correct.

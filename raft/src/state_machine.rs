@@ -54,6 +54,7 @@ impl State {
                 let mut repo = Repo {
                     id: *id,
                     public: *public,
+                    only_reachable: true,
                     ..Repo::default()
                 };
                 repo.symrefs
@@ -102,6 +103,7 @@ impl State {
                 id,
                 changes,
                 atomic,
+                forward,
                 ..
             } => {
                 let Some(r) = self.repos.get_mut(repo).filter(|r| r.id == *id) else {
@@ -122,6 +124,9 @@ impl State {
                         }
                     })
                     .collect();
+                // A refused change leaves the objects stored for it unreachable; a
+                // deleted or rewound ref may leave objects unreachable.
+                r.only_reachable &= *forward && results.iter().all(Result::is_ok);
                 if *atomic && results.iter().any(Result::is_err) {
                     return Response::Refs(
                         results
@@ -461,6 +466,7 @@ mod tests {
                 .collect(),
             atomic,
             objects: Vec::new(),
+            forward: true,
         }
     }
 
@@ -507,6 +513,51 @@ mod tests {
         let r = s.apply(&push(1, &both, false));
         assert!(matches!(&r, Response::Refs(v) if v[0].is_ok() && v[1].is_err()));
         assert_eq!(s.repos["r"].refs.len(), 1);
+    }
+
+    #[test]
+    fn only_reachable_holds_until_a_change_is_refused_or_not_forward() {
+        let mut s = State::default();
+        s.apply(&create("r", 1));
+        assert!(
+            s.repos["r"].only_reachable,
+            "a new repository stores nothing"
+        );
+        s.apply(&push(1, &[("refs/heads/a", None, Some("1"))], false));
+        s.apply(&push(1, &[("refs/heads/a", Some("1"), Some("2"))], false));
+        assert!(s.repos["r"].only_reachable);
+        // A refused change: what was stored for it is reachable from no ref.
+        s.apply(&push(1, &[("refs/heads/a", Some("1"), Some("3"))], false));
+        assert!(!s.repos["r"].only_reachable);
+
+        // A deletion or a rewind, which the proposer marks as not forward.
+        for (old, new) in [(Some("1"), None), (Some("1"), Some("5"))] {
+            let mut s = State::default();
+            s.apply(&create("r", 1));
+            s.apply(&push(1, &[("refs/heads/a", None, Some("1"))], false));
+            let mut c = push(1, &[("refs/heads/a", old, new)], false);
+            if let Command::UpdateRefs { forward, .. } = &mut c {
+                *forward = false;
+            }
+            let r = s.apply(&c);
+            assert_eq!(r, Response::Refs(vec![Ok(())]));
+            assert!(!s.repos["r"].only_reachable);
+        }
+
+        // Entries and snapshots from before the flag existed: not known, so false.
+        let mut old = serde_json::to_value(push(1, &[("refs/heads/b", None, Some("1"))], false))
+            .expect("encodes");
+        old["UpdateRefs"]
+            .as_object_mut()
+            .expect("an object")
+            .remove("forward");
+        let old: Command = serde_json::from_value(old).expect("decodes without the field");
+        assert!(matches!(old, Command::UpdateRefs { forward: false, .. }));
+        let repo: Repo = serde_json::from_str(
+            r#"{"id":1,"public":false,"allow_non_fast_forward":false,"refs":{},"symrefs":{}}"#,
+        )
+        .expect("decodes without the field");
+        assert!(!repo.only_reachable);
     }
 
     #[test]

@@ -37,7 +37,9 @@ pub enum Command {
         symrefs: Vec<(String, Option<String>)>,
     },
     /// The ref transaction of a push to instance `id` of `repo`. `objects`: what the
-    /// push stored (every node holds them before applying the entry).
+    /// push stored (every node holds them before applying the entry). `forward`: the
+    /// proposer found that every change creates a ref or moves it to a descendant
+    /// (absent in entries written before it existed: then not known, so false).
     UpdateRefs {
         push: String,
         repo: String,
@@ -45,6 +47,8 @@ pub enum Command {
         changes: Vec<RefChange>,
         atomic: bool,
         objects: Vec<String>,
+        #[serde(default)]
+        forward: bool,
     },
 }
 
@@ -92,6 +96,13 @@ pub struct Repo {
     pub refs: BTreeMap<String, String>,
     /// symbolic ref → target ref.
     pub symrefs: BTreeMap<String, String>,
+    /// Every object stored for this instance is reachable from its refs: since it was
+    /// created, every push's changes all applied and only created refs or moved them
+    /// forward. A full clone then sends every stored object without walking the
+    /// history. A hint for speed, not for correctness (every stored object's closure
+    /// is stored, so sending them all is never short); false where not known.
+    #[serde(default)]
+    pub only_reachable: bool,
 }
 
 openraft::declare_raft_types!(

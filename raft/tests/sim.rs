@@ -188,6 +188,7 @@ fn update(old: &str, new: &str) -> Command {
         }],
         atomic: false,
         objects: Vec::new(),
+        forward: true,
     }
 }
 

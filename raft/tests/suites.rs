@@ -157,6 +157,7 @@ fn a_single_member_group_commits_on_real_files_and_keeps_its_log() {
                         }],
                         atomic: false,
                         objects: Vec::new(),
+                        forward: true,
                     })
                     .await
                     .expect("write");

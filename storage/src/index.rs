@@ -110,6 +110,14 @@ impl Index {
             .unwrap_or_default()
     }
 
+    /// Every object of `ns` with its place, in no particular order.
+    pub fn objects_in(&self, ns: Namespace) -> Vec<(Oid, Loc)> {
+        self.objects
+            .get(&ns)
+            .map(|m| m.iter().map(|(o, l)| (*o, *l)).collect())
+            .unwrap_or_default()
+    }
+
     /// Every namespace that holds objects.
     pub fn namespaces(&self) -> Vec<Namespace> {
         self.objects

@@ -1088,6 +1088,14 @@ impl<D: Dir> Store<D> {
         self.inner.index.borrow().oids_in(ns)
     }
 
+    /// Every object of `ns` with its place, in the order the records lie in the log
+    /// (segment, then offset): reading them in this order reads the log sequentially.
+    pub fn objects_in_place_order(&self, ns: Namespace) -> Vec<(Oid, Loc)> {
+        let mut all = self.inner.index.borrow().objects_in(ns);
+        all.sort_unstable_by_key(|(_, l)| (l.segment, l.offset));
+        all
+    }
+
     /// Number of objects stored, over every namespace.
     pub fn object_count(&self) -> usize {
         self.inner.index.borrow().object_count()

@@ -543,28 +543,51 @@ pub async fn receive<B: Backend>(
         .map(|(i, r)| (r.oid, i))
         .collect();
     let mut needed: HashSet<Oid> = HashSet::new();
+    let mut walked = vec![false; commands.len()];
     for (i, c) in commands.iter().enumerate() {
         if refusals[i].is_some() || c.new == ZERO {
             continue;
         }
+        walked[i] = true;
         if let Err(why) = connected(b, repo, &resolved, &in_pack, c.new, &mut needed).await {
             refusals[i] = Some(why);
         }
     }
-    // Fast-forward check.
+    // Fast-forward check. Where non-fast-forward updates are allowed it still tells
+    // whether the push may leave objects unreachable (see `RefUpdate::forward`).
+    let mut forward = vec![false; commands.len()];
     for (i, c) in commands.iter().enumerate() {
-        if refusals[i].is_some() || c.old == ZERO || c.new == ZERO || state.allow_non_fast_forward {
+        if refusals[i].is_some() || c.new == ZERO {
+            continue;
+        }
+        if c.old == ZERO {
+            forward[i] = true;
             continue;
         }
         match is_ancestor(b, repo, &resolved, &in_pack, c.old, c.new).await {
-            Ok(true) => {}
+            Ok(true) => forward[i] = true,
+            Ok(false) if state.allow_non_fast_forward => {}
             Ok(false) => refusals[i] = Some("non-fast-forward".into()),
+            Err(_) if state.allow_non_fast_forward => {}
             Err(e) => refusals[i] = Some(e),
         }
     }
     if atomic && refusals.iter().any(Option::is_some) {
         for r in refusals.iter_mut().filter(|r| r.is_none()) {
             *r = Some("atomic push failure".into());
+        }
+    }
+    // Only what the accepted tips reach is stored: when a walked update was refused
+    // after all, what it alone reached is left out.
+    if (0..commands.len()).any(|i| walked[i] && refusals[i].is_some()) {
+        needed.clear();
+        for (i, c) in commands.iter().enumerate() {
+            if refusals[i].is_none() && c.new != ZERO {
+                if let Err(why) = connected(b, repo, &resolved, &in_pack, c.new, &mut needed).await
+                {
+                    refusals[i] = Some(why);
+                }
+            }
         }
     }
     phases.mark("connect");
@@ -632,6 +655,7 @@ pub async fn receive<B: Backend>(
                     name: c.name.clone(),
                     old: (c.old != ZERO).then_some(c.old),
                     new: (c.new != ZERO).then_some(c.new),
+                    forward: forward[i],
                 }
             })
             .collect();

@@ -501,14 +501,43 @@ const READ_AHEAD: usize = 64;
 const HEADS_AT_ONCE: usize = 1024;
 
 /// What a fetch sends: objects in pack order and the new shallow boundary.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Plan {
-    /// Heads only: entries are read as the pack is sent ([`PackOut`]).
-    pub objects: Vec<RawHead>,
+    /// Entries are read as the pack is sent ([`PackOut`]).
+    pub objects: Vec<Planned>,
     /// Commits sent without their parents (`deepen`).
     pub shallow: Vec<Oid>,
     /// How many entries are REF_DELTA against objects the client has.
     pub thin: usize,
+}
+
+/// An entry of a [`Plan`]: its head, where planning read it, or only where it is
+/// stored (a full clone sends every stored entry as it is, reading no heads first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Planned {
+    Head(RawHead),
+    /// `bytes`: the size of its stored record, which bounds the entry's.
+    Stored {
+        oid: Oid,
+        bytes: u64,
+    },
+}
+
+impl Planned {
+    pub fn oid(&self) -> Oid {
+        match self {
+            Planned::Head(h) => h.oid,
+            Planned::Stored { oid, .. } => *oid,
+        }
+    }
+
+    /// At least the bytes of its entry (for sizing batches).
+    fn bytes(&self) -> u64 {
+        match self {
+            Planned::Head(h) => h.entry_size,
+            Planned::Stored { bytes, .. } => *bytes,
+        }
+    }
 }
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -551,6 +580,20 @@ pub async fn plan<B: Backend>(
     let has = b.has_many(repo, &req.wants);
     if let Some((o, _)) = req.wants.iter().zip(has).find(|(_, h)| !h) {
         return Err(UploadError::NotOurRef(hex(o)));
+    }
+    if let Some(all) = everything(b, repo, state, req, common) {
+        progress(format!(
+            "Counting objects: {} (every object the repository stores)",
+            all.len()
+        ));
+        return Ok(Plan {
+            objects: all
+                .into_iter()
+                .map(|(oid, bytes)| Planned::Stored { oid, bytes })
+                .collect(),
+            shallow: Vec::new(),
+            thin: 0,
+        });
     }
     let client_shallow: HashSet<Oid> = req.shallows.iter().copied().collect();
 
@@ -724,8 +767,6 @@ pub async fn plan<B: Backend>(
             }
         }
     }
-    let _ = state;
-
     // Read entries; bring in delta bases the client lacks; order bases first.
     let thin_ok = req.has("thin-pack");
     progress(format!("Counting objects: {} objects to send", order.len()));
@@ -793,7 +834,7 @@ pub async fn plan<B: Backend>(
                     if r.base.is_some_and(|b| !emitted.contains(&b)) {
                         thin += 1;
                     }
-                    out.push(r);
+                    out.push(Planned::Head(r));
                 }
             }
         }
@@ -803,6 +844,35 @@ pub async fn plan<B: Backend>(
         shallow,
         thin,
     })
+}
+
+/// What a full clone of a repository whose stored objects are all reachable gets:
+/// every stored object, in the order the records lie on the disk (so they are read
+/// sequentially, and a delta's base mostly comes first), without walking the history.
+/// `None` unless the request wants every ref's tip and has nothing to subtract (no
+/// common commits, shallow boundary or filter) and the repository says every object it
+/// stores is reachable ([`RepoState::only_reachable`]).
+fn everything<B: Backend>(
+    b: &B,
+    repo: &str,
+    state: &RepoState,
+    req: &FetchRequest,
+    common: &[Oid],
+) -> Option<Vec<(Oid, u64)>> {
+    if !state.only_reachable
+        || !common.is_empty()
+        || !req.shallows.is_empty()
+        || req.deepen.is_some()
+        || req.filter.is_some()
+    {
+        return None;
+    }
+    let wants: HashSet<&Oid> = req.wants.iter().collect();
+    let every_tip = state
+        .refs
+        .values()
+        .all(|t| parse_hex(t.as_bytes()).is_some_and(|t| wants.contains(&t)));
+    every_tip.then(|| b.stored_objects(repo))
 }
 
 /// Adds every object of tree `t` not in `skip` to `seen` (and `order`).
@@ -864,40 +934,46 @@ async fn walk_trees<B: Backend>(
 
 /// Stored entries read for the pack at a time: at most this many bytes (by their
 /// inflated size, which bounds a deflated entry's size but for zlib's few bytes of
-/// framing), or [`READ_AHEAD`] entries.
+/// framing), or [`SEND_BATCH_ENTRIES`] entries.
 const SEND_BATCH_BYTES: u64 = 4 << 20;
 
+/// At most this many entries in a batch of the pack: small objects (a real history's
+/// are some 80 bytes deflated) come thousands to a device read.
+const SEND_BATCH_ENTRIES: usize = 4096;
+
 /// Where the batch of entries that starts at `start` ends: at most
-/// [`SEND_BATCH_BYTES`] (by inflated size) or [`READ_AHEAD`] entries, at least one.
+/// [`SEND_BATCH_BYTES`] (by inflated size) or [`SEND_BATCH_ENTRIES`] entries, at least
+/// one.
 pub fn batch_end(plan: &Plan, start: usize) -> usize {
     let mut end = start;
     let mut bytes = 0u64;
-    while end < plan.objects.len() && end - start < READ_AHEAD && bytes < SEND_BATCH_BYTES {
-        bytes += plan.objects[end].entry_size;
+    while end < plan.objects.len() && end - start < SEND_BATCH_ENTRIES && bytes < SEND_BATCH_BYTES {
+        bytes += plan.objects[end].bytes();
         end += 1;
     }
     end
 }
 
-/// Reads the stored entries of `heads` (together), each checked against its head.
+/// Reads the stored entries of `planned` (together), each checked against its head
+/// where planning read it.
 pub async fn read_batch<B: Backend>(
     b: &B,
     repo: &str,
-    heads: &[RawHead],
+    planned: &[Planned],
 ) -> Result<Vec<RawObject<B::Chunk>>, UploadError> {
-    let oids: Vec<Oid> = heads.iter().map(|h| h.oid).collect();
+    let oids: Vec<Oid> = planned.iter().map(Planned::oid).collect();
     let read = b.raws(repo, &oids).await.map_err(be)?;
-    heads
+    planned
         .iter()
         .zip(read)
-        .map(|(h, r)| {
+        .map(|(p, r)| {
             let r = r.ok_or_else(|| {
-                UploadError::Backend(format!("object {} is missing", hex(&h.oid)))
+                UploadError::Backend(format!("object {} is missing", hex(&p.oid())))
             })?;
-            if r.head() != *h {
+            if matches!(p, Planned::Head(h) if r.head() != *h) {
                 return Err(UploadError::Backend(format!(
                     "object {}: its stored entry does not match what was planned",
-                    hex(&h.oid)
+                    hex(&p.oid())
                 )));
             }
             Ok(r)
@@ -1120,12 +1196,14 @@ mod tests {
         let plan = Plan {
             objects: objects
                 .iter()
-                .map(|o| RawHead {
-                    oid: o.oid,
-                    kind: o.kind,
-                    object_size: o.object_size,
-                    entry_size: o.entry_size,
-                    base: None,
+                .map(|o| {
+                    Planned::Head(RawHead {
+                        oid: o.oid,
+                        kind: o.kind,
+                        object_size: o.object_size,
+                        entry_size: o.entry_size,
+                        base: None,
+                    })
                 })
                 .collect(),
             shallow: Vec::new(),
@@ -1158,7 +1236,7 @@ mod tests {
             st.advance(&bytes).expect("pack");
             let entries = st.finish(&bytes).expect("a whole pack");
             let ids: Vec<Oid> = entries.iter().filter_map(|e| e.oid).collect();
-            let want: Vec<Oid> = plan.objects.iter().map(|h| h.oid).collect();
+            let want: Vec<Oid> = plan.objects.iter().map(Planned::oid).collect();
             assert_eq!(ids, want, "max {max:?}");
         }
     }
