@@ -68,10 +68,16 @@ GIT_TRACE_PACKET="$work/v0.trace" git -c protocol.version=0 clone -q --no-local 
 GIT_TRACE_PACKET="$work/v2f.trace" git -C c2 -c protocol.version=2 fetch -q origin
 GIT_TRACE_PACKET="$work/v0f.trace" git -C c0 -c protocol.version=0 fetch -q origin
 GIT_TRACE_PACKET="$work/v2s.trace" git -c protocol.version=2 clone -q --no-local --depth 2 "file://$src" c2s
+# Deepening: a fetch that deepens the shallow clone, clones cut by time and by ref.
+GIT_TRACE_PACKET="$work/v2d.trace" git -C c2s -c protocol.version=2 fetch -q --deepen=1 origin
+GIT_TRACE_PACKET="$work/v0t.trace" git -c protocol.version=0 clone -q --no-local \
+    --shallow-since="1 hour ago" "file://$src" c0t
+GIT_TRACE_PACKET="$work/v2x.trace" git -c protocol.version=2 clone -q --no-local \
+    --shallow-exclude=v1 "file://$src" c2x
 git -C "$src" config uploadpack.allowFilter true
 GIT_TRACE_PACKET="$work/v2p.trace" git -c protocol.version=2 clone -q --no-local \
     --filter=blob:none "file://$src" cpf
-for t in v2 v0 v2f v0f v2s v2p; do
+for t in v2 v0 v2f v0f v2s v2p v2d v0t v2x; do
     to_bodies "$work/$t.trace" "upload-pack<" "$out/upload_request/$t"
 done
 git init -q --bare "$work/bare.git"

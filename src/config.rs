@@ -257,7 +257,8 @@ pub struct Limits {
     pub disk_reserve_bytes: u64,
     /// Largest upload-pack (clone, fetch) request body, after gzip is undone.
     pub negotiation_bytes_max: u64,
-    /// Most object ids (want, have, shallow) in one upload-pack request.
+    /// Most object ids (want, have, shallow) and ref names (deepen-not) in one
+    /// upload-pack request.
     pub negotiation_ids_max: u32,
     /// Longest ref name a push may create or update, in bytes.
     pub ref_name_bytes_max: u32,

@@ -483,14 +483,6 @@ fn a_shallow_clone_pushes_on_top_of_the_history_the_repository_has() {
         "1",
         "a shallow clone"
     );
-    // --deepen is refused by name (depth from the shallow boundary is not built).
-    let out = region.git(Some("admin"), &s, &["fetch", "-q", "--deepen=1", &url]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("git fetch --deepen"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     commit(&region, &s, "g", b"from a shallow clone\n", "shallow work");
     region.git_ok(&s, &["push", "-q", &url, "master"]);
     let tip = region.git_ok(&s, &["rev-parse", "HEAD"]);
@@ -679,4 +671,154 @@ fn full_clones_send_every_object_only_while_every_object_is_reachable() {
         region.git_ok(&w, &["rev-parse", "fresh:f"]).trim()
     ));
     assert!(!has_object(&region, &t.join("c4"), &refused));
+}
+
+/// Commits `file` = `content` in `repo` with author and committer date `epoch`.
+fn commit_at(repo: &Path, file: &str, content: &str, epoch: i64) {
+    std::fs::write(repo.join(file), content).expect("write");
+    let date = format!("{epoch} +0000");
+    for args in [&["add", "-A"][..], &["commit", "-qm", content][..]] {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(repo)
+            .env("GIT_AUTHOR_DATE", &date)
+            .env("GIT_COMMITTER_DATE", &date)
+            .output()
+            .expect("git");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Every commit a (mirror) clone holds and its shallow boundary, sorted.
+fn shallow_state(region: &Region, dir: &Path) -> (Vec<String>, Vec<String>) {
+    let mut commits: Vec<String> = region
+        .git_ok(dir, &["rev-list", "--all"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    commits.sort();
+    let mut shallow: Vec<String> = std::fs::read_to_string(dir.join("shallow"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    shallow.sort();
+    (commits, shallow)
+}
+
+/// A name, the clone's arguments, then the fetches that follow it.
+type ShallowCase<'a> = (&'a str, Vec<&'a str>, Vec<Vec<&'a str>>);
+
+/// `--shallow-since`, `--shallow-exclude`, `fetch --deepen` and `--unshallow`, over
+/// protocol v2 and v0, each answered as git's own upload-pack answers the same
+/// requests on a copy of the repository (`file://`): the same commits, the same
+/// shallow boundary.
+#[test]
+fn shallow_clones_by_time_by_ref_and_deepened_match_git() {
+    let region = Region::start();
+    let t = region.dir.path();
+    let w = t.join("w");
+    region.git_ok(
+        t,
+        &["init", "-q", "-b", "master", w.to_str().expect("path")],
+    );
+    let day = 86_400;
+    let start = 1_700_000_000;
+    for i in 0..6 {
+        commit_at(&w, "a", &format!("main {i}\n"), start + i * day);
+    }
+    region.git_ok(&w, &["branch", "old"]);
+    region.git_ok(&w, &["tag", "-a", "-m", "v", "v1"]);
+    region.git_ok(&w, &["checkout", "-q", "-b", "topic", "HEAD~2"]);
+    commit_at(&w, "b", "topic 0\n", start + 6 * day);
+    region.git_ok(&w, &["checkout", "-q", "master"]);
+    for i in 6..10 {
+        commit_at(&w, "a", &format!("main {i}\n"), start + (i + 1) * day);
+    }
+    region.git_ok(&w, &["merge", "-q", "--no-edit", "topic"]);
+    let url = region.repo_url("test");
+    region.git_ok(
+        &w,
+        &[
+            "push",
+            "-q",
+            "--follow-tags",
+            &url,
+            "master",
+            "old",
+            "topic",
+        ],
+    );
+    let oracle = format!("file://{}", w.display());
+    let since = format!("--shallow-since={}", start + 4 * day);
+
+    for proto in ["2", "0"] {
+        let cases: Vec<ShallowCase> = vec![
+            ("since", vec![since.as_str()], vec![]),
+            ("exclude", vec!["--shallow-exclude=old"], vec![]),
+            (
+                "exclude-tag",
+                vec!["--shallow-exclude=v1", "--single-branch"],
+                vec![],
+            ),
+            (
+                "deepen",
+                vec!["--depth=2"],
+                vec![vec!["fetch", "-q", "--deepen=3", "origin"]],
+            ),
+            (
+                "unshallow",
+                vec!["--depth=1"],
+                vec![
+                    vec!["fetch", "-q", "--deepen=1", "origin"],
+                    vec!["fetch", "-q", "--unshallow", "origin"],
+                ],
+            ),
+        ];
+        for (name, clone_args, then) in cases {
+            let mut got = Vec::new();
+            for (side, from) in [("ours", url.as_str()), ("git", oracle.as_str())] {
+                let dir = format!("{name}-{proto}-{side}");
+                let mut args = vec!["-c", "protocol.version=", "clone", "-q", "--mirror"];
+                let pv = format!("protocol.version={proto}");
+                args[1] = &pv;
+                args.extend(clone_args.iter().copied());
+                args.extend([from, dir.as_str()]);
+                region.git_ok(t, &args);
+                for step in &then {
+                    let mut a = vec!["-c", pv.as_str()];
+                    a.extend(step.iter().copied());
+                    region.git_ok(&t.join(&dir), &a);
+                }
+                region.git_ok(&t.join(&dir), &["fsck", "--no-dangling"]);
+                got.push(shallow_state(&region, &t.join(&dir)));
+            }
+            assert_eq!(
+                got[0], got[1],
+                "{name} over protocol v{proto}: ours, then git's"
+            );
+            if name == "unshallow" {
+                assert!(got[0].1.is_empty(), "unshallowed");
+            } else {
+                assert!(!got[0].1.is_empty(), "{name}: shallow");
+            }
+        }
+    }
+    // git's refusals: a name that is no ref, and a time before which nothing is left.
+    for (arg, why) in [
+        ("--shallow-exclude=nosuch", "deepen-not is not a ref"),
+        ("--shallow-since=2000000000", "no commits selected"),
+    ] {
+        let out = region.git(
+            Some("admin"),
+            t,
+            &["clone", "-q", "--mirror", arg, &url, "refused"],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{arg}: {err}");
+    }
 }

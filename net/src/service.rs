@@ -599,7 +599,29 @@ async fn upload_pack<B: Backend + 'static>(
         } else {
             let (out, pack_follows) = upload::negotiation_v0(&fetch, &common, ready);
             if !pack_follows {
-                return respond(StatusCode::OK, ctype, out, &node);
+                if !fetch.deepens() {
+                    return respond(StatusCode::OK, ctype, out, &node);
+                }
+                // Every round of a deepening fetch starts with the boundary.
+                let (shallow, unshallow) =
+                    match upload::boundary(&ctx.backend, &repo, &refs, &fetch).await {
+                        Ok(b) => b,
+                        Err(e) => return git_error(&e.to_string(), &node, ctype),
+                    };
+                let mut answer = Vec::new();
+                for s in &shallow {
+                    pktline::fixed(&mut answer, &format!("shallow {}", crate::git::hex(s)));
+                }
+                for s in &unshallow {
+                    pktline::fixed(&mut answer, &format!("unshallow {}", crate::git::hex(s)));
+                }
+                pktline::flush(&mut answer);
+                // The first round of a deepening fetch carries no haves and asks for
+                // the boundary alone.
+                if !fetch.haves.is_empty() {
+                    answer.extend(out);
+                }
+                return respond(StatusCode::OK, ctype, answer, &node);
             }
         }
     }
@@ -614,23 +636,29 @@ async fn upload_pack<B: Backend + 'static>(
         let started = std::time::Instant::now();
         // Without shallow information to send first, the response can start before
         // planning, so the client sees progress while the server counts objects.
-        let early = fetch.deepen.is_none() && fetch.shallows.is_empty();
+        let early = !fetch.deepens() && fetch.shallows.is_empty();
+        let boundary = |head: &mut Vec<u8>, plan: &upload::Plan| {
+            for s in &plan.shallow {
+                pktline::fixed(head, &format!("shallow {}", crate::git::hex(s)));
+            }
+            for s in &plan.unshallow {
+                pktline::fixed(head, &format!("unshallow {}", crate::git::hex(s)));
+            }
+        };
         let head = |plan: Option<&upload::Plan>| {
             let mut head = v2_acks.clone();
             if v2_fetch {
                 if let Some(plan) = plan.filter(|_| !early) {
                     pktline::fixed(&mut head, "shallow-info");
-                    for s in &plan.shallow {
-                        pktline::fixed(&mut head, &format!("shallow {}", crate::git::hex(s)));
-                    }
+                    boundary(&mut head, plan);
                     pktline::delim(&mut head);
                 }
                 pktline::fixed(&mut head, "packfile");
             } else {
-                if let Some(plan) = plan.filter(|_| fetch.deepen.is_some()) {
-                    for s in &plan.shallow {
-                        pktline::fixed(&mut head, &format!("shallow {}", crate::git::hex(s)));
-                    }
+                // git's v0 answer starts with a shallow section (maybe empty) when
+                // the request deepens.
+                if let Some(plan) = plan.filter(|_| fetch.deepens()) {
+                    boundary(&mut head, plan);
                     pktline::flush(&mut head);
                 }
                 head.extend(upload::negotiation_v0(&fetch, &common, true).0);

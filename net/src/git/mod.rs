@@ -28,8 +28,8 @@ pub struct RequestLimits {
     /// Most capabilities (or v2 capability lines) in one request
     /// (`limits.capabilities_max`).
     pub capabilities_max: usize,
-    /// Most object ids (`want`, `have`, `shallow`) and arguments in one upload-pack
-    /// request (`limits.negotiation_ids_max`).
+    /// Most object ids (`want`, `have`, `shallow`) and ref names (`deepen-not`) in one
+    /// upload-pack request (`limits.negotiation_ids_max`).
     pub negotiation_ids_max: usize,
     /// Most ref updates in one push (`limits.refs_per_push_max`).
     pub refs_per_push_max: usize,

@@ -93,7 +93,7 @@ pub fn head(state: &RepoState) -> Option<(String, Oid)> {
 /// Capabilities of upload-pack v0.
 pub fn upload_caps(state: &RepoState) -> String {
     let mut caps = String::from(
-        "multi_ack_detailed no-done side-band-64k side-band thin-pack ofs-delta shallow no-progress include-tag allow-tip-sha1-in-want allow-reachable-sha1-in-want filter",
+        "multi_ack_detailed no-done side-band-64k side-band thin-pack ofs-delta shallow deepen-since deepen-not deepen-relative no-progress include-tag allow-tip-sha1-in-want allow-reachable-sha1-in-want filter",
     );
     if let Some(t) = state.symrefs.get("HEAD") {
         caps.push_str(&format!(" symref=HEAD:{t}"));
@@ -157,6 +157,13 @@ pub struct FetchRequest {
     pub haves: Vec<Oid>,
     pub shallows: Vec<Oid>,
     pub deepen: Option<u32>,
+    /// `deepen-since <time>`: no commits older than this (`--shallow-since`).
+    pub deepen_since: Option<i64>,
+    /// `deepen-not <ref>`: no commits reachable from these refs (`--shallow-exclude`).
+    pub deepen_not: Vec<String>,
+    /// `deepen` counts from the client's shallow commits, not from the wants
+    /// (`fetch --deepen`).
+    pub deepen_relative: bool,
     pub done: bool,
     pub caps: std::collections::HashSet<String>,
     /// A partial clone's object filter (`filter <spec>`).
@@ -215,6 +222,26 @@ impl FetchRequest {
     pub fn has(&self, cap: &str) -> bool {
         self.caps.contains(cap)
     }
+
+    /// The request moves the shallow boundary (by depth, time or ref), so the answer
+    /// starts with the new boundary.
+    pub fn deepens(&self) -> bool {
+        self.deepen.is_some() || self.deepen_since.is_some() || !self.deepen_not.is_empty()
+    }
+
+    /// Checks the deepen lines together (git's rules): a depth goes with neither a time
+    /// nor excluded refs, and only a depth may be relative.
+    fn check_deepen(&self) -> Result<(), UploadError> {
+        if self.deepen.is_some() && (self.deepen_since.is_some() || !self.deepen_not.is_empty()) {
+            return Err(proto(
+                "deepen and deepen-since (or deepen-not) cannot be used together",
+            ));
+        }
+        if self.deepen_relative && self.deepen.is_none() {
+            return Err(proto("deepen-relative without a deepen depth"));
+        }
+        Ok(())
+    }
 }
 
 fn oid_arg(line: &[u8], key: &str) -> Result<Option<Oid>, UploadError> {
@@ -252,6 +279,21 @@ fn apply_arg(
             return Err(proto("conflicting deepen lines"));
         }
         req.deepen = Some(n);
+    } else if let Some(t) = l.strip_prefix(b"deepen-since ") {
+        let t: i64 = std::str::from_utf8(t)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| proto(format!("invalid deepen-since {}", excerpt(t))))?;
+        if req.deepen_since.is_some_and(|d| d != t) {
+            return Err(proto("conflicting deepen-since lines"));
+        }
+        req.deepen_since = Some(t);
+    } else if let Some(r) = l.strip_prefix(b"deepen-not ") {
+        let r = std::str::from_utf8(r)
+            .ok()
+            .filter(|r| !r.is_empty() && r.len() <= limits.ref_name_bytes_max)
+            .ok_or_else(|| proto(format!("invalid deepen-not {}", excerpt(r))))?;
+        req.deepen_not.push(r.to_owned());
     } else if l == b"done" {
         req.done = true;
     } else if let Some(spec) = l.strip_prefix(b"filter ") {
@@ -263,10 +305,10 @@ fn apply_arg(
     } else {
         return Ok(false);
     }
-    let ids = req.wants.len() + req.haves.len() + req.shallows.len();
+    let ids = req.wants.len() + req.haves.len() + req.shallows.len() + req.deepen_not.len();
     if ids > limits.negotiation_ids_max {
         return Err(proto(format!(
-            "more than {} object ids in one request (limits.negotiation_ids_max)",
+            "more than {} object ids and ref names in one request (limits.negotiation_ids_max)",
             limits.negotiation_ids_max
         )));
     }
@@ -323,18 +365,14 @@ pub fn parse_v0(body: &[u8], limits: &RequestLimits) -> Result<FetchRequest, Upl
             first = false;
         }
         if !apply_arg(&mut req, l, limits)? {
-            // deepen-since, deepen-not: not supported; refuse clearly.
             return Err(proto(format!("unsupported request line {}", excerpt(l))));
         }
     }
     if req.wants.is_empty() && !body.is_empty() && req.haves.is_empty() && !req.done {
         return Err(proto("no wants"));
     }
-    if req.has("deepen-relative") {
-        return Err(proto(
-            "deepen-relative (git fetch --deepen) is not supported; fetch --depth=<n> or --unshallow instead",
-        ));
-    }
+    req.deepen_relative = req.has("deepen-relative");
+    req.check_deepen()?;
     Ok(req)
 }
 
@@ -465,14 +503,7 @@ pub fn parse_v2_fetch(
     for a in args {
         if !apply_arg(&mut req, a, limits)? {
             match a.as_slice() {
-                // Depth counted from the client's shallow boundary is not built yet:
-                // refused by name rather than answered with the wrong depth.
-                b"deepen-relative" => {
-                    return Err(proto(
-                        "deepen-relative (git fetch --deepen) is not supported; \
-                         fetch --depth=<n> or --unshallow instead",
-                    ))
-                }
+                b"deepen-relative" => req.deepen_relative = true,
                 b"thin-pack" | b"ofs-delta" | b"no-progress" | b"include-tag" | b"sideband-all" => {
                     // Repeating one is harmless: git's own client never does.
                     if req.caps.len() >= limits.capabilities_max {
@@ -489,6 +520,7 @@ pub fn parse_v2_fetch(
         }
     }
     req.caps.insert("side-band-64k".into());
+    req.check_deepen()?;
     Ok(req)
 }
 
@@ -507,6 +539,8 @@ pub struct Plan {
     pub objects: Vec<Planned>,
     /// Commits sent without their parents (`deepen`).
     pub shallow: Vec<Oid>,
+    /// The client's shallow commits whose parents are now sent.
+    pub unshallow: Vec<Oid>,
     /// How many entries are REF_DELTA against objects the client has.
     pub thin: usize,
 }
@@ -563,6 +597,233 @@ pub fn common(b: &impl Backend, repo: &str, haves: &[Oid]) -> Vec<Oid> {
         .collect()
 }
 
+/// What the commit walk of a fetch found.
+#[derive(Debug, Default)]
+struct Commits {
+    /// Commits to send, newest first.
+    send: Vec<Oid>,
+    /// The tree of every commit walked.
+    tree: HashMap<Oid, Oid>,
+    /// Trees of the uninteresting commits walked (the client has them).
+    boundary_trees: Vec<Oid>,
+    /// Uninteresting objects walked.
+    uninteresting: Vec<Oid>,
+    /// Wanted objects that are not commits (tags, trees, blobs).
+    other: Vec<Oid>,
+    /// The new shallow boundary: commits sent without their parents.
+    shallow: Vec<Oid>,
+    /// The client's shallow commits whose parents are now sent.
+    unshallow: Vec<Oid>,
+}
+
+/// Walks the commits of a fetch, newest first, from the wants and the `common` haves
+/// (uninteresting: the client has them), drawing the shallow boundary the request
+/// asks for (depth, relative depth, time, excluded refs) or keeping the client's.
+async fn walk_commits<B: Backend>(
+    b: &B,
+    repo: &str,
+    refs: &[AdRef],
+    req: &FetchRequest,
+    common: &[Oid],
+) -> Result<Commits, UploadError> {
+    let client_shallow: HashSet<Oid> = req.shallows.iter().copied().collect();
+    // `deepen-not`: the commits the excluded refs reach are not sent.
+    let excluded_tips = deepen_not_tips(refs, &req.deepen_not)?;
+    let excluded_by_ref = commits_reachable(b, repo, excluded_tips).await?;
+    let by_rev_list = req.deepen_since.is_some() || !req.deepen_not.is_empty();
+    // Depth counts from the wants (1), or with `deepen-relative` from the client's
+    // shallow commits: 0 above them (never cut), 1 for their parents.
+    let want_depth = if req.deepen_relative { 0 } else { 1 };
+    let cut_at = |depth: u32| match req.deepen {
+        Some(d) => depth >= d && (depth > 0 || !req.deepen_relative),
+        None => false,
+    };
+    // A shallow client's boundary holds while walking uninteresting commits: it has
+    // nothing below it, so the walk must reach it even after the wanted side is done.
+    let walk_to_boundary = req.deepens() && !client_shallow.is_empty();
+
+    // Commit walk, newest first; commits reachable from the common haves are
+    // uninteresting (the client has them).
+    let mut heap = BinaryHeap::new();
+    let mut seen: HashMap<Oid, bool> = HashMap::new();
+    let mut commit_tree: HashMap<Oid, Oid> = HashMap::new();
+    let mut boundary_trees = Vec::new();
+    let mut send_commits = Vec::new();
+    let mut send_other = Vec::new(); // wanted non-commits (tags, trees, blobs)
+    let mut shallow = Vec::new();
+    // Sent commits and their parents, where the boundary is drawn by time or ref.
+    let mut parents_of: Vec<(Oid, Vec<Oid>)> = Vec::new();
+    // Commits `deepen-since` or `deepen-not` left out.
+    let mut excluded: HashSet<Oid> = HashSet::new();
+    // The client's shallow commits whose parents the walk goes on to.
+    let mut deepened: Vec<(Oid, Vec<Oid>)> = Vec::new();
+    let mut interesting = 0usize; // interesting entries in the heap
+    for w in &req.wants {
+        heap.push(Queued {
+            time: i64::MAX,
+            depth: want_depth,
+            oid: *w,
+            uninteresting: false,
+        });
+        interesting += 1;
+    }
+    // A relative depth counts from every shallow commit of the client (git: those our
+    // refs reach, which every stored commit is), whether or not a want leads there.
+    let relative_from: &[Oid] = if req.deepen_relative {
+        &req.shallows
+    } else {
+        &[]
+    };
+    for c in common.iter().chain(relative_from) {
+        heap.push(Queued {
+            time: i64::MAX,
+            depth: want_depth,
+            oid: *c,
+            uninteresting: true,
+        });
+    }
+    while let Some(q) = heap.pop() {
+        if !q.uninteresting {
+            interesting -= 1;
+        } else if interesting == 0 && !walk_to_boundary {
+            // Only the client's side remains: nothing more can become sendable.
+            break;
+        }
+        match seen.get(&q.oid) {
+            Some(true) => continue,
+            Some(false) if !q.uninteresting => continue,
+            _ => {}
+        }
+        seen.insert(q.oid, q.uninteresting);
+        let Some((kind, content)) = b.object(repo, &q.oid).await.map_err(be)? else {
+            if q.uninteresting {
+                continue;
+            }
+            return Err(UploadError::Backend(format!(
+                "object {} is missing",
+                hex(&q.oid)
+            )));
+        };
+        match kind {
+            ObjectKind::Commit => {
+                let l = links(kind, &content).map_err(proto)?;
+                if !q.uninteresting
+                    && (req.deepen_since.is_some_and(|t| l.commit_time < t)
+                        || excluded_by_ref.contains(&q.oid))
+                {
+                    excluded.insert(q.oid);
+                    continue;
+                }
+                let tree = l.targets[0].0;
+                commit_tree.insert(q.oid, tree);
+                if q.uninteresting {
+                    boundary_trees.push(tree);
+                } else {
+                    send_commits.push(q.oid);
+                }
+                let at_boundary = client_shallow.contains(&q.oid);
+                if at_boundary && !req.deepens() {
+                    // The client keeps its boundary: nothing below it is sent, and
+                    // nothing below it counts as what the client has.
+                    if !q.uninteresting && !l.parents.is_empty() {
+                        shallow.push(q.oid);
+                    }
+                    continue;
+                }
+                if !q.uninteresting && cut_at(q.depth) && !l.parents.is_empty() {
+                    shallow.push(q.oid);
+                    continue;
+                }
+                // Below a shallow client's boundary everything is new to it.
+                let below = at_boundary && req.deepens();
+                let uninteresting = q.uninteresting && !below;
+                let depth = match (req.deepen_relative, below) {
+                    (true, true) => 1,
+                    (true, false) if q.depth == 0 => 0,
+                    _ => q.depth + 1,
+                };
+                if below {
+                    deepened.push((q.oid, l.parents.clone()));
+                }
+                if by_rev_list && !q.uninteresting {
+                    parents_of.push((q.oid, l.parents.clone()));
+                }
+                for p in l.parents {
+                    interesting += usize::from(!uninteresting);
+                    heap.push(Queued {
+                        time: l.commit_time,
+                        depth,
+                        oid: p,
+                        uninteresting,
+                    });
+                }
+            }
+            ObjectKind::Tag if !q.uninteresting => {
+                send_other.push(q.oid);
+                let l = links(kind, &content).map_err(proto)?;
+                let (target, tkind) = l.targets[0];
+                if tkind == ObjectKind::Commit {
+                    interesting += 1;
+                    heap.push(Queued {
+                        time: i64::MAX,
+                        depth: q.depth,
+                        oid: target,
+                        uninteresting: false,
+                    });
+                } else {
+                    send_other.push(target);
+                }
+            }
+            _ if !q.uninteresting => send_other.push(q.oid),
+            _ => {}
+        }
+        if seen.len().is_multiple_of(1024) {
+            glommio::yield_if_needed().await;
+        }
+    }
+    if by_rev_list {
+        if send_commits.is_empty() && !req.wants.is_empty() {
+            return Err(proto("no commits selected for shallow requests"));
+        }
+        // The new boundary: sent commits with a parent left out.
+        for (c, parents) in &parents_of {
+            if parents.iter().any(|p| excluded.contains(p)) {
+                shallow.push(*c);
+            }
+        }
+    }
+    let sent_commits: HashSet<Oid> = send_commits.iter().copied().collect();
+    let unshallow: Vec<Oid> = deepened
+        .iter()
+        .filter(|(c, parents)| {
+            !shallow.contains(c) && parents.iter().any(|p| sent_commits.contains(p))
+        })
+        .map(|(c, _)| *c)
+        .collect();
+    Ok(Commits {
+        send: send_commits,
+        tree: commit_tree,
+        boundary_trees,
+        uninteresting: seen.iter().filter(|(_, u)| **u).map(|(o, _)| *o).collect(),
+        other: send_other,
+        shallow,
+        unshallow,
+    })
+}
+
+/// The shallow boundary a deepening request draws, before any negotiation (protocol
+/// v0 answers every round of a deepening fetch with it, as git's upload-pack does):
+/// the new shallow commits and the client's shallow commits no longer shallow.
+pub async fn boundary<B: Backend>(
+    b: &B,
+    repo: &str,
+    refs: &[AdRef],
+    req: &FetchRequest,
+) -> Result<(Vec<Oid>, Vec<Oid>), UploadError> {
+    let c = walk_commits(b, repo, refs, req, &[]).await?;
+    Ok((c.shallow, c.unshallow))
+}
+
 /// Works out which objects to send for `req` and reads their stored entries. `common`:
 /// the client's haves that the repository has (see [`common`]).
 pub async fn plan<B: Backend>(
@@ -592,108 +853,19 @@ pub async fn plan<B: Backend>(
                 .map(|(oid, bytes)| Planned::Stored { oid, bytes })
                 .collect(),
             shallow: Vec::new(),
+            unshallow: Vec::new(),
             thin: 0,
         });
     }
-    let client_shallow: HashSet<Oid> = req.shallows.iter().copied().collect();
-
-    // Commit walk, newest first; commits reachable from the common haves are
-    // uninteresting (the client has them).
-    let mut heap = BinaryHeap::new();
-    let mut seen: HashMap<Oid, bool> = HashMap::new();
-    let mut commit_tree: HashMap<Oid, Oid> = HashMap::new();
-    let mut boundary_trees = Vec::new();
-    let mut send_commits = Vec::new();
-    let mut send_other = Vec::new(); // wanted non-commits (tags, trees, blobs)
-    let mut shallow = Vec::new();
-    let mut interesting = 0usize; // interesting entries in the heap
-    for w in &req.wants {
-        heap.push(Queued {
-            time: i64::MAX,
-            depth: 1,
-            oid: *w,
-            uninteresting: false,
-        });
-        interesting += 1;
-    }
-    for c in common {
-        heap.push(Queued {
-            time: i64::MAX,
-            depth: 1,
-            oid: *c,
-            uninteresting: true,
-        });
-    }
-    while let Some(q) = heap.pop() {
-        if !q.uninteresting {
-            interesting -= 1;
-        } else if interesting == 0 {
-            // Only the client's side remains: nothing more can become sendable.
-            break;
-        }
-        match seen.get(&q.oid) {
-            Some(true) => continue,
-            Some(false) if !q.uninteresting => continue,
-            _ => {}
-        }
-        seen.insert(q.oid, q.uninteresting);
-        let Some((kind, content)) = b.object(repo, &q.oid).await.map_err(be)? else {
-            if q.uninteresting {
-                continue;
-            }
-            return Err(UploadError::Backend(format!(
-                "object {} is missing",
-                hex(&q.oid)
-            )));
-        };
-        match kind {
-            ObjectKind::Commit => {
-                let l = links(kind, &content).map_err(proto)?;
-                let tree = l.targets[0].0;
-                commit_tree.insert(q.oid, tree);
-                if q.uninteresting {
-                    boundary_trees.push(tree);
-                } else {
-                    send_commits.push(q.oid);
-                }
-                let cut = !q.uninteresting
-                    && (req.deepen.is_some_and(|d| q.depth >= d)
-                        || client_shallow.contains(&q.oid) && req.deepen.is_none());
-                if cut && !l.parents.is_empty() {
-                    shallow.push(q.oid);
-                    continue;
-                }
-                for p in l.parents {
-                    interesting += usize::from(!q.uninteresting);
-                    heap.push(Queued {
-                        time: l.commit_time,
-                        depth: q.depth + 1,
-                        oid: p,
-                        uninteresting: q.uninteresting,
-                    });
-                }
-            }
-            ObjectKind::Tag if !q.uninteresting => {
-                send_other.push(q.oid);
-                let l = links(kind, &content).map_err(proto)?;
-                let (target, tkind) = l.targets[0];
-                if tkind == ObjectKind::Commit {
-                    interesting += 1;
-                    heap.push(Queued {
-                        time: i64::MAX,
-                        depth: q.depth,
-                        oid: target,
-                        uninteresting: false,
-                    });
-                } else {
-                    send_other.push(target);
-                }
-            }
-            _ if !q.uninteresting => send_other.push(q.oid),
-            _ => {}
-        }
-    }
-
+    let Commits {
+        send: send_commits,
+        tree: commit_tree,
+        boundary_trees,
+        uninteresting,
+        other: send_other,
+        shallow,
+        unshallow,
+    } = walk_commits(b, repo, refs, req, common).await?;
     progress(format!(
         "Counting objects: {} commits to send",
         send_commits.len()
@@ -710,7 +882,7 @@ pub async fn plan<B: Backend>(
         None,
     )
     .await?;
-    have_objects.extend(seen.iter().filter(|(_, u)| **u).map(|(o, _)| *o));
+    have_objects.extend(uninteresting);
 
     // Objects to send: commits, then their trees and blobs, then wanted others.
     let mut order: Vec<Oid> = Vec::new();
@@ -842,8 +1014,67 @@ pub async fn plan<B: Backend>(
     Ok(Plan {
         objects: out,
         shallow,
+        unshallow,
         thin,
     })
+}
+
+/// The commits `deepen-not` names, by git's rules for a short ref name (`X`,
+/// `refs/X`, `refs/tags/X`, `refs/heads/X`, `refs/remotes/X`, `refs/remotes/X/HEAD`),
+/// each of which must name exactly one ref; tags peeled.
+fn deepen_not_tips(refs: &[AdRef], names: &[String]) -> Result<Vec<Oid>, UploadError> {
+    let mut tips = Vec::new();
+    for name in names {
+        let candidates = [
+            name.clone(),
+            format!("refs/{name}"),
+            format!("refs/tags/{name}"),
+            format!("refs/heads/{name}"),
+            format!("refs/remotes/{name}"),
+            format!("refs/remotes/{name}/HEAD"),
+        ];
+        let found: Vec<&AdRef> = refs
+            .iter()
+            .filter(|r| candidates.contains(&r.name))
+            .collect();
+        match found.as_slice() {
+            [r] => tips.push(r.peeled.unwrap_or(r.oid)),
+            [] => {
+                return Err(proto(format!(
+                    "deepen-not is not a ref: {}",
+                    excerpt(name.as_bytes())
+                )))
+            }
+            _ => {
+                return Err(proto(format!(
+                    "ambiguous deepen-not: {}",
+                    excerpt(name.as_bytes())
+                )))
+            }
+        }
+    }
+    Ok(tips)
+}
+
+/// Every commit `tips` reach.
+async fn commits_reachable<B: Backend>(
+    b: &B,
+    repo: &str,
+    mut stack: Vec<Oid>,
+) -> Result<HashSet<Oid>, UploadError> {
+    let mut seen = HashSet::new();
+    while let Some(c) = stack.pop() {
+        if !seen.insert(c) {
+            continue;
+        }
+        if let Some((ObjectKind::Commit, content)) = b.object(repo, &c).await.map_err(be)? {
+            stack.extend(links(ObjectKind::Commit, &content).map_err(proto)?.parents);
+        }
+        if seen.len().is_multiple_of(1024) {
+            glommio::yield_if_needed().await;
+        }
+    }
+    Ok(seen)
 }
 
 /// What a full clone of a repository whose stored objects are all reachable gets:
@@ -862,7 +1093,7 @@ fn everything<B: Backend>(
     if !state.only_reachable
         || !common.is_empty()
         || !req.shallows.is_empty()
-        || req.deepen.is_some()
+        || req.deepens()
         || req.filter.is_some()
     {
         return None;
@@ -1207,6 +1438,7 @@ mod tests {
                 })
                 .collect(),
             shallow: Vec::new(),
+            unshallow: Vec::new(),
             thin: 0,
         };
         for max in [None, Some(pktline::MAX_PKT), Some(1000)] {
@@ -1321,16 +1553,59 @@ mod tests {
         let mut twice = args.clone();
         twice.push(b"filter tree:0".to_vec());
         assert!(parse_v2_fetch(&twice, &l).is_err());
-        // --deepen is refused by name until it is built, in v2 and in v0.
-        let mut relative = args.clone();
-        relative.push(b"deepen-relative".to_vec());
-        let e = parse_v2_fetch(&relative, &l).expect_err("refused");
-        assert!(e.to_string().contains("git fetch --deepen"), "{e}");
+    }
+
+    #[test]
+    fn deepen_lines_follow_gits_rules() {
+        let l = RequestLimits::default();
+        let want = format!("want {}", "1".repeat(40));
+        let v2 = |extra: &[&str]| {
+            let mut a = vec![want.as_bytes().to_vec()];
+            a.extend(extra.iter().map(|e| e.as_bytes().to_vec()));
+            parse_v2_fetch(&a, &l)
+        };
+        let r = v2(&["deepen 2", "deepen-relative"]).expect("relative depth");
+        assert!(r.deepen_relative && r.deepens());
+        let r = v2(&[
+            "deepen-since 1700000000",
+            "deepen-not main",
+            "deepen-not v1",
+        ])
+        .expect("by time and refs");
+        assert_eq!(r.deepen_since, Some(1_700_000_000));
+        assert_eq!(r.deepen_not, ["main", "v1"]);
+        for bad in [
+            &["deepen-relative"][..],
+            &["deepen 2", "deepen-since 5"],
+            &["deepen 2", "deepen-not main"],
+            &["deepen-since soon"],
+            &["deepen-since 5", "deepen-since 6"],
+            &["deepen-not "],
+        ] {
+            assert!(v2(bad).is_err(), "{bad:?}");
+        }
+        let long = format!("deepen-not {}", "r".repeat(l.ref_name_bytes_max + 1));
+        assert!(v2(&[long.as_str()]).is_err());
+        // Ref names count against the request's ids.
+        let few = RequestLimits {
+            negotiation_ids_max: 2,
+            ..RequestLimits::default()
+        };
+        let a: Vec<Vec<u8>> = [want.as_str(), "deepen-not a", "deepen-not b"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        assert!(parse_v2_fetch(&a, &few).is_err());
+        // v0: deepen-relative is a capability of the first want.
         let mut v0 = Vec::new();
-        pktline::fixed(&mut v0, &format!("want {} deepen-relative", "1".repeat(40)));
+        pktline::fixed(&mut v0, &format!("{want} deepen-relative"));
         pktline::fixed(&mut v0, "deepen 1");
         pktline::flush(&mut v0);
-        assert!(parse_v0(&v0, &l).is_err());
+        assert!(parse_v0(&v0, &l).expect("parses").deepen_relative);
+        let mut v0 = Vec::new();
+        pktline::fixed(&mut v0, &format!("{want} deepen-relative"));
+        pktline::flush(&mut v0);
+        assert!(parse_v0(&v0, &l).is_err(), "relative without a depth");
     }
 
     #[test]
