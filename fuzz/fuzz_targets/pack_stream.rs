@@ -21,5 +21,5 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let Ok(entries) = s.finish(data) else { return };
-    let _ = pack::resolve(data, &entries, &limits, |_| None);
+    let _ = pack::resolve(data, entries, &limits, |_| None);
 });

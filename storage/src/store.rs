@@ -70,7 +70,7 @@ pub struct Options {
     pub append_bytes_max: usize,
     /// A checkpoint is written after this many bytes of log since the last one.
     pub checkpoint_interval_bytes: u64,
-    /// Bytes of resolved objects kept for delta resolution.
+    /// Memory the cache of resolved objects may hold (contents and bookkeeping).
     pub delta_cache_bytes_max: usize,
     /// Heads of object records kept in memory, those written or read last
     /// ([`Store::read_heads`]): in two tables of half as many, each about 100 bytes an
@@ -1615,6 +1615,15 @@ struct DeltaCache {
     bytes: usize,
 }
 
+/// What keeping `content` costs the cache: its allocation and the bookkeeping around
+/// it (the `Rc`, the map's slot, the eviction queue's), so the bound is the memory it
+/// holds, not the bytes of content alone (a real history's trees average some 200
+/// bytes, which the bookkeeping nearly doubles).
+fn cost(content: &Rc<Vec<u8>>) -> usize {
+    const ENTRY_BYTES: usize = 128;
+    content.capacity() + ENTRY_BYTES
+}
+
 impl DeltaCache {
     fn get(&mut self, ns: Namespace, oid: &Oid) -> Option<Cached> {
         self.map.get(&(ns, *oid)).cloned()
@@ -1633,7 +1642,7 @@ impl DeltaCache {
             return c; // too big to be worth keeping
         }
         if self.map.insert((ns, oid), (kind, c.clone())).is_none() {
-            self.bytes += c.len();
+            self.bytes += cost(&c);
             self.order.push_back((ns, oid));
         }
         while self.bytes > max {
@@ -1641,7 +1650,7 @@ impl DeltaCache {
                 break;
             };
             if let Some((_, v)) = self.map.remove(&k) {
-                self.bytes -= v.len();
+                self.bytes -= cost(&v);
             }
         }
         c

@@ -491,9 +491,8 @@ pub async fn receive<B: Backend>(
         let resolution = glommio::executor()
             .spawn_blocking(move || {
                 crate::contain::run(|| {
-                    let resolved = pack::resolve(&pack, &entries, &limits_copy, |o| {
-                        externals.get(o).cloned()
-                    })?;
+                    let resolved =
+                        pack::resolve(&pack, entries, &limits_copy, |o| externals.get(o).cloned())?;
                     // The objects as git's receive.fsckObjects checks them.
                     let index: HashMap<Oid, usize> = resolved
                         .iter()
