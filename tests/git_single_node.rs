@@ -822,3 +822,33 @@ fn shallow_clones_by_time_by_ref_and_deepened_match_git() {
         assert!(!out.status.success() && err.contains(why), "{arg}: {err}");
     }
 }
+
+/// A fast-forward is decided by ancestry alone: a commit dated before its parent
+/// (skewed clocks, rewritten dates) still moves a branch forward, as git decides.
+#[test]
+fn a_commit_dated_before_its_parent_is_still_a_fast_forward() {
+    let region = Region::start();
+    let t = region.dir.path();
+    let w = t.join("w");
+    region.git_ok(
+        t,
+        &["init", "-q", "-b", "master", w.to_str().expect("path")],
+    );
+    let url = region.repo_url("test");
+    commit_at(&w, "a", "today\n", 1_760_000_000);
+    region.git_ok(&w, &["push", "-q", &url, "master"]);
+    commit_at(
+        &w,
+        "a",
+        "from a machine whose clock is years behind\n",
+        1_000_000_000,
+    );
+    region.git_ok(&w, &["push", "-q", &url, "master"]);
+    assert_eq!(
+        region
+            .git_ok(&w, &["ls-remote", &url, "refs/heads/master"])
+            .split('\t')
+            .next(),
+        Some(region.git_ok(&w, &["rev-parse", "HEAD"]).trim())
+    );
+}
