@@ -604,7 +604,8 @@ struct Commits {
     send: Vec<Oid>,
     /// The tree of every commit walked.
     tree: HashMap<Oid, Oid>,
-    /// Trees of the uninteresting commits walked (the client has them).
+    /// Trees of the edge: uninteresting parents of the commits sent (the client has
+    /// them, and the new trees are mostly made of theirs).
     boundary_trees: Vec<Oid>,
     /// Uninteresting objects walked.
     uninteresting: Vec<Oid>,
@@ -647,7 +648,8 @@ async fn walk_commits<B: Backend>(
     let mut heap = BinaryHeap::new();
     let mut seen: HashMap<Oid, bool> = HashMap::new();
     let mut commit_tree: HashMap<Oid, Oid> = HashMap::new();
-    let mut boundary_trees = Vec::new();
+    // Parents of the commits sent; those the client has are the edge.
+    let mut edge: Vec<Oid> = Vec::new();
     let mut send_commits = Vec::new();
     let mut send_other = Vec::new(); // wanted non-commits (tags, trees, blobs)
     let mut shallow = Vec::new();
@@ -716,9 +718,7 @@ async fn walk_commits<B: Backend>(
                 }
                 let tree = l.targets[0].0;
                 commit_tree.insert(q.oid, tree);
-                if q.uninteresting {
-                    boundary_trees.push(tree);
-                } else {
+                if !q.uninteresting {
                     send_commits.push(q.oid);
                 }
                 let at_boundary = client_shallow.contains(&q.oid);
@@ -747,6 +747,9 @@ async fn walk_commits<B: Backend>(
                 }
                 if by_rev_list && !q.uninteresting {
                     parents_of.push((q.oid, l.parents.clone()));
+                }
+                if !q.uninteresting {
+                    edge.extend(l.parents.iter().copied());
                 }
                 for p in l.parents {
                     interesting += usize::from(!uninteresting);
@@ -792,6 +795,18 @@ async fn walk_commits<B: Backend>(
             }
         }
     }
+    // Only the edge's trees, not those of every commit the client named: a fetch
+    // into a clone with many refs would otherwise walk the whole tree of each.
+    let mut boundary_trees = Vec::new();
+    for p in edge {
+        if seen.get(&p) == Some(&true) {
+            if let Some(t) = commit_tree.get(&p) {
+                boundary_trees.push(*t);
+            }
+        }
+    }
+    boundary_trees.sort_unstable();
+    boundary_trees.dedup();
     let sent_commits: HashSet<Oid> = send_commits.iter().copied().collect();
     let unshallow: Vec<Oid> = deepened
         .iter()
