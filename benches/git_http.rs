@@ -291,7 +291,7 @@ fn measure_corpus(
     f: &mut CorpusFigures,
 ) {
     let url = format!("{}/repo/corpus{rep}.git", s.push_url);
-    if let Some(r) = s.rss_mib("VmRSS") {
+    if let Some(r) = s.rss_mib("RssAnon") {
         f.rss_before.push(r);
     }
     let cpu0 = s.cpu();
@@ -309,9 +309,12 @@ fn measure_corpus(
     f.push.push(t.elapsed().as_secs_f64());
     std::thread::sleep(Duration::from_millis(100));
     f.push_cpu.push(s.cpu() - cpu0);
-    if let (Some(peak), Some(after)) = (s.rss_mib("VmHWM"), s.rss_mib("VmRSS")) {
+    if let Some(peak) = s.rss_mib("VmHWM") {
         f.rss_peak.push(peak);
-        f.rss_after.push(after);
+        // What a node keeps once it has given freed memory back (serve trims every
+        // 5 s): the index and its bounded caches.
+        std::thread::sleep(Duration::from_secs(6));
+        f.rss_after.push(s.rss_mib("RssAnon").unwrap_or(f64::NAN));
     }
     // The full clone, with the time to its first pack byte.
     let target = work.join(format!("corpus-clone-{}-{rep}", s.name.replace(' ', "-")));
@@ -936,11 +939,17 @@ fn corpus_section(
         }
     };
     let objects = corpus::objects(&src);
-    let refs = String::from_utf8_lossy(&env.git_ok(&src, &["for-each-ref", "--format=x"]).stdout)
-        .lines()
-        .count();
+    let refs = String::from_utf8_lossy(
+        &env.git_ok(
+            &src,
+            &["for-each-ref", "--format=x", "refs/heads", "refs/tags"],
+        )
+        .stdout,
+    )
+    .lines()
+    .count();
     println!(
-        "### many objects: {what}; {objects} objects, {refs} refs (ready in {:.1} s)",
+        "### many objects: {what}; {objects} objects in {refs} heads and tags (ready in {:.1} s)",
         t.elapsed().as_secs_f64()
     );
     let mut theirs = nginx.map(|_| CorpusFigures::default());
@@ -1020,7 +1029,7 @@ fn corpus_section(
     );
     for (what, f) in [("one node", &one), ("3 nodes (largest node)", &three)] {
         println!(
-            "node RSS, {what}: {:.0} MiB before the push, peak {:.0} MiB, {:.0} MiB after (VmRSS, VmHWM)",
+            "node RSS, {what}: {:.0} MiB before the push (RssAnon), peak {:.0} MiB (VmHWM: with the spool file's pages), {:.0} MiB 6 s after (RssAnon)",
             m(&f.rss_before),
             m(&f.rss_peak),
             m(&f.rss_after)

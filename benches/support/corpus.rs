@@ -241,15 +241,14 @@ pub fn corpus(cache: &Path, shape: Shape) -> PathBuf {
     repo
 }
 
-/// Objects in `repo`'s packs.
+/// Objects reachable from `repo`'s heads and tags: what a push of them carries (a
+/// real repository's other refs, such as pull requests, and its unreachable objects
+/// are not pushed).
 pub fn objects(repo: &Path) -> u64 {
     let out = Command::new("git")
-        .args(["count-objects", "-v"])
+        .args(["rev-list", "--objects", "--branches", "--tags"])
         .env("GIT_DIR", repo)
         .output()
-        .expect("count-objects");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("in-pack: ")?.trim().parse().ok())
-        .unwrap_or(0)
+        .expect("rev-list");
+    out.stdout.iter().filter(|b| **b == b'\n').count() as u64
 }
