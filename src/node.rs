@@ -1710,6 +1710,22 @@ impl<D: Dir> Backend for NodeBackend<D> {
         .await
     }
 
+    async fn mark_reachable(
+        &self,
+        repo: &str,
+        refs: &BTreeMap<String, String>,
+    ) -> Result<(), BackendError> {
+        let id = self
+            .ns_of(repo)
+            .ok_or_else(|| err("repository was deleted"))?;
+        self.admin_propose(Command::MarkReachable {
+            repo: repo.to_owned(),
+            id,
+            refs: repospanner_raft::types::refs_digest(refs),
+        })
+        .await
+    }
+
     async fn list_repos(&self) -> Result<BTreeMap<String, RepoState>, BackendError> {
         Ok(self.inner.sm.with_state(|s| {
             s.repos

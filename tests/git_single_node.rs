@@ -635,6 +635,38 @@ fn full_clones_send_every_object_only_while_every_object_is_reachable() {
     region.git_ok(&w, &["push", "-q", &url, ":refs/heads/side"]);
     assert!(!clone_sent_everything(&region, t, &url, "c3"));
     assert!(!has_object(&region, &t.join("c3"), &secret));
+    // The walk found less than the repository stores: it keeps walking.
+    assert!(!clone_sent_everything(&region, t, &url, "c3b"));
+
+    // A branch deleted once merged leaves nothing unreachable: the first full clone
+    // walks and finds every stored object, and the next ones skip the walk again.
+    let merged = region.repo_url("merged");
+    let out = region.repospanner(&["admin", "repo", "create", "merged"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    region.git_ok(&w, &["checkout", "-q", "-b", "topic", "master"]);
+    commit(&region, &w, "t", b"topic work\n", "topic");
+    region.git_ok(&w, &["push", "-q", &merged, "master", "topic"]);
+    region.git_ok(&w, &["checkout", "-q", "master"]);
+    region.git_ok(&w, &["merge", "-q", "--no-ff", "--no-edit", "topic"]);
+    region.git_ok(&w, &["push", "-q", &merged, "master", ":refs/heads/topic"]);
+    assert!(!clone_sent_everything(&region, t, &merged, "m1"));
+    // The mark is proposed once the first clone is sent: a moment later.
+    let shortcut = (0..20).any(|i| {
+        let name = format!("m2-{i}");
+        let sent = clone_sent_everything(&region, t, &merged, &name);
+        assert_eq!(refs(&region, &t.join(&name)), refs(&region, &t.join("m1")));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        sent
+    });
+    assert!(
+        shortcut,
+        "full clones walk on after a merged branch is deleted"
+    );
+    region.git_ok(&w, &["branch", "-q", "-D", "topic"]);
 
     // One push, not atomic: a non-fast-forward rewrite of master (refused) and a new
     // branch (accepted). Only the new branch's objects are stored.

@@ -121,6 +121,14 @@ pub trait Backend {
     /// Every object the repository stores, in the order their records lie on the
     /// disk, each with its record's size (which bounds its entry's).
     fn stored_objects(&self, repo: &str) -> Vec<(Oid, u64)>;
+    /// Tells the region that every object the repository stores is reachable from
+    /// `refs` (a full clone's walk found them all), so that later full clones skip the
+    /// walk ([`RepoState::only_reachable`]); refused if the refs changed meanwhile.
+    async fn mark_reachable(
+        &self,
+        repo: &str,
+        refs: &BTreeMap<String, String>,
+    ) -> Result<(), BackendError>;
     /// Contents a push verified (trees, commits, tags) of objects the repository now
     /// holds, for the node to keep in memory: the next clone plans from them without
     /// reading them from the disk again. Keeping none is correct.

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use repospanner_ca::{allows, Permission, Principal};
 use serde::Deserialize;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, RepoState};
 use crate::git::pack::Limits as PackLimits;
@@ -780,6 +780,14 @@ async fn upload_pack<B: Backend + 'static>(
         }
         if tx.send(last).await.is_ok() {
             tx.finish();
+        }
+        if plan.proves_reachable {
+            match ctx.backend.mark_reachable(&repo, &state.refs).await {
+                Ok(()) => {
+                    info!(repo = %repo, "every stored object is reachable: full clones skip the walk again")
+                }
+                Err(e) => debug!(repo = %repo, error = %e, "not marked reachable"),
+            }
         }
         info!(
             repo = %repo,

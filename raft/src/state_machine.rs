@@ -98,6 +98,16 @@ impl State {
                 }
                 Response::Done
             }
+            Command::MarkReachable { repo, id, refs } => {
+                match self.repos.get_mut(repo).filter(|r| r.id == *id) {
+                    Some(r) if crate::types::refs_digest(&r.refs) == *refs => {
+                        r.only_reachable = true;
+                        Response::Done
+                    }
+                    Some(_) => Response::Refused("the refs changed meanwhile".into()),
+                    None => Response::Refused(format!("Repo {repo} does not exist")),
+                }
+            }
             Command::UpdateRefs {
                 repo,
                 id,
@@ -558,6 +568,41 @@ mod tests {
         )
         .expect("decodes without the field");
         assert!(!repo.only_reachable);
+    }
+
+    #[test]
+    fn mark_reachable_holds_only_for_the_refs_it_was_proved_for() {
+        let mut s = State::default();
+        s.apply(&create("r", 1));
+        s.apply(&push(1, &[("refs/heads/a", None, Some("1"))], false));
+        s.apply(&push(1, &[("refs/heads/b", None, Some("2"))], false));
+        let mut delete = push(1, &[("refs/heads/b", Some("2"), None)], false);
+        if let Command::UpdateRefs { forward, .. } = &mut delete {
+            *forward = false;
+        }
+        s.apply(&delete);
+        assert!(!s.repos["r"].only_reachable);
+        let proved = crate::types::refs_digest(&s.repos["r"].refs);
+        // The refs moved after the proof was taken: refused, nothing changes.
+        s.apply(&push(1, &[("refs/heads/a", Some("1"), Some("3"))], false));
+        let mark = |refs| Command::MarkReachable {
+            repo: "r".into(),
+            id: 1,
+            refs,
+        };
+        assert!(matches!(s.apply(&mark(proved)), Response::Refused(_)));
+        assert!(!s.repos["r"].only_reachable);
+        let now = crate::types::refs_digest(&s.repos["r"].refs);
+        assert_ne!(now, proved);
+        assert_eq!(s.apply(&mark(now)), Response::Done);
+        assert!(s.repos["r"].only_reachable);
+        // Another instance of the repository is not this one.
+        let other = Command::MarkReachable {
+            repo: "r".into(),
+            id: 2,
+            refs: now,
+        };
+        assert!(matches!(s.apply(&other), Response::Refused(_)));
     }
 
     #[test]

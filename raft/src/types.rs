@@ -50,6 +50,24 @@ pub enum Command {
         #[serde(default)]
         forward: bool,
     },
+    /// Every object stored for instance `id` of `repo` is reachable from its refs as
+    /// they were when their digest `refs` ([`refs_digest`]) was taken: a full clone's
+    /// walk found as many objects as the repository stores. Sets
+    /// [`Repo::only_reachable`] again, unless the refs changed since.
+    MarkReachable { repo: String, id: u64, refs: u64 },
+}
+
+/// A digest of a repository's refs (FNV-1a over each name and target, in order):
+/// what [`Command::MarkReachable`] checks they still are.
+pub fn refs_digest(refs: &BTreeMap<String, String>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, target) in refs {
+        for b in name.bytes().chain([0]).chain(target.bytes()).chain([0]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
 }
 
 impl fmt::Display for Command {
@@ -58,6 +76,7 @@ impl fmt::Display for Command {
             Command::CreateRepo { name, .. } => write!(f, "create {name}"),
             Command::DeleteRepo { name, .. } => write!(f, "delete {name}"),
             Command::EditRepo { name, .. } => write!(f, "edit {name}"),
+            Command::MarkReachable { repo, .. } => write!(f, "mark {repo} only reachable"),
             Command::UpdateRefs {
                 push,
                 repo,

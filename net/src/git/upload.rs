@@ -543,6 +543,10 @@ pub struct Plan {
     pub unshallow: Vec<Oid>,
     /// How many entries are REF_DELTA against objects the client has.
     pub thin: usize,
+    /// A full clone's walk found every object the repository stores: once it is
+    /// sent, the repository may be marked [`RepoState::only_reachable`] again
+    /// ([`Backend::mark_reachable`]).
+    pub proves_reachable: bool,
 }
 
 /// An entry of a [`Plan`]: its head, where planning read it, or only where it is
@@ -870,6 +874,7 @@ pub async fn plan<B: Backend>(
             shallow: Vec::new(),
             unshallow: Vec::new(),
             thin: 0,
+            proves_reachable: false,
         });
     }
     let Commits {
@@ -1026,11 +1031,17 @@ pub async fn plan<B: Backend>(
             }
         }
     }
+    // Every stored object is in the pack (what no ref reaches, if anything, is a delta
+    // base of what is sent): sending them all would have been the same.
+    let proves_reachable = !state.only_reachable
+        && full_clone(state, req, common)
+        && b.stored_objects(repo).len() == out.len();
     Ok(Plan {
         objects: out,
         shallow,
         unshallow,
         thin,
+        proves_reachable,
     })
 }
 
@@ -1105,20 +1116,20 @@ fn everything<B: Backend>(
     req: &FetchRequest,
     common: &[Oid],
 ) -> Option<Vec<(Oid, u64)>> {
-    if !state.only_reachable
-        || !common.is_empty()
-        || !req.shallows.is_empty()
-        || req.deepens()
-        || req.filter.is_some()
-    {
-        return None;
+    (state.only_reachable && full_clone(state, req, common)).then(|| b.stored_objects(repo))
+}
+
+/// The request wants every ref's tip and has nothing to subtract (no common commits,
+/// shallow lines, deepen or filter): it gets everything the refs reach.
+fn full_clone(state: &RepoState, req: &FetchRequest, common: &[Oid]) -> bool {
+    if !common.is_empty() || !req.shallows.is_empty() || req.deepens() || req.filter.is_some() {
+        return false;
     }
     let wants: HashSet<&Oid> = req.wants.iter().collect();
-    let every_tip = state
+    state
         .refs
         .values()
-        .all(|t| parse_hex(t.as_bytes()).is_some_and(|t| wants.contains(&t)));
-    every_tip.then(|| b.stored_objects(repo))
+        .all(|t| parse_hex(t.as_bytes()).is_some_and(|t| wants.contains(&t)))
 }
 
 /// Adds every object of tree `t` not in `skip` to `seen` (and `order`).
@@ -1455,6 +1466,7 @@ mod tests {
             shallow: Vec::new(),
             unshallow: Vec::new(),
             thin: 0,
+            proves_reachable: false,
         };
         for max in [None, Some(pktline::MAX_PKT), Some(1000)] {
             let mut out = BandWriter::new(1, max);
