@@ -6,39 +6,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
 use common::region::Region;
 
-fn rss_anon_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// The highest RssAnon of `pid` while `f` runs, less what it was before, in MiB.
+/// [`common::rss_growth_kib`] in MiB.
 fn growth_mib(pid: u32, f: impl FnOnce()) -> u64 {
-    let before = rss_anon_kib(pid);
-    let done = Arc::new(AtomicBool::new(false));
-    let watch = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let mut peak = 0;
-            while !done.load(Ordering::Relaxed) {
-                peak = peak.max(rss_anon_kib(pid));
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            peak
-        })
-    };
-    f();
-    done.store(true, Ordering::Relaxed);
-    let peak = watch.join().expect("watcher");
-    peak.saturating_sub(before) / 1024
+    common::rss_growth_kib(pid, f) / 1024
 }
 
 #[test]

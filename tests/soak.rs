@@ -24,21 +24,13 @@ mod corpus;
 use std::path::Path;
 
 use common::region::Region;
+use common::{rss_anon_kib, rss_growth_kib};
 
 fn var(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn rss_anon_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Every ref of a repository with its target, sorted.
@@ -73,28 +65,14 @@ fn three_corpus_pushes_through_every_node_clone_whole_from_every_node() {
         );
         let pid = region.pid_of(via).expect("node runs");
         let before = rss_anon_kib(pid);
-        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let watch = {
-            let (peak, done) = (peak.clone(), done.clone());
-            std::thread::spawn(move || {
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    peak.fetch_max(rss_anon_kib(pid), std::sync::atomic::Ordering::Relaxed);
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-            })
-        };
         let started = std::time::Instant::now();
-        region.git_ok(
-            &source,
-            &["push", "-q", "--mirror", &region.repo_url_of(via, name)],
-        );
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
-        watch.join().expect("watcher");
+        let raised = rss_growth_kib(pid, || {
+            region.git_ok(
+                &source,
+                &["push", "-q", "--mirror", &region.repo_url_of(via, name)],
+            );
+        });
         let pushed = started.elapsed();
-        let raised = peak
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .saturating_sub(before);
         std::thread::sleep(std::time::Duration::from_secs(6));
         let kept = rss_anon_kib(pid).saturating_sub(before);
         eprintln!(
