@@ -1377,25 +1377,37 @@ pub fn acknowledgments_v2(common: &[Oid], ready: bool) -> Vec<u8> {
 const READY_WALK_MAX: usize = 4096;
 
 /// Whether the negotiation can stop: every wanted commit reaches a common commit
-/// (the client already has everything below it), as git's `ok_to_give_up`. The walk
-/// from each want is bounded, so a client with much unrelated history costs the
-/// server little: it just keeps negotiating.
+/// (the client already has everything below it), as git's `ok_to_give_up`. Each
+/// want's history is walked newest first and only down to the oldest common commit's
+/// date, as git does: a commit older than every common one is taken to lead to none
+/// (dates may lie; the cost of a wrong answer is only another round). The walk is
+/// also bounded, so a client with much unrelated history costs the server little.
 pub async fn ready<B: Backend>(b: &B, repo: &str, wants: &[Oid], common: &[Oid]) -> bool {
     if common.is_empty() {
         return false;
     }
+    let commit_time = |content: &[u8]| links(ObjectKind::Commit, content).ok();
+    let mut oldest = i64::MAX;
+    for c in common {
+        if let Ok(Some((ObjectKind::Commit, content))) = b.object(repo, c).await {
+            if let Some(l) = commit_time(&content) {
+                oldest = oldest.min(l.commit_time);
+            }
+        }
+    }
     let commons: HashSet<Oid> = common.iter().copied().collect();
     let mut visited = 0usize;
     for w in wants {
-        let mut stack = vec![*w];
+        let mut heap = BinaryHeap::new();
+        heap.push((i64::MAX, *w));
         let mut seen = HashSet::new();
         let mut found = false;
-        while let Some(c) = stack.pop() {
+        while let Some((time, c)) = heap.pop() {
             if commons.contains(&c) {
                 found = true;
                 break;
             }
-            if !seen.insert(c) {
+            if time < oldest || !seen.insert(c) {
                 continue;
             }
             visited += 1;
@@ -1403,12 +1415,10 @@ pub async fn ready<B: Backend>(b: &B, repo: &str, wants: &[Oid], common: &[Oid])
                 return false;
             }
             match b.object(repo, &c).await {
-                Ok(Some((ObjectKind::Commit, content))) => {
-                    match links(ObjectKind::Commit, &content) {
-                        Ok(l) => stack.extend(l.parents),
-                        Err(_) => return false,
-                    }
-                }
+                Ok(Some((ObjectKind::Commit, content))) => match commit_time(&content) {
+                    Some(l) => heap.extend(l.parents.into_iter().map(|p| (l.commit_time, p))),
+                    None => return false,
+                },
                 _ => return false,
             }
         }
