@@ -38,7 +38,9 @@ def main(paths):
     w, h, left, right, top, bottom = 720, 420, 70, 230, 40, 50
     xs = [math.log10(n) for n, _ in runs]
     x0, x1 = min(xs) - 0.1, max(xs) + 0.1
-    ymax = max(v for _, rows in runs for vals in rows.values() for v in vals) * 1.1
+    steps = 5
+    top_value = max(v for _, rows in runs for vals in rows.values() for v in vals)
+    ymax = math.ceil(top_value * 1.05 / steps) * steps  # whole ticks
 
     def px(n):
         return left + (math.log10(n) - x0) / (x1 - x0) * (w - left - right)
@@ -50,7 +52,7 @@ def main(paths):
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
         'font-family="sans-serif" font-size="12">',
         f'<rect width="{w}" height="{h}" fill="white"/>',
-        f'<text x="{left}" y="22" font-size="14">Server cost per object as the repository '
+        f'<text x="{left}" y="22" font-size="14">Cost per object as the repository '
         "grows (generated history; lower is better)</text>",
         f'<line x1="{left}" y1="{h - bottom}" x2="{w - right}" y2="{h - bottom}" stroke="black"/>',
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{h - bottom}" stroke="black"/>',
@@ -64,7 +66,6 @@ def main(paths):
             f'<text x="{px(n):.1f}" y="{h - bottom + 16}" text-anchor="middle">'
             f"{n / 1000:.1f}k</text>"
         )
-    steps = 5
     for i in range(steps + 1):
         v = ymax * i / steps
         out.append(
