@@ -681,7 +681,7 @@ impl<D: Dir> ObjectSync<D> {
             if missing.is_empty() {
                 return Ok(());
             }
-            if crate::serve::stop_requested() {
+            if crate::stop::stop_requested() {
                 return Err(io::Error::other("stopping"));
             }
             if self.activity.receiving(ns) {
@@ -763,7 +763,7 @@ impl<D: Dir> ObjectSync<D> {
                     }
                 }
             }
-            if crate::serve::stop_requested() {
+            if crate::stop::stop_requested() {
                 return Err(io::Error::other("stopping"));
             }
             glommio::timer::sleep(Duration::from_millis(500)).await;

@@ -12,6 +12,7 @@ pub mod node;
 pub mod quickstart;
 pub mod serve;
 pub mod staging;
+pub mod stop;
 
 /// The version reported by `repospanner version` and in the git agent string.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -199,7 +199,7 @@ pub fn run(q: &Quickstart) -> Result<()> {
         return Ok(());
     }
     let exe = std::env::current_exe().context("locating the repospanner binary")?;
-    crate::serve::install_signal_handlers();
+    crate::stop::install_signal_handlers();
     let mut children = Vec::new();
     let ca_pem = std::fs::read(dir.join("ca").join("ca.crt"))?;
     for k in 1..=q.nodes {
@@ -251,7 +251,7 @@ pub fn run(q: &Quickstart) -> Result<()> {
             {
                 break;
             }
-            if Instant::now() > deadline || crate::serve::stop_requested() {
+            if Instant::now() > deadline || crate::stop::stop_requested() {
                 stop_all(&mut children);
                 bail!(
                     "node {k} did not start; see {}",
@@ -270,11 +270,11 @@ pub fn run(q: &Quickstart) -> Result<()> {
     println!("  . {}/env", dir.display());
     println!("  git clone $REPOSPANNER_URL_1/repo/test.git");
     println!("Press Ctrl-C to stop the nodes.");
-    while !crate::serve::stop_requested() {
+    while !crate::stop::stop_requested() {
         for c in children.iter_mut() {
             if let Ok(Some(status)) = c.try_wait() {
                 eprintln!("a node exited ({status}); stopping the region");
-                crate::serve::request_stop();
+                crate::stop::request_stop();
             }
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ServeConfig};
 use crate::node::{Identity, NodeBackend};
+use crate::stop::{install_signal_handlers, request_stop, stop_requested};
 use repospanner_net::client::NodeClient;
 
 /// What `serve --spawn` records about the node.
@@ -287,30 +288,6 @@ fn mark_joining(state_dir: &Path) -> Result<()> {
     std::fs::File::open(&marker)?.sync_all()?;
     std::fs::File::open(state_dir)?.sync_all()?;
     Ok(())
-}
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-/// Makes SIGINT and SIGTERM request a clean stop (see [`stop_requested`]).
-pub fn install_signal_handlers() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
-}
-
-/// Whether SIGINT or SIGTERM arrived (or [`request_stop`] was called).
-pub fn stop_requested() -> bool {
-    STOP.load(Ordering::SeqCst)
-}
-
-pub fn request_stop() {
-    STOP.store(true, Ordering::SeqCst);
 }
 
 /// The panic policy (README, "Invariants"): a panic inside a contained boundary

@@ -3,7 +3,8 @@
 //! the raft state machine), even under a contained handler, or anywhere outside a
 //! contained boundary, stops the node. Its own test binary: the hook is process-wide.
 
-use repospanner::serve::{install_panic_policy, stop_requested};
+use repospanner::serve::install_panic_policy;
+use repospanner::stop::stop_requested;
 use repospanner_net::contain;
 use repospanner_storage::failstop;
 
