@@ -248,9 +248,6 @@ pub struct Limits {
     /// Push bodies at least this large are passed to the other nodes while they arrive
     /// (staged); 0: never, objects go to them after verification. See deploy/README.md.
     pub stage_push_bytes: u64,
-    /// Threads, per large push, that hash whole objects beside the pack reader (0:
-    /// the reader hashes them itself). See deploy/config.example.yml.
-    pub pack_hash_threads: u32,
     /// A push is refused (507) when spooling it would leave less than this free on the
     /// git directory's file system, so pushes in flight never fill the disk the store
     /// writes to.
@@ -278,7 +275,6 @@ impl Default for Limits {
             replication_timeout_seconds: 30,
             buffered_bytes_max: 4 << 30,
             stage_push_bytes: 0,
-            pack_hash_threads: 0,
             disk_reserve_bytes: 1 << 30,
             negotiation_bytes_max: 64 << 20,
             negotiation_ids_max: 1_000_000,
@@ -382,13 +378,6 @@ impl Config {
                     "must be at most {} (a ref's line must fit one pkt-line)",
                     repospanner_net::git::REF_NAME_BYTES_LIMIT
                 ),
-            ));
-        }
-        if l.pack_hash_threads > 16 {
-            return Err(invalid(
-                "limits.pack_hash_threads",
-                &l.pack_hash_threads.to_string(),
-                "must be 0 to 16 (threads per large push)",
             ));
         }
         Ok(())
@@ -721,11 +710,6 @@ mod tests {
             "limits:\n  pack_bytes_max: -1\n",
             &["limits.pack_bytes_max"],
         );
-        check_err(
-            "limits:\n  pack_hash_threads: 17\n",
-            &["limits.pack_hash_threads", "0 to 16"],
-        );
-        assert!(Config::parse("limits:\n  pack_hash_threads: 2\n").is_ok());
         check_err("ca: a: b\n", &["line 1"]);
     }
 

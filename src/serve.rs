@@ -427,7 +427,6 @@ fn run(config: &Config, join: Option<String>) -> Result<()> {
         negotiation_bytes_max: sc.limits.negotiation_bytes_max,
         stage_push_bytes: sc.limits.stage_push_bytes,
         disk_reserve_bytes: sc.limits.disk_reserve_bytes,
-        pack_hash_threads: sc.limits.pack_hash_threads as usize,
     };
     let connections_max = sc.limits.connections_max;
     let shards = state.shards.max(1) as usize;

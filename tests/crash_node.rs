@@ -202,9 +202,7 @@ fn a_shard_that_cannot_start_stops_the_whole_node() {
 /// killed push wrote aside is dropped at the next start.
 #[test]
 fn large_pushes_survive_restarts_and_a_push_killed_midway_leaves_nothing() {
-    // Hashing on threads beside the reader (off by default), so that path is covered
-    // end to end too.
-    let mut region = Region::start_with("limits:\n  pack_hash_threads: 2\n");
+    let mut region = Region::start();
     let t = region.dir.path().to_owned();
     for r in ["big1", "big2"] {
         region.repospanner(&["admin", "repo", "create", r]);

@@ -398,6 +398,19 @@ fn the_hostile_input_catalogue_gets_clear_errors_and_changes_nothing() {
         "OFS_DELTA into an entry: {text}"
     );
 
+    // A pack declaring more objects than the node's budget for pushes in flight can
+    // verify (each object's state is charged to it): refused from its header.
+    let mut many = b"PACK\0\0\0\x02".to_vec();
+    many.extend_from_slice(&5_000_000u32.to_be_bytes());
+    many.extend_from_slice(&[0; 20]);
+    let (status, text) = receive(&push_body(&zero, &id, b"refs/heads/many", &many));
+    let text = String::from_utf8_lossy(&text);
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.contains("5000000 objects") && text.contains("limits.buffered_bytes_max"),
+        "{text}"
+    );
+
     // Ambiguous ref names, and names that differ only in case (atomic: none moves).
     for name in [
         "refs/heads/HEAD",

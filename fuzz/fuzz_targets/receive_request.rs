@@ -25,7 +25,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(req.commands.len() <= 32 && req.options.len() <= 8);
         assert!(req.pack_at <= data.len());
         let mut state = RepoState::default();
-        state.refs.insert("refs/heads/master".into(), "1".repeat(40));
+        state
+            .refs
+            .insert("refs/heads/master".into(), "1".repeat(40));
         let checked = receive::check_commands(&req.commands, &state);
         assert_eq!(checked.len(), req.commands.len());
     }

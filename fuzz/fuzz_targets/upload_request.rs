@@ -18,8 +18,12 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(req) = upload::parse_v2(data, &limits) {
         let mut state = RepoState::default();
-        state.refs.insert("refs/heads/master".into(), "1".repeat(40));
-        state.symrefs.insert("HEAD".into(), "refs/heads/master".into());
+        state
+            .refs
+            .insert("refs/heads/master".into(), "1".repeat(40));
+        state
+            .symrefs
+            .insert("HEAD".into(), "refs/heads/master".into());
         let refs = [AdRef {
             name: "refs/heads/master".into(),
             oid: [1; 20],

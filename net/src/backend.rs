@@ -69,7 +69,9 @@ pub struct RefUpdate {
     pub old: Option<Oid>,
     /// `None`: delete the ref.
     pub new: Option<Oid>,
-    /// `new` creates the ref or descends from `old` (a deletion is not forward).
+    /// `new` creates the ref or descends from `old` (a deletion is not forward), and
+    /// the push stores nothing its accepted new tips do not reach: it leaves no
+    /// object unreachable.
     pub forward: bool,
 }
 

@@ -86,7 +86,7 @@ pub enum Whole {
 #[derive(Debug)]
 pub struct Received {
     pub body: Bytes,
-    pub pre_read: Option<crate::git::pack::PackRead>,
+    pub pre_read: Option<crate::git::receive::PackRead>,
 }
 
 /// Why a request body was refused while it arrived: the answer to give.

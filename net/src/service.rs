@@ -39,8 +39,6 @@ pub struct Limits {
     pub stage_push_bytes: u64,
     /// Free space a spooled push must leave on its file system.
     pub disk_reserve_bytes: u64,
-    /// Threads a large push's pack reader hashes whole objects on, beside inflating.
-    pub pack_hash_threads: usize,
 }
 
 /// Everything a request handler needs.
@@ -221,6 +219,28 @@ fn body_refusal(e: &http::BodyError) -> Refusal {
         message: e.to_string(),
         git: false,
     }
+}
+
+/// What verifying a push holds per object of its pack, at most (its entry, its id in
+/// the sets connectivity and the store use, its place in the ref transaction): a
+/// push's memory grows with its objects, never with their bytes, and this much per
+/// object is taken from the shard's [`Ctx::budget`] for as long as the push runs.
+pub const PUSH_BYTES_PER_OBJECT: usize = 1024;
+
+/// Takes what a push of `count` objects holds from the shard's budget, or refuses it
+/// (503) at once.
+fn charge_objects(ctx: &Ctx<impl Backend>, count: u32) -> Result<http::Held, Refusal> {
+    let bytes = count as usize * PUSH_BYTES_PER_OBJECT;
+    ctx.budget.try_take(bytes).ok_or_else(|| Refusal {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        message: format!(
+            "a push of {count} objects needs {} MiB of this node's budget for pushes \
+             in flight (limits.buffered_bytes_max), which other pushes hold or which is \
+             smaller; try again later, or raise it",
+            bytes >> 20
+        ),
+        git: false,
+    })
 }
 
 fn body_error(e: &http::BodyError, node: &str) -> Response<Body> {
@@ -895,7 +915,7 @@ async fn receive_pack<B: Backend + 'static>(
 /// holding up the executor's reading of the socket.
 enum PackReading {
     Here {
-        stream: Option<Box<crate::git::pack::PackStream>>,
+        stream: Option<Box<(crate::git::pack::PackStream, Inspected)>>,
         /// A bad pack is reported once the whole request has arrived.
         error: Option<crate::git::pack::PackError>,
     },
@@ -974,13 +994,11 @@ impl Drop for ReaderSlot {
     }
 }
 
-use crate::git::pack::PackRead;
+use crate::git::receive::{Inspected, PackRead};
 
 impl PackReading {
-    /// Reads what arrived of the pack that starts at `at` in `body`; a reader that
-    /// moves to a thread of its own hashes on `hash_threads` more
-    /// (`limits.pack_hash_threads`).
-    fn advance(&mut self, body: &spool::Body, at: usize, hash_threads: usize) {
+    /// Reads what arrived of the pack that starts at `at` in `body`.
+    fn advance(&mut self, body: &spool::Body, at: usize) {
         match self {
             PackReading::Here {
                 stream,
@@ -990,7 +1008,7 @@ impl PackReading {
                     if stream.is_some() {
                         if let Some(slot) = ReaderSlot::take() {
                             if let Some(st) = stream.take() {
-                                *self = PackReading::away(*st, f.view(), at, slot, hash_threads);
+                                *self = PackReading::away(*st, f.view(), at, slot);
                                 return;
                             }
                         }
@@ -999,7 +1017,9 @@ impl PackReading {
                 let pack = body.as_slice().get(at..).unwrap_or_default();
                 let r = match stream.as_mut() {
                     Some(st) => {
-                        crate::contain::run(|| st.advance(pack)).unwrap_or_else(|p| Err(p.into()))
+                        let (st, inspected) = &mut **st;
+                        crate::contain::run(|| st.advance(pack, inspected))
+                            .unwrap_or_else(|p| Err(p.into()))
                     }
                     None => Ok(()),
                 };
@@ -1024,11 +1044,10 @@ impl PackReading {
     /// Moves reading to a thread of its own. Not the shard's blocking pool: a push that
     /// arrives slowly would hold it for as long, and other pushes verify there.
     fn away(
-        mut stream: crate::git::pack::PackStream,
+        (mut stream, mut inspected): (crate::git::pack::PackStream, Inspected),
         view: spool::SpoolView,
         at: usize,
         slot: ReaderSlot,
-        hash_threads: usize,
     ) -> PackReading {
         use crate::git::pack::PackError;
         use std::sync::atomic::Ordering;
@@ -1048,7 +1067,6 @@ impl PackReading {
                 let _contained = crate::contain::run(move || {
                     let _slot = slot;
                     unpin_this_thread();
-                    stream.use_hash_threads(hash_threads);
                     let mut last = at;
                     let mut error = None;
                     while let Ok(mut len) = rx.recv() {
@@ -1068,12 +1086,12 @@ impl PackReading {
                             upto = (upto + READ_STEP_BYTES).min(len);
                             view.populate(from..upto);
                             let r = match view.get(at..upto) {
-                                Some(b) => stream.advance(b),
+                                Some(b) => stream.advance(b, &mut inspected),
                                 None => Err(PackError::Truncated),
                             };
                             error = r.err();
                             let found = stream.resolved_since(reported);
-                            reported = stream.ready();
+                            reported = stream.entries();
                             if !found.is_empty() {
                                 let _ = ready_tx.send(found);
                             }
@@ -1087,7 +1105,7 @@ impl PackReading {
                     }
                     let r = match (error, view.get(at..last)) {
                         (Some(e), _) => Err(e),
-                        (None, Some(b)) => stream.finish(b),
+                        (None, Some(b)) => stream.finish(b, &mut inspected).map(|e| (e, inspected)),
                         (None, None) => Err(PackError::Truncated),
                     };
                     let _ = done_tx.send(r);
@@ -1121,8 +1139,14 @@ impl PackReading {
             PackReading::Here { error: Some(e), .. } => Err(e),
             PackReading::Here {
                 stream: Some(st), ..
-            } => crate::contain::run(|| st.finish(body.get(at..).unwrap_or_default()))
-                .unwrap_or_else(|p| Err(p.into())),
+            } => {
+                let (st, mut inspected) = *st;
+                crate::contain::run(move || {
+                    st.finish(body.get(at..).unwrap_or_default(), &mut inspected)
+                        .map(|e| (e, inspected))
+                })
+                .unwrap_or_else(|p| Err(p.into()))
+            }
             PackReading::Here { .. } => Err(crate::git::pack::PackError::Truncated),
             PackReading::Away { tx, result, .. } => {
                 let _ = tx.send(body.len());
@@ -1346,8 +1370,9 @@ async fn receive_body<B: Backend + 'static>(
     let mut trailer = crate::git::pack::Trailer::new();
     let mut hashed_to = 0;
     let mut reading = PackReading::Here {
-        stream: Some(Box::new(crate::git::pack::PackStream::without_trailer(
-            limits,
+        stream: Some(Box::new((
+            crate::git::pack::PackStream::without_trailer(limits),
+            Inspected::new(ctx.fsck.clone()),
         ))),
         error: None,
     };
@@ -1356,6 +1381,7 @@ async fn receive_body<B: Backend + 'static>(
     let mut staged = None;
     let mut stage_considered = !stage;
     let mut aside = AsideWriter::new(ctx, repo, aside);
+    let mut objects_charged = false;
     let arriving = std::time::Instant::now();
     let received: Result<(), Refusal> = async {
         loop {
@@ -1424,7 +1450,15 @@ async fn receive_body<B: Backend + 'static>(
                 }
             }
             if let Some(at) = pack_at {
-                reading.advance(&got, at, ctx.limits.pack_hash_threads);
+                if !objects_charged {
+                    if let Some(count) = got.as_slice().get(at + 8..at + 12) {
+                        objects_charged = true;
+                        let count = u32::from_be_bytes([count[0], count[1], count[2], count[3]]);
+                        // More than the limit: the reader refuses the pack by name.
+                        held.merge(charge_objects(ctx, count.min(limits.objects_max))?);
+                    }
+                }
+                reading.advance(&got, at);
                 // From the piece itself where it holds all that is new (every piece
                 // after the one the pack starts in).
                 let (from, end) = (hashed_to.max(at), got.len());

@@ -38,8 +38,9 @@ pub enum Command {
     },
     /// The ref transaction of a push to instance `id` of `repo`. `objects`: what the
     /// push stored (every node holds them before applying the entry). `forward`: the
-    /// proposer found that every change creates a ref or moves it to a descendant
-    /// (absent in entries written before it existed: then not known, so false).
+    /// proposer found that every change creates a ref or moves it to a descendant and
+    /// that the push stored nothing the new tips do not reach (absent in entries
+    /// written before it existed: then not known, so false).
     UpdateRefs {
         push: String,
         repo: String,

@@ -98,6 +98,24 @@ pub fn mode(path: &Path) -> u32 {
 pub mod packs;
 pub mod region;
 
+/// Runs `git args` in `dir` with `input` on its stdin; it must succeed.
+pub fn git_stdin(dir: &Path, args: &[&str], input: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("git");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
+    assert!(child.wait().expect("wait").success(), "git {args:?}");
+}
+
 /// The anonymous resident memory of process `pid` (RssAnon, /proc), in KiB.
 pub fn rss_anon_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

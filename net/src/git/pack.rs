@@ -87,28 +87,14 @@ pub struct Entry {
     pub data: std::ops::Range<usize>,
     /// For whole objects: the id, computed while the entry was first inflated.
     pub oid: Option<Oid>,
-    /// For whole commits, trees and tags: the content (kept for connectivity checks).
-    /// Also for deltas resolved while the pack arrived.
-    pub content: Option<Vec<u8>>,
     /// An OFS_DELTA resolved while the pack arrived (its id is then in `oid`).
     pub delta: Option<EarlyDelta>,
 }
 
 impl Entry {
     /// The object, if its id is known already (a whole object, or a delta resolved
-    /// while the pack arrived); without its content.
+    /// while the pack arrived).
     pub fn resolved(&self) -> Option<Resolved> {
-        self.resolution(None)
-    }
-
-    /// [`Entry::resolved`] with the content (commits, trees, tags), moved out of the
-    /// entry: a push's trees and commits are held once, not twice.
-    pub fn into_resolved(mut self) -> Option<Resolved> {
-        let content = self.content.take();
-        self.resolution(content)
-    }
-
-    fn resolution(&self, content: Option<Vec<u8>>) -> Option<Resolved> {
         let oid = self.oid?;
         let (kind, object_size, base) = match (self.kind, self.delta) {
             (EntryKind::Full(k), _) => (k, self.size, None),
@@ -122,7 +108,6 @@ impl Entry {
             entry_size: self.size,
             base,
             data: self.data.clone(),
-            content,
         })
     }
 }
@@ -137,8 +122,19 @@ pub struct EarlyDelta {
 }
 
 /// Whole objects up to this size stay in memory after they are read, as bases for the
-/// deltas that follow them ([`PackStream`]); larger bases are inflated again.
+/// deltas that follow them ([`PackStream`]); larger bases are inflated again (their
+/// whole chain). Blobs past the first size are rarely bases; trees are, in chains (a
+/// directory of 10,000 entries is a tree of 400 KB).
 const BASE_CACHE_OBJECT_MAX: u64 = 256 << 10;
+const BASE_CACHE_TREE_MAX: u64 = 4 << 20;
+
+/// Whether an object of `kind` and `size` is kept as a base.
+fn cached_as_base(kind: ObjectKind, size: u64) -> bool {
+    size <= match kind {
+        ObjectKind::Blob => BASE_CACHE_OBJECT_MAX,
+        _ => BASE_CACHE_TREE_MAX,
+    }
+}
 /// Most bytes of such bases held at once (the oldest go first).
 const BASE_CACHE_BYTES_MAX: usize = 32 << 20;
 
@@ -153,8 +149,19 @@ pub struct Resolved {
     pub base: Option<Oid>,
     /// Range of the deflated entry data in the pack.
     pub data: std::ops::Range<usize>,
-    /// The content of commits, trees and tags (for connectivity checks); blobs: `None`.
-    pub content: Option<Vec<u8>>,
+}
+
+/// Sees each commit, tree and tag of a pack once, as its content comes out of the
+/// pack (read whole, or a delta resolved), with its id. Readers keep no content past
+/// that: a push holds a few dozen bytes per object, not its trees (git.git's history
+/// inflates to 2.6 GB of trees).
+pub trait Inspect {
+    fn inspect(&mut self, oid: &Oid, kind: ObjectKind, content: &[u8]);
+}
+
+/// Reading without looking at contents.
+impl Inspect for () {
+    fn inspect(&mut self, _: &Oid, _: ObjectKind, _: &[u8]) {}
 }
 
 fn kind_of(v: u8) -> Option<ObjectKind> {
@@ -212,11 +219,16 @@ pub fn object_id(kind: ObjectKind, content: &[u8]) -> Result<Oid, PackError> {
     hash(kind, content)
 }
 
-/// Reads every entry header of `pack` and checks its framing and trailer.
-pub fn read_entries(pack: &[u8], limits: &Limits) -> Result<Vec<Entry>, PackError> {
+/// Reads every entry header of `pack` and checks its framing and trailer; `inspect`
+/// sees the commits, trees and tags it reads whole or resolves on the way.
+pub fn read_entries(
+    pack: &[u8],
+    limits: &Limits,
+    inspect: &mut dyn Inspect,
+) -> Result<Vec<Entry>, PackError> {
     let mut s = PackStream::new(*limits);
-    s.advance(pack)?;
-    s.finish(pack)
+    s.advance(pack, inspect)?;
+    s.finish(pack, inspect)
 }
 
 /// The entry being inflated while its bytes arrive.
@@ -226,7 +238,8 @@ struct Inflating {
     size: u64,
     data_start: usize,
     z: flate2::Decompress,
-    /// Content of whole commits, trees and tags (blobs and deltas are not kept).
+    /// The content, while it is inflated: of whole objects small enough to be kept as
+    /// bases, commits, trees and tags (inspected), and OFS_DELTAs (resolved at once).
     kept: Option<Vec<u8>>,
     /// The object id being computed, for whole objects.
     oid: Hashing,
@@ -236,70 +249,6 @@ struct Inflating {
 enum Hashing {
     None,
     Inline(Box<sha1dc::Hasher>),
-    /// By hashing thread `n` (see [`PackStream::use_hash_threads`]).
-    Away(usize),
-}
-
-/// What a hashing thread is told: an object starts (its entry index and header), its
-/// content, its end.
-enum HashMsg {
-    Begin(usize, Vec<u8>),
-    Data(Vec<u8>),
-    End,
-}
-
-/// Threads that hash whole objects for a [`PackStream`], an object each in turn.
-struct Hashers {
-    to: Vec<std::sync::mpsc::Sender<HashMsg>>,
-    results: std::sync::mpsc::Receiver<(usize, Result<Oid, PackError>)>,
-    next: usize,
-}
-
-impl Hashers {
-    fn start(n: usize) -> Option<Hashers> {
-        let (res_tx, results) = std::sync::mpsc::channel();
-        let mut to = Vec::new();
-        for _ in 0..n {
-            let (tx, rx) = std::sync::mpsc::channel::<HashMsg>();
-            let res_tx = res_tx.clone();
-            std::thread::Builder::new()
-                .name("pack-hasher".into())
-                .spawn(move || {
-                    // A bug here costs this push only (dropping `res_tx` fails it).
-                    let _contained = crate::contain::run(move || {
-                        let mut cur: Option<(usize, sha1dc::Hasher)> = None;
-                        for msg in rx {
-                            match msg {
-                                HashMsg::Begin(i, header) => {
-                                    let mut h = sha1dc::Hasher::new();
-                                    h.update(&header);
-                                    cur = Some((i, h));
-                                }
-                                HashMsg::Data(d) => {
-                                    if let Some((_, h)) = cur.as_mut() {
-                                        h.update(&d);
-                                    }
-                                }
-                                HashMsg::End => {
-                                    if let Some((i, h)) = cur.take() {
-                                        if res_tx.send((i, finalize(h))).is_err() {
-                                            return;
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    });
-                })
-                .ok()?;
-            to.push(tx);
-        }
-        Some(Hashers {
-            to,
-            results,
-            next: 0,
-        })
-    }
 }
 
 /// The id a collision-detecting hasher computed, or the collision it found.
@@ -405,11 +354,6 @@ pub struct PackStream {
     bases: HashMap<usize, std::sync::Arc<[u8]>>,
     bases_order: std::collections::VecDeque<usize>,
     bases_bytes: usize,
-    /// Threads hashing whole objects, if any, and the entries whose ids they owe.
-    hashers: Option<Hashers>,
-    in_flight: std::collections::BTreeSet<usize>,
-    /// Ids that came back before their entry was added.
-    early_oids: HashMap<usize, Oid>,
     current: Option<Inflating>,
     /// The inflater of the last entry, reset for the next (a new one per entry cost an
     /// allocation of its state and window each).
@@ -515,9 +459,6 @@ impl PackStream {
             bases: HashMap::new(),
             bases_order: Default::default(),
             bases_bytes: 0,
-            hashers: None,
-            in_flight: Default::default(),
-            early_oids: HashMap::new(),
             current: None,
             spare_z: None,
             trailer: Some(Trailer::new()),
@@ -530,11 +471,11 @@ impl PackStream {
         self.entries.len()
     }
 
-    /// The objects among entries `from..ready()` whose ids are known (whole objects,
-    /// and deltas resolved while the pack arrived), without their content.
+    /// The objects among entries `from..` whose ids are known (whole objects, and
+    /// deltas resolved while the pack arrived).
     pub fn resolved_since(&self, from: usize) -> Vec<Resolved> {
         self.entries
-            .get(from..self.ready().max(from))
+            .get(from..self.entries.len().max(from))
             .unwrap_or_default()
             .iter()
             .filter_map(Entry::resolved)
@@ -552,69 +493,22 @@ impl PackStream {
         }
     }
 
-    /// Hashes whole objects from now on on `n` threads of their own, an object each in
-    /// turn, while this one inflates the next entries: SHA-1 with collision detection
-    /// is most of a reader's work. Their ids arrive later; [`PackStream::ready`] says
-    /// up to which entry every id is known. Without threads to start, hashes inline.
-    pub fn use_hash_threads(&mut self, n: usize) {
-        if n > 0 && self.hashers.is_none() {
-            self.hashers = Hashers::start(n);
-        }
-    }
-
-    /// Entries `..ready()` have every id they will get while the pack arrives.
-    pub fn ready(&self) -> usize {
-        self.in_flight
-            .iter()
-            .next()
-            .copied()
-            .unwrap_or(self.entries.len())
-    }
-
-    /// Takes the ids the hashing threads computed; with `wait`, until entry `wait`'s.
-    fn collect(&mut self, wait: Option<usize>) -> Result<(), PackError> {
-        let Some(h) = self.hashers.as_ref() else {
-            return Ok(());
-        };
-        loop {
-            let next = match wait {
-                Some(i) if self.in_flight.contains(&i) => h.results.recv().ok(),
-                _ => match h.results.try_recv() {
-                    Ok(r) => Some(r),
-                    Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
-                    Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
-                },
-            };
-            let Some((i, r)) = next else {
-                return if self.in_flight.is_empty() {
-                    Ok(())
-                } else {
-                    Err(PackError::Header("a pack hashing thread failed"))
-                };
-            };
-            let oid = r?;
-            match self.entries.get_mut(i) {
-                Some(e) => e.oid = Some(oid),
-                None => {
-                    self.early_oids.insert(i, oid);
-                }
-            }
-            self.in_flight.remove(&i);
-        }
-    }
-
     /// Parses what `buf` (all pack bytes received so far) allows.
-    pub fn advance(&mut self, buf: &[u8]) -> Result<(), PackError> {
+    pub fn advance(&mut self, buf: &[u8], inspect: &mut dyn Inspect) -> Result<(), PackError> {
         let avail = buf.len().saturating_sub(20);
-        self.step(buf, avail)?;
-        self.collect(None)?;
+        self.step(buf, avail, inspect)?;
         if let Some(t) = self.trailer.as_mut() {
             t.hash_upto(buf, self.pos);
         }
         Ok(())
     }
 
-    fn step(&mut self, buf: &[u8], avail: usize) -> Result<(), PackError> {
+    fn step(
+        &mut self,
+        buf: &[u8],
+        avail: usize,
+        inspect: &mut dyn Inspect,
+    ) -> Result<(), PackError> {
         if self.count.is_none() {
             if avail < 12 {
                 return Ok(());
@@ -644,24 +538,16 @@ impl PackStream {
                 else {
                     return Ok(());
                 };
-                let oid = match (kind, self.hashers.as_mut()) {
-                    (EntryKind::Full(k), Some(h)) => {
-                        let n = h.next % h.to.len();
-                        h.next += 1;
-                        let header = format!("{} {}\0", k.name(), size).into_bytes();
-                        // A thread that is gone shows in `collect`.
-                        let _ = h.to[n].send(HashMsg::Begin(self.entries.len(), header));
-                        Hashing::Away(n)
-                    }
-                    (EntryKind::Full(k), None) => {
+                let oid = match kind {
+                    EntryKind::Full(k) => {
                         let mut h = sha1dc::Hasher::new();
                         h.update(format!("{} {}\0", k.name(), size).as_bytes());
                         Hashing::Inline(Box::new(h))
                     }
                     _ => Hashing::None,
                 };
-                // Commits, trees and tags for connectivity; small blobs as bases of
-                // deltas to come; OFS_DELTAs to resolve them at once.
+                // Commits, trees and tags to inspect; small blobs as bases of deltas
+                // to come; OFS_DELTAs to resolve them at once.
                 let keep = match kind {
                     EntryKind::Full(ObjectKind::Blob) => size <= BASE_CACHE_OBJECT_MAX,
                     EntryKind::Full(_) | EntryKind::OfsDelta { .. } => true,
@@ -704,16 +590,8 @@ impl PackStream {
                     return Err(PackError::BadZlib { offset });
                 }
                 let out = &self.scratch[..produced];
-                match &mut cur.oid {
-                    Hashing::Inline(h) => {
-                        h.update(out);
-                    }
-                    Hashing::Away(n) if produced > 0 => {
-                        if let Some(h) = self.hashers.as_ref() {
-                            let _ = h.to[*n].send(HashMsg::Data(out.to_vec()));
-                        }
-                    }
-                    _ => {}
+                if let Hashing::Inline(h) = &mut cur.oid {
+                    h.update(out);
                 }
                 if let Some(k) = cur.kept.as_mut() {
                     k.extend_from_slice(out);
@@ -735,13 +613,6 @@ impl PackStream {
             let index = self.entries.len();
             let oid = match cur.oid {
                 Hashing::Inline(h) => Some(finalize(*h)?),
-                Hashing::Away(n) => {
-                    if let Some(h) = self.hashers.as_ref() {
-                        let _ = h.to[n].send(HashMsg::End);
-                    }
-                    self.in_flight.insert(index);
-                    None
-                }
                 Hashing::None => None,
             };
             let mut entry = Entry {
@@ -750,32 +621,31 @@ impl PackStream {
                 size: cur.size,
                 data: cur.data_start..end,
                 oid,
-                content: cur.kept,
                 delta: None,
             };
-            match entry.kind {
-                EntryKind::Full(ObjectKind::Blob) => {
-                    if let Some(c) = entry.content.take() {
-                        self.keep_base(index, c.into());
+            let kept = cur.kept;
+            match (entry.kind, kept, oid) {
+                (EntryKind::Full(kind), Some(content), Some(oid)) => {
+                    if kind != ObjectKind::Blob {
+                        inspect.inspect(&oid, kind, &content);
+                    }
+                    if cached_as_base(kind, entry.size) {
+                        self.keep_base(index, content.into());
                     }
                 }
-                EntryKind::OfsDelta { base_offset } => {
-                    let delta = entry.content.take().unwrap_or_default();
+                (EntryKind::OfsDelta { base_offset }, Some(delta), _) => {
                     if let Some((d, oid, content)) = self.resolve_early(buf, base_offset, &delta)? {
                         entry.oid = Some(oid);
                         entry.delta = Some(d);
                         if d.kind != ObjectKind::Blob {
-                            entry.content = Some(content.clone());
+                            inspect.inspect(&oid, d.kind, &content);
                         }
-                        if d.object_size <= BASE_CACHE_OBJECT_MAX {
+                        if cached_as_base(d.kind, d.object_size) {
                             self.keep_base(index, content.into());
                         }
                     }
                 }
                 _ => {}
-            }
-            if let Some(oid) = self.early_oids.remove(&index) {
-                entry.oid = Some(oid);
             }
             self.entries.push(entry);
             self.starts.insert(cur.offset);
@@ -818,9 +688,6 @@ impl PackStream {
         if let Some(c) = self.bases.get(&index) {
             return Some((kind, oid, c.clone()));
         }
-        if let Some(c) = &e.content {
-            return Some((kind, oid, c.as_slice().into()));
-        }
         let data = inflate_prefix(buf.get(e.data.clone())?, e.size)?.0;
         let content = match e.kind {
             EntryKind::OfsDelta { base_offset } => {
@@ -846,8 +713,6 @@ impl PackStream {
         let Some(&base_index) = self.by_offset.get(&base_offset) else {
             return Ok(None);
         };
-        // Its base's id may still be on a hashing thread.
-        self.collect(Some(base_index))?;
         let Some((kind, base, content)) = self.content_of(buf, base_index, 1) else {
             return Ok(None);
         };
@@ -868,12 +733,16 @@ impl PackStream {
 
     /// Everything has arrived in `buf`: parses the rest, then checks the count and the
     /// trailer.
-    pub fn finish(mut self, buf: &[u8]) -> Result<Vec<Entry>, PackError> {
+    pub fn finish(
+        mut self,
+        buf: &[u8],
+        inspect: &mut dyn Inspect,
+    ) -> Result<Vec<Entry>, PackError> {
         if buf.len() < 12 + 20 {
             return Err(PackError::Truncated);
         }
         let body_end = buf.len() - 20;
-        self.step(buf, body_end)?;
+        self.step(buf, body_end, inspect)?;
         let count = self.count.unwrap_or(0);
         if self.current.is_some() {
             return Err(PackError::BadZlib {
@@ -899,25 +768,20 @@ impl PackStream {
                 found: self.entries.len() as u32,
             });
         }
-        // Every id still on a hashing thread.
-        while let Some(&i) = self.in_flight.iter().next() {
-            self.collect(Some(i))?;
-        }
         Ok(self.entries)
     }
 }
 
-/// The entries of a pack read while it arrived, or why it was refused.
-pub type PackRead = Result<Vec<Entry>, PackError>;
-
 /// Resolves every delta and computes every object id. `external(oid)` gives the
-/// content of an object the repository already has (bases of a thin pack). Objects
-/// the pack carries twice are kept once.
+/// content of an object the repository already has (bases of a thin pack). `inspect`
+/// sees the commits, trees and tags whose ids were not known yet (the reader showed it
+/// the others). Objects the pack carries twice are kept once.
 pub fn resolve(
     pack: &[u8],
-    mut entries: Vec<Entry>,
+    entries: Vec<Entry>,
     limits: &Limits,
     mut external: impl FnMut(&Oid) -> Option<(ObjectKind, Vec<u8>)>,
+    inspect: &mut dyn Inspect,
 ) -> Result<Vec<Resolved>, PackError> {
     // Every delta resolved while the pack arrived (the usual case): nothing to do.
     if entries
@@ -928,17 +792,13 @@ pub fn resolve(
         // grows (for a pack of half a million objects, 100 MiB more at the peak).
         let mut seen: foldhash::HashSet<Oid> = foldhash::HashSetExt::with_capacity(entries.len());
         let mut out = Vec::with_capacity(entries.len());
-        for r in entries.into_iter().filter_map(Entry::into_resolved) {
+        for r in entries.iter().filter_map(Entry::resolved) {
             if seen.insert(r.oid) {
                 out.push(r);
             }
         }
         return Ok(out);
     }
-    // The contents read while the pack arrived move out of the entries (each is
-    // needed once: a root's, to start its chain).
-    let mut contents: Vec<Option<Vec<u8>>> = entries.iter_mut().map(|e| e.content.take()).collect();
-    let entries = entries;
     let by_offset: HashMap<usize, usize> = entries
         .iter()
         .enumerate()
@@ -967,9 +827,9 @@ pub fn resolve(
                 kind: ObjectKind,
                 base: Option<Oid>,
                 resolved: &mut Vec<Option<Resolved>>,
-                ref_children: &mut HashMap<Oid, Vec<usize>>|
-     -> Result<Vec<(Oid, ObjectKind)>, PackError> {
-        let mut newly = Vec::new();
+                ref_children: &mut HashMap<Oid, Vec<usize>>,
+                inspect: &mut dyn Inspect|
+     -> Result<(), PackError> {
         let mut stack = vec![(start, content, base, 0usize)];
         while let Some((i, content, base, depth)) = stack.pop() {
             if depth > limits.delta_depth_max {
@@ -977,6 +837,9 @@ pub fn resolve(
             }
             let e = &entries[i];
             let oid = hash(kind, &content)?;
+            if kind != ObjectKind::Blob && e.oid.is_none() {
+                inspect.inspect(&oid, kind, &content);
+            }
             resolved[i] = Some(Resolved {
                 oid,
                 kind,
@@ -984,9 +847,7 @@ pub fn resolve(
                 entry_size: e.size,
                 base,
                 data: e.data.clone(),
-                content: (kind != ObjectKind::Blob).then(|| content.clone()),
             });
-            newly.push((oid, kind));
             let mut kids: Vec<usize> = ofs_children.get(&i).cloned().unwrap_or_default();
             kids.extend(ref_children.remove(&oid).unwrap_or_default());
             for k in kids {
@@ -1004,7 +865,7 @@ pub fn resolve(
                 stack.push((k, out, Some(oid), depth + 1));
             }
         }
-        Ok(newly)
+        Ok(())
     };
 
     for &i in &roots {
@@ -1023,19 +884,21 @@ pub fn resolve(
                 entry_size: e.size,
                 base: None,
                 data: e.data.clone(),
-                content: contents[i].take(),
             });
             continue;
         }
-        let content = match contents[i].take() {
-            Some(c) => c,
-            None => {
-                inflate_prefix(&pack[e.data.clone()], e.size)
-                    .ok_or(PackError::BadZlib { offset: e.offset })?
-                    .0
-            }
-        };
-        walk(i, content, kind, None, &mut resolved, &mut ref_children)?;
+        let content = inflate_prefix(&pack[e.data.clone()], e.size)
+            .ok_or(PackError::BadZlib { offset: e.offset })?
+            .0;
+        walk(
+            i,
+            content,
+            kind,
+            None,
+            &mut resolved,
+            &mut ref_children,
+            inspect,
+        )?;
     }
     // REF_DELTA bases outside the pack (thin pack) or never resolved.
     while let Some(base) = ref_children.keys().next().copied() {
@@ -1054,7 +917,15 @@ pub fn resolve(
                     reason,
                 }
             })?;
-            walk(k, out, kind, Some(base), &mut resolved, &mut ref_children)?;
+            walk(
+                k,
+                out,
+                kind,
+                Some(base),
+                &mut resolved,
+                &mut ref_children,
+                inspect,
+            )?;
         }
     }
     if resolved.iter().any(Option::is_none) {
@@ -1113,9 +984,6 @@ pub fn content_of(
                 _ => return Ok(None),
             }
         };
-        if let Some(c) = &r.content {
-            break c.clone();
-        }
         match r.base {
             None => break inflated(r)?,
             Some(base) => {
@@ -1407,9 +1275,9 @@ mod tests {
             ofs(1, da.len(), &dda),
         ]);
         let limits = Limits::default();
-        let entries = read_entries(&pack, &limits).expect("entries");
+        let entries = read_entries(&pack, &limits, &mut ()).expect("entries");
         assert_eq!(entries.len(), 3);
-        let r = resolve(&pack, entries.clone(), &limits, |_| None).expect("resolves");
+        let r = resolve(&pack, entries.clone(), &limits, |_| None, &mut ()).expect("resolves");
         let ids: Vec<_> = r.iter().map(|r| r.oid).collect();
         assert!(ids.contains(&a_id) && ids.contains(&b_id));
         let c = r.iter().find(|r| r.base == Some(b_id)).expect("c");
@@ -1418,6 +1286,16 @@ mod tests {
             object_id(ObjectKind::Blob, b"hello world!?").expect("id")
         );
         assert_eq!(c.kind, ObjectKind::Blob);
+    }
+
+    /// What an [`Inspect`] was shown, in order.
+    #[derive(Default)]
+    struct Seen(Vec<(Oid, ObjectKind, Vec<u8>)>);
+
+    impl Inspect for Seen {
+        fn inspect(&mut self, oid: &Oid, kind: ObjectKind, content: &[u8]) {
+            self.0.push((*oid, kind, content.to_vec()));
+        }
     }
 
     /// The same pack resolved with what was resolved while it arrived forgotten: the
@@ -1429,12 +1307,11 @@ mod tests {
             .map(|mut e| {
                 if e.delta.take().is_some() {
                     e.oid = None;
-                    e.content = None;
                 }
                 e
             })
             .collect();
-        resolve(pack, forgotten, limits, |_| None).expect("resolves late")
+        resolve(pack, forgotten, limits, |_| None, &mut ()).expect("resolves late")
     }
 
     #[test]
@@ -1488,29 +1365,21 @@ mod tests {
             ofs(5, deltas[2].len(), &dd[2]),
         ]);
         let limits = Limits::default();
-        // Fed a few bytes at a time, as it arrives; hashed inline and on threads.
-        let read = |threads: usize| {
-            let mut st = PackStream::new(limits);
-            st.use_hash_threads(threads);
-            let mut ready = 0;
-            for end in (0..pack.len()).step_by(7) {
-                st.advance(&pack[..end]).expect("advance");
-                assert!(st.ready() >= ready, "ready only grows");
-                ready = st.ready();
-                assert!(st.resolved_since(0).iter().all(|r| r.content.is_none()));
-            }
-            st.finish(&pack).expect("entries")
-        };
-        let entries = read(0);
-        assert_eq!(read(2), entries, "the same entries with hashing threads");
-        assert_eq!(read(1), entries);
+        // Fed a few bytes at a time, as it arrives.
+        let mut seen = Seen::default();
+        let mut st = PackStream::new(limits);
+        for end in (0..pack.len()).step_by(7) {
+            st.advance(&pack[..end], &mut seen).expect("advance");
+        }
+        let entries = st.finish(&pack, &mut seen).expect("entries");
         assert!(
             entries
                 .iter()
                 .all(|e| matches!(e.kind, EntryKind::Full(_)) || e.delta.is_some()),
             "every OFS_DELTA resolved early: {entries:?}"
         );
-        let early = resolve(&pack, entries.clone(), &limits, |_| None).expect("resolves");
+        let early =
+            resolve(&pack, entries.clone(), &limits, |_| None, &mut seen).expect("resolves");
         assert_eq!(early, resolve_late(&pack, &entries, &limits));
         let id = |k, c: &[u8]| object_id(k, c).expect("id");
         let c_id = id(ObjectKind::Blob, &c);
@@ -1523,10 +1392,14 @@ mod tests {
             .iter()
             .find(|r| r.oid == id(ObjectKind::Tree, &tree2))
             .expect("tree delta");
-        assert_eq!(t.content.as_deref(), Some(tree2.as_slice()));
-        assert!(early
-            .iter()
-            .all(|r| (r.kind == ObjectKind::Blob) == r.content.is_none()));
+        // The trees, each shown once, with its content; no blob.
+        assert_eq!(
+            seen.0,
+            vec![
+                (id(ObjectKind::Tree, &tree), ObjectKind::Tree, tree.clone()),
+                (t.oid, ObjectKind::Tree, tree2.clone())
+            ]
+        );
     }
 
     #[test]
@@ -1542,14 +1415,16 @@ mod tests {
             let mut st = PackStream::without_trailer(limits);
             let mut t = Trailer::new();
             for end in (0..pack.len()).step_by(5) {
-                st.advance(&pack[..end]).expect("advance");
+                st.advance(&pack[..end], &mut ()).expect("advance");
                 t.feed(&pack[..end]);
             }
-            let entries = st.finish(pack).expect("entries, trailer unchecked");
+            let entries = st
+                .finish(pack, &mut ())
+                .expect("entries, trailer unchecked");
             assert_eq!(t.check(pack).is_ok(), ok);
-            assert_eq!(read_entries(pack, &limits).is_ok(), ok);
+            assert_eq!(read_entries(pack, &limits, &mut ()).is_ok(), ok);
             if ok {
-                assert_eq!(Ok(entries), read_entries(pack, &limits));
+                assert_eq!(Ok(entries), read_entries(pack, &limits, &mut ()));
             }
         }
         assert_eq!(Trailer::new().check(&good[..20]), Err(PackError::Truncated));
@@ -1591,10 +1466,10 @@ mod tests {
             ofs(0, bad.len(), &dbad),
         ]);
         let limits = Limits::default();
-        let entries = read_entries(&pack, &limits).expect("entries");
+        let entries = read_entries(&pack, &limits, &mut ()).expect("entries");
         assert!(entries[1].delta.is_none());
         assert!(matches!(
-            resolve(&pack, entries.clone(), &limits, |_| None),
+            resolve(&pack, entries.clone(), &limits, |_| None, &mut ()),
             Err(PackError::BadDelta { .. })
         ));
     }
@@ -1611,14 +1486,18 @@ mod tests {
             deflated: &dd,
         }]);
         let limits = Limits::default();
-        let entries = read_entries(&pack, &limits).expect("entries");
-        let r = resolve(&pack, entries.clone(), &limits, |o| {
-            (o == &base_id).then(|| (ObjectKind::Blob, base.clone()))
-        })
+        let entries = read_entries(&pack, &limits, &mut ()).expect("entries");
+        let r = resolve(
+            &pack,
+            entries.clone(),
+            &limits,
+            |o| (o == &base_id).then(|| (ObjectKind::Blob, base.clone())),
+            &mut (),
+        )
         .expect("thin");
         assert_eq!(r.len(), 1);
         assert!(matches!(
-            resolve(&pack, entries.clone(), &limits, |_| None),
+            resolve(&pack, entries.clone(), &limits, |_| None, &mut ()),
             Err(PackError::MissingBase(_))
         ));
     }
@@ -1636,7 +1515,10 @@ mod tests {
         let mut bad = good.clone();
         let n = bad.len();
         bad[n - 1] ^= 1;
-        assert_eq!(read_entries(&bad, &limits), Err(PackError::BadTrailer));
+        assert_eq!(
+            read_entries(&bad, &limits, &mut ()),
+            Err(PackError::BadTrailer)
+        );
         // wrong count (header says 2); recompute the trailer so only the count is wrong
         let mut bad = good[..good.len() - 20].to_vec();
         bad[11] = 2;
@@ -1646,12 +1528,12 @@ mod tests {
             .to_vec();
         bad.extend(t);
         assert!(matches!(
-            read_entries(&bad, &limits),
+            read_entries(&bad, &limits, &mut ()),
             Err(PackError::WrongCount { .. })
         ));
         // truncated
-        assert!(read_entries(&good[..20], &limits).is_err());
-        assert!(read_entries(b"JUNK00000000000000000000000000000000", &limits).is_err());
+        assert!(read_entries(&good[..20], &limits, &mut ()).is_err());
+        assert!(read_entries(b"JUNK00000000000000000000000000000000", &limits, &mut ()).is_err());
         // a declared 4 GiB object is refused from its header
         let mut big = Vec::new();
         big.extend_from_slice(b"PACK\0\0\0\x02\0\0\0\x01");
@@ -1663,7 +1545,7 @@ mod tests {
             .to_vec();
         big.extend(t);
         assert!(matches!(
-            read_entries(&big, &limits),
+            read_entries(&big, &limits, &mut ()),
             Err(PackError::TooLarge { .. })
         ));
         // OFS_DELTA pointing before the pack start
@@ -1678,7 +1560,7 @@ mod tests {
             .to_vec();
         ofs.extend(t);
         assert!(matches!(
-            read_entries(&ofs, &limits),
+            read_entries(&ofs, &limits, &mut ()),
             Err(PackError::BadOfsBase { .. })
         ));
     }
@@ -1705,15 +1587,19 @@ mod tests {
         entries.push(ofs(20, delta.len(), &dd));
         let pack = pack_of(&entries);
         let limits = Limits::default();
-        let whole = read_entries(&pack, &limits).expect("whole");
+        let whole = read_entries(&pack, &limits, &mut ()).expect("whole");
         for chunk in [1usize, 7, 100, 4096, 65536] {
             let mut s = PackStream::new(limits);
             let mut got = Vec::new();
             for piece in pack.chunks(chunk) {
                 got.extend_from_slice(piece);
-                s.advance(&got).expect("advance");
+                s.advance(&got, &mut ()).expect("advance");
             }
-            assert_eq!(s.finish(&got).expect("finish"), whole, "chunks of {chunk}");
+            assert_eq!(
+                s.finish(&got, &mut ()).expect("finish"),
+                whole,
+                "chunks of {chunk}"
+            );
         }
         // Cut short anywhere: an error at finish, never a panic.
         for cut in [
@@ -1726,8 +1612,8 @@ mod tests {
             pack.len() - 1,
         ] {
             let mut s = PackStream::new(limits);
-            let _ = s.advance(&pack[..cut]);
-            assert!(s.finish(&pack[..cut]).is_err(), "cut at {cut}");
+            let _ = s.advance(&pack[..cut], &mut ());
+            assert!(s.finish(&pack[..cut], &mut ()).is_err(), "cut at {cut}");
         }
     }
 
@@ -1749,8 +1635,8 @@ mod tests {
             },
         ]);
         let limits = Limits::default();
-        let entries = read_entries(&pack, &limits).expect("framing is fine");
-        assert!(resolve(&pack, entries.clone(), &limits, |_| None).is_err());
+        let entries = read_entries(&pack, &limits, &mut ()).expect("framing is fine");
+        assert!(resolve(&pack, entries.clone(), &limits, |_| None, &mut ()).is_err());
     }
 
     #[test]

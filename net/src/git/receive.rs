@@ -1,10 +1,11 @@
 //! receive-pack: ref advertisement, push request parsing, verification and the
 //! report. A push is verified entirely before anything becomes visible: every object's
-//! id is recomputed (deltas resolved, thin-pack bases from the repository), every new
-//! tip must be connected to objects the repository has, each ref update is a
-//! compare-and-swap on its old value, non-fast-forward updates are refused unless the
-//! repository allows them. Only objects reachable from the new tips are stored, so every
-//! stored object's closure is complete (the walk stops at stored objects).
+//! id is recomputed (deltas resolved, thin-pack bases from the repository), every
+//! commit, tree and tag is checked as git's `receive.fsckObjects` does, everything a
+//! pushed object names must be pushed or stored (as git's `index-pack --strict`), each
+//! ref update is a compare-and-swap on its old value, non-fast-forward updates are
+//! refused unless the repository allows them. So every stored object's closure is
+//! complete. A push holds no object's content past its inspection ([`Inspected`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -324,25 +325,111 @@ pub enum Special {
     Gitattributes,
 }
 
-/// git's `receive.fsckObjects` over a resolved pack (pure): every commit, tree and tag
-/// it carries, then the `.gitmodules` and `.gitattributes` blobs the trees name that
-/// it carries too. Returns those it does not carry (stored already: the caller reads
-/// them and calls [`check_special`]), or the first fatal finding, as git words it.
-pub fn fsck_pack(
+/// The entries of a pack read while it arrived and what its objects told, or why it
+/// was refused.
+pub type PackRead = Result<(Vec<pack::Entry>, Inspected), pack::PackError>;
+
+/// What a push's commits, trees and tags tell, gathered as the pack reader sees each
+/// (their contents are not kept, see [`pack::Inspect`]): git's `receive.fsckObjects`
+/// verdict on each, what each names, and each commit's parents. A few dozen bytes per
+/// object, plus at most [`REMEMBER_BYTES_MAX`] of contents kept for the node's cache.
+pub struct Inspected {
+    opts: std::sync::Arc<fsck::Options>,
+    checked: fsck::Checked,
+    /// The first fatal finding, as git words it.
+    refused: Option<String>,
+    /// Every object a pushed commit, tree or tag names, with the kind it names it as.
+    named: foldhash::HashMap<Oid, ObjectKind>,
+    /// Each pushed commit's parents.
+    parents: foldhash::HashMap<Oid, Box<[Oid]>>,
+    /// Trees and commits for the node's cache ([`Backend::remember`]), first come.
+    kept: Vec<(Oid, ObjectKind, Vec<u8>)>,
+    kept_bytes: usize,
+}
+
+impl std::fmt::Debug for Inspected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inspected")
+            .field("named", &self.named.len())
+            .field("commits", &self.parents.len())
+            .field("refused", &self.refused)
+            .finish()
+    }
+}
+
+impl Inspected {
+    pub fn new(opts: std::sync::Arc<fsck::Options>) -> Inspected {
+        Inspected {
+            opts,
+            checked: fsck::Checked::default(),
+            refused: None,
+            named: Default::default(),
+            parents: Default::default(),
+            kept: Vec::new(),
+            kept_bytes: 0,
+        }
+    }
+
+    fn refuse(&mut self, why: String) {
+        self.refused.get_or_insert(why);
+    }
+}
+
+impl pack::Inspect for Inspected {
+    fn inspect(&mut self, oid: &Oid, kind: ObjectKind, content: &[u8]) {
+        if self.refused.is_some() {
+            return;
+        }
+        if let Err(f) = fsck::check(kind, content, &self.opts, &mut self.checked) {
+            return self.refuse(format!("object {}: {f}", hex(oid)));
+        }
+        let l = match links(kind, content) {
+            Ok(l) => l,
+            Err(e) => return self.refuse(format!("object {}: {e}", hex(oid))),
+        };
+        for (target, as_kind) in l.targets {
+            match self.named.entry(target) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(as_kind);
+                }
+                std::collections::hash_map::Entry::Occupied(o) if *o.get() != as_kind => {
+                    let first = *o.get();
+                    return self.refuse(format!(
+                        "object {} is named as a {} and as a {}",
+                        hex(&target),
+                        first.name(),
+                        as_kind.name()
+                    ));
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {}
+            }
+        }
+        if kind == ObjectKind::Commit {
+            self.parents.insert(*oid, l.parents.into_boxed_slice());
+        }
+        if self.kept_bytes + content.len() <= REMEMBER_BYTES_MAX {
+            self.kept_bytes += content.len();
+            self.kept.push((*oid, kind, content.to_vec()));
+        }
+    }
+}
+
+/// The rest of `receive.fsckObjects` once every object is resolved: the `.gitmodules`
+/// and `.gitattributes` blobs the pushed trees name and the pack carries. Returns those
+/// it does not carry (stored already: the caller reads them and calls
+/// [`check_special`]), or the first fatal finding, as git words it.
+pub fn fsck_special(
     pack: &[u8],
     resolved: &[Resolved],
     index: &HashMap<Oid, usize>,
-    opts: &fsck::Options,
+    inspected: &Inspected,
     limits: &Limits,
     external: &mut dyn FnMut(&Oid) -> Option<Vec<u8>>,
 ) -> Result<Vec<(Oid, Special)>, String> {
-    let mut checked = fsck::Checked::default();
-    for r in resolved {
-        if let Some(content) = &r.content {
-            fsck::check(r.kind, content, opts, &mut checked)
-                .map_err(|f| format!("object {}: {f}", hex(&r.oid)))?;
-        }
+    if let Some(why) = &inspected.refused {
+        return Err(why.clone());
     }
+    let checked = &inspected.checked;
     let special = checked
         .gitmodules
         .iter()
@@ -370,7 +457,7 @@ pub fn fsck_pack(
             &oid,
             Some((r.kind, r.object_size)),
             content.as_deref(),
-            opts,
+            &inspected.opts,
         )?;
     }
     Ok(stored)
@@ -439,7 +526,7 @@ pub async fn receive<B: Backend>(
     aside: Option<u64>,
     limits: &Limits,
     fsck_opts: &std::sync::Arc<fsck::Options>,
-    pre_read: Option<Result<Vec<pack::Entry>, pack::PackError>>,
+    pre_read: Option<PackRead>,
     mut progress: impl FnMut(String),
 ) -> Report {
     let commands = &req.commands;
@@ -450,16 +537,21 @@ pub async fn receive<B: Backend>(
 
     // Unpack and verify.
     let mut resolved: Vec<Resolved> = Vec::new();
+    let mut inspected = Inspected::new(fsck_opts.clone());
     if needs_pack || !pack_bytes.is_empty() {
         if pack_bytes.is_empty() {
             return Report::all_failed(commands, Err("missing pack".into()), "unpacker error");
         }
         // Entries already read while the pack arrived, or read now.
         let entries = match pre_read.unwrap_or_else(|| {
-            crate::contain::run(|| pack::read_entries(&pack_bytes, limits))
+            crate::contain::run(|| pack::read_entries(&pack_bytes, limits, &mut inspected))
                 .unwrap_or_else(|p| Err(p.into()))
+                .map(|e| (e, inspected))
         }) {
-            Ok(e) => e,
+            Ok((e, i)) => {
+                inspected = i;
+                e
+            }
             Err(e) => return Report::all_failed(commands, Err(e.to_string()), "unpacker error"),
         };
         progress(format!("Receiving objects: {} objects", entries.len()));
@@ -487,30 +579,40 @@ pub async fn receive<B: Backend>(
         }
         // Inflating and hashing a large pack takes seconds of CPU: off the executor, so
         // the shard keeps serving (raft heartbeats above all) meanwhile.
-        let (pack, limits_copy, opts) = (pack_bytes.clone(), *limits, fsck_opts.clone());
+        let (pack, limits_copy) = (pack_bytes.clone(), *limits);
         let resolution = glommio::executor()
             .spawn_blocking(move || {
-                crate::contain::run(|| {
-                    let resolved =
-                        pack::resolve(&pack, entries, &limits_copy, |o| externals.get(o).cloned())?;
-                    // The objects as git's receive.fsckObjects checks them.
+                crate::contain::run(move || {
+                    let resolved = pack::resolve(
+                        &pack,
+                        entries,
+                        &limits_copy,
+                        |o| externals.get(o).cloned(),
+                        &mut inspected,
+                    )?;
                     let index: HashMap<Oid, usize> = resolved
                         .iter()
                         .enumerate()
                         .map(|(i, r)| (r.oid, i))
                         .collect();
                     let mut external = |o: &Oid| externals.get(o).map(|(_, c)| c.clone());
-                    let checked =
-                        fsck_pack(&pack, &resolved, &index, &opts, &limits_copy, &mut external);
-                    Ok::<_, pack::PackError>((resolved, checked))
+                    let checked = fsck_special(
+                        &pack,
+                        &resolved,
+                        &index,
+                        &inspected,
+                        &limits_copy,
+                        &mut external,
+                    );
+                    Ok::<_, pack::PackError>((resolved, inspected, checked))
                 })
                 .unwrap_or_else(|p| Err(p.into()))
             })
             .await;
         let stored_special;
-        (resolved, stored_special) = match resolution {
-            Ok((r, Ok(stored))) => (r, stored),
-            Ok((_, Err(why))) => {
+        (resolved, inspected, stored_special) = match resolution {
+            Ok((r, i, Ok(stored))) => (r, i, stored),
+            Ok((_, _, Err(why))) => {
                 return Report::all_failed(commands, Err(why), "fsck error in the pack")
             }
             Err(e) => return Report::all_failed(commands, Err(e.to_string()), "unpacker error"),
@@ -535,21 +637,25 @@ pub async fn receive<B: Backend>(
         phases.mark("resolve");
     }
 
-    // Connectivity: every new tip and everything it reaches is in the pack or stored.
-    let in_pack: HashMap<Oid, usize> = resolved
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.oid, i))
-        .collect();
-    let mut needed: HashSet<Oid> = HashSet::new();
-    let mut walked = vec![false; commands.len()];
-    for (i, c) in commands.iter().enumerate() {
-        if refusals[i].is_some() || c.new == ZERO {
-            continue;
+    // Connectivity, as git's `index-pack --strict`: everything a pushed object names is
+    // pushed (as the kind it is named as) or stored, and every new tip is. Stored
+    // objects' closures are complete, so every new tip's is.
+    let in_pack: foldhash::HashMap<Oid, ObjectKind> =
+        resolved.iter().map(|r| (r.oid, r.kind)).collect();
+    if let Err(why) = connected(b, repo, &in_pack, &inspected.named).await {
+        for (i, c) in commands.iter().enumerate() {
+            if c.new != ZERO {
+                refusals[i].get_or_insert_with(|| why.clone());
+            }
         }
-        walked[i] = true;
-        if let Err(why) = connected(b, repo, &resolved, &in_pack, c.new, &mut needed).await {
-            refusals[i] = Some(why);
+    }
+    for (i, c) in commands.iter().enumerate() {
+        if refusals[i].is_none()
+            && c.new != ZERO
+            && !in_pack.contains_key(&c.new)
+            && !b.has_many(repo, &[c.new]).first().copied().unwrap_or(false)
+        {
+            refusals[i] = Some(format!("missing object {}", hex(&c.new)));
         }
     }
     // Fast-forward check. Where non-fast-forward updates are allowed it still tells
@@ -568,7 +674,11 @@ pub async fn receive<B: Backend>(
         } else {
             usize::MAX
         };
-        match is_ancestor(b, repo, &resolved, &in_pack, c.old, c.new, commits_max).await {
+        let pushed = Pushed {
+            kinds: &in_pack,
+            parents: &inspected.parents,
+        };
+        match is_ancestor(b, repo, &pushed, c.old, c.new, commits_max).await {
             Ok(Some(true)) => forward[i] = true,
             _ if state.allow_non_fast_forward => {}
             Ok(_) => refusals[i] = Some("non-fast-forward".into()),
@@ -580,30 +690,26 @@ pub async fn receive<B: Backend>(
             *r = Some("atomic push failure".into());
         }
     }
-    // Only what the accepted tips reach is stored: when a walked update was refused
-    // after all, what it alone reached is left out.
-    if (0..commands.len()).any(|i| walked[i] && refusals[i].is_some()) {
-        needed.clear();
-        for (i, c) in commands.iter().enumerate() {
-            if refusals[i].is_none() && c.new != ZERO {
-                if let Err(why) = connected(b, repo, &resolved, &in_pack, c.new, &mut needed).await
-                {
-                    refusals[i] = Some(why);
-                }
-            }
-        }
-    }
     phases.mark("connect");
 
-    // Store what the accepted updates need, durably, before any ref moves.
+    // Store the pack's objects, durably, before any ref moves: all of them, as git
+    // does, when an accepted update needs them.
     let accepted: Vec<usize> = (0..commands.len())
         .filter(|i| refusals[*i].is_none())
         .collect();
     if !accepted.is_empty() {
-        let kept: Vec<&Resolved> = resolved
+        let tips: HashSet<Oid> = accepted.iter().map(|&i| commands[i].new).collect();
+        let kept: &[Resolved] = if tips.iter().any(|t| *t != ZERO) {
+            &resolved
+        } else {
+            &[]
+        };
+        // Whether everything stored now is reachable from the new tips: in a graph
+        // of hashes (no cycles), when every pushed object but the tips is named by
+        // another pushed object.
+        let all_reachable = kept
             .iter()
-            .filter(|r| needed.contains(&r.oid))
-            .collect();
+            .all(|r| tips.contains(&r.oid) || inspected.named.contains_key(&r.oid));
         let raws: Vec<RawObject> = kept
             .iter()
             .map(|r| RawObject {
@@ -632,23 +738,10 @@ pub async fn receive<B: Backend>(
             );
         }
         progress(format!("Stored {n} new objects"));
-        // The contents move to the node's cache: nothing below reads them again.
-        let mut budget = REMEMBER_BYTES_MAX;
-        b.remember(
-            repo,
-            resolved
-                .iter_mut()
-                .filter(|r| r.kind != ObjectKind::Blob && needed.contains(&r.oid))
-                .filter_map(|r| {
-                    let len = r.content.as_ref()?.len();
-                    if len > budget {
-                        return None;
-                    }
-                    budget -= len;
-                    Some((r.oid, r.kind, r.content.take()?))
-                })
-                .collect(),
-        );
+        // The contents kept while reading move to the node's cache.
+        if n > 0 {
+            b.remember(repo, std::mem::take(&mut inspected.kept));
+        }
         phases.mark("store");
         let updates: Vec<RefUpdate> = accepted
             .iter()
@@ -658,11 +751,11 @@ pub async fn receive<B: Backend>(
                     name: c.name.clone(),
                     old: (c.old != ZERO).then_some(c.old),
                     new: (c.new != ZERO).then_some(c.new),
-                    forward: forward[i],
+                    forward: forward[i] && all_reachable,
                 }
             })
             .collect();
-        let stored: Vec<Oid> = needed.iter().copied().collect();
+        let stored: Vec<Oid> = kept.iter().map(|r| r.oid).collect();
         match b.update_refs(repo, &updates, atomic, &stored).await {
             Ok(results) => {
                 for (&i, r) in accepted.iter().zip(results) {
@@ -727,80 +820,71 @@ impl std::fmt::Display for Phases {
     }
 }
 
-/// The kind and content of `oid`, from the pack or the repository.
-async fn object_of<B: Backend>(
-    b: &B,
-    repo: &str,
-    resolved: &[Resolved],
-    in_pack: &HashMap<Oid, usize>,
-    oid: &Oid,
-) -> Result<Option<(ObjectKind, Option<Vec<u8>>)>, String> {
-    if let Some(&i) = in_pack.get(oid) {
-        let r = &resolved[i];
-        return Ok(Some((r.kind, r.content.clone())));
-    }
-    match b.object(repo, oid).await {
-        Ok(Some((k, c))) => Ok(Some((k, Some(c)))),
-        Ok(None) => Ok(None),
-        Err(e) => Err(e.0),
-    }
+/// What a push carries, as connectivity and history walks need it.
+struct Pushed<'a> {
+    kinds: &'a foldhash::HashMap<Oid, ObjectKind>,
+    parents: &'a foldhash::HashMap<Oid, Box<[Oid]>>,
 }
 
-/// Walks from `tip` through objects of the pack; stops at stored objects (whose
-/// closure is complete). Adds every pack object reached to `needed`.
+/// Checks that every object the pushed objects name (`named`, with the kind each is
+/// named as) is pushed as that kind, or stored.
 async fn connected<B: Backend>(
     b: &B,
     repo: &str,
-    resolved: &[Resolved],
-    in_pack: &HashMap<Oid, usize>,
-    tip: Oid,
-    needed: &mut HashSet<Oid>,
+    in_pack: &foldhash::HashMap<Oid, ObjectKind>,
+    named: &foldhash::HashMap<Oid, ObjectKind>,
 ) -> Result<(), String> {
-    let tip_kind = match in_pack.get(&tip) {
-        Some(&i) => resolved[i].kind,
-        None => match b.object(repo, &tip).await.map_err(|e| e.0)? {
-            Some((k, _)) => k,
-            None => return Err(format!("missing object {}", hex(&tip))),
-        },
-    };
-    let mut stack = vec![(tip, tip_kind)];
-    let mut visited = HashSet::new();
-    while let Some((oid, expected)) = stack.pop() {
-        if !visited.insert(oid) || needed.contains(&oid) {
-            continue;
-        }
-        match in_pack.get(&oid) {
-            Some(&i) => {
-                let r = &resolved[i];
-                if r.kind != expected {
-                    return Err(format!(
-                        "object {} is a {}, expected a {}",
-                        hex(&oid),
-                        r.kind.name(),
-                        expected.name()
-                    ));
-                }
-                needed.insert(oid);
-                if let Some(content) = &r.content {
-                    let l =
-                        links(r.kind, content).map_err(|e| format!("object {}: {e}", hex(&oid)))?;
-                    stack.extend(l.targets);
-                }
+    let mut outside = Vec::new();
+    for (oid, expected) in named {
+        match in_pack.get(oid) {
+            Some(kind) if kind != expected => {
+                return Err(format!(
+                    "object {} is a {}, expected a {}",
+                    hex(oid),
+                    kind.name(),
+                    expected.name()
+                ))
             }
-            None => {
-                if !b.has_many(repo, &[oid]).first().copied().unwrap_or(false) {
-                    return Err(format!(
-                        "missing necessary objects ({} is neither pushed nor stored)",
-                        hex(&oid)
-                    ));
-                }
-            }
-        }
-        if visited.len() % 1024 == 0 {
-            glommio::yield_if_needed().await;
+            Some(_) => {}
+            None => outside.push(*oid),
         }
     }
+    for chunk in outside.chunks(4096) {
+        let has = b.has_many(repo, chunk);
+        if let Some((oid, _)) = chunk.iter().zip(has).find(|(_, h)| !h) {
+            return Err(format!(
+                "missing necessary objects ({} is neither pushed nor stored)",
+                hex(oid)
+            ));
+        }
+        glommio::yield_if_needed().await;
+    }
     Ok(())
+}
+
+/// The parents of commit `oid`, pushed or stored; `None` if it is not a commit.
+async fn parents_of<B: Backend>(
+    b: &B,
+    repo: &str,
+    pushed: &Pushed<'_>,
+    oid: &Oid,
+) -> Result<Option<Vec<Oid>>, String> {
+    if let Some(kind) = pushed.kinds.get(oid) {
+        return Ok((*kind == ObjectKind::Commit).then(|| {
+            pushed
+                .parents
+                .get(oid)
+                .map(|p| p.to_vec())
+                .unwrap_or_default()
+        }));
+    }
+    match b.object(repo, oid).await.map_err(|e| e.0)? {
+        Some((ObjectKind::Commit, content)) => {
+            let l = links(ObjectKind::Commit, &content).map_err(|e| e.to_string())?;
+            Ok(Some(l.parents))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Whether commit `old` is an ancestor of (or equal to) `new`, walking at most
@@ -810,8 +894,7 @@ async fn connected<B: Backend>(
 async fn is_ancestor<B: Backend>(
     b: &B,
     repo: &str,
-    resolved: &[Resolved],
-    in_pack: &HashMap<Oid, usize>,
+    pushed: &Pushed<'_>,
     old: Oid,
     new: Oid,
     commits_max: usize,
@@ -820,10 +903,7 @@ async fn is_ancestor<B: Backend>(
         return Ok(Some(true));
     }
     // Only a commit has descendants (a tag moved to another tag is not forward).
-    if !matches!(
-        object_of(b, repo, resolved, in_pack, &old).await?,
-        Some((ObjectKind::Commit, _))
-    ) {
+    if parents_of(b, repo, pushed, &old).await?.is_none() {
         return Ok(Some(false));
     }
     let mut stack = vec![new];
@@ -838,13 +918,9 @@ async fn is_ancestor<B: Backend>(
         if seen.len() > commits_max {
             return Ok(None);
         }
-        let Some((ObjectKind::Commit, Some(content))) =
-            object_of(b, repo, resolved, in_pack, &c).await?
-        else {
-            continue;
-        };
-        let l = links(ObjectKind::Commit, &content).map_err(|e| e.to_string())?;
-        stack.extend(l.parents);
+        if let Some(parents) = parents_of(b, repo, pushed, &c).await? {
+            stack.extend(parents);
+        }
         if seen.len().is_multiple_of(1024) {
             glommio::yield_if_needed().await;
         }

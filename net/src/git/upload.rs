@@ -1502,8 +1502,8 @@ mod tests {
                 }
             };
             let mut st = PackStream::new(Limits::default());
-            st.advance(&bytes).expect("pack");
-            let entries = st.finish(&bytes).expect("a whole pack");
+            st.advance(&bytes, &mut ()).expect("pack");
+            let entries = st.finish(&bytes, &mut ()).expect("a whole pack");
             let ids: Vec<Oid> = entries.iter().filter_map(|e| e.oid).collect();
             let want: Vec<Oid> = plan.objects.iter().map(Planned::oid).collect();
             assert_eq!(ids, want, "max {max:?}");
