@@ -173,8 +173,8 @@ impl SyncBodies {
     }
 }
 
-/// What describes a stored object besides its bytes (object sync and staged commits
-/// share its encoding, [`put_head`]): the store's own [`ObjectHead`].
+/// What describes a stored object besides its bytes (object sync and streams share
+/// its encoding, [`put_head`]): the store's own [`ObjectHead`].
 pub type Head = ObjectHead;
 
 /// The longest encoding of a [`Head`].

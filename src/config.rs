@@ -245,9 +245,6 @@ pub struct Limits {
     /// verified and stored; a push beyond it is refused with 503 at once. Each shard
     /// gets an equal part, but never less than one push of `pack_bytes_max`.
     pub buffered_bytes_max: u64,
-    /// Push bodies at least this large are passed to the other nodes while they arrive
-    /// (staged); 0: never, objects go to them after verification. See deploy/README.md.
-    pub stage_push_bytes: u64,
     /// A push is refused (507) when spooling it would leave less than this free on the
     /// git directory's file system, so pushes in flight never fill the disk the store
     /// writes to.
@@ -274,7 +271,6 @@ impl Default for Limits {
             connections_max: 4096,
             replication_timeout_seconds: 30,
             buffered_bytes_max: 4 << 30,
-            stage_push_bytes: 0,
             disk_reserve_bytes: 1 << 30,
             negotiation_bytes_max: 64 << 20,
             negotiation_ids_max: 1_000_000,

@@ -11,7 +11,6 @@ pub mod config;
 pub mod node;
 pub mod quickstart;
 pub mod serve;
-pub mod staging;
 pub mod stop;
 
 /// The version reported by `repospanner version` and in the git agent string.

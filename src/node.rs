@@ -22,9 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use repospanner_net::backend::{
-    Backend, BackendError, RawHead, RawObject, RefUpdate, RepoState, Staged,
-};
+use repospanner_net::backend::{Backend, BackendError, RawHead, RawObject, RefUpdate, RepoState};
 use repospanner_net::client::{ClientError, NodeClient};
 use repospanner_net::git::{hex, ObjectKind, Oid};
 use repospanner_net::piece::SharedChain;
@@ -43,11 +41,9 @@ use crate::aside::{
 };
 use crate::cluster::{
     decode_ids, decode_objects, decode_snapshot_body, encode_ids, encode_objects,
-    encode_objects_shared, members_but, peers_of, raft_config, rpc_path, store_objects,
-    with_metrics, Head, Network, ObjectSync, RpcReply, ShardRaft, SyncActivity, SyncBodies,
-    FETCH_REPLY_BYTES,
+    encode_objects_shared, members_but, raft_config, rpc_path, store_objects, with_metrics,
+    Network, ObjectSync, RpcReply, ShardRaft, SyncActivity, SyncBodies, FETCH_REPLY_BYTES,
 };
-use crate::staging::{decode_commit, decode_stage, encode_commit, InStages, OutStages, Placed};
 
 /// Size of one object-sync request body to a peer.
 const SYNC_CHUNK_BYTES: usize = 8 << 20;
@@ -84,8 +80,6 @@ struct Inner<D: Dir> {
     /// Whether this node takes appended entries (see [`NodeBackend::hold_appends`]).
     appends: Cell<bool>,
     activity: SyncActivity,
-    out_stages: OutStages,
-    in_stages: InStages,
     /// Pushes whose objects are being written aside while they arrive: the namespace
     /// they go to and the ids written so far.
     asides: RefCell<HashMap<u64, Aside>>,
@@ -428,8 +422,6 @@ impl<D: Dir> NodeBackend<D> {
                 votes: Cell::new(true),
                 appends: Cell::new(true),
                 activity,
-                out_stages: OutStages::default(),
-                in_stages: InStages::default(),
                 asides: RefCell::new(HashMap::new()),
                 out_streams: RefCell::new(HashMap::new()),
                 peer_asides: RefCell::new(HashMap::new()),
@@ -1246,68 +1238,16 @@ impl<D: Dir> Backend for NodeBackend<D> {
         .detach();
     }
 
-    fn stage_begin(&self, repo: &str) -> Option<u64> {
-        let ns = self.ns_of(repo)?;
-        let peers = peers_of(self.raft(), self.inner.identity.id);
-        if peers.is_empty() {
-            return None;
-        }
-        let id = random_u64();
-        self.inner.out_stages.begin(
-            id,
-            ns,
-            self.inner.shard,
-            peers,
-            &self.inner.client,
-            self.inner.timeout,
-        );
-        Some(id)
-    }
-
-    async fn stage_data(&self, id: u64, data: &Bytes) {
-        self.inner.out_stages.data(id, data).await;
-    }
-
-    fn stage_end(&self, id: u64, complete: bool) {
-        self.inner.out_stages.end(id, complete);
-    }
-
     async fn store(
         &self,
         repo: &str,
         objects: Vec<RawObject>,
-        staged: Option<Staged>,
         aside: Option<u64>,
         progress: &mut dyn FnMut(String),
     ) -> Result<(), BackendError> {
         let ns = self
             .ns_of(repo)
             .ok_or_else(|| err("repository was deleted"))?;
-        // Members that hold the whole body get a commit naming the objects in it.
-        let (mut held, commit) = match staged {
-            Some(st) if st.ranges.len() == objects.len() => {
-                let placed: Vec<Placed> = objects
-                    .iter()
-                    .zip(st.ranges)
-                    .map(|(o, range)| Placed {
-                        head: Head {
-                            oid: o.oid,
-                            kind: to_storage_kind(o.kind),
-                            object_size: o.object_size,
-                            entry_size: o.entry_size,
-                            base: o.base,
-                        },
-                        range,
-                    })
-                    .collect();
-                (
-                    self.inner.out_stages.take(st.id),
-                    Some(Bytes::from(encode_commit(st.id, ns, &placed))),
-                )
-            }
-            Some(st) => (self.inner.out_stages.take(st.id), None),
-            None => (std::collections::HashMap::new(), None),
-        };
         let objects: Vec<StoredObject> = objects.into_iter().map(stored).collect();
         let stream = aside.and_then(|id| self.inner.out_streams.borrow_mut().remove(&id));
         let aside = aside.and_then(|id| self.inner.asides.borrow_mut().remove(&id));
@@ -1368,21 +1308,8 @@ impl<D: Dir> Backend for NodeBackend<D> {
                     continue;
                 }
                 let bodies = bodies.clone();
-                let commit_path = rpc_path(self.inner.shard, "commit");
-                let staged_here = held.remove(&id);
-                let commit = commit.clone();
                 // Sends to every member; a slow one finishes in the background.
                 glommio::spawn_local(async move {
-                    if let (Some(holds), Some(commit)) = (staged_here, commit) {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if within(left, holds).await == Some(Ok(true)) {
-                            let left = deadline.saturating_duration_since(Instant::now());
-                            if client.post(&addr, &commit_path, commit, left).await.is_ok() {
-                                let _ = tx.unbounded_send((id, Ok(())));
-                                return;
-                            }
-                        }
-                    }
                     let r = send_bodies(&client, &addr, &path, &bodies, deadline).await;
                     let _ = tx.unbounded_send((id, r));
                 })
@@ -1590,36 +1517,6 @@ impl<D: Dir> Backend for NodeBackend<D> {
             "drop-aside" => {
                 let (key, _) = StreamKey::decode(&body).map_err(|e| (400, e.to_string()))?;
                 self.drop_peer_aside(key).await?;
-                Ok(b"ok".to_vec())
-            }
-            "stage" => {
-                let (id, ns, offset, data) =
-                    decode_stage(&body).map_err(|e| (400, e.to_string()))?;
-                self.inner.activity.touch(ns);
-                self.inner
-                    .in_stages
-                    .append(id, offset, data)
-                    .map_err(|e| (409, e.to_string()))?;
-                Ok(b"ok".to_vec())
-            }
-            "commit" => {
-                let (id, ns, placed) = decode_commit(&body).map_err(|e| (400, e.to_string()))?;
-                let objs = self
-                    .inner
-                    .in_stages
-                    .commit(id, placed)
-                    .map_err(|e| (409, e.to_string()))?;
-                self.inner.activity.touch(ns);
-                let n = objs.len();
-                store_objects(&self.inner.store, ns, objs)
-                    .await
-                    .map_err(|e| (500, e.to_string()))?;
-                self.inner.activity.touch(ns);
-                info!(
-                    shard = self.inner.shard,
-                    objects = n,
-                    "stored the objects of a push staged while it arrived"
-                );
                 Ok(b"ok".to_vec())
             }
             "fetch" => {

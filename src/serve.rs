@@ -425,7 +425,6 @@ fn run(config: &Config, join: Option<String>) -> Result<()> {
             push_options_max: sc.limits.push_options_max as usize,
         },
         negotiation_bytes_max: sc.limits.negotiation_bytes_max,
-        stage_push_bytes: sc.limits.stage_push_bytes,
         disk_reserve_bytes: sc.limits.disk_reserve_bytes,
     };
     let connections_max = sc.limits.connections_max;

@@ -75,16 +75,6 @@ pub struct RefUpdate {
     pub forward: bool,
 }
 
-/// Where the objects of a push lie in its request body, if the body was passed to the
-/// other members while it arrived (see [`Backend::stage_begin`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Staged {
-    pub id: u64,
-    /// For each object given to [`Backend::store`], in order: its deflated data's byte
-    /// range in the request body.
-    pub ranges: Vec<std::ops::Range<usize>>,
-}
-
 /// A backend failure (storage, replication): reported to the client, logged.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -142,13 +132,9 @@ pub trait Backend {
         &self,
         repo: &str,
         objects: Vec<RawObject>,
-        staged: Option<Staged>,
         aside: Option<u64>,
         progress: &mut dyn FnMut(String),
     ) -> Result<(), BackendError>;
-    /// Starts passing a push's raw request body to the other members while it arrives,
-    /// so that after verification they need only be told which bytes are which objects.
-    /// `None`: nobody to pass it to.
     /// Writes verified objects of a push that is still arriving, aside: durable, but
     /// where no reader of the repository looks. `aside` names the push (an id unique on
     /// this shard); `store(.., Some(aside), ..)` publishes those of them the push keeps,
@@ -160,11 +146,6 @@ pub trait Backend {
         objects: Vec<RawObject>,
     ) -> Result<(), BackendError>;
     fn drop_aside(&self, aside: u64);
-    fn stage_begin(&self, repo: &str) -> Option<u64>;
-    /// The next piece of staged body `id` (may wait for slow members).
-    async fn stage_data(&self, id: u64, data: &bytes::Bytes);
-    /// The end of staged body `id` (`complete`: the whole body arrived).
-    fn stage_end(&self, id: u64, complete: bool);
     /// Applies ref updates, each a compare-and-swap on its old value; with `atomic`,
     /// all or none. `objects`: what the push stored for them. Returns one result per
     /// update.

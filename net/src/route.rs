@@ -4,8 +4,7 @@
 //! owner by message passing over glommio's shared channels (no locks between shards),
 //! and the owner's response is streamed back the same way, chunk by chunk. A push body
 //! is received by the shard that accepted it and passed on whole ([`BodyChunk::Received`],
-//! after the objects it verified meanwhile, [`BodyChunk::Aside`]), or, with staging,
-//! streamed piece by piece.
+//! after the objects it verified meanwhile, [`BodyChunk::Aside`]).
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -51,34 +50,20 @@ pub struct Forward {
     /// Handle it on this shard only (a part of a gathered request such as listrepos).
     pub local_only: bool,
     pub reply: SharedSender<Reply>,
-    /// The body, streamed chunk by chunk while it arrives (pushes); `None`: in `req`.
+    /// A push body the accepting shard receives itself, in parts; `None`: in `req`.
     pub body: Option<SharedReceiver<BodyChunk>>,
 }
 
-/// A piece of a request body passed between shards.
+/// A part of a push body the accepting shard receives itself, passed to the owner.
 #[derive(Debug)]
 pub enum BodyChunk {
-    /// Pieces as the client's connection gave them (shared, not copied).
-    Data(Vec<Bytes>),
-    End,
-    /// The client's upload failed on the receiving shard.
-    Failed(String),
-    /// The accepting shard received the whole push itself (spooled, its pack read
-    /// while it arrived): the only message of such a body.
+    /// The whole push (spooled, its pack read while it arrived): the last message.
     Received(Box<Received>),
-    /// The accepting shard refused the body while receiving it.
+    /// The accepting shard refused the body while receiving it: the last message.
     Refused(Refusal),
     /// Objects the accepting shard verified while the body arrives, for the owner to
     /// write aside (before `Received`).
     Aside(Vec<crate::backend::RawObject>),
-}
-
-/// What [`ShardBody::whole`] gives of a body the accepting shard receives itself.
-#[derive(Debug)]
-pub enum Whole {
-    Aside(Vec<crate::backend::RawObject>),
-    Received(Box<Received>),
-    Refused(Refusal),
 }
 
 /// A push body read to its end: the whole request, and the entries of its pack, read
@@ -98,46 +83,20 @@ pub struct Refusal {
     pub git: bool,
 }
 
-/// A request body streamed from the shard that accepted it.
+/// A push body from the shard that accepted it, in parts.
 #[derive(Debug)]
 pub struct ShardBody {
     rx: ConnectedReceiver<BodyChunk>,
-    pending: std::collections::VecDeque<Bytes>,
-    /// A message [`ShardBody::whole`] received that was not a whole body.
-    peeked: Option<BodyChunk>,
 }
 
 impl ShardBody {
     pub fn new(rx: ConnectedReceiver<BodyChunk>) -> ShardBody {
-        ShardBody {
-            rx,
-            pending: Default::default(),
-            peeked: None,
-        }
+        ShardBody { rx }
     }
 
-    async fn recv(&mut self) -> Option<BodyChunk> {
-        match self.peeked.take() {
-            Some(m) => Some(m),
-            None => gated(self.rx.recv()).await,
-        }
-    }
-
-    /// The next part of a body the accepting shard receives itself; `None` if it is
-    /// streamed piece by piece (then read it with [`Source::next`]).
-    pub async fn whole(&mut self) -> Option<Whole> {
-        if !self.pending.is_empty() || self.peeked.is_some() {
-            return None;
-        }
-        match gated(self.rx.recv()).await {
-            Some(BodyChunk::Received(r)) => Some(Whole::Received(r)),
-            Some(BodyChunk::Refused(f)) => Some(Whole::Refused(f)),
-            Some(BodyChunk::Aside(v)) => Some(Whole::Aside(v)),
-            other => {
-                self.peeked = other;
-                None
-            }
-        }
+    /// The next part; `None` if the accepting shard went away before the last.
+    pub async fn next(&mut self) -> Option<BodyChunk> {
+        gated(self.rx.recv()).await
     }
 }
 
@@ -150,61 +109,40 @@ pub enum Reply {
     End,
 }
 
-/// Where a streamed request body comes from: the client, or the shard that accepted it.
+/// Where a push body comes from: the client, or the shard that accepted it.
 #[derive(Debug)]
 pub enum Source {
     Client(hyper::body::Incoming),
     Shard(ShardBody),
-    /// Given up: the body was refused (see [`Source::linger`]).
+}
+
+/// A client's push body, read as it arrives.
+#[derive(Debug)]
+pub enum ClientBody {
+    Reading(hyper::body::Incoming),
+    /// Given up: the body was refused (see [`ClientBody::linger`]).
     Refused,
 }
 
-impl Source {
+impl ClientBody {
     /// The next piece of the body; `None` at its end. A client that sends nothing for
     /// [`http::BODY_IDLE`] fails.
     pub async fn next(&mut self) -> Result<Option<Bytes>, http::BodyError> {
         match self {
-            Source::Client(body) => http::next_chunk(body).await,
-            Source::Shard(sb) => loop {
-                if let Some(b) = sb.pending.pop_front() {
-                    return Ok(Some(b));
-                }
-                match sb.recv().await {
-                    Some(BodyChunk::Data(v)) => sb.pending.extend(v),
-                    Some(BodyChunk::End) => return Ok(None),
-                    Some(BodyChunk::Failed(e)) => return Err(http::BodyError::Read(e)),
-                    Some(BodyChunk::Received(_) | BodyChunk::Refused(_) | BodyChunk::Aside(_)) => {
-                        return Err(http::BodyError::Read(
-                            "a whole body where pieces were expected".into(),
-                        ))
-                    }
-                    None => {
-                        return Err(http::BodyError::Read(
-                            "the accepting shard went away".into(),
-                        ))
-                    }
-                }
-            },
-            Source::Refused => Err(http::BodyError::Read("the body was refused".into())),
+            ClientBody::Reading(body) => http::next_chunk(body).await,
+            ClientBody::Refused => Err(http::BodyError::Read("the body was refused".into())),
         }
     }
 
-    /// Gives up the body after its request was refused: a client's is read to its end
-    /// (and dropped) in the background for a bounded time, so that the client reads the
-    /// refusal instead of a reset connection ([`http::linger`]); a shard's is dropped
-    /// (its sender stops on the closed channel).
+    /// Gives up the body after its request was refused: it is read to its end (and
+    /// dropped) in the background for a bounded time, so that the client reads the
+    /// refusal instead of a reset connection ([`http::linger`]).
     pub fn linger(&mut self) {
-        if let Source::Client(body) = std::mem::replace(self, Source::Refused) {
+        if let ClientBody::Reading(body) = std::mem::replace(self, ClientBody::Refused) {
             glommio::spawn_local(http::linger(body)).detach();
         }
     }
 }
-
-/// How many body chunks (of up to [`FORWARD_BATCH`]) may be in flight from the
-/// accepting shard to the owner: 1 MiB per forwarded push.
-const BODY_QUEUE: usize = 4;
-/// Bytes of a streamed body passed to the owner at a time.
-const FORWARD_BATCH: usize = 256 << 10;
 
 /// How many forwarded requests may queue between two shards.
 const QUEUE: usize = 256;
@@ -272,65 +210,6 @@ pub async fn forward(
     local_only: bool,
 ) -> Response<Body> {
     forward_with(peers, target, req, cert, addr, local_only, None).await
-}
-
-/// Like [`forward`], but the body is streamed to the owner while it arrives from the
-/// client (`req.body` is empty): the receiving shard holds no more of it than the
-/// channel between the two shards.
-pub async fn forward_streaming(
-    peers: &Peers,
-    target: usize,
-    req: Req,
-    body: hyper::body::Incoming,
-    cert: Option<CertificateDer<'static>>,
-    addr: SocketAddr,
-) -> Response<Body> {
-    tracing::debug!(
-        target_shard = target,
-        "streaming a request body to its owner"
-    );
-    let (tx, rx) = shared_channel::new_bounded(BODY_QUEUE);
-    glommio::spawn_local(async move {
-        let tx = gated(tx.connect()).await;
-        let mut source = Source::Client(body);
-        // TLS hands over ~16 KiB at a time; each message between shards may wake the
-        // other executor, so pieces go over in batches, as the connection gave them
-        // (copying them into one buffer per batch cost more than the hop itself).
-        // Nothing waits on a partial batch: the owner answers a push only after its
-        // whole body.
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0;
-        loop {
-            let chunk = match source.next().await {
-                Ok(Some(b)) => {
-                    batch_bytes += b.len();
-                    batch.push(b);
-                    if batch_bytes < FORWARD_BATCH {
-                        continue;
-                    }
-                    batch_bytes = 0;
-                    BodyChunk::Data(std::mem::take(&mut batch))
-                }
-                Ok(None) if !batch.is_empty() => {
-                    if gated(tx.send(BodyChunk::Data(std::mem::take(&mut batch))))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    BodyChunk::End
-                }
-                Ok(None) => BodyChunk::End,
-                Err(e) => BodyChunk::Failed(e.to_string()),
-            };
-            let last = !matches!(chunk, BodyChunk::Data(_));
-            if gated(tx.send(chunk)).await.is_err() || last {
-                return;
-            }
-        }
-    })
-    .detach();
-    forward_with(peers, target, req, cert, addr, false, Some(rx)).await
 }
 
 pub async fn forward_with(

@@ -34,9 +34,6 @@ pub struct Limits {
     pub request: crate::git::RequestLimits,
     /// Largest negotiation (upload-pack request) body.
     pub negotiation_bytes_max: u64,
-    /// Push bodies at least this large are passed to the other members while they
-    /// arrive (0: never; smaller ones go after verification).
-    pub stage_push_bytes: u64,
     /// Free space a spooled push must leave on its file system.
     pub disk_reserve_bytes: u64,
 }
@@ -166,19 +163,7 @@ pub async fn handle_user<B: Backend + 'static>(
                 headers: parts.headers,
                 body: Vec::new(),
             };
-            if ctx.limits.stage_push_bytes == 0 {
-                return receive_and_forward(ctx, owner, head, body, peer, repo).await;
-            }
-            // Staging passes the body to the members while it arrives, from the owner.
-            return route::forward_streaming(
-                &ctx.peers,
-                owner,
-                head,
-                body,
-                peer.cert.clone(),
-                peer.addr,
-            )
-            .await;
+            return receive_and_forward(ctx, owner, head, body, peer, repo).await;
         }
     }
     let (method, uri, headers) = (
@@ -903,7 +888,6 @@ async fn receive_pack<B: Backend + 'static>(
             pre_read: None,
         },
         held,
-        staged: None,
         aside: None,
     };
     receive_pack_body(ctx, repo, state, arrived).await
@@ -1218,10 +1202,10 @@ impl PackReading {
 /// A push read while it arrives: authorised before its body is read, its pack parsed,
 /// inflated and hashed piece by piece as the body comes in (overlapping the transfer),
 /// then verified and applied as any push. A body another shard accepted arrives whole
-/// (see [`receive_and_forward`]), or, with staging, piece by piece.
+/// (see [`receive_and_forward`]).
 async fn receive_streaming<B: Backend + 'static>(
     ctx: Rc<Ctx<B>>,
-    mut source: route::Source,
+    source: route::Source,
     peer: Rc<Peer>,
     repo: String,
 ) -> Response<Body> {
@@ -1244,11 +1228,11 @@ async fn receive_streaming<B: Backend + 'static>(
     // A body the accepting shard receives itself comes whole, after the objects it
     // verified meanwhile (written aside here as they come).
     let mut aside: Option<AsideGuard<B>> = None;
-    let mut whole = None;
-    if let route::Source::Shard(sb) = &mut source {
-        while let Some(part) = sb.whole().await {
-            match part {
-                route::Whole::Aside(objects) => {
+    let mut body = match source {
+        route::Source::Client(body) => route::ClientBody::Reading(body),
+        route::Source::Shard(mut sb) => loop {
+            match sb.next().await {
+                Some(route::BodyChunk::Aside(objects)) => {
                     let id = AsideGuard::id_in(&mut aside, &ctx);
                     if let Err(e) = ctx.backend.store_aside(&repo, id, objects).await {
                         return text(
@@ -1258,42 +1242,34 @@ async fn receive_streaming<B: Backend + 'static>(
                         );
                     }
                 }
-                route::Whole::Received(r) => {
-                    whole = Some(Ok(r));
-                    break;
+                // Received by the accepting shard: its bytes are accounted here from
+                // now on.
+                Some(route::BodyChunk::Received(r)) => {
+                    let Some(held) = ctx.budget.try_take(r.body.len()) else {
+                        return body_error(&http::BodyError::Busy, &node);
+                    };
+                    let arrived = Arrived {
+                        received: *r,
+                        held,
+                        aside,
+                    };
+                    return receive_pack_body(ctx, repo, state, arrived).await;
                 }
-                route::Whole::Refused(f) => {
-                    whole = Some(Err(f));
-                    break;
+                Some(route::BodyChunk::Refused(f)) => return refused(&f, &node),
+                None => {
+                    return text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the shard that accepted the push went away",
+                        &node,
+                    )
                 }
             }
-        }
-    }
-    let arrived = match whole {
-        // Received by the accepting shard: its bytes are accounted here from now on.
-        Some(Ok(r)) => match ctx.budget.try_take(r.body.len()) {
-            Some(held) => Arrived {
-                received: *r,
-                held,
-                staged: None,
-                aside,
-            },
-            None => return body_error(&http::BodyError::Busy, &node),
         },
-        Some(Err(refusal)) => return refused(&refusal, &node),
-        None => {
-            let to = if ctx.limits.stage_push_bytes == 0 {
-                AsideTo::Here
-            } else {
-                AsideTo::Nowhere
-            };
-            match receive_body(&ctx, &mut source, &repo, true, to, &|| false).await {
-                Ok(r) => r,
-                Err(refusal) => return refused(&refusal, &node),
-            }
-        }
     };
-    receive_pack_body(ctx, repo, state, arrived).await
+    match receive_body(&ctx, &mut body, &repo, AsideTo::Here, &|| false).await {
+        Ok(arrived) => receive_pack_body(ctx, repo, state, arrived).await,
+        Err(refusal) => refused(&refusal, &node),
+    }
 }
 
 /// A push that landed on a shard other than its repository's owner: this shard receives
@@ -1316,10 +1292,10 @@ async fn receive_and_forward<B: Backend + 'static>(
     let c = ctx.clone();
     glommio::spawn_local(async move {
         let tx = crate::gate::gated(tx.connect()).await;
-        let mut source = route::Source::Client(body);
+        let mut body = route::ClientBody::Reading(body);
         let stopped = || stop.get();
         let to = AsideTo::Owner(&tx);
-        let (msg, held) = match receive_body(&c, &mut source, &repo, false, to, &stopped).await {
+        let (msg, held) = match receive_body(&c, &mut body, &repo, to, &stopped).await {
             Ok(a) => (
                 route::BodyChunk::Received(Box::new(a.received)),
                 Some(a.held),
@@ -1346,14 +1322,13 @@ async fn receive_and_forward<B: Backend + 'static>(
 }
 
 /// Reads a push body from `source` to its end: spooled past 4 MiB, within this shard's
-/// budget and `limits.pack_bytes_max`, its pack read while it arrives. With `stage`, a
-/// large body also goes to the other members as it arrives (`limits.stage_push_bytes`).
-/// Stops with a refusal when `stopped()` (the push was answered meanwhile).
+/// budget and `limits.pack_bytes_max`, its pack read while it arrives, what it verifies
+/// written aside as it goes. Stops with a refusal when `stopped()` (the push was
+/// answered meanwhile).
 async fn receive_body<B: Backend + 'static>(
     ctx: &Rc<Ctx<B>>,
-    source: &mut route::Source,
+    source: &mut route::ClientBody,
     repo: &str,
-    stage: bool,
     aside: AsideTo<'_>,
     stopped: &dyn Fn() -> bool,
 ) -> Result<Arrived<B>, Refusal> {
@@ -1376,10 +1351,6 @@ async fn receive_body<B: Backend + 'static>(
         ))),
         error: None,
     };
-    // Once a body is large enough for it to matter, the other members receive it while
-    // it arrives (a body that turns out to be broken is dropped by them later).
-    let mut staged = None;
-    let mut stage_considered = !stage;
     let mut aside = AsideWriter::new(ctx, repo, aside);
     let mut objects_charged = false;
     let arriving = std::time::Instant::now();
@@ -1420,20 +1391,6 @@ async fn receive_body<B: Backend + 'static>(
                     message: format!("spooling the push failed: {e}"),
                     git: false,
                 });
-            }
-            if let Some(id) = staged {
-                ctx.backend.stage_data(id, &data).await;
-            } else if !stage_considered
-                && ctx.limits.stage_push_bytes > 0
-                && got.len() as u64 >= ctx.limits.stage_push_bytes
-            {
-                stage_considered = true;
-                staged = ctx.backend.stage_begin(repo);
-                if let Some(id) = staged {
-                    ctx.backend
-                        .stage_data(id, &Bytes::copy_from_slice(got.as_slice()))
-                        .await;
-                }
             }
             if pack_at.is_none() {
                 let end = crate::contain::run(|| receive::commands_end(got.as_slice()))
@@ -1477,15 +1434,9 @@ async fn receive_body<B: Backend + 'static>(
     }
     .await;
     if let Err(refusal) = received {
-        if let Some(id) = staged {
-            ctx.backend.stage_end(id, false);
-        }
         reading.abandon();
         source.linger();
         return Err(refusal);
-    }
-    if let Some(id) = staged {
-        ctx.backend.stage_end(id, true);
     }
     let view = match &got {
         spool::Body::File(f) => Some(f.view()),
@@ -1520,7 +1471,6 @@ async fn receive_body<B: Backend + 'static>(
             pre_read,
         },
         held,
-        staged: staged.zip(pack_at),
         aside: aside.into_guard(),
     })
 }
@@ -1529,16 +1479,12 @@ async fn receive_body<B: Backend + 'static>(
 struct Arrived<B: Backend> {
     received: Received,
     held: Held,
-    /// The members hold it too (staging): its id, and where the pack starts.
-    staged: Option<(u64, usize)>,
     aside: Option<AsideGuard<B>>,
 }
 
 /// Where a push's verified objects are written while it arrives (see
 /// [`Backend::store_aside`]).
 enum AsideTo<'a> {
-    /// Nowhere: they are stored once the push is verified.
-    Nowhere,
     /// This shard owns the repository.
     Here,
     /// The owning shard, in the body's channel ([`route::BodyChunk::Aside`]).
@@ -1612,9 +1558,6 @@ impl<'a, B: Backend + 'static> AsideWriter<'a, B> {
         at: usize,
         ready: Vec<crate::git::pack::Resolved>,
     ) -> Result<(), Refusal> {
-        if matches!(self.to, AsideTo::Nowhere) {
-            return Ok(());
-        }
         for r in ready {
             let Some(deflated) = view.bytes(at + r.data.start..at + r.data.end) else {
                 continue;
@@ -1647,7 +1590,6 @@ impl<'a, B: Backend + 'static> AsideWriter<'a, B> {
             git: false,
         };
         match self.to {
-            AsideTo::Nowhere => Ok(()),
             AsideTo::Owner(tx) => crate::gate::gated(tx.send(route::BodyChunk::Aside(batch)))
                 .await
                 .map_err(|_| failed("the owning shard went away".into())),
@@ -1706,7 +1648,6 @@ async fn receive_pack_body<B: Backend + 'static>(
     let Arrived {
         received: Received { body, pre_read },
         held,
-        staged,
         aside,
     } = arrived;
     let node = ctx.node_name.clone();
@@ -1756,7 +1697,6 @@ async fn receive_pack_body<B: Backend + 'static>(
             &state,
             &push,
             pack,
-            staged,
             aside_id,
             &limits,
             &ctx.fsck,

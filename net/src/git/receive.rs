@@ -15,7 +15,7 @@ use super::pack::{self, Limits, Resolved};
 use super::pktline::{self, Pkt, Reader};
 use super::refs::valid_ref_name;
 use super::{excerpt, hex, parse_hex, ObjectKind, Oid, RequestLimits, ZERO};
-use crate::backend::{Backend, RawObject, RefUpdate, RepoState, Staged};
+use crate::backend::{Backend, RawObject, RefUpdate, RepoState};
 
 /// Capabilities of receive-pack.
 pub fn receive_caps() -> String {
@@ -522,7 +522,6 @@ pub async fn receive<B: Backend>(
     state: &RepoState,
     req: &PushRequest,
     pack_bytes: bytes::Bytes,
-    staged: Option<(u64, usize)>,
     aside: Option<u64>,
     limits: &Limits,
     fsck_opts: &std::sync::Arc<fsck::Options>,
@@ -722,15 +721,7 @@ pub async fn receive<B: Backend>(
             })
             .collect();
         let n = raws.len();
-        // Where each object's bytes lie in the request body the members hold.
-        let staged = staged.map(|(id, pack_at)| Staged {
-            id,
-            ranges: kept
-                .iter()
-                .map(|r| r.data.start + pack_at..r.data.end + pack_at)
-                .collect(),
-        });
-        if let Err(e) = b.store(repo, raws, staged, aside, &mut progress).await {
+        if let Err(e) = b.store(repo, raws, aside, &mut progress).await {
             return Report::all_failed(
                 commands,
                 Err(format!("storing objects failed: {e}")),
