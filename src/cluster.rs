@@ -2,9 +2,10 @@
 //! ([`Network`]), the wire format of object sync ([`encode_objects`]), and the hooks
 //! that make an entry's objects present before it applies ([`ObjectSync`]).
 //!
-//! Every RPC of shard k goes to `https://<peer>/rpc/shard/<k>/<op>` on the peer's
-//! `listen.rpc` (node certificates of the same cluster and region only); the peer's
-//! accepting shard passes it to its shard k. Object ids received from a peer are
+//! Every RPC of shard k is an operation of [`repospanner_net::rpc::Op`], sent to
+//! `https://<peer>/rpc/shard/<k>/<op>` on the peer's `listen.rpc` (node certificates
+//! of the same cluster and region only); the peer's accepting shard passes it to its
+//! shard k. Object ids received from a peer are
 //! trusted, not re-hashed: the sender is an authenticated node that verified every
 //! object (inflate, resolve, SHA-1 with collision detection) when the client pushed
 //! it, and TLS protects the bytes on the way.
@@ -61,11 +62,7 @@ pub fn raft_config(snapshot_entries: u64) -> Arc<openraft::Config> {
 use std::sync::Arc;
 
 use repospanner_net::piece::SharedChain;
-
-/// The path of operation `op` of shard `k` on a peer.
-pub fn rpc_path(shard: usize, op: &str) -> String {
-    format!("/rpc/shard/{shard}/{op}")
-}
+use repospanner_net::rpc::Op;
 
 // ---------------------------------------------------------------------------
 // Object sync wire format: a sequence of
@@ -408,11 +405,11 @@ pub async fn post_join(
     client: &NodeClient,
     addr: &str,
     shard: usize,
-    op: &str,
+    op: Op,
     body: Bytes,
 ) -> Result<(), String> {
     let b = client
-        .post(addr, &rpc_path(shard, op), body, Duration::from_secs(600))
+        .post(addr, &op.path(shard), body, Duration::from_secs(600))
         .await
         .map_err(|e| e.to_string())?;
     match serde_json::from_slice::<RpcReply<()>>(&b) {
@@ -452,18 +449,13 @@ impl Peer {
     /// POSTs `body` to operation `op` of the peer and reads its [`RpcReply`].
     async fn exchange<Resp: serde::de::DeserializeOwned>(
         &self,
-        op: &str,
+        op: Op,
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Resp, Failure> {
         let reply = self
             .client
-            .post(
-                &self.addr,
-                &rpc_path(self.shard, op),
-                Bytes::from(body),
-                timeout,
-            )
+            .post(&self.addr, &op.path(self.shard), Bytes::from(body), timeout)
             .await;
         match reply {
             Ok(b) => match serde_json::from_slice::<RpcReply<Resp>>(&b) {
@@ -485,7 +477,7 @@ impl Peer {
 
     async fn call<Req: Serialize, Resp: serde::de::DeserializeOwned>(
         &self,
-        op: &str,
+        op: Op,
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, RPCError<C>> {
@@ -509,7 +501,7 @@ impl RaftNetworkV2<C> for Peer {
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        self.call("append", &rpc, option.hard_ttl()).await
+        self.call(Op::Append, &rpc, option.hard_ttl()).await
     }
 
     async fn vote(
@@ -517,7 +509,7 @@ impl RaftNetworkV2<C> for Peer {
         rpc: VoteRequest<C>,
         option: RPCOption,
     ) -> Result<VoteResponse<C>, RPCError<C>> {
-        self.call("vote", &rpc, option.hard_ttl()).await
+        self.call(Op::Vote, &rpc, option.hard_ttl()).await
     }
 
     async fn full_snapshot(
@@ -538,7 +530,7 @@ impl RaftNetworkV2<C> for Peer {
         body.extend_from_slice(&snapshot.snapshot);
         // Installing waits for the receiver to fetch the objects the snapshot's refs
         // need, which can take a while.
-        self.exchange("snapshot", body, Duration::from_secs(600))
+        self.exchange(Op::Snapshot, body, Duration::from_secs(600))
             .await
             .map_err(Failure::streaming)
     }
@@ -703,7 +695,7 @@ impl<D: Dir> ObjectSync<D> {
                         .client
                         .post(
                             &addr,
-                            &rpc_path(self.shard, "fetch"),
+                            &Op::Fetch.path(self.shard),
                             body,
                             Duration::from_secs(300),
                         )
@@ -752,7 +744,7 @@ impl<D: Dir> ObjectSync<D> {
                     .client
                     .post(
                         addr,
-                        &rpc_path(self.shard, "inventory"),
+                        &Op::Inventory.path(self.shard),
                         body,
                         Duration::from_secs(60),
                     )

@@ -688,12 +688,12 @@ async fn join_shard(
     // Without a log (a first join, or a wiped disk), the leader is told first, so that
     // replication to this node starts over instead of sending entries it lost.
     if !backend.takes_appends() {
-        if !ask_until_ok(k, &peer, "rejoin", &body, &client).await {
+        if !ask_until_ok(k, &peer, repospanner_net::rpc::Op::Rejoin, &body, &client).await {
             return;
         }
         backend.hold_appends(true);
     }
-    if !ask_until_ok(k, &peer, "join", &body, &client).await {
+    if !ask_until_ok(k, &peer, repospanner_net::rpc::Op::Join, &body, &client).await {
         return;
     }
     // The leader said yes; wait until this node has seen the membership itself.
@@ -716,7 +716,7 @@ async fn join_shard(
 async fn ask_until_ok(
     k: usize,
     peer: &str,
-    op: &str,
+    op: repospanner_net::rpc::Op,
     body: &bytes::Bytes,
     client: &NodeClient,
 ) -> bool {
@@ -729,7 +729,7 @@ async fn ask_until_ok(
         match crate::cluster::post_join(client, peer, k, op, body.clone()).await {
             Ok(()) => return true,
             Err(e) => {
-                warn!(shard = k, attempt, op, error = %e, "join: not done yet; retrying");
+                warn!(shard = k, attempt, op = op.name(), error = %e, "join: not done yet; retrying");
                 glommio::timer::sleep(Duration::from_millis(500 * u64::from(attempt.min(10))))
                     .await;
             }

@@ -468,6 +468,9 @@ fn the_node_endpoint_refuses_strangers_and_garbage() {
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("/rpc/shard/999/append", b"{}".to_vec(), 404),
         ("/rpc/shard/0/nonsense", Vec::new(), 404),
+        // Operations this version no longer has (raw-body staging).
+        ("/rpc/shard/0/stage", vec![0; 24], 404),
+        ("/rpc/shard/0/commit", vec![0; 24], 404),
         ("/rpc/shard/0/append", b"not json".to_vec(), 400),
         ("/rpc/shard/0/vote", b"{\"vote\": 1}".to_vec(), 400),
         ("/rpc/shard/0/propose", b"{\"Bogus\":{}}".to_vec(), 400),

@@ -160,8 +160,11 @@ pub trait Backend {
     /// read that follows sees every acknowledged write), or fails if it cannot prove it.
     async fn linearize(&self) -> Result<(), BackendError>;
     /// Serves node-to-node operation `op` (`/rpc/shard/<k>/<op>`) of this shard.
-    /// Errors carry an HTTP status.
-    async fn node_rpc(&self, op: &str, body: Vec<u8>) -> Result<Vec<u8>, (u16, String)>;
+    async fn node_rpc(
+        &self,
+        op: crate::rpc::Op,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, crate::rpc::RpcError>;
 
     // Administration.
     async fn create_repo(&self, name: &str, public: bool) -> Result<(), BackendError>;

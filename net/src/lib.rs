@@ -13,6 +13,7 @@ pub mod git;
 pub mod http;
 pub mod piece;
 pub mod route;
+pub mod rpc;
 pub mod service;
 pub mod spool;
 pub mod tls;

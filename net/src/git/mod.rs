@@ -1,6 +1,8 @@
-//! The git smart protocol, server side, free of I/O: pkt-lines, packs, object parsing,
-//! ref names, and the upload-pack / receive-pack request handling as functions over
-//! bytes and a [`Repo`] view.
+//! The git smart protocol, server side: pkt-lines, packs, object parsing, fsck and ref
+//! names as pure functions over bytes, and the upload-pack / receive-pack request
+//! handling over the [`crate::backend::Backend`] trait. No sockets or files here; the
+//! one executor detail is `receive`'s move of a push's delta resolution off the
+//! executor (glommio's `spawn_blocking`).
 
 pub mod checksum;
 pub mod fsck;

@@ -1,0 +1,218 @@
+//! The admin API under `/admin/`: repositories, their settings, node status.
+
+use super::*;
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RepoRequest {
+    #[serde(rename = "Reponame")]
+    pub(super) reponame: String,
+    #[serde(rename = "Public", default)]
+    pub(super) public: bool,
+    #[serde(rename = "UpdateRequest", default)]
+    pub(super) update: BTreeMap<String, String>,
+}
+
+pub(super) async fn admin<B: Backend + 'static>(
+    ctx: &Ctx<B>,
+    who: Option<&Principal>,
+    op: &str,
+    req: Req,
+    peer: &Peer,
+    local_only: bool,
+) -> Response<Body> {
+    let node = &ctx.node_name;
+    let is_admin = who.is_some_and(|p| {
+        allows(p, &ctx.region, "*", Permission::Admin)
+            || allows(p, &ctx.region, "", Permission::Admin)
+    });
+    if !is_admin {
+        return text(StatusCode::UNAUTHORIZED, "admin permission required", node);
+    }
+    let method = req.method.clone();
+    match (op, method) {
+        ("nodestatus", Method::GET) => {
+            let mut status = ctx.backend.node_status();
+            if !local_only {
+                // Shard k's storage and raft status at index k; repository and object
+                // counts summed; the node is "ok" only if every shard is.
+                let mut shards = vec![serde_json::Value::Null; ctx.shards];
+                let count = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
+                let mut repos = 0;
+                let mut objects = 0;
+                let mut worst = "ok".to_string();
+                let mut all = vec![status.clone()];
+                all.extend(gather(ctx, &req, peer).await);
+                for v in &all {
+                    repos += count(v, "Repositories");
+                    objects += count(v, "Objects");
+                    let st = v["Status"].as_str().unwrap_or("unknown");
+                    if st != "ok" {
+                        worst = format!("shard {}: {st}", v["Shard"]);
+                    }
+                    let k = v["Shard"].as_u64().unwrap_or(0) as usize;
+                    if let Some(slot) = shards.get_mut(k) {
+                        let mut e = v["Storage"].clone();
+                        e["Raft"] = v["Raft"].clone();
+                        *slot = e;
+                    }
+                }
+                if all.len() < ctx.shards {
+                    worst = "some shards did not answer".into();
+                }
+                status["Status"] = worst.into();
+                status["Repositories"] = repos.into();
+                status["Objects"] = objects.into();
+                // The region's members as this node knows them (shard 0's group).
+                let mut peers = serde_json::Map::new();
+                if let Some(members) = shards
+                    .first()
+                    .and_then(|s| s["Raft"]["Members"].as_object())
+                {
+                    for (id, m) in members {
+                        peers.insert(id.clone(), m["Address"].clone());
+                    }
+                }
+                status["Peers"] = serde_json::Value::Object(peers);
+                status["Shards"] = serde_json::Value::Array(shards);
+            }
+            json(StatusCode::OK, &status, node)
+        }
+        ("listrepos", Method::GET) => match async {
+            ctx.backend.linearize().await?;
+            ctx.backend.list_repos().await
+        }
+        .await
+        {
+            Ok(repos) => {
+                let mut v: serde_json::Map<String, serde_json::Value> = repos
+                    .into_iter()
+                    .map(|(n, s)| {
+                        (n, serde_json::json!({"Public": s.public, "Refs": s.refs, "Symrefs": s.symrefs, "AllowNonFastForward": s.allow_non_fast_forward}))
+                    })
+                    .collect();
+                if !local_only {
+                    for other in gather(ctx, &req, peer).await {
+                        if let Some(m) = other["Repos"].as_object() {
+                            v.extend(m.clone());
+                        }
+                    }
+                }
+                json(StatusCode::OK, &serde_json::json!({"Repos": v}), node)
+            }
+            Err(e) => json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &serde_json::json!({"Error": e.0}),
+                node,
+            ),
+        },
+        ("createrepo" | "deleterepo" | "editrepo", Method::POST) => {
+            let r: RepoRequest = match serde_json::from_slice(&req.body) {
+                Ok(r) => r,
+                Err(e) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        &format!("invalid request: {e}"),
+                        node,
+                    )
+                }
+            };
+            if !valid_repo_name(&r.reponame) {
+                return outcome(
+                    Err(format!("invalid repository name {:?}", r.reponame)),
+                    node,
+                );
+            }
+            let result = match op {
+                "createrepo" => ctx
+                    .backend
+                    .create_repo(&r.reponame, r.public)
+                    .await
+                    .map(|()| String::new()),
+                "deleterepo" => ctx
+                    .backend
+                    .delete_repo(&r.reponame)
+                    .await
+                    .map(|()| String::new()),
+                _ => edit(ctx, &r).await,
+            };
+            outcome(result.map_err(|e| e.0), node)
+        }
+        ("createrepo" | "deleterepo" | "editrepo", _) => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "POST required", node)
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found", node),
+    }
+}
+
+/// Asks every other shard for its part of `req` and returns their JSON answers.
+pub(super) async fn gather<B: Backend>(
+    ctx: &Ctx<B>,
+    req: &Req,
+    peer: &Peer,
+) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for shard in (0..ctx.shards).filter(|s| *s != ctx.shard) {
+        let r = route::forward(
+            &ctx.peers,
+            shard,
+            req.clone(),
+            peer.cert.clone(),
+            peer.addr,
+            true,
+        )
+        .await;
+        if let Ok(body) = http_body_util::BodyExt::collect(r.into_body()).await {
+            if let Ok(v) = serde_json::from_slice(&body.to_bytes()) {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+pub(super) async fn edit<B: Backend>(
+    ctx: &Ctx<B>,
+    r: &RepoRequest,
+) -> Result<String, crate::backend::BackendError> {
+    let bad = |m: String| crate::backend::BackendError(m);
+    let parse_bool = |k: &str| -> Result<Option<bool>, crate::backend::BackendError> {
+        match r.update.get(k).map(String::as_str) {
+            None => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(v) => Err(bad(format!("{k}: expected true or false, got {v:?}"))),
+        }
+    };
+    let public = parse_bool("public")?;
+    let force = parse_bool("allow-non-fast-forward")?;
+    let mut symrefs = Vec::new();
+    if let Some(s) = r.update.get("update-symref") {
+        for pair in s.split_whitespace() {
+            let (name, target) = pair
+                .split_once('=')
+                .ok_or_else(|| bad(format!("invalid symref update {pair:?}")))?;
+            let ok_name = name == "HEAD" || crate::git::refs::valid_ref_name(name.as_bytes());
+            if !ok_name
+                || (!target.is_empty() && !crate::git::refs::valid_ref_name(target.as_bytes()))
+            {
+                return Err(bad(format!("invalid symref update {pair:?}")));
+            }
+            symrefs.push((
+                name.to_owned(),
+                (!target.is_empty()).then(|| target.to_owned()),
+            ));
+        }
+    }
+    for k in r.update.keys() {
+        if !matches!(
+            k.as_str(),
+            "public" | "allow-non-fast-forward" | "update-symref"
+        ) {
+            return Err(bad(format!("unknown setting {k:?}")));
+        }
+    }
+    ctx.backend
+        .edit_repo(&r.reponame, public, force, &symrefs)
+        .await
+        .map(|()| String::new())
+}

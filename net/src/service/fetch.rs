@@ -1,0 +1,394 @@
+//! upload-pack over HTTP: the ref advertisement (`info/refs`) and clones and fetches, their packs sent in pieces with side-band progress.
+
+use super::*;
+
+pub(super) async fn info_refs<B: Backend>(
+    ctx: &Ctx<B>,
+    repo: &str,
+    state: &RepoState,
+    service: &str,
+    v2: bool,
+) -> Response<Body> {
+    let node = &ctx.node_name;
+    let mut out = Vec::new();
+    pktline::fixed(&mut out, &format!("# service={service}"));
+    pktline::flush(&mut out);
+    if v2 {
+        out.extend(upload::advertise_v2());
+    } else {
+        let refs = match upload::refs_of(&ctx.backend, repo, state).await {
+            Ok(r) => r,
+            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), node),
+        };
+        let caps = if service == "git-receive-pack" {
+            let mut c = receive::receive_caps();
+            if let Some(t) = state.symrefs.get("HEAD") {
+                c.push_str(&format!(" symref=HEAD:{t}"));
+            }
+            c
+        } else {
+            upload::upload_caps(state)
+        };
+        // receive-pack advertises no peeled lines and no HEAD.
+        if service == "git-receive-pack" {
+            let plain: Vec<_> = refs
+                .into_iter()
+                .map(|r| upload::AdRef { peeled: None, ..r })
+                .collect();
+            let mut s = state.clone();
+            s.symrefs.remove("HEAD");
+            out.extend(upload::advertise_v0(&plain, &s, &caps));
+        } else {
+            out.extend(upload::advertise_v0(&refs, state, &caps));
+        }
+    }
+    respond(
+        StatusCode::OK,
+        &format!("application/x-{service}-advertisement"),
+        out,
+        node,
+    )
+}
+
+/// Wraps `payload` for the client: on side-band 1 if it asked for side-band.
+pub(super) fn band(sideband: Option<usize>, out: &mut Vec<u8>, payload: &[u8]) {
+    match sideband {
+        Some(max) => pktline::sideband(out, 1, payload, max),
+        None => out.extend_from_slice(payload),
+    }
+}
+
+pub(super) fn sideband_of(req: &FetchRequest) -> Option<usize> {
+    if req.has("side-band-64k") {
+        Some(pktline::MAX_PKT)
+    } else if req.has("side-band") {
+        Some(1000)
+    } else {
+        None
+    }
+}
+
+pub(super) async fn upload_pack<B: Backend + 'static>(
+    ctx: Rc<Ctx<B>>,
+    repo: String,
+    state: RepoState,
+    req: Req,
+    v2: bool,
+) -> Response<Body> {
+    let node = ctx.node_name.clone();
+    let ctype = "application/x-git-upload-pack-result";
+    let body = req.body;
+    let refs = match upload::refs_of(&ctx.backend, &repo, &state).await {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), &node),
+    };
+    let (fetch, v2_fetch) = if v2 {
+        let r = match upload::parse_v2(&body, &ctx.limits.request) {
+            Ok(r) => r,
+            Err(e) => return git_error(&e.to_string(), &node, ctype),
+        };
+        match r.command.as_str() {
+            "ls-refs" => {
+                return respond(
+                    StatusCode::OK,
+                    ctype,
+                    upload::ls_refs(&r.args, &refs, &state),
+                    &node,
+                )
+            }
+            "fetch" => match upload::parse_v2_fetch(&r.args, &ctx.limits.request) {
+                Ok(f) => (f, true),
+                Err(e) => return git_error(&e.to_string(), &node, ctype),
+            },
+            other => {
+                let other = crate::git::excerpt(other.as_bytes());
+                return git_error(&format!("unknown command {other}"), &node, ctype);
+            }
+        }
+    } else {
+        match upload::parse_v0(&body, &ctx.limits.request) {
+            Ok(f) => (f, false),
+            Err(e) => return git_error(&e.to_string(), &node, ctype),
+        }
+    };
+    if fetch.wants.is_empty() {
+        return respond(StatusCode::OK, ctype, Vec::new(), &node);
+    }
+    let common = upload::common(&ctx.backend, &repo, &fetch.haves);
+    let mut v2_acks = Vec::new();
+    if !fetch.done {
+        // Another negotiation round, unless the server has seen enough.
+        let ready = upload::ready(&ctx.backend, &repo, &fetch.wants, &common).await;
+        if v2_fetch {
+            let acks = upload::acknowledgments_v2(&common, ready);
+            if !ready || common.is_empty() {
+                return respond(StatusCode::OK, ctype, acks, &node);
+            }
+            v2_acks = acks; // the packfile follows
+        } else {
+            let (out, pack_follows) = upload::negotiation_v0(&fetch, &common, ready);
+            if !pack_follows {
+                if !fetch.deepens() {
+                    return respond(StatusCode::OK, ctype, out, &node);
+                }
+                // Every round of a deepening fetch starts with the boundary.
+                let (shallow, unshallow) =
+                    match upload::boundary(&ctx.backend, &repo, &refs, &fetch).await {
+                        Ok(b) => b,
+                        Err(e) => return git_error(&e.to_string(), &node, ctype),
+                    };
+                let mut answer = Vec::new();
+                for s in &shallow {
+                    pktline::fixed(&mut answer, &format!("shallow {}", crate::git::hex(s)));
+                }
+                for s in &unshallow {
+                    pktline::fixed(&mut answer, &format!("unshallow {}", crate::git::hex(s)));
+                }
+                pktline::flush(&mut answer);
+                // The first round of a deepening fetch carries no haves and asks for
+                // the boundary alone.
+                if !fetch.haves.is_empty() {
+                    answer.extend(out);
+                }
+                return respond(StatusCode::OK, ctype, answer, &node);
+            }
+        }
+    }
+    let (mut tx, body) = http::channel();
+    // Contained as its request is: on a bug the response is abandoned (the client sees
+    // a broken transfer) and the shard goes on.
+    let failed_repo = repo.clone();
+    let sending = crate::contain::contained(async move {
+        let sideband = sideband_of(&fetch);
+        let progress = !fetch.has("no-progress") && sideband.is_some();
+        let band_max = sideband.unwrap_or(1000);
+        let started = std::time::Instant::now();
+        // Without shallow information to send first, the response can start before
+        // planning, so the client sees progress while the server counts objects.
+        let early = !fetch.deepens() && fetch.shallows.is_empty();
+        let boundary = |head: &mut Vec<u8>, plan: &upload::Plan| {
+            for s in &plan.shallow {
+                pktline::fixed(head, &format!("shallow {}", crate::git::hex(s)));
+            }
+            for s in &plan.unshallow {
+                pktline::fixed(head, &format!("unshallow {}", crate::git::hex(s)));
+            }
+        };
+        let head = |plan: Option<&upload::Plan>| {
+            let mut head = v2_acks.clone();
+            if v2_fetch {
+                if let Some(plan) = plan.filter(|_| !early) {
+                    pktline::fixed(&mut head, "shallow-info");
+                    boundary(&mut head, plan);
+                    pktline::delim(&mut head);
+                }
+                pktline::fixed(&mut head, "packfile");
+            } else {
+                // git's v0 answer starts with a shallow section (maybe empty) when
+                // the request deepens.
+                if let Some(plan) = plan.filter(|_| fetch.deepens()) {
+                    boundary(&mut head, plan);
+                    pktline::flush(&mut head);
+                }
+                head.extend(upload::negotiation_v0(&fetch, &common, true).0);
+            }
+            head
+        };
+        if early && tx.send(Bytes::from(head(None))).await.is_err() {
+            return;
+        }
+        let progress_tx = tx.clone();
+        let mut report = move |msg: String| {
+            if progress {
+                let mut o = Vec::new();
+                pktline::sideband(&mut o, 2, format!("{msg}\r").as_bytes(), band_max);
+                // Best effort: dropped when the client is slow.
+                let _ = progress_tx.clone().try_send(Bytes::from(o));
+            }
+        };
+        let plan = match upload::plan(
+            &ctx.backend,
+            &repo,
+            &state,
+            &refs,
+            &fetch,
+            &common,
+            &mut report,
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(repo = %repo, error = %e, "fetch failed");
+                let mut o = Vec::new();
+                match (early, sideband) {
+                    // The response has started: report on the error channel.
+                    (true, Some(max)) => {
+                        pktline::sideband(&mut o, 3, format!("{e}\n").as_bytes(), max)
+                    }
+                    // Nothing sent yet: git reads an ERR line in place of the answer.
+                    (false, _) => pktline::error(&mut o, &e.to_string()),
+                    // A raw pack has been promised and there is no channel to say why
+                    // it will not come: the response is abandoned (see http::channel).
+                    (true, None) => return,
+                }
+                if tx.send(Bytes::from(o)).await.is_ok() {
+                    tx.finish();
+                }
+                return;
+            }
+        };
+        let mut first = if early { Vec::new() } else { head(Some(&plan)) };
+        if progress {
+            let msg = format!(
+                "repoSpanner-rs: sending {} objects ({} as thin deltas)\n",
+                plan.objects.len(),
+                plan.thin
+            );
+            pktline::sideband(&mut first, 2, msg.as_bytes(), band_max);
+        }
+        if tx.send(Bytes::from(first)).await.is_err() {
+            return;
+        }
+        let planned = started.elapsed();
+        // Entries are read a batch at a time and framed straight into the response,
+        // the next batch read while the last is sent; the channel's bound makes a slow
+        // client slow the reading down.
+        let mut out = pktline::BandWriter::new(1, sideband);
+        let mut pack = upload::PackOut::new(&plan, &mut |b| out.write(b));
+        let mut end = upload::batch_end(&plan, 0);
+        let mut read = upload::read_batch(&ctx.backend, &repo, &plan.objects[..end]).await;
+        loop {
+            let batch = match read {
+                Ok(b) => b,
+                Err(e) => {
+                    // The pack has started: the client is told why it stops.
+                    warn!(repo = %repo, error = %e, "fetch failed while sending the pack");
+                    // Without side-band there is no way to say why: the response is
+                    // abandoned, so the client sees a broken transfer (http::channel).
+                    let Some(max) = sideband else { return };
+                    let mut o = out.take();
+                    pktline::sideband(&mut o, 3, format!("{e}\n").as_bytes(), max);
+                    if tx.send(Bytes::from(o)).await.is_ok() {
+                        tx.finish();
+                    }
+                    return;
+                }
+            };
+            // Framed by reference: the entries stay in the read buffers until TLS
+            // copies them into its records (see crate::piece).
+            let mut pieces = Vec::new();
+            pack.write(
+                batch,
+                &mut Cut {
+                    out: &mut out,
+                    pieces: &mut pieces,
+                },
+            );
+            let start = end;
+            if start == plan.objects.len() {
+                if !send_all(&mut tx, pieces).await {
+                    return;
+                }
+                break;
+            }
+            end = upload::batch_end(&plan, start);
+            let next = upload::read_batch(&ctx.backend, &repo, &plan.objects[start..end]);
+            let (sent, next) = futures_util::future::join(send_all(&mut tx, pieces), next).await;
+            if !sent {
+                return;
+            }
+            read = next;
+        }
+        pack.finish(&mut |b| out.write(b));
+        let mut last = out.take_piece();
+        if sideband.is_some() {
+            let mut end = Vec::new();
+            pktline::flush(&mut end);
+            last.push_shared(Bytes::from(end));
+        }
+        if tx.send(last).await.is_ok() {
+            tx.finish();
+        }
+        if plan.proves_reachable {
+            match ctx.backend.mark_reachable(&repo, &state.refs).await {
+                Ok(()) => {
+                    info!(repo = %repo, "every stored object is reachable: full clones skip the walk again")
+                }
+                Err(e) => debug!(repo = %repo, error = %e, "not marked reachable"),
+            }
+        }
+        info!(
+            repo = %repo,
+            objects = plan.objects.len(),
+            plan_ms = planned.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "served a pack"
+        );
+    });
+    glommio::spawn_local(async move {
+        if let Err(p) = sending.await {
+            tracing::error!(repo = %failed_repo, error = %p, "sending a pack failed on a bug; the node goes on");
+        }
+    })
+    .detach();
+    let mut r = Response::new(body);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
+        r.headers_mut().insert("content-type", v);
+    }
+    r
+}
+
+/// The most bytes of a response handed to the connection at a time: the response
+/// channel holds a few of them, so a batch of the pack is not queued whole.
+pub(super) const SEND_PIECE: usize = 256 << 10;
+
+/// Sends `pieces` in order; false if the client went away.
+pub(super) async fn send_all(tx: &mut http::BodySender, pieces: Vec<http::Piece>) -> bool {
+    for p in pieces {
+        if tx.send(p).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// A pack's side-band framing, cut into pieces of about [`SEND_PIECE`] as it is
+/// written.
+pub(super) struct Cut<'a> {
+    out: &'a mut pktline::BandWriter,
+    pieces: &'a mut Vec<http::Piece>,
+}
+
+impl Cut<'_> {
+    fn cut(&mut self) {
+        if self.out.len() >= SEND_PIECE {
+            self.pieces.push(self.out.take_piece());
+        }
+    }
+}
+
+impl<C: AsRef<[u8]> + 'static> upload::PackSink<C> for Cut<'_> {
+    fn bytes(&mut self, b: &[u8]) {
+        self.out.write(b);
+        self.cut();
+    }
+    fn stored(&mut self, deflated: C) {
+        let len = deflated.as_ref().len();
+        if len <= SEND_PIECE {
+            self.out.write_owned(deflated);
+            self.cut();
+            return;
+        }
+        // A large entry in several pieces: each piece pins its whole read buffer, so
+        // pieces of one entry, not one piece per entry, fill the response channel.
+        let all = crate::piece::LocalBytes::new(deflated);
+        let mut at = 0;
+        while at < len {
+            let n = SEND_PIECE.min(len - at);
+            self.out.write_local(all.slice(at..at + n));
+            self.cut();
+            at += n;
+        }
+    }
+}

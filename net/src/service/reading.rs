@@ -1,0 +1,309 @@
+//! A push's pack read while it arrives: on the executor while the body is small, then
+//! on a `pack-reader` thread of its own (any CPU), each commit, tree and tag inspected
+//! as it comes out (`git::receive::Inspected`).
+
+use super::*;
+
+/// Reads a push's pack while it arrives: on the executor while the body is small; once
+/// it is spooled, on a thread of its own (at most [`READERS_MAX`] in a process; past
+/// that, on the executor), so inflating and hashing overlap the transfer instead of
+/// holding up the executor's reading of the socket.
+pub(super) enum PackReading {
+    Here {
+        stream: Option<Box<(crate::git::pack::PackStream, Inspected)>>,
+        /// A bad pack is reported once the whole request has arrived.
+        error: Option<crate::git::pack::PackError>,
+    },
+    Away {
+        /// How much of the body is written (the reader reads up to it).
+        tx: std::sync::mpsc::Sender<usize>,
+        /// The length last sent on `tx` (see [`NOTIFY_BYTES`]).
+        told: usize,
+        /// Set when the push failed: the reader stops at once.
+        cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        /// Objects whose ids the reader knows, as it learns them.
+        ready: std::sync::mpsc::Receiver<Vec<crate::git::pack::Resolved>>,
+        result: std::pin::Pin<Box<dyn std::future::Future<Output = PackRead>>>,
+    },
+}
+
+/// The CPUs pack reader threads may run on: all the process may use. Threads inherit
+/// the pinning of the shard that starts them, so a reader would share its shard's core
+/// with that shard's executor (receiving, raft, every other request of the shard) while
+/// another core may be idle. (On the 2-core test machine, where the git client takes the
+/// other core, pinned and unpinned measured the same.)
+pub(super) static READER_CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+
+/// Sets the CPUs pack readers run on (once, before the shards are pinned).
+pub fn set_reader_cpus(cpus: Vec<usize>) {
+    let _ = READER_CPUS.set(cpus);
+}
+
+pub(super) fn unpin_this_thread() {
+    let Some(cpus) = READER_CPUS.get().filter(|c| !c.is_empty()) else {
+        return;
+    };
+    // SAFETY: a cpu_set_t we own, filled with CPU_SET and passed by pointer with its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus.iter().filter(|c| **c < libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::debug!("pack reader keeps its shard's CPU");
+        }
+    }
+}
+
+/// How far a pack reader reads before it reports what it verified.
+pub(super) const READ_STEP_BYTES: usize = 8 << 20;
+
+/// How much more of a body must have arrived before its reader is told. A body comes
+/// in pieces of 16-64 KiB; telling the reader of each woke it for each (a futex wake
+/// and two context switches: 10% of a 3-node leader's CPU for a 102 MiB push, by perf),
+/// though it had caught up and could only read that piece. The rest is told at the end.
+pub(super) const NOTIFY_BYTES: usize = 1 << 20;
+
+/// Pack reader threads running in this process, and their most.
+pub(super) static READERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+pub(super) const READERS_MAX: usize = 16;
+
+/// A pack reader's place in [`READERS`], given back on drop.
+pub(super) struct ReaderSlot;
+
+impl ReaderSlot {
+    pub(super) fn take() -> Option<ReaderSlot> {
+        use std::sync::atomic::Ordering;
+        if READERS.fetch_add(1, Ordering::AcqRel) < READERS_MAX {
+            Some(ReaderSlot)
+        } else {
+            READERS.fetch_sub(1, Ordering::AcqRel);
+            None
+        }
+    }
+}
+
+impl Drop for ReaderSlot {
+    fn drop(&mut self) {
+        READERS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl PackReading {
+    /// Reads what arrived of the pack that starts at `at` in `body`.
+    pub(super) fn advance(&mut self, body: &spool::Body, at: usize) {
+        match self {
+            PackReading::Here {
+                stream,
+                error: None,
+            } => {
+                if let spool::Body::File(f) = body {
+                    if stream.is_some() {
+                        if let Some(slot) = ReaderSlot::take() {
+                            if let Some(st) = stream.take() {
+                                *self = PackReading::away(*st, f.view(), at, slot);
+                                return;
+                            }
+                        }
+                    }
+                }
+                let pack = body.as_slice().get(at..).unwrap_or_default();
+                let r = match stream.as_mut() {
+                    Some(st) => {
+                        let (st, inspected) = &mut **st;
+                        crate::contain::run(|| st.advance(pack, inspected))
+                            .unwrap_or_else(|p| Err(p.into()))
+                    }
+                    None => Ok(()),
+                };
+                if let Err(e) = r {
+                    *self = PackReading::Here {
+                        stream: None,
+                        error: Some(e),
+                    };
+                }
+            }
+            PackReading::Here { .. } => {}
+            PackReading::Away { tx, told, .. } => {
+                if body.len() - *told >= NOTIFY_BYTES {
+                    // The reader is gone only if it panicked; finish() reports that.
+                    let _ = tx.send(body.len());
+                    *told = body.len();
+                }
+            }
+        }
+    }
+
+    /// Moves reading to a thread of its own. Not the shard's blocking pool: a push that
+    /// arrives slowly would hold it for as long, and other pushes verify there.
+    pub(super) fn away(
+        (mut stream, mut inspected): (crate::git::pack::PackStream, Inspected),
+        view: spool::SpoolView,
+        at: usize,
+        slot: ReaderSlot,
+    ) -> PackReading {
+        use crate::git::pack::PackError;
+        use std::sync::atomic::Ordering;
+        let (tx, rx) = std::sync::mpsc::channel::<usize>();
+        let told = view.len();
+        let _ = tx.send(told);
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        // What the executor's reading found already is ready too.
+        let mut reported = 0;
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = cancel.clone();
+        let (done_tx, done_rx) = futures_channel::oneshot::channel::<PackRead>();
+        let started = std::thread::Builder::new()
+            .name("pack-reader".into())
+            .spawn(move || {
+                // A bug here costs this push only: dropping `done_tx` fails it.
+                let _contained = crate::contain::run(move || {
+                    let _slot = slot;
+                    unpin_this_thread();
+                    let mut last = at;
+                    let mut error = None;
+                    while let Ok(mut len) = rx.recv() {
+                        // Whatever arrived meanwhile, at once.
+                        while let Ok(l) = rx.try_recv() {
+                            len = l;
+                        }
+                        if stop.load(Ordering::Acquire) {
+                            return;
+                        }
+                        // In steps, so what it verifies is reported as it goes (written
+                        // aside meanwhile) also when it has fallen behind the arrival.
+                        let mut upto = last;
+                        last = len;
+                        while error.is_none() && upto < len {
+                            let from = upto;
+                            upto = (upto + READ_STEP_BYTES).min(len);
+                            view.populate(from..upto);
+                            let r = match view.get(at..upto) {
+                                Some(b) => stream.advance(b, &mut inspected),
+                                None => Err(PackError::Truncated),
+                            };
+                            error = r.err();
+                            let found = stream.resolved_since(reported);
+                            reported = stream.entries();
+                            if !found.is_empty() {
+                                let _ = ready_tx.send(found);
+                            }
+                            if stop.load(Ordering::Acquire) {
+                                return;
+                            }
+                        }
+                    }
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let r = match (error, view.get(at..last)) {
+                        (Some(e), _) => Err(e),
+                        (None, Some(b)) => stream.finish(b, &mut inspected).map(|e| (e, inspected)),
+                        (None, None) => Err(PackError::Truncated),
+                    };
+                    let _ = done_tx.send(r);
+                });
+            });
+        match started {
+            Ok(_) => PackReading::Away {
+                tx,
+                told,
+                cancel,
+                ready,
+                result: Box::pin(async move {
+                    done_rx.await.unwrap_or(Err(PackError::Header(
+                        "the pack reader failed (a bug, logged by the node)",
+                    )))
+                }),
+            },
+            Err(e) => {
+                warn!(error = %e, "no thread for reading a pack: the push fails");
+                PackReading::Here {
+                    stream: None,
+                    error: Some(PackError::Header("no thread to read the pack")),
+                }
+            }
+        }
+    }
+
+    /// The pack's entries, once `body` (the whole request) has arrived.
+    pub(super) async fn finish(self, body: &[u8], at: usize) -> PackRead {
+        match self {
+            PackReading::Here { error: Some(e), .. } => Err(e),
+            PackReading::Here {
+                stream: Some(st), ..
+            } => {
+                let (st, mut inspected) = *st;
+                crate::contain::run(move || {
+                    st.finish(body.get(at..).unwrap_or_default(), &mut inspected)
+                        .map(|e| (e, inspected))
+                })
+                .unwrap_or_else(|p| Err(p.into()))
+            }
+            PackReading::Here { .. } => Err(crate::git::pack::PackError::Truncated),
+            PackReading::Away { tx, result, .. } => {
+                let _ = tx.send(body.len());
+                drop(tx);
+                result.await
+            }
+        }
+    }
+
+    /// Objects whose ids the reader learnt since the last call (only a reader away
+    /// reports them: the pack is spooled).
+    pub(super) fn take_ready(&mut self) -> Vec<crate::git::pack::Resolved> {
+        let mut all = Vec::new();
+        if let PackReading::Away { ready, .. } = self {
+            while let Ok(v) = ready.try_recv() {
+                all.extend(v);
+            }
+        }
+        all
+    }
+
+    /// Like [`PackReading::finish`], writing aside what a reader away verifies while
+    /// it catches up.
+    pub(super) async fn finish_writing<B: Backend + 'static>(
+        self,
+        body: &[u8],
+        at: usize,
+        aside: &mut AsideWriter<'_, B>,
+        view: Option<&spool::SpoolView>,
+    ) -> Result<PackRead, Refusal> {
+        match (self, view) {
+            (
+                PackReading::Away {
+                    tx,
+                    mut result,
+                    ready,
+                    ..
+                },
+                Some(view),
+            ) => {
+                let _ = tx.send(body.len());
+                drop(tx);
+                loop {
+                    let poll = std::time::Duration::from_millis(5);
+                    if let Ok(r) =
+                        glommio::timer::timeout(poll, async { Ok((&mut result).await) }).await
+                    {
+                        return Ok(r);
+                    }
+                    let mut found = Vec::new();
+                    while let Ok(v) = ready.try_recv() {
+                        found.extend(v);
+                    }
+                    aside.add(view, at, found).await?;
+                }
+            }
+            (reading, _) => Ok(reading.finish(body, at).await),
+        }
+    }
+
+    /// Stops reading: a reader away stops before its next piece.
+    pub(super) fn abandon(self) {
+        if let PackReading::Away { cancel, .. } = self {
+            cancel.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
