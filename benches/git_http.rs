@@ -27,6 +27,7 @@
 //! number of small pushes (default 20), `BENCH_PUSHERS=N` and `BENCH_SECONDS=N` the
 //! concurrent-push load (default 32 pushers for 10 s). `BENCH_LOG=info` sets the nodes'
 //! log level, `BENCH_KEEP=1` keeps the directory with their logs.
+#![allow(clippy::too_many_lines)] // a test or benchmark reads as one scenario
 
 #[path = "support/corpus.rs"]
 mod corpus;

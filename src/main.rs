@@ -163,6 +163,7 @@ struct QuickstartArgs {
     no_start: bool,
 }
 
+#[allow(clippy::too_many_lines)] // one match arm per command
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = || commands::load_config(&cli.config);
     match cli.command {

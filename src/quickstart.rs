@@ -169,6 +169,7 @@ fn stop_all(children: &mut [Child]) {
 }
 
 /// The whole command.
+#[allow(clippy::too_many_lines)] // the quick start's steps in order, as an operator reads them
 pub fn run(q: &Quickstart) -> Result<()> {
     if q.nodes == 0 || q.nodes > 99 {
         bail!("--nodes {}: a region has 1 to 99 nodes", q.nodes);

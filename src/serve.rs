@@ -361,6 +361,7 @@ fn return_freed_memory() {
     }
 }
 
+#[allow(clippy::too_many_lines)] // start-up in order: checks, join, shards, signals
 fn run(config: &Config, join: Option<String>) -> Result<()> {
     keep_large_buffers();
     return_freed_memory();
@@ -541,6 +542,7 @@ fn shard_dir(git_dir: &Path, k: usize) -> PathBuf {
 
 /// One shard: its store, its repositories, its listeners, its inbox from the others.
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_lines)] // a shard's start-up in order: store, raft, listeners
 async fn run_shard(
     k: usize,
     shards: usize,

@@ -4,6 +4,7 @@
 //! acknowledged is on every node, and that no ref the reader saw ever went backwards.
 //! The seed is printed; `CHAOS_SEED=<n>` replays the schedule of kills and targets,
 //! `CHAOS_SECONDS=<n>` sets the duration (default 45).
+#![allow(clippy::too_many_lines)] // a test or benchmark reads as one scenario
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! made with the real git (`hash-object --literally`) and pushed with it, is refused with
 //! git's message id on the client's screen and changes nothing; `checks.fsck` relaxes a
 //! single check where git lets an operator.
+#![allow(clippy::too_many_lines)] // a test or benchmark reads as one scenario
 
 mod common;
 

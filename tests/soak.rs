@@ -14,6 +14,7 @@
 //! ```text
 //! SOAK_COMMITS=50000 SOAK_FILES=5000 SOAK_TAGS=1000 cargo test --release --test soak -- --nocapture
 //! ```
+#![allow(clippy::too_many_lines)] // a test or benchmark reads as one scenario
 
 mod common;
 

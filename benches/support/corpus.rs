@@ -7,6 +7,7 @@
 //! The shape (`BENCH_COMMITS`, `BENCH_FILES`, `BENCH_TAGS`) scales it: the defaults
 //! (50,000 commits over 5,000 files, 1,000 tags) give about half a million objects.
 //! A generated corpus is kept under `target/bench-corpus/` and reused.
+#![allow(clippy::too_many_lines)] // a test or benchmark reads as one scenario
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

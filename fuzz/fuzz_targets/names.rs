@@ -3,7 +3,8 @@
 use libfuzzer_sys::fuzz_target;
 use repospanner_net::git::receive::ambiguous_ref_name;
 use repospanner_net::git::refs::{valid_ref_name, valid_repo_name};
-use repospanner_net::service::{shard_rpc, split_repo_path};
+use repospanner_net::rpc;
+use repospanner_net::service::split_repo_path;
 
 fuzz_target!(|data: &[u8]| {
     let _ = valid_ref_name(data);
@@ -15,6 +16,10 @@ fuzz_target!(|data: &[u8]| {
     if let Some((repo, rest)) = split_repo_path(s) {
         assert!(s.len() >= repo.len() + rest.len());
     }
-    let _ = shard_rpc(s);
+    if let Some((_, name)) = rpc::split_path(s) {
+        if let Some(op) = rpc::Op::parse(name) {
+            assert_eq!(op.name(), name);
+        }
+    }
     let _ = repospanner_net::git::excerpt(data);
 });

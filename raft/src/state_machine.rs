@@ -40,6 +40,7 @@ pub struct State {
 
 impl State {
     /// Applies one command; pure.
+    #[allow(clippy::too_many_lines)] // one match arm per command, each short
     pub fn apply(&mut self, cmd: &Command) -> Response {
         match cmd {
             Command::CreateRepo {

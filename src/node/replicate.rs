@@ -47,6 +47,7 @@ pub(super) async fn send_bodies(
 impl<D: Dir> NodeBackend<D> {
     /// Stores a push's verified objects here and on the other members until a
     /// majority holds them durably ([`Backend::store`]).
+    #[allow(clippy::too_many_lines)] // the sends to each member and the majority wait share one channel and deadline
     pub(super) async fn replicate(
         &self,
         repo: &str,

@@ -2,6 +2,7 @@
 //! measured in the same run. Sections (pass a name to run one): `append`, `reads`,
 //! `startup`, `delta`. `BENCH_OBJECTS=N` changes the size of the read/startup store
 //! (default 1,000,000).
+#![allow(clippy::too_many_lines)] // a test or benchmark reads as one scenario
 
 use std::cell::RefCell;
 use std::io::Write as _;

@@ -390,6 +390,7 @@ fn encode_write(w: &Write, opts: &Options) -> Encoded {
 impl<D: Dir> Store<D> {
     /// Opens (or creates) the store in `dir`: loads the checkpoint if it is valid, scans
     /// the log after it, cuts a torn tail, and reports damaged regions.
+    #[allow(clippy::too_many_lines)] // recovery is one sequence (checkpoint, scan, cut, report) over shared state
     pub async fn open(dir: D, opts: Options) -> Result<(Store<D>, RecoveryReport)> {
         let mut report = RecoveryReport::default();
         let mut ids: Vec<u64> = dir
@@ -698,6 +699,7 @@ impl<D: Dir> Store<D> {
     }
 
     /// Writes one batch as one frame: one aligned write, one `fdatasync`.
+    #[allow(clippy::too_many_lines)] // one frame: layout, CRC, the aligned write and the index update must stay together
     async fn write_batch(&self, batch: &[Pending]) -> Result<Vec<Loc>> {
         let inner = &self.inner;
         let body_len: usize = batch.iter().map(|p| p.bytes).sum();

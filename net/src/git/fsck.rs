@@ -1208,6 +1208,7 @@ mod tests {
     }
 
     #[rustfmt::skip]
+    #[allow(clippy::too_many_lines)] // a table of cases
     fn cases() -> Vec<Case> {
         let (t, p) = (format!("tree {T0}\n"), "parent 1234567890123456789012345678901234567890\n");
         let (a, c) = ("author A <a@e.x> 1 +0000\n", "committer C <c@e.x> 1 +0000\n");

@@ -503,6 +503,7 @@ impl PackStream {
         Ok(())
     }
 
+    #[allow(clippy::too_many_lines)] // the reader's state machine for one entry: header, inflate, hash, early resolution share its fields
     fn step(
         &mut self,
         buf: &[u8],
@@ -776,6 +777,7 @@ impl PackStream {
 /// content of an object the repository already has (bases of a thin pack). `inspect`
 /// sees the commits, trees and tags whose ids were not known yet (the reader showed it
 /// the others). Objects the pack carries twice are kept once.
+#[allow(clippy::too_many_lines)] // one depth-first walk over the delta trees; its closures share the walk's state
 pub fn resolve(
     pack: &[u8],
     entries: Vec<Entry>,

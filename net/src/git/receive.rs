@@ -15,7 +15,7 @@ use super::pack::{self, Limits, Resolved};
 use super::pktline::{self, Pkt, Reader};
 use super::refs::valid_ref_name;
 use super::{excerpt, hex, parse_hex, ObjectKind, Oid, RequestLimits, ZERO};
-use crate::backend::{Backend, RawObject, RefUpdate, RepoState};
+use crate::backend::{Backend, BackendError, RawObject, RefUpdate, RepoState};
 
 /// Capabilities of receive-pack.
 pub fn receive_caps() -> String {
@@ -534,108 +534,250 @@ pub async fn receive<B: Backend>(
     let mut phases = Phases::start();
     let needs_pack = commands.iter().any(|c| c.new != ZERO);
 
-    // Unpack and verify.
-    let mut resolved: Vec<Resolved> = Vec::new();
-    let mut inspected = Inspected::new(fsck_opts.clone());
-    if needs_pack || !pack_bytes.is_empty() {
-        if pack_bytes.is_empty() {
-            return Report::all_failed(commands, Err("missing pack".into()), "unpacker error");
+    let (resolved, mut inspected) = if needs_pack || !pack_bytes.is_empty() {
+        let unpacked = unpack(
+            b,
+            repo,
+            &pack_bytes,
+            limits,
+            fsck_opts,
+            pre_read,
+            &mut progress,
+        )
+        .await;
+        match unpacked {
+            Ok(u) => u,
+            Err((why, status)) => return Report::all_failed(commands, Err(why), status),
         }
-        // Entries already read while the pack arrived, or read now.
-        let entries = match pre_read.unwrap_or_else(|| {
-            crate::contain::run(|| pack::read_entries(&pack_bytes, limits, &mut inspected))
-                .unwrap_or_else(|p| Err(p.into()))
-                .map(|e| (e, inspected))
-        }) {
-            Ok((e, i)) => {
-                inspected = i;
-                e
-            }
-            Err(e) => return Report::all_failed(commands, Err(e.to_string()), "unpacker error"),
+    } else {
+        (Vec::new(), Inspected::new(fsck_opts.clone()))
+    };
+    phases.mark("resolve");
+
+    let forward = connect(b, repo, state, req, &resolved, &inspected, &mut refusals).await;
+    phases.mark("connect");
+
+    // Store the pack's objects, durably, before any ref moves: all of them, as git
+    // does, when an accepted update needs them.
+    let accepted: Vec<usize> = (0..commands.len())
+        .filter(|i| refusals[*i].is_none())
+        .collect();
+    if !accepted.is_empty() {
+        let tips: HashSet<Oid> = accepted.iter().map(|&i| commands[i].new).collect();
+        let kept: &[Resolved] = if tips.iter().any(|t| *t != ZERO) {
+            &resolved
+        } else {
+            &[]
         };
-        progress(format!("Receiving objects: {} objects", entries.len()));
-        // Thin-pack bases come from the repository. The closure is sync; fetch the
-        // ones the pack names and the repository has, up front.
-        let mut externals: HashMap<Oid, (ObjectKind, Vec<u8>)> = HashMap::new();
-        let in_pack_refs: Vec<Oid> = entries
+        // Whether everything stored now is reachable from the new tips: in a graph
+        // of hashes (no cycles), when every pushed object but the tips is named by
+        // another pushed object.
+        let all_reachable = kept
             .iter()
-            .filter_map(|e| match e.kind {
-                pack::EntryKind::RefDelta { base } => Some(base),
-                _ => None,
+            .all(|r| tips.contains(&r.oid) || inspected.named.contains_key(&r.oid));
+        let stored = store(b, repo, kept, &pack_bytes, aside, &mut inspected, &mut progress);
+        if let Err(e) = stored.await {
+            return Report::all_failed(
+                commands,
+                Err(format!("storing objects failed: {e}")),
+                "storage failure",
+            );
+        }
+        phases.mark("store");
+        let updates: Vec<RefUpdate> = accepted
+            .iter()
+            .map(|&i| {
+                let c = &commands[i];
+                RefUpdate {
+                    name: c.name.clone(),
+                    old: (c.old != ZERO).then_some(c.old),
+                    new: (c.new != ZERO).then_some(c.new),
+                    forward: forward[i] && all_reachable,
+                }
             })
             .collect();
-        let has = b.has_many(repo, &in_pack_refs);
-        for (base, h) in in_pack_refs.iter().zip(has) {
-            if h && !externals.contains_key(base) {
-                match b.object(repo, base).await {
-                    Ok(Some(o)) => {
-                        externals.insert(*base, o);
+        let stored: Vec<Oid> = kept.iter().map(|r| r.oid).collect();
+        match b.update_refs(repo, &updates, atomic, &stored).await {
+            Ok(results) => {
+                for (&i, r) in accepted.iter().zip(results) {
+                    if let Err(e) = r {
+                        refusals[i] = Some(e);
                     }
-                    Ok(None) => {}
-                    Err(e) => return Report::all_failed(commands, Err(e.0), "unpacker error"),
+                }
+            }
+            Err(e) => {
+                for &i in &accepted {
+                    refusals[i] = Some(format!("ref update failed: {e}"));
                 }
             }
         }
-        // Inflating and hashing a large pack takes seconds of CPU: off the executor, so
-        // the shard keeps serving (raft heartbeats above all) meanwhile.
-        let (pack, limits_copy) = (pack_bytes.clone(), *limits);
-        let resolution = glommio::executor()
-            .spawn_blocking(move || {
-                crate::contain::run(move || {
-                    let resolved = pack::resolve(
-                        &pack,
-                        entries,
-                        &limits_copy,
-                        |o| externals.get(o).cloned(),
-                        &mut inspected,
-                    )?;
-                    let index: HashMap<Oid, usize> = resolved
-                        .iter()
-                        .enumerate()
-                        .map(|(i, r)| (r.oid, i))
-                        .collect();
-                    let mut external = |o: &Oid| externals.get(o).map(|(_, c)| c.clone());
-                    let checked = fsck_special(
-                        &pack,
-                        &resolved,
-                        &index,
-                        &inspected,
-                        &limits_copy,
-                        &mut external,
-                    );
-                    Ok::<_, pack::PackError>((resolved, inspected, checked))
-                })
-                .unwrap_or_else(|p| Err(p.into()))
-            })
-            .await;
-        let stored_special;
-        (resolved, inspected, stored_special) = match resolution {
-            Ok((r, i, Ok(stored))) => (r, i, stored),
-            Ok((_, _, Err(why))) => {
-                return Report::all_failed(commands, Err(why), "fsck error in the pack")
-            }
-            Err(e) => return Report::all_failed(commands, Err(e.to_string()), "unpacker error"),
-        };
-        // `.gitmodules` and `.gitattributes` the pushed trees name but it does not
-        // carry: stored already, read from the repository.
-        for (oid, which) in stored_special {
-            let found = match b.object(repo, &oid).await {
-                Ok(o) => o,
-                Err(e) => return Report::all_failed(commands, Err(e.0), "unpacker error"),
-            };
-            let kind_size = found.as_ref().map(|(k, c)| (*k, c.len() as u64));
-            let content = found.as_ref().map(|(_, c)| c.as_slice());
-            if let Err(why) = check_special(which, &oid, kind_size, content, fsck_opts) {
-                return Report::all_failed(commands, Err(why), "fsck error in the pack");
+    }
+    phases.mark("refs");
+    tracing::info!(repo, objects = resolved.len(), phases = %phases, "push verified and applied");
+    Report {
+        unpack: Ok(()),
+        refs: commands
+            .iter()
+            .zip(refusals)
+            .map(|(c, r)| (c.name.clone(), r.map_or(Ok(()), Err)))
+            .collect(),
+    }
+}
+
+/// Stores `kept`, the push's objects, durably (on a majority of the region's nodes),
+/// and hands what the reader kept of their contents to the node's cache.
+async fn store<B: Backend>(
+    b: &B,
+    repo: &str,
+    kept: &[Resolved],
+    pack_bytes: &bytes::Bytes,
+    aside: Option<u64>,
+    inspected: &mut Inspected,
+    progress: &mut impl FnMut(String),
+) -> Result<(), BackendError> {
+    let raws: Vec<RawObject> = kept
+        .iter()
+        .map(|r| RawObject {
+            oid: r.oid,
+            kind: r.kind,
+            object_size: r.object_size,
+            entry_size: r.entry_size,
+            base: r.base,
+            deflated: pack_bytes.slice(r.data.clone()),
+        })
+        .collect();
+    let n = raws.len();
+    b.store(repo, raws, aside, progress).await?;
+    progress(format!("Stored {n} new objects"));
+    if n > 0 {
+        b.remember(repo, std::mem::take(&mut inspected.kept));
+    }
+    Ok(())
+}
+
+/// The pack of a push unpacked and verified: its objects resolved (every id
+/// recomputed, thin-pack bases from the repository) and checked as git's
+/// `receive.fsckObjects` does; or why not, and the unpack status to report.
+async fn unpack<B: Backend>(
+    b: &B,
+    repo: &str,
+    pack_bytes: &bytes::Bytes,
+    limits: &Limits,
+    fsck_opts: &std::sync::Arc<fsck::Options>,
+    pre_read: Option<PackRead>,
+    progress: &mut impl FnMut(String),
+) -> Result<(Vec<Resolved>, Inspected), (String, &'static str)> {
+    if pack_bytes.is_empty() {
+        return Err(("missing pack".into(), "unpacker error"));
+    }
+    let mut inspected = Inspected::new(fsck_opts.clone());
+    // Entries already read while the pack arrived, or read now.
+    let entries = match pre_read.unwrap_or_else(|| {
+        crate::contain::run(|| pack::read_entries(pack_bytes, limits, &mut inspected))
+            .unwrap_or_else(|p| Err(p.into()))
+            .map(|e| (e, inspected))
+    }) {
+        Ok((e, i)) => {
+            inspected = i;
+            e
+        }
+        Err(e) => return Err((e.to_string(), "unpacker error")),
+    };
+    progress(format!("Receiving objects: {} objects", entries.len()));
+    // Thin-pack bases come from the repository. The closure is sync; fetch the
+    // ones the pack names and the repository has, up front.
+    let mut externals: HashMap<Oid, (ObjectKind, Vec<u8>)> = HashMap::new();
+    let in_pack_refs: Vec<Oid> = entries
+        .iter()
+        .filter_map(|e| match e.kind {
+            pack::EntryKind::RefDelta { base } => Some(base),
+            _ => None,
+        })
+        .collect();
+    let has = b.has_many(repo, &in_pack_refs);
+    for (base, h) in in_pack_refs.iter().zip(has) {
+        if h && !externals.contains_key(base) {
+            match b.object(repo, base).await {
+                Ok(Some(o)) => {
+                    externals.insert(*base, o);
+                }
+                Ok(None) => {}
+                Err(e) => return Err((e.0, "unpacker error")),
             }
         }
-        progress(format!(
-            "Resolving deltas: {} objects verified",
-            resolved.len()
-        ));
-        phases.mark("resolve");
     }
+    // Inflating and hashing a large pack takes seconds of CPU: off the executor, so
+    // the shard keeps serving (raft heartbeats above all) meanwhile.
+    let (pack, limits_copy) = (pack_bytes.clone(), *limits);
+    let resolution = glommio::executor()
+        .spawn_blocking(move || {
+            crate::contain::run(move || {
+                let resolved = pack::resolve(
+                    &pack,
+                    entries,
+                    &limits_copy,
+                    |o| externals.get(o).cloned(),
+                    &mut inspected,
+                )?;
+                let index: HashMap<Oid, usize> = resolved
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (r.oid, i))
+                    .collect();
+                let mut external = |o: &Oid| externals.get(o).map(|(_, c)| c.clone());
+                let checked = fsck_special(
+                    &pack,
+                    &resolved,
+                    &index,
+                    &inspected,
+                    &limits_copy,
+                    &mut external,
+                );
+                Ok::<_, pack::PackError>((resolved, inspected, checked))
+            })
+            .unwrap_or_else(|p| Err(p.into()))
+        })
+        .await;
+    let (resolved, inspected, stored_special) = match resolution {
+        Ok((r, i, Ok(stored))) => (r, i, stored),
+        Ok((_, _, Err(why))) => return Err((why, "fsck error in the pack")),
+        Err(e) => return Err((e.to_string(), "unpacker error")),
+    };
+    // `.gitmodules` and `.gitattributes` the pushed trees name but it does not
+    // carry: stored already, read from the repository.
+    for (oid, which) in stored_special {
+        let found = match b.object(repo, &oid).await {
+            Ok(o) => o,
+            Err(e) => return Err((e.0, "unpacker error")),
+        };
+        let kind_size = found.as_ref().map(|(k, c)| (*k, c.len() as u64));
+        let content = found.as_ref().map(|(_, c)| c.as_slice());
+        if let Err(why) = check_special(which, &oid, kind_size, content, fsck_opts) {
+            return Err((why, "fsck error in the pack"));
+        }
+    }
+    progress(format!(
+        "Resolving deltas: {} objects verified",
+        resolved.len()
+    ));
+    Ok((resolved, inspected))
+}
 
+/// Connectivity and history: refuses (in `refusals`) each update whose new tip or
+/// whose pushed objects' names are neither pushed nor stored, each non-fast-forward
+/// update where the repository refuses them, and, in an atomic push, all once one is
+/// refused. Returns, per update, whether it is forward (see `RefUpdate::forward`).
+async fn connect<B: Backend>(
+    b: &B,
+    repo: &str,
+    state: &RepoState,
+    req: &PushRequest,
+    resolved: &[Resolved],
+    inspected: &Inspected,
+    refusals: &mut [Option<String>],
+) -> Vec<bool> {
+    let commands = &req.commands;
+    let atomic = req.caps.contains("atomic");
     // Connectivity, as git's `index-pack --strict`: everything a pushed object names is
     // pushed (as the kind it is named as) or stored, and every new tip is. Stored
     // objects' closures are complete, so every new tip's is.
@@ -689,89 +831,7 @@ pub async fn receive<B: Backend>(
             *r = Some("atomic push failure".into());
         }
     }
-    phases.mark("connect");
-
-    // Store the pack's objects, durably, before any ref moves: all of them, as git
-    // does, when an accepted update needs them.
-    let accepted: Vec<usize> = (0..commands.len())
-        .filter(|i| refusals[*i].is_none())
-        .collect();
-    if !accepted.is_empty() {
-        let tips: HashSet<Oid> = accepted.iter().map(|&i| commands[i].new).collect();
-        let kept: &[Resolved] = if tips.iter().any(|t| *t != ZERO) {
-            &resolved
-        } else {
-            &[]
-        };
-        // Whether everything stored now is reachable from the new tips: in a graph
-        // of hashes (no cycles), when every pushed object but the tips is named by
-        // another pushed object.
-        let all_reachable = kept
-            .iter()
-            .all(|r| tips.contains(&r.oid) || inspected.named.contains_key(&r.oid));
-        let raws: Vec<RawObject> = kept
-            .iter()
-            .map(|r| RawObject {
-                oid: r.oid,
-                kind: r.kind,
-                object_size: r.object_size,
-                entry_size: r.entry_size,
-                base: r.base,
-                deflated: pack_bytes.slice(r.data.clone()),
-            })
-            .collect();
-        let n = raws.len();
-        if let Err(e) = b.store(repo, raws, aside, &mut progress).await {
-            return Report::all_failed(
-                commands,
-                Err(format!("storing objects failed: {e}")),
-                "storage failure",
-            );
-        }
-        progress(format!("Stored {n} new objects"));
-        // The contents kept while reading move to the node's cache.
-        if n > 0 {
-            b.remember(repo, std::mem::take(&mut inspected.kept));
-        }
-        phases.mark("store");
-        let updates: Vec<RefUpdate> = accepted
-            .iter()
-            .map(|&i| {
-                let c = &commands[i];
-                RefUpdate {
-                    name: c.name.clone(),
-                    old: (c.old != ZERO).then_some(c.old),
-                    new: (c.new != ZERO).then_some(c.new),
-                    forward: forward[i] && all_reachable,
-                }
-            })
-            .collect();
-        let stored: Vec<Oid> = kept.iter().map(|r| r.oid).collect();
-        match b.update_refs(repo, &updates, atomic, &stored).await {
-            Ok(results) => {
-                for (&i, r) in accepted.iter().zip(results) {
-                    if let Err(e) = r {
-                        refusals[i] = Some(e);
-                    }
-                }
-            }
-            Err(e) => {
-                for &i in &accepted {
-                    refusals[i] = Some(format!("ref update failed: {e}"));
-                }
-            }
-        }
-    }
-    phases.mark("refs");
-    tracing::info!(repo, objects = resolved.len(), phases = %phases, "push verified and applied");
-    Report {
-        unpack: Ok(()),
-        refs: commands
-            .iter()
-            .zip(refusals)
-            .map(|(c, r)| (c.name.clone(), r.map_or(Ok(()), Err)))
-            .collect(),
-    }
+    forward
 }
 
 /// Most bytes of verified trees and commits one push hands the node to keep

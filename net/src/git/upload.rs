@@ -624,6 +624,7 @@ struct Commits {
 /// Walks the commits of a fetch, newest first, from the wants and the `common` haves
 /// (uninteresting: the client has them), drawing the shallow boundary the request
 /// asks for (depth, relative depth, time, excluded refs) or keeping the client's.
+#[allow(clippy::too_many_lines)] // one walk with its depth, time and ref boundaries, which share its queue
 async fn walk_commits<B: Backend>(
     b: &B,
     repo: &str,
@@ -845,6 +846,7 @@ pub async fn boundary<B: Backend>(
 
 /// Works out which objects to send for `req` and reads their stored entries. `common`:
 /// the client's haves that the repository has (see [`common`]).
+#[allow(clippy::too_many_lines)] // the plan's steps (wants, haves, boundary, edge trees, objects) share its sets
 pub async fn plan<B: Backend>(
     b: &B,
     repo: &str,

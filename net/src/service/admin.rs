@@ -12,6 +12,7 @@ pub(super) struct RepoRequest {
     pub(super) update: BTreeMap<String, String>,
 }
 
+#[allow(clippy::too_many_lines)] // one match over the admin endpoints, each a few lines
 pub(super) async fn admin<B: Backend + 'static>(
     ctx: &Ctx<B>,
     who: Option<&Principal>,

@@ -68,6 +68,7 @@ pub(super) fn sideband_of(req: &FetchRequest) -> Option<usize> {
     }
 }
 
+#[allow(clippy::too_many_lines)] // to split: negotiation rounds, planning and the pack stream share the response channel
 pub(super) async fn upload_pack<B: Backend + 'static>(
     ctx: Rc<Ctx<B>>,
     repo: String,

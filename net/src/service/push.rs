@@ -168,6 +168,7 @@ pub(super) async fn receive_and_forward<B: Backend + 'static>(
 /// budget and `limits.pack_bytes_max`, its pack read while it arrives, what it verifies
 /// written aside as it goes. Stops with a refusal when `stopped()` (the push was
 /// answered meanwhile).
+#[allow(clippy::too_many_lines)] // one loop over the body's pieces: budget, spool, trailer, reader and aside writer advance together
 pub(super) async fn receive_body<B: Backend + 'static>(
     ctx: &Rc<Ctx<B>>,
     source: &mut route::ClientBody,
