@@ -575,7 +575,15 @@ pub async fn receive<B: Backend>(
         let all_reachable = kept
             .iter()
             .all(|r| tips.contains(&r.oid) || inspected.named.contains_key(&r.oid));
-        let stored = store(b, repo, kept, &pack_bytes, aside, &mut inspected, &mut progress);
+        let stored = store(
+            b,
+            repo,
+            kept,
+            &pack_bytes,
+            aside,
+            &mut inspected,
+            &mut progress,
+        );
         if let Err(e) = stored.await {
             return Report::all_failed(
                 commands,
