@@ -376,6 +376,18 @@ impl<D: Dir> RaftStateMachine<C> for StateMachine<D> {
                 // repospanner_storage::failstop.
                 let _fail_stop = repospanner_storage::failstop::enter();
                 let mut i = self.inner.borrow_mut();
+                // Entries apply once each, in log order: applying one twice or an
+                // older one after a newer would move refs twice or from a state no
+                // member had. (openraft applies each next index; its storage suite
+                // also applies with gaps.)
+                assert!(
+                    i.applied
+                        .as_ref()
+                        .is_none_or(|l| entry.log_id().index() > l.index()),
+                    "entry {} applied after {:?}",
+                    entry.log_id().index(),
+                    i.applied.as_ref().map(|l| l.index())
+                );
                 i.applied = Some(entry.log_id());
                 match &entry.payload {
                     EntryPayload::Normal(cmd) => i.state.apply(cmd),

@@ -789,7 +789,10 @@ impl<D: Dir> Store<D> {
                     count += 1;
                 }
             }
-            debug_assert_eq!(out.at, logical_len);
+            // The batch's reservation and what was encoded agree, or the frame and the
+            // block after it would be laid out from a wrong length.
+            assert_eq!(out.at, logical_len, "a frame's encoded length");
+            assert_eq!(locs.len(), count as usize, "a frame's record count");
             let header = record::encode_frame_header_crc(
                 salt,
                 out.at - body_start,
@@ -825,16 +828,24 @@ impl<D: Dir> Store<D> {
                 .map_err(io_err("fsync", "store directory"))?;
         }
 
-        // Durable: publish.
+        // Durable: publish. A record this store just wrote that does not apply is a
+        // bug that would otherwise lose what it carries silently (a ref could then
+        // name an object no reader finds): fail-stop (inside `state`).
         {
             let mut index = state(&inner.index);
             let mut l = locs.iter();
             for p in batch {
                 for e in &p.writes {
-                    if let Some(loc) = l.next() {
-                        // The keys are in the head.
-                        index.apply(e.kind, &e.head, *loc);
-                    }
+                    let Some(loc) = l.next() else {
+                        unreachable!("a location per record (asserted above)");
+                    };
+                    // The keys are in the head.
+                    let applied = index.apply(e.kind, &e.head, *loc);
+                    assert!(
+                        applied,
+                        "a record just written does not apply: {:?}",
+                        e.kind
+                    );
                 }
             }
         }
