@@ -68,7 +68,7 @@ pub(super) fn sideband_of(req: &FetchRequest) -> Option<usize> {
     }
 }
 
-#[allow(clippy::too_many_lines)] // to split: negotiation rounds, planning and the pack stream share the response channel
+#[allow(clippy::too_many_lines)] // to split further: the negotiation rounds and the plan share the response channel (the pack stream is `send_pack`)
 pub(super) async fn upload_pack<B: Backend + 'static>(
     ctx: Rc<Ctx<B>>,
     repo: String,
@@ -252,64 +252,8 @@ pub(super) async fn upload_pack<B: Backend + 'static>(
             return;
         }
         let planned = started.elapsed();
-        // Entries are read a batch at a time and framed straight into the response,
-        // the next batch read while the last is sent; the channel's bound makes a slow
-        // client slow the reading down.
-        let mut out = pktline::BandWriter::new(1, sideband);
-        let mut pack = upload::PackOut::new(&plan, &mut |b| out.write(b));
-        let mut end = upload::batch_end(&plan, 0);
-        let mut read = upload::read_batch(&ctx.backend, &repo, &plan.objects[..end]).await;
-        loop {
-            let batch = match read {
-                Ok(b) => b,
-                Err(e) => {
-                    // The pack has started: the client is told why it stops.
-                    warn!(repo = %repo, error = %e, "fetch failed while sending the pack");
-                    // Without side-band there is no way to say why: the response is
-                    // abandoned, so the client sees a broken transfer (http::channel).
-                    let Some(max) = sideband else { return };
-                    let mut o = out.take();
-                    pktline::sideband(&mut o, 3, format!("{e}\n").as_bytes(), max);
-                    if tx.send(Bytes::from(o)).await.is_ok() {
-                        tx.finish();
-                    }
-                    return;
-                }
-            };
-            // Framed by reference: the entries stay in the read buffers until TLS
-            // copies them into its records (see crate::piece).
-            let mut pieces = Vec::new();
-            pack.write(
-                batch,
-                &mut Cut {
-                    out: &mut out,
-                    pieces: &mut pieces,
-                },
-            );
-            let start = end;
-            if start == plan.objects.len() {
-                if !send_all(&mut tx, pieces).await {
-                    return;
-                }
-                break;
-            }
-            end = upload::batch_end(&plan, start);
-            let next = upload::read_batch(&ctx.backend, &repo, &plan.objects[start..end]);
-            let (sent, next) = futures_util::future::join(send_all(&mut tx, pieces), next).await;
-            if !sent {
-                return;
-            }
-            read = next;
-        }
-        pack.finish(&mut |b| out.write(b));
-        let mut last = out.take_piece();
-        if sideband.is_some() {
-            let mut end = Vec::new();
-            pktline::flush(&mut end);
-            last.push_shared(Bytes::from(end));
-        }
-        if tx.send(last).await.is_ok() {
-            tx.finish();
+        if !send_pack(&ctx.backend, &repo, &plan, sideband, tx).await {
+            return;
         }
         if plan.proves_reachable {
             match ctx.backend.mark_reachable(&repo, &state.refs).await {
@@ -338,6 +282,80 @@ pub(super) async fn upload_pack<B: Backend + 'static>(
         r.headers_mut().insert("content-type", v);
     }
     r
+}
+
+/// Streams the pack of `plan` into `tx`: entries read a batch at a time and framed
+/// straight into the response, the next batch read while the last is sent; the
+/// channel's bound makes a slow client slow the reading down. False if it stopped
+/// before the end (the client went away, or a read failed: the client is told why on
+/// side-band 3 where it has one).
+async fn send_pack<B: Backend>(
+    backend: &B,
+    repo: &str,
+    plan: &upload::Plan,
+    sideband: Option<usize>,
+    mut tx: http::BodySender,
+) -> bool {
+    // Entries are read a batch at a time and framed straight into the response,
+    // the next batch read while the last is sent; the channel's bound makes a slow
+    // client slow the reading down.
+    let mut out = pktline::BandWriter::new(1, sideband);
+    let mut pack = upload::PackOut::new(plan, &mut |b| out.write(b));
+    let mut end = upload::batch_end(plan, 0);
+    let mut read = upload::read_batch(backend, repo, &plan.objects[..end]).await;
+    loop {
+        let batch = match read {
+            Ok(b) => b,
+            Err(e) => {
+                // The pack has started: the client is told why it stops.
+                warn!(repo = %repo, error = %e, "fetch failed while sending the pack");
+                // Without side-band there is no way to say why: the response is
+                // abandoned, so the client sees a broken transfer (http::channel).
+                let Some(max) = sideband else { return false };
+                let mut o = out.take();
+                pktline::sideband(&mut o, 3, format!("{e}\n").as_bytes(), max);
+                if tx.send(Bytes::from(o)).await.is_ok() {
+                    tx.finish();
+                }
+                return false;
+            }
+        };
+        // Framed by reference: the entries stay in the read buffers until TLS
+        // copies them into its records (see crate::piece).
+        let mut pieces = Vec::new();
+        pack.write(
+            batch,
+            &mut Cut {
+                out: &mut out,
+                pieces: &mut pieces,
+            },
+        );
+        let start = end;
+        if start == plan.objects.len() {
+            if !send_all(&mut tx, pieces).await {
+                return false;
+            }
+            break;
+        }
+        end = upload::batch_end(plan, start);
+        let next = upload::read_batch(backend, repo, &plan.objects[start..end]);
+        let (sent, next) = futures_util::future::join(send_all(&mut tx, pieces), next).await;
+        if !sent {
+            return false;
+        }
+        read = next;
+    }
+    pack.finish(&mut |b| out.write(b));
+    let mut last = out.take_piece();
+    if sideband.is_some() {
+        let mut end = Vec::new();
+        pktline::flush(&mut end);
+        last.push_shared(Bytes::from(end));
+    }
+    if tx.send(last).await.is_ok() {
+        tx.finish();
+    }
+    true
 }
 
 /// The most bytes of a response handed to the connection at a time: the response
