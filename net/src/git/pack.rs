@@ -347,8 +347,7 @@ pub struct PackStream {
     count: Option<u32>,
     pos: usize,
     entries: Vec<Entry>,
-    starts: std::collections::HashSet<usize>,
-    /// Entry index by offset (OFS_DELTA bases).
+    /// Entry index by offset: where entries start (an OFS_DELTA's base must be one).
     by_offset: HashMap<usize, usize>,
     /// Contents of recent whole objects and resolved deltas, by entry index.
     bases: HashMap<usize, std::sync::Arc<[u8]>>,
@@ -377,7 +376,7 @@ fn entry_header_at(
     buf: &[u8],
     at: usize,
     limits: &Limits,
-    starts: &std::collections::HashSet<usize>,
+    starts: &HashMap<usize, usize>,
 ) -> Result<Option<(EntryKind, u64, usize)>, PackError> {
     let offset = at;
     let mut i = at;
@@ -427,7 +426,7 @@ fn entry_header_at(
                 .checked_sub(rel)
                 .filter(|b| *b >= 12 && rel > 0)
                 .ok_or(PackError::BadOfsBase { offset })? as usize;
-            if !starts.contains(&base_offset) {
+            if !starts.contains_key(&base_offset) {
                 return Err(PackError::BadOfsBase { offset });
             }
             EntryKind::OfsDelta { base_offset }
@@ -454,7 +453,6 @@ impl PackStream {
             count: None,
             pos: 0,
             entries: Vec::new(),
-            starts: std::collections::HashSet::new(),
             by_offset: HashMap::new(),
             bases: HashMap::new(),
             bases_order: Default::default(),
@@ -535,7 +533,7 @@ impl PackStream {
                     return Ok(());
                 }
                 let Some((kind, size, header_len)) =
-                    entry_header_at(&buf[..avail], self.pos, &self.limits, &self.starts)?
+                    entry_header_at(&buf[..avail], self.pos, &self.limits, &self.by_offset)?
                 else {
                     return Ok(());
                 };
@@ -649,7 +647,6 @@ impl PackStream {
                 _ => {}
             }
             self.entries.push(entry);
-            self.starts.insert(cur.offset);
             self.by_offset.insert(cur.offset, index);
             self.pos = end;
         }
