@@ -127,6 +127,11 @@ pub struct EarlyDelta {
 /// directory of 10,000 entries is a tree of 400 KB).
 const BASE_CACHE_OBJECT_MAX: u64 = 256 << 10;
 const BASE_CACHE_TREE_MAX: u64 = 4 << 20;
+/// Most levels of a chain a delta resolved while the pack arrives inflates again when
+/// its bases are no longer cached (each level is a call: deeper chains, which a
+/// hostile pack can make 10,000 deep, would overflow the thread's stack); deeper ones
+/// are left to [`resolve`], which walks without recursion.
+const EARLY_CHAIN_MAX: usize = 64;
 
 /// Whether an object of `kind` and `size` is kept as a base.
 fn cached_as_base(kind: ObjectKind, size: u64) -> bool {
@@ -674,17 +679,23 @@ impl PackStream {
         index: usize,
         depth: usize,
     ) -> Option<(ObjectKind, Oid, std::sync::Arc<[u8]>)> {
-        if depth > self.limits.delta_depth_max {
+        if depth > self.limits.delta_depth_max.min(EARLY_CHAIN_MAX) {
             return None;
         }
         let e = self.entries.get(index)?;
-        let (kind, oid) = match (e.kind, e.delta) {
-            (EntryKind::Full(k), _) => (k, e.oid?),
-            (EntryKind::OfsDelta { .. }, Some(d)) => (d.kind, e.oid?),
+        let (kind, oid, size) = match (e.kind, e.delta) {
+            (EntryKind::Full(k), _) => (k, e.oid?, e.size),
+            (EntryKind::OfsDelta { .. }, Some(d)) => (d.kind, e.oid?, d.object_size),
             _ => return None,
         };
         if let Some(c) = self.bases.get(&index) {
             return Some((kind, oid, c.clone()));
+        }
+        // Not cached: inflated again (with its chain) only while that stays cheap; a
+        // large base would be inflated again for every delta on it. Left to `resolve`,
+        // which inflates each base once.
+        if size > BASE_CACHE_TREE_MAX {
+            return None;
         }
         let data = inflate_prefix(buf.get(e.data.clone())?, e.size)?.0;
         let content = match e.kind {
@@ -817,52 +828,69 @@ pub fn resolve(
             EntryKind::RefDelta { base } => ref_children.entry(base).or_default().push(i),
         }
     }
-    let mut resolved: Vec<Option<Resolved>> = vec![None; entries.len()];
+    // Each resolved entry, and how many deltas lie between it and a whole object.
+    let mut resolved: Vec<Option<(Resolved, usize)>> = vec![None; entries.len()];
 
     // Depth-first from each resolved object through its children, keeping only the
-    // current chain's contents in memory.
+    // current chain's contents in memory: a child's content is made when it is
+    // visited, from its base's, which its pending siblings share.
     let walk = |start: usize,
                 content: Vec<u8>,
                 kind: ObjectKind,
                 base: Option<Oid>,
-                resolved: &mut Vec<Option<Resolved>>,
+                start_depth: usize,
+                resolved: &mut Vec<Option<(Resolved, usize)>>,
                 ref_children: &mut HashMap<Oid, Vec<usize>>,
                 inspect: &mut dyn Inspect|
      -> Result<(), PackError> {
-        let mut stack = vec![(start, content, base, 0usize)];
-        while let Some((i, content, base, depth)) = stack.pop() {
+        enum Made {
+            Content(Vec<u8>),
+            Delta(std::rc::Rc<Vec<u8>>),
+        }
+        let mut stack = vec![(start, Made::Content(content), base, start_depth)];
+        while let Some((i, made, base, depth)) = stack.pop() {
             if depth > limits.delta_depth_max {
                 return Err(PackError::DeltaCycle);
             }
             let e = &entries[i];
+            let content = match made {
+                Made::Content(c) => c,
+                Made::Delta(base_content) => {
+                    let delta = inflate_prefix(&pack[e.data.clone()], e.size)
+                        .ok_or(PackError::BadZlib { offset: e.offset })?
+                        .0;
+                    apply_delta(&base_content, &delta, limits.object_bytes_max).map_err(
+                        |reason| PackError::BadDelta {
+                            offset: e.offset,
+                            reason,
+                        },
+                    )?
+                }
+            };
             let oid = hash(kind, &content)?;
             if kind != ObjectKind::Blob && e.oid.is_none() {
                 inspect.inspect(&oid, kind, &content);
             }
-            resolved[i] = Some(Resolved {
-                oid,
-                kind,
-                object_size: content.len() as u64,
-                entry_size: e.size,
-                base,
-                data: e.data.clone(),
-            });
+            let object_size = content.len() as u64;
             let mut kids: Vec<usize> = ofs_children.get(&i).cloned().unwrap_or_default();
             kids.extend(ref_children.remove(&oid).unwrap_or_default());
-            for k in kids {
-                let ke = &entries[k];
-                let delta = inflate_prefix(&pack[ke.data.clone()], ke.size)
-                    .ok_or(PackError::BadZlib { offset: ke.offset })?
-                    .0;
-                let out =
-                    apply_delta(&content, &delta, limits.object_bytes_max).map_err(|reason| {
-                        PackError::BadDelta {
-                            offset: ke.offset,
-                            reason,
-                        }
-                    })?;
-                stack.push((k, out, Some(oid), depth + 1));
+            if !kids.is_empty() {
+                let shared = std::rc::Rc::new(content);
+                for k in kids {
+                    stack.push((k, Made::Delta(shared.clone()), Some(oid), depth + 1));
+                }
             }
+            resolved[i] = Some((
+                Resolved {
+                    oid,
+                    kind,
+                    object_size,
+                    entry_size: e.size,
+                    base,
+                    data: e.data.clone(),
+                },
+                depth,
+            ));
         }
         Ok(())
     };
@@ -876,14 +904,17 @@ pub fn resolve(
             ofs_children.contains_key(&i) || e.oid.is_some_and(|o| ref_children.contains_key(&o));
         if let (Some(oid), false) = (e.oid, is_base) {
             // Hashed while reading, and no delta needs its content.
-            resolved[i] = Some(Resolved {
-                oid,
-                kind,
-                object_size: e.size,
-                entry_size: e.size,
-                base: None,
-                data: e.data.clone(),
-            });
+            resolved[i] = Some((
+                Resolved {
+                    oid,
+                    kind,
+                    object_size: e.size,
+                    entry_size: e.size,
+                    base: None,
+                    data: e.data.clone(),
+                },
+                0,
+            ));
             continue;
         }
         let content = inflate_prefix(&pack[e.data.clone()], e.size)
@@ -894,6 +925,7 @@ pub fn resolve(
             content,
             kind,
             None,
+            0,
             &mut resolved,
             &mut ref_children,
             inspect,
@@ -921,6 +953,7 @@ pub fn resolve(
                 out,
                 kind,
                 Some(base),
+                1,
                 &mut resolved,
                 &mut ref_children,
                 inspect,
@@ -930,11 +963,29 @@ pub fn resolve(
     if resolved.iter().any(Option::is_none) {
         return Err(PackError::DeltaCycle);
     }
-    let mut seen = std::collections::HashSet::new();
+    // An object the pack carries more than once is kept as its copy nearest a whole
+    // object: each kept delta's base is then kept nearer still, so no kept object is a
+    // delta of itself or of its own descendants (a hostile pack can send X as a delta
+    // of a later copy of X; kept first, X would be stored unreadable).
+    let mut best: HashMap<Oid, usize> = HashMap::new();
+    for (i, (r, depth)) in resolved.iter().flatten().enumerate() {
+        match best.entry(r.oid) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(i);
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                if resolved[*o.get()].as_ref().is_some_and(|(_, d)| depth < d) {
+                    o.insert(i);
+                }
+            }
+        }
+    }
     Ok(resolved
         .into_iter()
         .flatten()
-        .filter(|r| seen.insert(r.oid))
+        .enumerate()
+        .filter(|(i, (r, _))| best.get(&r.oid) == Some(i))
+        .map(|(_, (r, _))| r)
         .collect())
 }
 
@@ -1311,6 +1362,143 @@ mod tests {
             })
             .collect();
         resolve(pack, forgotten, limits, |_| None, &mut ()).expect("resolves late")
+    }
+
+    /// A git delta from a base of `base_len` bytes: its first `copy` bytes, then
+    /// `insert` (at most 127 bytes).
+    fn delta(base_len: usize, copy: usize, insert: &[u8]) -> Vec<u8> {
+        let varint = |mut n: usize, out: &mut Vec<u8>| loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                break;
+            }
+            out.push(b | 0x80);
+        };
+        let mut d = Vec::new();
+        varint(base_len, &mut d);
+        varint(copy + insert.len(), &mut d);
+        if copy > 0 {
+            d.extend_from_slice(&[0xb0, copy as u8, (copy >> 8) as u8]);
+        }
+        if !insert.is_empty() {
+            d.push(insert.len() as u8);
+            d.extend_from_slice(insert);
+        }
+        d
+    }
+
+    #[test]
+    fn an_object_sent_as_a_delta_of_itself_is_kept_from_its_whole_copy() {
+        let x = b"content that a delta copies whole".to_vec();
+        let y = [x.as_slice(), b"!"].concat();
+        let id = |c: &[u8]| object_id(ObjectKind::Blob, c).expect("id");
+        let (x_id, y_id) = (id(&x), id(&y));
+        let x_of_x = deflate(&delta(x.len(), x.len(), b""));
+        let x_of_y = deflate(&delta(y.len(), x.len(), b""));
+        let y_of_x = deflate(&delta(x.len(), x.len(), b"!"));
+        let (dx, dy) = (deflate(&x), deflate(&y));
+        let reference = |base, d: &[u8], deflated| OutEntry::RefDelta {
+            base,
+            size: d.len() as u64,
+            deflated,
+        };
+        let limits = Limits::default();
+        for (name, pack) in [
+            // X as a delta of itself, before X whole.
+            (
+                "self",
+                pack_of(&[
+                    reference(x_id, &delta(x.len(), x.len(), b""), &x_of_x),
+                    full(ObjectKind::Blob, x.len(), &dx),
+                ]),
+            ),
+            // X and Y as deltas of each other, before both whole.
+            (
+                "pair",
+                pack_of(&[
+                    reference(y_id, &delta(y.len(), x.len(), b""), &x_of_y),
+                    reference(x_id, &delta(x.len(), x.len(), b"!"), &y_of_x),
+                    full(ObjectKind::Blob, x.len(), &dx),
+                    full(ObjectKind::Blob, y.len(), &dy),
+                ]),
+            ),
+            // X as a delta of Y, Y as a delta of X, X whole: Y stays a delta of X.
+            (
+                "chain",
+                pack_of(&[
+                    reference(y_id, &delta(y.len(), x.len(), b""), &x_of_y),
+                    full(ObjectKind::Blob, x.len(), &dx),
+                    reference(x_id, &delta(x.len(), x.len(), b"!"), &y_of_x),
+                ]),
+            ),
+        ] {
+            let entries = read_entries(&pack, &limits, &mut ()).expect("entries");
+            let r = resolve(&pack, entries, &limits, |_| None, &mut ()).expect("resolves");
+            let by_id: HashMap<Oid, &Resolved> = r.iter().map(|r| (r.oid, r)).collect();
+            assert_eq!(by_id.len(), r.len(), "{name}: each object once");
+            assert_eq!(by_id[&x_id].base, None, "{name}: X kept whole");
+            // Every kept delta's base chain ends at a whole object.
+            for o in &r {
+                let mut at = o;
+                for _ in 0..r.len() {
+                    match at.base {
+                        None => break,
+                        Some(b) => at = by_id[&b],
+                    }
+                }
+                assert_eq!(
+                    at.base,
+                    None,
+                    "{name}: a cycle through {}",
+                    super::super::hex(&o.oid)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_delta_on_a_deep_chain_no_longer_cached_is_resolved_without_deep_recursion() {
+        // A chain of 5,000 OFS deltas, each a byte longer than its base, then enough
+        // cacheable blobs to push the whole chain out of the reader's base cache, then
+        // one more delta on the chain's end: inflating its chain again, one call per
+        // level, would overflow the stack.
+        const DEPTH: usize = 5_000;
+        let mut deflated = vec![deflate(b"r")];
+        let mut sizes = vec![1usize];
+        let mut content = b"r".to_vec();
+        for _ in 0..DEPTH {
+            let d = delta(content.len(), content.len(), b"+");
+            content.push(b'+');
+            sizes.push(d.len());
+            deflated.push(deflate(&d));
+        }
+        let zeros = vec![0u8; BASE_CACHE_OBJECT_MAX as usize];
+        let fillers: Vec<Vec<u8>> = (0..BASE_CACHE_BYTES_MAX / zeros.len() + 1)
+            .map(|i| {
+                let mut z = zeros.clone();
+                z[0] = i as u8;
+                deflate(&z)
+            })
+            .collect();
+        let last = delta(content.len(), content.len(), b"!");
+        let last_z = deflate(&last);
+        let mut out: Vec<OutEntry<'_>> = vec![full(ObjectKind::Blob, 1, &deflated[0])];
+        for k in 1..=DEPTH {
+            out.push(ofs(k - 1, sizes[k], &deflated[k]));
+        }
+        for f in &fillers {
+            out.push(full(ObjectKind::Blob, zeros.len(), f));
+        }
+        out.push(ofs(DEPTH, last.len(), &last_z));
+        let pack = pack_of(&out);
+        let limits = Limits::default();
+        let entries = read_entries(&pack, &limits, &mut ()).expect("entries");
+        let r = resolve(&pack, entries, &limits, |_| None, &mut ()).expect("resolves");
+        content.push(b'!');
+        let want = object_id(ObjectKind::Blob, &content).expect("id");
+        assert!(r.iter().any(|o| o.oid == want));
     }
 
     #[test]
