@@ -234,6 +234,8 @@ pub struct Limits {
     pub pack_bytes_max: u64,
     /// Largest single object (inflated) a push may carry.
     pub object_bytes_max: u64,
+    /// Most bytes verifying one push may inflate and produce by applying deltas.
+    pub push_inflated_bytes_max: u64,
     /// Most ref updates in one push.
     pub refs_per_push_max: u32,
     /// Most concurrent client connections per node.
@@ -267,6 +269,7 @@ impl Default for Limits {
         Limits {
             pack_bytes_max: 2 << 30,
             object_bytes_max: 1 << 30,
+            push_inflated_bytes_max: 64 << 30,
             refs_per_push_max: 100_000,
             connections_max: 4096,
             replication_timeout_seconds: 30,
@@ -346,6 +349,7 @@ impl Config {
         for (key, v) in [
             ("limits.pack_bytes_max", l.pack_bytes_max),
             ("limits.object_bytes_max", l.object_bytes_max),
+            ("limits.push_inflated_bytes_max", l.push_inflated_bytes_max),
             ("limits.refs_per_push_max", u64::from(l.refs_per_push_max)),
             ("limits.connections_max", u64::from(l.connections_max)),
             ("limits.buffered_bytes_max", l.buffered_bytes_max),

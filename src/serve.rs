@@ -418,6 +418,7 @@ fn run(config: &Config, join: Option<String>) -> Result<()> {
     let limits = Limits {
         pack_bytes_max: sc.limits.pack_bytes_max,
         object_bytes_max: sc.limits.object_bytes_max,
+        push_inflated_bytes_max: sc.limits.push_inflated_bytes_max,
         request: repospanner_net::git::RequestLimits {
             ref_name_bytes_max: sc.limits.ref_name_bytes_max as usize,
             capabilities_max: sc.limits.capabilities_max as usize,

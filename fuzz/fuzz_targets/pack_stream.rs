@@ -13,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
         object_bytes_max: 1 << 20,
         objects_max: 256,
         delta_depth_max: 16,
+        inflated_bytes_max: 64 << 20,
     };
     let mut inspected = Inspected::new(std::sync::Arc::new(fsck::Options::default()));
     let mut s = PackStream::without_trailer(limits);

@@ -18,6 +18,10 @@ pub struct Limits {
     pub object_bytes_max: u64,
     pub objects_max: u32,
     pub delta_depth_max: usize,
+    /// Most bytes reading a pack may inflate and produce by applying deltas, counted
+    /// separately by the reader ([`PackStream`]) and by [`resolve`]: a pack of a few
+    /// MiB can otherwise ask for terabytes (a large base, many small deltas on it).
+    pub inflated_bytes_max: u64,
 }
 
 impl Default for Limits {
@@ -26,6 +30,7 @@ impl Default for Limits {
             object_bytes_max: 1 << 30,
             objects_max: 10_000_000,
             delta_depth_max: 10_000,
+            inflated_bytes_max: 64 << 30,
         }
     }
 }
@@ -61,6 +66,8 @@ pub enum PackError {
     MissingBase(String),
     #[error("deltas form a cycle or a chain deeper than the limit")]
     DeltaCycle,
+    #[error("the pack inflates to more than {0} bytes (limits.push_inflated_bytes_max)")]
+    InflatesTooMuch(u64),
     #[error("object {0} is a SHA-1 collision attack")]
     Collision(String),
     /// Reading the pack hit a bug of ours: contained (see `crate::contain`).
@@ -362,6 +369,9 @@ pub struct PackStream {
     /// The inflater of the last entry, reset for the next (a new one per entry cost an
     /// allocation of its state and window each).
     spare_z: Option<flate2::Decompress>,
+    /// Bytes inflated and produced so far ([`Limits::inflated_bytes_max`]); a cell, as
+    /// inflating a base again happens in a `&self` method.
+    inflated: std::cell::Cell<u64>,
     /// `None`: the caller checks the trailer ([`PackStream::without_trailer`]).
     trailer: Option<Trailer>,
     scratch: Vec<u8>,
@@ -464,6 +474,7 @@ impl PackStream {
             bases_bytes: 0,
             current: None,
             spare_z: None,
+            inflated: std::cell::Cell::new(0),
             trailer: Some(Trailer::new()),
             scratch: vec![0; 64 << 10],
         }
@@ -542,6 +553,9 @@ impl PackStream {
                 else {
                     return Ok(());
                 };
+                if !self.charge(size) {
+                    return Err(PackError::InflatesTooMuch(self.limits.inflated_bytes_max));
+                }
                 let oid = match kind {
                     EntryKind::Full(k) => {
                         let mut h = sha1dc::Hasher::new();
@@ -657,6 +671,13 @@ impl PackStream {
         }
     }
 
+    /// Counts `bytes` more inflated or produced; false past the limit.
+    fn charge(&self, bytes: u64) -> bool {
+        let total = self.inflated.get().saturating_add(bytes);
+        self.inflated.set(total);
+        total <= self.limits.inflated_bytes_max
+    }
+
     fn keep_base(&mut self, index: usize, content: std::sync::Arc<[u8]>) {
         self.bases_bytes += content.len();
         self.bases.insert(index, content);
@@ -697,11 +718,17 @@ impl PackStream {
         if size > BASE_CACHE_TREE_MAX {
             return None;
         }
+        if !self.charge(e.size) {
+            return None;
+        }
         let data = inflate_prefix(buf.get(e.data.clone())?, e.size)?.0;
         let content = match e.kind {
             EntryKind::OfsDelta { base_offset } => {
                 let (_, _, base) =
                     self.content_of(buf, *self.by_offset.get(&base_offset)?, depth + 1)?;
+                if !self.charge(size) {
+                    return None;
+                }
                 apply_delta(&base, &data, self.limits.object_bytes_max).ok()?
             }
             _ => data,
@@ -728,6 +755,9 @@ impl PackStream {
         let Ok(out) = apply_delta(&content, delta, self.limits.object_bytes_max) else {
             return Ok(None);
         };
+        if !self.charge(out.len() as u64) {
+            return Err(PackError::InflatesTooMuch(self.limits.inflated_bytes_max));
+        }
         let oid = hash(kind, &out)?;
         Ok(Some((
             EarlyDelta {
@@ -830,6 +860,17 @@ pub fn resolve(
     }
     // Each resolved entry, and how many deltas lie between it and a whole object.
     let mut resolved: Vec<Option<(Resolved, usize)>> = vec![None; entries.len()];
+    // Bytes inflated and produced ([`Limits::inflated_bytes_max`]).
+    let produced = std::cell::Cell::new(0u64);
+    let charge = |bytes: u64| {
+        let total = produced.get().saturating_add(bytes);
+        produced.set(total);
+        if total > limits.inflated_bytes_max {
+            Err(PackError::InflatesTooMuch(limits.inflated_bytes_max))
+        } else {
+            Ok(())
+        }
+    };
 
     // Depth-first from each resolved object through its children, keeping only the
     // current chain's contents in memory: a child's content is made when it is
@@ -856,15 +897,18 @@ pub fn resolve(
             let content = match made {
                 Made::Content(c) => c,
                 Made::Delta(base_content) => {
+                    charge(e.size)?;
                     let delta = inflate_prefix(&pack[e.data.clone()], e.size)
                         .ok_or(PackError::BadZlib { offset: e.offset })?
                         .0;
-                    apply_delta(&base_content, &delta, limits.object_bytes_max).map_err(
+                    let out = apply_delta(&base_content, &delta, limits.object_bytes_max).map_err(
                         |reason| PackError::BadDelta {
                             offset: e.offset,
                             reason,
                         },
-                    )?
+                    )?;
+                    charge(out.len() as u64)?;
+                    out
                 }
             };
             let oid = hash(kind, &content)?;
@@ -917,6 +961,7 @@ pub fn resolve(
             ));
             continue;
         }
+        charge(e.size)?;
         let content = inflate_prefix(&pack[e.data.clone()], e.size)
             .ok_or(PackError::BadZlib { offset: e.offset })?
             .0;
@@ -939,6 +984,7 @@ pub fn resolve(
         let kids = ref_children.remove(&base).unwrap_or_default();
         for k in kids {
             let ke = &entries[k];
+            charge(ke.size)?;
             let delta = inflate_prefix(&pack[ke.data.clone()], ke.size)
                 .ok_or(PackError::BadZlib { offset: ke.offset })?
                 .0;
@@ -948,6 +994,7 @@ pub fn resolve(
                     reason,
                 }
             })?;
+            charge(out.len() as u64)?;
             walk(
                 k,
                 out,
@@ -1456,6 +1503,55 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn what_a_pack_inflates_to_is_bounded() {
+        // A 1 MiB blob and 64 deltas on it that copy 64 KiB of it each: 5 MiB produced
+        // from a pack of a few KiB.
+        let base = vec![7u8; 1 << 20];
+        let dbase = deflate(&base);
+        let deltas: Vec<(Vec<u8>, Vec<u8>)> = (0..64u8)
+            .map(|i| {
+                let d = delta(base.len(), 0xffff, &[i]);
+                let z = deflate(&d);
+                (d, z)
+            })
+            .collect();
+        let base_id = object_id(ObjectKind::Blob, &base).expect("id");
+        let mut out = vec![full(ObjectKind::Blob, base.len(), &dbase)];
+        for (d, z) in &deltas {
+            // REF_DELTAs: left to resolve (the reader resolves OFS_DELTAs only).
+            out.push(OutEntry::RefDelta {
+                base: base_id,
+                size: d.len() as u64,
+                deflated: z,
+            });
+        }
+        let pack = pack_of(&out);
+        let roomy = Limits::default();
+        let entries = read_entries(&pack, &roomy, &mut ()).expect("entries");
+        assert_eq!(
+            resolve(&pack, entries.clone(), &roomy, |_| None, &mut ()).map(|r| r.len()),
+            Ok(65)
+        );
+        let tight = Limits {
+            inflated_bytes_max: 2 << 20,
+            ..Limits::default()
+        };
+        assert_eq!(
+            resolve(&pack, entries, &tight, |_| None, &mut ()),
+            Err(PackError::InflatesTooMuch(2 << 20))
+        );
+        // The reader counts what entries declare they inflate to, from their headers.
+        let tiny = Limits {
+            inflated_bytes_max: 1 << 20,
+            ..Limits::default()
+        };
+        assert_eq!(
+            read_entries(&pack, &tiny, &mut ()),
+            Err(PackError::InflatesTooMuch(1 << 20))
+        );
     }
 
     #[test]

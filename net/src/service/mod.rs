@@ -57,6 +57,9 @@ use glommio::channels::shared_channel::SharedReceiver;
 pub struct Limits {
     pub pack_bytes_max: u64,
     pub object_bytes_max: u64,
+    /// Most bytes verifying one push may inflate and produce
+    /// ([`crate::git::pack::Limits::inflated_bytes_max`]).
+    pub push_inflated_bytes_max: u64,
     /// Limits on the variable-length parts of a request (ref names, capabilities,
     /// ids, ref updates, push options).
     pub request: crate::git::RequestLimits,

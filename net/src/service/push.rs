@@ -178,6 +178,7 @@ pub(super) async fn receive_body<B: Backend + 'static>(
 ) -> Result<Arrived<B>, Refusal> {
     let limits = PackLimits {
         object_bytes_max: ctx.limits.object_bytes_max,
+        inflated_bytes_max: ctx.limits.push_inflated_bytes_max,
         ..PackLimits::default()
     };
     let max = ctx.limits.pack_bytes_max;
@@ -368,6 +369,7 @@ pub(super) async fn receive_pack_body<B: Backend + 'static>(
         let quiet = push.caps.contains("quiet");
         let limits = PackLimits {
             object_bytes_max: ctx.limits.object_bytes_max,
+            inflated_bytes_max: ctx.limits.push_inflated_bytes_max,
             ..PackLimits::default()
         };
         let progress_tx = tx.clone();
