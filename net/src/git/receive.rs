@@ -421,7 +421,6 @@ impl pack::Inspect for Inspected {
 pub fn fsck_special(
     pack: &[u8],
     resolved: &[Resolved],
-    index: &HashMap<Oid, usize>,
     inspected: &Inspected,
     limits: &Limits,
     external: &mut dyn FnMut(&Oid) -> Option<Vec<u8>>,
@@ -430,6 +429,16 @@ pub fn fsck_special(
         return Err(why.clone());
     }
     let checked = &inspected.checked;
+    if checked.gitmodules.is_empty() && checked.gitattributes.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Where each pushed object is: built only for a push that names such a file.
+    let index: HashMap<Oid, usize> = resolved
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.oid, i))
+        .collect();
+    let index = &index;
     let special = checked
         .gitmodules
         .iter()
@@ -727,20 +736,9 @@ async fn unpack<B: Backend>(
                     |o| externals.get(o).cloned(),
                     &mut inspected,
                 )?;
-                let index: HashMap<Oid, usize> = resolved
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| (r.oid, i))
-                    .collect();
                 let mut external = |o: &Oid| externals.get(o).map(|(_, c)| c.clone());
-                let checked = fsck_special(
-                    &pack,
-                    &resolved,
-                    &index,
-                    &inspected,
-                    &limits_copy,
-                    &mut external,
-                );
+                let checked =
+                    fsck_special(&pack, &resolved, &inspected, &limits_copy, &mut external);
                 Ok::<_, pack::PackError>((resolved, inspected, checked))
             })
             .unwrap_or_else(|p| Err(p.into()))
