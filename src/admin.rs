@@ -267,13 +267,14 @@ pub fn repo_list(cfg: &AdminConfig, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `admin nodestatus`; with `nagios`, the exit code says OK (0) or CRITICAL (2).
+/// `admin nodestatus`; with `nagios`, the exit code says OK (0), WARNING (1),
+/// CRITICAL (2) or UNKNOWN (3: the node could not be asked), as the Go original's.
 pub fn nodestatus(cfg: &AdminConfig, json: bool, nagios: bool) -> Result<i32> {
     let v = match admin_call(cfg, "GET", "/admin/nodestatus", None) {
         Ok(v) => v,
         Err(e) if nagios => {
-            println!("CRITICAL: {e:#}");
-            return Ok(2);
+            println!("UNKNOWN: {e:#}");
+            return Ok(3);
         }
         Err(e) => return Err(e),
     };
@@ -281,7 +282,7 @@ pub fn nodestatus(cfg: &AdminConfig, json: bool, nagios: bool) -> Result<i32> {
     if json {
         println!("{v}");
     } else if nagios {
-        let label = ["OK", "WARNING", "CRITICAL"][code.min(2) as usize];
+        let label = ["OK", "WARNING", "CRITICAL", "UNKNOWN"][code.clamp(0, 3) as usize];
         println!(
             "{label}: node {} of region {}: {summary}",
             v["NodeName"].as_str().unwrap_or("?"),
@@ -353,10 +354,12 @@ pub fn nodestatus(cfg: &AdminConfig, json: bool, nagios: bool) -> Result<i32> {
 /// Entries a member may trail the leader before `--nagios` warns.
 const LAG_WARNING: u64 = 1000;
 
-/// Monitoring verdict of a `nodestatus` answer: 0 OK, 1 WARNING, 2 CRITICAL (the
-/// Nagios exit codes), with a one-line reason.
+/// Monitoring verdict of a `nodestatus` answer: 0 OK, 1 WARNING, 2 CRITICAL, 3
+/// UNKNOWN (the Nagios exit codes), with a one-line reason.
 pub fn health(v: &serde_json::Value) -> (i32, String) {
-    let status = v["Status"].as_str().unwrap_or("unknown");
+    let Some(status) = v["Status"].as_str() else {
+        return (3, "the node's answer names no status".into());
+    };
     if status != "ok" {
         return (2, status.to_string());
     }

@@ -307,6 +307,45 @@ impl Config {
         Ok(config)
     }
 
+    /// The Go original's keys this node accepts but does not follow, set to a value
+    /// that asks for something else: what the node does instead.
+    pub fn ignored_keys(&self) -> Vec<String> {
+        let mut ignored = Vec::new();
+        if !self.checks.paranoid {
+            ignored.push(
+                "checks.paranoid: false is ignored: every push's connectivity is checked \
+                 in full (every object its new history names is pushed or stored)"
+                    .to_owned(),
+            );
+        }
+        if let Some(m) = self
+            .storage
+            .git
+            .compressmethod
+            .as_deref()
+            .filter(|m| *m != "none")
+        {
+            ignored.push(format!(
+                "storage.git.compressmethod: {m} is ignored: objects are stored as git \
+                 deflated them in the pack"
+            ));
+        }
+        if self.storage.git.clustered == Some(false) {
+            ignored.push(
+                "storage.git.clustered: false is ignored: a node always replicates to its \
+                 region (a region of one node is a single server)"
+                    .to_owned(),
+            );
+        }
+        if self.hooks.runner.is_some() {
+            ignored.push(
+                "hooks.runner is ignored: the node runs hooks itself (no repohookrunner)"
+                    .to_owned(),
+            );
+        }
+        ignored
+    }
+
     /// Checks values that need no file access.
     fn check_values(&self) -> Result<()> {
         if let Some(kind) = &self.storage.git.kind {
@@ -485,6 +524,7 @@ impl Config {
                 }
                 a.clone()
             }
+            None if names_a_host(rpc) => rpc.to_owned(),
             None if listen_rpc.ip().is_unspecified() => format!(
                 "{}.{}.{}:{}",
                 node.name,
@@ -506,7 +546,7 @@ impl Config {
             node_key_pem,
             server_certs: server,
             node,
-            paranoid: self.checks.paranoid,
+            ignored: self.ignored_keys(),
             fsck: self.checks.fsck.clone(),
             default_head: self.silly.defaulthead.clone(),
             limits: self.limits.clone(),
@@ -549,7 +589,9 @@ pub struct ServeConfig {
     /// SNI name → (certificate chain PEM, key PEM); always has `default`.
     pub server_certs: BTreeMap<String, (Vec<u8>, Vec<u8>)>,
     pub node: NodeIdentity,
-    pub paranoid: bool,
+    /// Keys of the Go original set to what this node does not do, each with what it
+    /// does instead: logged as warnings at start.
+    pub ignored: Vec<String>,
     /// `checks.fsck`, checked when the configuration was read.
     pub fsck: String,
     pub default_head: String,
@@ -565,14 +607,34 @@ fn invalid(key: &str, value: &str, reason: &str) -> ConfigError {
     }
 }
 
+/// A listening address as the Go original took it: `IP:port`, `:port` (every IPv4
+/// address) or `host:port` (the host name's first address, resolved once, at start).
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr> {
-    value.parse().map_err(|_| {
-        invalid(
-            key,
-            value,
-            "expected host:port with an IP address, e.g. 0.0.0.0:8443",
-        )
-    })
+    if let Ok(a) = value.parse() {
+        return Ok(a);
+    }
+    let bad = |why: &str| invalid(key, value, why);
+    let (host, port) = value
+        .rsplit_once(':')
+        .ok_or_else(|| bad("expected host:port, :port or IP:port, e.g. 0.0.0.0:8443"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad("the port is not a number from 0 to 65535"))?;
+    if host.is_empty() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    use std::net::ToSocketAddrs;
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| bad(&format!("the host name does not resolve: {e}")))?
+        .next()
+        .ok_or_else(|| bad("the host name has no address"))
+}
+
+/// Whether a listening address names a host (resolved by [`parse_addr`]), which is
+/// then also what peers dial.
+fn names_a_host(value: &str) -> bool {
+    value.parse::<SocketAddr>().is_err() && !value.starts_with(':')
 }
 
 fn check_url(key: &str, value: &str) -> Result<()> {
@@ -676,6 +738,20 @@ mod tests {
     }
 
     #[test]
+    fn the_go_originals_keys_it_does_not_follow_are_named() {
+        let c = Config::parse(
+            "checks:\n  paranoid: false\nstorage:\n  git:\n    compressmethod: gzip\n    clustered: false\n",
+        )
+        .expect("parses");
+        let ignored = c.ignored_keys().join("\n");
+        for key in ["checks.paranoid", "compressmethod: gzip", "clustered"] {
+            assert!(ignored.contains(key), "{ignored}");
+        }
+        let plain = Config::parse("checks:\n  paranoid: true\n").expect("parses");
+        assert!(plain.ignored_keys().is_empty());
+    }
+
+    #[test]
     fn defaults() {
         let c = Config::parse("ca:\n  path: /x\n").expect("parses");
         assert!(
@@ -697,6 +773,21 @@ mod tests {
         );
         check_err("listen:\n  http: [1]\n", &["listen.http"]);
         check_err("listen:\n  http: nothost\n", &["listen.http", "host:port"]);
+        check_err("listen:\n  http: \":99999\"\n", &["listen.http", "port"]);
+        check_err(
+            "listen:\n  http: no-such-host.invalid:8443\n",
+            &["listen.http", "does not resolve"],
+        );
+        for (text, addr) in [(":8443", "0.0.0.0:8443"), ("[::1]:8443", "[::1]:8443")] {
+            assert_eq!(
+                parse_addr("listen.http", text).map(|a| a.to_string()).ok(),
+                Some(addr.to_owned()),
+                "{text}"
+            );
+        }
+        let named = parse_addr("listen.http", "localhost:8443").expect("resolves");
+        assert!(named.ip().is_loopback() && named.port() == 8443, "{named}");
+        assert!(names_a_host("localhost:1") && !names_a_host(":1") && !names_a_host("[::]:1"));
         check_err("checks:\n  paranoid: maybe\n", &["checks.paranoid"]);
         check_err("checks:\n  fsck: hasDotgit=maybe\n", &["checks.fsck"]);
         check_err("checks:\n  fsck: noSuchCheck=ignore\n", &["checks.fsck"]);

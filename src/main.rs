@@ -35,8 +35,7 @@ enum Command {
     /// Run a node (after initialising its state with --spawn or --joinnode).
     Serve(ServeArgs),
     /// Administer the region through a node's admin API.
-    #[command(subcommand)]
-    Admin(AdminCommand),
+    Admin(AdminArgs),
     /// Create a local region with certificates and configs, and start it.
     Quickstart(QuickstartArgs),
 }
@@ -108,6 +107,16 @@ struct ServeArgs {
     debug: bool,
 }
 
+#[derive(Debug, Args)]
+struct AdminArgs {
+    /// Print the node's raw JSON answers (before or after the subcommand, as in the
+    /// Go original).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
     /// Repositories.
@@ -115,8 +124,8 @@ enum AdminCommand {
     Repo(RepoCommand),
     /// The state of the node and its region.
     Nodestatus {
-        #[arg(long)]
-        json: bool,
+        /// One line and a Nagios exit code: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
+        /// (the node cannot be asked).
         #[arg(long)]
         nagios: bool,
     },
@@ -126,23 +135,22 @@ enum AdminCommand {
 enum RepoCommand {
     Create {
         name: String,
-        #[arg(long)]
-        public: bool,
+        /// Readable without a certificate (`--public`, `--public=true|false`).
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        public: Option<bool>,
     },
-    List {
-        /// Print the raw JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     Delete {
         name: String,
     },
     Edit {
         name: String,
-        #[arg(long)]
+        /// Readable without a certificate (`--public`, `--public=true|false`).
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
         public: Option<bool>,
-        /// Accept non-fast-forward (force) pushes.
-        #[arg(long)]
+        /// Accept non-fast-forward (force) pushes, the default of a new repository
+        /// (`--allow-non-fast-forward=false` refuses them).
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
         allow_non_fast_forward: Option<bool>,
         /// SYM=TARGET to set a symbolic ref, SYM= to delete it.
         symrefs: Vec<String>,
@@ -225,16 +233,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (false, None) => repospanner::serve::serve(&config),
             }
         }
-        Command::Admin(cmd) => {
+        Command::Admin(AdminArgs { json, command }) => {
             let admin = config()?.admin()?;
-            match cmd {
+            match command {
                 AdminCommand::Repo(RepoCommand::Create { name, public }) => {
-                    repospanner::admin::repo_create(&admin, &name, public)
+                    repospanner::admin::repo_create(&admin, &name, public.unwrap_or(false))
                 }
                 AdminCommand::Repo(RepoCommand::Delete { name }) => {
                     repospanner::admin::repo_delete(&admin, &name)
                 }
-                AdminCommand::Repo(RepoCommand::List { json }) => {
+                AdminCommand::Repo(RepoCommand::List) => {
                     repospanner::admin::repo_list(&admin, json)
                 }
                 AdminCommand::Repo(RepoCommand::Edit {
@@ -249,7 +257,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     allow_non_fast_forward,
                     &symrefs,
                 ),
-                AdminCommand::Nodestatus { json, nagios } => {
+                AdminCommand::Nodestatus { nagios } => {
                     let code = repospanner::admin::nodestatus(&admin, json, nagios)?;
                     if code != 0 {
                         std::process::exit(code);

@@ -79,6 +79,9 @@ async fn open_store(git_dir: &Path) -> Result<Store<DmaDir>> {
 /// `serve --spawn`: creates the state of the first node of a new region.
 pub fn spawn(config: &Config) -> Result<()> {
     let sc = config.serve()?;
+    for what in &sc.ignored {
+        warn!("{what}");
+    }
     let path = state_path(&sc);
     if path.exists() {
         bail!(

@@ -534,6 +534,15 @@ fn the_node_endpoint_refuses_strangers_and_garbage() {
         None,
     );
     assert_eq!(r.status, 200);
+    // `--json` is the admin command's flag, before or after the subcommand.
+    for args in [
+        &["admin", "--json", "repo", "list"][..],
+        &["admin", "repo", "list", "--json"],
+    ] {
+        let out = region.repospanner(args);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert!(v["Repos"]["test"].is_object(), "{v}");
+    }
     let out = region.repospanner(&["admin", "nodestatus", "--nagios"]);
     assert_eq!(
         out.status.code(),

@@ -219,9 +219,25 @@ fn force_push_policy_branch_delete_and_many_refs() {
     let url = region.repo_url("test");
     region.git_ok(&w, &["push", "-q", &url, "master"]);
 
-    // Rewrite history: refused by default.
+    // Rewrite history: accepted by default (git's and the Go original's default).
     region.git_ok(&w, &["reset", "-q", "--hard", "HEAD~1"]);
     commit(&region, &w, "a", b"3", "three");
+    region.git_ok(&w, &["push", "-q", "--force", &url, "master"]);
+    // Refused once the repository refuses it.
+    let out = region.repospanner(&[
+        "admin",
+        "repo",
+        "edit",
+        "test",
+        "--allow-non-fast-forward=false",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    region.git_ok(&w, &["reset", "-q", "--hard", "HEAD~1"]);
+    commit(&region, &w, "a", b"4", "four");
     let out = region.git(
         Some("admin"),
         &w,
@@ -230,15 +246,8 @@ fn force_push_policy_branch_delete_and_many_refs() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("non-fast-forward"), "{err}");
-    // Allowed once the repository allows it.
-    let out = region.repospanner(&[
-        "admin",
-        "repo",
-        "edit",
-        "test",
-        "--allow-non-fast-forward",
-        "true",
-    ]);
+    // A bare flag allows it again, as the Go original's boolean flags do.
+    let out = region.repospanner(&["admin", "repo", "edit", "test", "--allow-non-fast-forward"]);
     assert!(
         out.status.success(),
         "{}",
@@ -656,12 +665,17 @@ fn full_clones_send_every_object_only_while_every_object_is_reachable() {
     // refused rewrite reaches lies unreachable: full clones walk, and send only what
     // the refs reach.
     let strict = region.repo_url("strict");
-    let out = region.repospanner(&["admin", "repo", "create", "strict"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for args in [
+        &["create", "strict"][..],
+        &["edit", "strict", "--allow-non-fast-forward=false"],
+    ] {
+        let out = region.repospanner(&[&["admin", "repo"][..], args].concat());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     region.git_ok(&w, &["push", "-q", &strict, "master"]);
     region.git_ok(&w, &["checkout", "-q", "--orphan", "rewrite"]);
     commit(&region, &w, "r", b"refused content\n", "rewrite");
@@ -868,4 +882,20 @@ fn a_commit_dated_before_its_parent_is_still_a_fast_forward() {
             .next(),
         Some(region.git_ok(&w, &["rev-parse", "HEAD"]).trim())
     );
+}
+
+#[test]
+fn a_first_push_without_the_default_branch_points_head_at_it() {
+    let region = Region::start();
+    let t = region.dir.path();
+    let w = t.join("w");
+    region.git_ok(t, &["init", "-q", "-b", "main", w.to_str().expect("path")]);
+    commit(&region, &w, "a", b"1", "one");
+    let url = region.repo_url("test");
+    // HEAD names refs/heads/master, which this push does not bring.
+    region.git_ok(&w, &["push", "-q", &url, "main", "main:refs/heads/other"]);
+    region.git_ok(t, &["clone", "-q", &url, "c"]);
+    let head = region.git_ok(&t.join("c"), &["symbolic-ref", "HEAD"]);
+    assert_eq!(head.trim(), "refs/heads/main");
+    assert_eq!(std::fs::read(t.join("c/a")).expect("checked out"), b"1");
 }

@@ -257,6 +257,10 @@ fn without_a_majority_pushes_fail_cleanly_and_resume_after() {
     );
     region.stop_at(2, libc::SIGKILL);
     region.stop_at(3, libc::SIGKILL);
+    // A node that cannot be asked is UNKNOWN (3), as in the Go original.
+    let out = region.repospanner_at(2, &["admin", "nodestatus", "--nagios"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("UNKNOWN"));
     // Monitoring sees it: the lone node's groups have no quorum (CRITICAL).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {

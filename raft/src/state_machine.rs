@@ -27,7 +27,7 @@ use repospanner_storage::{Store, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::log_store::META_STREAM;
-use crate::types::{Command, Repo, Response, TypeConfig as C};
+use crate::types::{Command, RefChange, Repo, Response, TypeConfig as C};
 
 /// Key of the persisted snapshot in [`META_STREAM`].
 pub const SNAPSHOT: u64 = 4;
@@ -48,6 +48,7 @@ impl State {
                 id,
                 public,
                 head,
+                allow_non_fast_forward,
             } => {
                 if self.repos.contains_key(name) {
                     return Response::Refused(format!("Repo {name} already exists"));
@@ -55,6 +56,7 @@ impl State {
                 let mut repo = Repo {
                     id: *id,
                     public: *public,
+                    allow_non_fast_forward: *allow_non_fast_forward,
                     only_reachable: true,
                     ..Repo::default()
                 };
@@ -154,9 +156,29 @@ impl State {
                         };
                     }
                 }
+                point_head_at_a_branch(r, changes, &results);
                 Response::Refs(results)
             }
         }
+    }
+}
+
+/// A HEAD that names a branch the repository lacks is pointed at the first branch
+/// `changes` created (as GitHub and Gitea do), so that the first clone of a
+/// repository whose first push did not bring the default branch checks one out.
+fn point_head_at_a_branch(r: &mut Repo, changes: &[RefChange], results: &[Result<(), String>]) {
+    let dangling = r
+        .symrefs
+        .get("HEAD")
+        .is_some_and(|t| !r.refs.contains_key(t));
+    if !dangling {
+        return;
+    }
+    let created = changes.iter().zip(results).find(|(c, res)| {
+        res.is_ok() && c.old.is_none() && c.new.is_some() && c.name.starts_with("refs/heads/")
+    });
+    if let Some((c, _)) = created {
+        r.symrefs.insert("HEAD".into(), c.name.clone());
     }
 }
 
@@ -471,6 +493,7 @@ mod tests {
             id,
             public: false,
             head: "master".into(),
+            allow_non_fast_forward: true,
         }
     }
 
@@ -500,6 +523,38 @@ mod tests {
         assert_eq!(s.repos["r"].symrefs["HEAD"], "refs/heads/master");
         assert!(matches!(s.apply(&create("r", 2)), Response::Refused(_)));
         assert_eq!(s.repos["r"].id, 1);
+    }
+
+    #[test]
+    fn head_follows_the_first_branch_pushed_while_it_names_none() {
+        let mut s = State::default();
+        s.apply(&create("r", 1));
+        // A tag and then two branches, neither the default: HEAD takes the first branch.
+        s.apply(&push(
+            1,
+            &[
+                ("refs/tags/v1", None, Some("aa")),
+                ("refs/heads/main", None, Some("aa")),
+                ("refs/heads/dev", None, Some("bb")),
+            ],
+            false,
+        ));
+        assert_eq!(s.repos["r"].symrefs["HEAD"], "refs/heads/main");
+        // Once it names a branch that exists, later branches leave it alone.
+        s.apply(&push(1, &[("refs/heads/master", None, Some("cc"))], false));
+        assert_eq!(s.repos["r"].symrefs["HEAD"], "refs/heads/main");
+        // A refused creation does not move it.
+        s.apply(&create("q", 2));
+        s.apply(&push(2, &[("refs/heads/x", Some("00"), Some("aa"))], false));
+        assert_eq!(s.repos["q"].symrefs["HEAD"], "refs/heads/master");
+        // Entries written before the field existed: non-fast-forward refused.
+        let old: Command = serde_json::from_str(
+            r#"{"CreateRepo":{"name":"o","id":3,"public":false,"head":"master"}}"#,
+        )
+        .expect("old entry");
+        s.apply(&old);
+        assert!(!s.repos["o"].allow_non_fast_forward);
+        assert!(s.repos["r"].allow_non_fast_forward);
     }
 
     #[test]

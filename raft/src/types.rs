@@ -26,6 +26,10 @@ pub enum Command {
         id: u64,
         public: bool,
         head: String,
+        /// Non-fast-forward pushes accepted (git's and the Go original's default;
+        /// absent in entries written before it existed: then refused, as they were).
+        #[serde(default)]
+        allow_non_fast_forward: bool,
     },
     /// Deletes repository `name` if it is still instance `id`.
     DeleteRepo { name: String, id: u64 },

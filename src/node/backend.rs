@@ -230,6 +230,9 @@ impl<D: Dir> Backend for NodeBackend<D> {
             id: random_u64(),
             public,
             head: self.inner.default_head.clone(),
+            // git's default (receive.denyNonFastForwards is off) and the Go
+            // original's; `admin repo edit --allow-non-fast-forward=false` refuses them.
+            allow_non_fast_forward: true,
         })
         .await
     }
