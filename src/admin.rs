@@ -211,14 +211,64 @@ pub fn repo_delete(cfg: &AdminConfig, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Uploads a hook script to the node (the Go original's endpoint); its id.
+fn upload_hook(cfg: &AdminConfig, repo: &str, path: &std::path::Path) -> Result<String> {
+    let content =
+        std::fs::read(path).with_context(|| format!("reading the hook {}", path.display()))?;
+    let size = content.len().to_string();
+    let r = request_raw(
+        &cfg.url,
+        &cfg.ca_pem,
+        Some((&cfg.cert_pem, &cfg.key_pem)),
+        "POST",
+        &format!("/admin/hook/{repo}.git/upload"),
+        &[("X-Object-Size", &size)],
+        Some(&content),
+    )?;
+    if r.status != 200 {
+        bail!(
+            "{} answered {}: {}",
+            cfg.url,
+            r.status,
+            String::from_utf8_lossy(&r.body).trim()
+        );
+    }
+    let v: Value = serde_json::from_slice(&r.body)
+        .with_context(|| format!("{} sent an invalid reply", cfg.url))?;
+    outcome(&v).with_context(|| format!("uploading the hook {}", path.display()))?;
+    Ok(v["Info"].as_str().unwrap_or_default().to_owned())
+}
+
+/// The hooks `admin repo edit` sets: a file for each, or `""` to remove it.
+#[derive(Debug, Default)]
+pub struct HookFiles {
+    pub pre_receive: Option<String>,
+    pub update: Option<String>,
+    pub post_receive: Option<String>,
+}
+
 pub fn repo_edit(
     cfg: &AdminConfig,
     name: &str,
     public: Option<bool>,
     allow_force: Option<bool>,
     symrefs: &[String],
+    hooks: &HookFiles,
 ) -> Result<()> {
     let mut update = serde_json::Map::new();
+    for (key, file) in [
+        ("hook-prereceive", &hooks.pre_receive),
+        ("hook-update", &hooks.update),
+        ("hook-postreceive", &hooks.post_receive),
+    ] {
+        let Some(file) = file else { continue };
+        let id = if file.is_empty() {
+            String::new()
+        } else {
+            upload_hook(cfg, name, std::path::Path::new(file))?
+        };
+        update.insert(key.into(), Value::String(id));
+    }
     if let Some(p) = public {
         update.insert("public".into(), Value::String(p.to_string()));
     }

@@ -186,19 +186,41 @@ impl Default for ChecksSection {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HooksSection {
+    /// The Go original's `repohookrunner`: not needed, ignored.
     pub runner: Option<PathBuf>,
+    /// The uid (and gid) hooks run as; 0: the node's own.
     pub user: u32,
+    /// `GIT_TRACE` in hooks.
     pub debug: bool,
     pub bubblewrap: Option<BubblewrapSection>,
+    /// A hook still running after this long is killed and its push refused.
+    pub timeout_seconds: u64,
+    /// Most output of one hook passed to the client.
+    pub output_bytes_max: usize,
+}
+
+impl Default for HooksSection {
+    fn default() -> Self {
+        HooksSection {
+            runner: None,
+            user: 0,
+            debug: false,
+            bubblewrap: None,
+            timeout_seconds: 10,
+            output_bytes_max: 1 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BubblewrapSection {
     pub enabled: bool,
+    /// The bubblewrap program (default `bwrap`, found on `PATH`).
+    pub program: Option<PathBuf>,
     pub unshare: Option<Vec<String>>,
     pub share_net: bool,
     pub mount_proc: bool,
@@ -344,6 +366,47 @@ impl Config {
             );
         }
         ignored
+    }
+
+    /// How this node runs hooks, from `hooks.*`.
+    fn hook_settings(&self, state_dir: &Path) -> Result<repospanner_net::hooks::Settings> {
+        let h = &self.hooks;
+        let sandbox = match &h.bubblewrap {
+            Some(b) if b.enabled => {
+                let sb = repospanner_net::hooks::Sandbox {
+                    bwrap: b.program.clone().unwrap_or_else(|| "bwrap".into()),
+                    unshare: b.unshare.clone().unwrap_or_default(),
+                    share_net: b.share_net,
+                    mount_proc: b.mount_proc,
+                    mount_dev: b.mount_dev,
+                    uid: b.uid,
+                    gid: b.gid,
+                    hostname: b.hostname.clone(),
+                    bind: b.bind.clone().unwrap_or_default(),
+                    ro_bind: b.ro_bind.clone().unwrap_or_default(),
+                    symlink: b.symlink.clone().unwrap_or_default(),
+                };
+                sb.check()
+                    .map_err(|why| invalid("hooks.bubblewrap", "", &why))?;
+                Some(sb)
+            }
+            _ => None,
+        };
+        if h.timeout_seconds == 0 || h.timeout_seconds > 3600 {
+            return Err(invalid(
+                "hooks.timeout_seconds",
+                &h.timeout_seconds.to_string(),
+                "must be 1 to 3600",
+            ));
+        }
+        Ok(repospanner_net::hooks::Settings {
+            dir: state_dir.join("hooks"),
+            sandbox,
+            timeout: std::time::Duration::from_secs(h.timeout_seconds),
+            output_bytes_max: h.output_bytes_max,
+            user: (h.user != 0).then_some(h.user),
+            debug: h.debug,
+        })
     }
 
     /// Checks values that need no file access.
@@ -534,7 +597,9 @@ impl Config {
             ),
             None => listen_rpc.to_string(),
         };
+        let hooks = self.hook_settings(&state_dir)?;
         Ok(ServeConfig {
+            hooks,
             state_dir,
             git_dir,
             shards: self.storage.shards,
@@ -589,6 +654,8 @@ pub struct ServeConfig {
     /// SNI name → (certificate chain PEM, key PEM); always has `default`.
     pub server_certs: BTreeMap<String, (Vec<u8>, Vec<u8>)>,
     pub node: NodeIdentity,
+    /// How hooks run.
+    pub hooks: repospanner_net::hooks::Settings,
     /// Keys of the Go original set to what this node does not do, each with what it
     /// does instead: logged as warnings at start.
     pub ignored: Vec<String>,

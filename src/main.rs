@@ -152,6 +152,18 @@ enum RepoCommand {
         /// (`--allow-non-fast-forward=false` refuses them).
         #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
         allow_non_fast_forward: Option<bool>,
+        /// The pre-receive hook: a script (any executable) run before a push's changes
+        /// apply, which refuses them all by failing; "" removes it.
+        #[arg(long, value_name = "FILE")]
+        hook_pre_receive: Option<String>,
+        /// The update hook, run once per changed ref (arguments: ref, old, new), which
+        /// refuses that ref by failing; "" removes it.
+        #[arg(long, value_name = "FILE")]
+        hook_update: Option<String>,
+        /// The post-receive hook, run once the region has acknowledged a push; "" removes
+        /// it.
+        #[arg(long, value_name = "FILE")]
+        hook_post_receive: Option<String>,
         /// SYM=TARGET to set a symbolic ref, SYM= to delete it.
         symrefs: Vec<String>,
     },
@@ -249,6 +261,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     name,
                     public,
                     allow_non_fast_forward,
+                    hook_pre_receive,
+                    hook_update,
+                    hook_post_receive,
                     symrefs,
                 }) => repospanner::admin::repo_edit(
                     &admin,
@@ -256,6 +271,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     public,
                     allow_non_fast_forward,
                     &symrefs,
+                    &repospanner::admin::HookFiles {
+                        pre_receive: hook_pre_receive,
+                        update: hook_update,
+                        post_receive: hook_post_receive,
+                    },
                 ),
                 AdminCommand::Nodestatus { nagios } => {
                     let code = repospanner::admin::nodestatus(&admin, json, nagios)?;

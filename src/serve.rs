@@ -82,6 +82,8 @@ pub fn spawn(config: &Config) -> Result<()> {
     for what in &sc.ignored {
         warn!("{what}");
     }
+    // What hook runs left behind if the node stopped during one.
+    sc.hooks.dirs().tidy();
     let path = state_path(&sc);
     if path.exists() {
         bail!(
@@ -617,6 +619,7 @@ async fn run_shard(
             repospanner_net::git::fsck::Options::parse(&sc.fsck)
                 .map_err(|e| anyhow::anyhow!("checks.fsck: {e}"))?,
         ),
+        hooks: std::sync::Arc::new(sc.hooks.clone()),
     });
     let _ = ctx_cell.set(ctx.clone());
     let user_ctx = ctx.clone();

@@ -10,6 +10,9 @@ use crate::git::{ObjectKind, Oid};
 /// A repository as readers see it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoState {
+    /// This instance of the repository (a deleted and recreated one has another).
+    #[serde(default)]
+    pub id: u64,
     pub public: bool,
     /// Non-fast-forward updates (force pushes) are accepted.
     pub allow_non_fast_forward: bool,
@@ -22,6 +25,16 @@ pub struct RepoState {
     /// without walking the history.
     #[serde(default)]
     pub only_reachable: bool,
+    /// Hook (git's name) → the id of its script ([`Backend::hook_script`]).
+    #[serde(default)]
+    pub hooks: BTreeMap<String, String>,
+}
+
+/// A hook's script, named by its git blob id ([`crate::hooks::script_id`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookScript {
+    pub id: String,
+    pub content: Vec<u8>,
 }
 
 /// A stored pack entry (what a fetch copies out). Its bytes are `Bytes` where the
@@ -175,7 +188,10 @@ pub trait Backend {
         public: Option<bool>,
         allow_non_fast_forward: Option<bool>,
         symrefs: &[(String, Option<String>)],
+        hooks: &[(String, Option<HookScript>)],
     ) -> Result<(), BackendError>;
+    /// The content of hook script `id` if the shard's state holds it.
+    fn hook_script(&self, id: &str) -> Option<Vec<u8>>;
     async fn list_repos(&self) -> Result<BTreeMap<String, RepoState>, BackendError>;
     /// Node status for `admin nodestatus`.
     fn node_status(&self) -> serde_json::Value;

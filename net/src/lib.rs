@@ -10,6 +10,7 @@ pub mod client;
 pub mod contain;
 pub mod gate;
 pub mod git;
+pub mod hooks;
 pub mod http;
 pub mod piece;
 pub mod route;

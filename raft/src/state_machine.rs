@@ -27,7 +27,7 @@ use repospanner_storage::{Store, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::log_store::META_STREAM;
-use crate::types::{Command, RefChange, Repo, Response, TypeConfig as C};
+use crate::types::{Command, RefChange, Repo, Response, Script, TypeConfig as C};
 
 /// Key of the persisted snapshot in [`META_STREAM`].
 pub const SNAPSHOT: u64 = 4;
@@ -36,9 +36,20 @@ pub const SNAPSHOT: u64 = 4;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub repos: BTreeMap<String, Repo>,
+    /// Hook scripts by id, one copy however many repositories use one (a forge sets
+    /// the same hooks on all); dropped when no repository uses it any more.
+    #[serde(default)]
+    pub scripts: BTreeMap<String, Script>,
 }
 
 impl State {
+    /// Drops the scripts no repository's hook names.
+    fn drop_unused_scripts(&mut self) {
+        let used: std::collections::BTreeSet<&String> =
+            self.repos.values().flat_map(|r| r.hooks.values()).collect();
+        self.scripts.retain(|id, _| used.contains(id));
+    }
+
     /// Applies one command; pure.
     #[allow(clippy::too_many_lines)] // one match arm per command, each short
     pub fn apply(&mut self, cmd: &Command) -> Response {
@@ -68,6 +79,7 @@ impl State {
             Command::DeleteRepo { name, id } => match self.repos.get(name) {
                 Some(r) if r.id == *id => {
                     self.repos.remove(name);
+                    self.drop_unused_scripts();
                     Response::Done
                 }
                 _ => Response::Refused(format!("Repo {name} does not exist")),
@@ -77,6 +89,7 @@ impl State {
                 public,
                 allow_non_fast_forward,
                 symrefs,
+                hooks,
             } => {
                 let Some(repo) = self.repos.get_mut(name) else {
                     return Response::Refused(format!("Repo {name} does not exist"));
@@ -98,6 +111,22 @@ impl State {
                         Some(t) => repo.symrefs.insert(sym.clone(), t.clone()),
                         None => repo.symrefs.remove(sym),
                     };
+                }
+                for (kind, script) in hooks {
+                    match script {
+                        Some(s) => {
+                            repo.hooks.insert(*kind, s.id.clone());
+                            self.scripts
+                                .entry(s.id.clone())
+                                .or_insert_with(|| s.clone());
+                        }
+                        None => {
+                            repo.hooks.remove(kind);
+                        }
+                    }
+                }
+                if !hooks.is_empty() {
+                    self.drop_unused_scripts();
                 }
                 Response::Done
             }
@@ -707,9 +736,53 @@ mod tests {
             public: Some(true),
             allow_non_fast_forward: None,
             symrefs: vec![("HEAD".into(), None)],
+            hooks: Vec::new(),
         });
         assert!(matches!(r, Response::Refused(_)));
         assert!(!s.repos["r"].public, "a refused edit changes nothing");
+    }
+
+    use crate::types::HookKind;
+
+    fn set_hook(name: &str, kind: HookKind, content: Option<&[u8]>) -> Command {
+        Command::EditRepo {
+            name: name.into(),
+            public: None,
+            allow_non_fast_forward: None,
+            symrefs: Vec::new(),
+            hooks: vec![(
+                kind,
+                content.map(|c| Script {
+                    id: format!("id-{}", String::from_utf8_lossy(c)),
+                    content: c.to_vec(),
+                }),
+            )],
+        }
+    }
+
+    #[test]
+    fn hook_scripts_are_kept_once_while_a_repository_uses_them() {
+        let mut s = State::default();
+        s.apply(&create("a", 1));
+        s.apply(&create("b", 2));
+        s.apply(&set_hook("a", HookKind::PreReceive, Some(b"x")));
+        s.apply(&set_hook("b", HookKind::Update, Some(b"x")));
+        s.apply(&set_hook("b", HookKind::PostReceive, Some(b"\xff\x00y")));
+        assert_eq!(s.scripts.len(), 2);
+        assert_eq!(s.repos["b"].hooks[&HookKind::Update], "id-x");
+        // Binary content survives a snapshot's JSON.
+        let json = serde_json::to_vec(&s).expect("encode");
+        assert_eq!(serde_json::from_slice::<State>(&json).expect("decode"), s);
+        s.apply(&set_hook("a", HookKind::PreReceive, None));
+        assert_eq!(s.scripts.len(), 2, "b still uses x");
+        s.apply(&Command::DeleteRepo {
+            name: "b".into(),
+            id: 2,
+        });
+        assert!(s.scripts.is_empty());
+        // State written before hooks existed.
+        let old: State = serde_json::from_str(r#"{"repos":{}}"#).expect("old state");
+        assert!(old.scripts.is_empty());
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub enum Command {
         allow_non_fast_forward: Option<bool>,
         /// symref → target (`None`: remove).
         symrefs: Vec<(String, Option<String>)>,
+        /// Hooks set (`Some`) or cleared (`None`).
+        #[serde(default)]
+        hooks: Vec<(HookKind, Option<Script>)>,
     },
     /// The ref transaction of a push to instance `id` of `repo`. `objects`: what the
     /// push stored (every node holds them before applying the entry). `forward`: the
@@ -109,6 +112,59 @@ pub enum Response {
     Refs(Vec<Result<(), String>>),
 }
 
+/// The server hooks a repository may have, named as git names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum HookKind {
+    #[serde(rename = "pre-receive")]
+    PreReceive,
+    #[serde(rename = "update")]
+    Update,
+    #[serde(rename = "post-receive")]
+    PostReceive,
+}
+
+impl HookKind {
+    pub const ALL: [HookKind; 3] = [
+        HookKind::PreReceive,
+        HookKind::Update,
+        HookKind::PostReceive,
+    ];
+
+    /// git's name of the hook (the name of its file in `hooks/`).
+    pub fn name(self) -> &'static str {
+        match self {
+            HookKind::PreReceive => "pre-receive",
+            HookKind::Update => "update",
+            HookKind::PostReceive => "post-receive",
+        }
+    }
+}
+
+/// A hook's program: usually a script, any executable the sandbox can run. Its id is
+/// the git blob id of its content (as the Go original named hooks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Script {
+    pub id: String,
+    #[serde(with = "base64_bytes")]
+    pub content: Vec<u8>,
+}
+
+mod base64_bytes {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// A repository as the group holds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Repo {
@@ -127,6 +183,9 @@ pub struct Repo {
     /// is stored, so sending them all is never short); false where not known.
     #[serde(default)]
     pub only_reachable: bool,
+    /// Its hooks: the id of each one's script in [`crate::state_machine::State::scripts`].
+    #[serde(default)]
+    pub hooks: BTreeMap<HookKind, String>,
 }
 
 openraft::declare_raft_types!(

@@ -1,6 +1,8 @@
 //! The shard as the network layer's [`Backend`].
 
 use super::*;
+use repospanner_net::backend::HookScript;
+use repospanner_raft::types::{HookKind, Script};
 
 impl<D: Dir> Backend for NodeBackend<D> {
     type Chunk = repospanner_storage::Chunk;
@@ -255,14 +257,34 @@ impl<D: Dir> Backend for NodeBackend<D> {
         public: Option<bool>,
         allow_non_fast_forward: Option<bool>,
         symrefs: &[(String, Option<String>)],
+        hooks: &[(String, Option<HookScript>)],
     ) -> Result<(), BackendError> {
+        let mut set = Vec::new();
+        for (name, script) in hooks {
+            let kind = HookKind::ALL
+                .into_iter()
+                .find(|k| k.name() == name)
+                .ok_or_else(|| err(format!("unknown hook {name:?}")))?;
+            let script = script.as_ref().map(|s| Script {
+                id: s.id.clone(),
+                content: s.content.clone(),
+            });
+            set.push((kind, script));
+        }
         self.admin_propose(Command::EditRepo {
             name: name.to_owned(),
             public,
             allow_non_fast_forward,
             symrefs: symrefs.to_vec(),
+            hooks: set,
         })
         .await
+    }
+
+    fn hook_script(&self, id: &str) -> Option<Vec<u8>> {
+        self.inner
+            .sm
+            .with_state(|s| s.scripts.get(id).map(|sc| sc.content.clone()))
     }
 
     async fn mark_reachable(

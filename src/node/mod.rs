@@ -173,11 +173,17 @@ fn stored(o: RawObject) -> StoredObject {
 
 fn repo_state(r: &Repo) -> RepoState {
     RepoState {
+        id: r.id,
         public: r.public,
         allow_non_fast_forward: r.allow_non_fast_forward,
         refs: r.refs.clone(),
         symrefs: r.symrefs.clone(),
         only_reachable: r.only_reachable,
+        hooks: r
+            .hooks
+            .iter()
+            .map(|(k, id)| (k.name().to_owned(), id.clone()))
+            .collect(),
     }
 }
 

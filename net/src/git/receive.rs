@@ -535,6 +535,7 @@ pub async fn receive<B: Backend>(
     limits: &Limits,
     fsck_opts: &std::sync::Arc<fsck::Options>,
     pre_read: Option<PackRead>,
+    approval: &mut impl Approval,
     mut progress: impl FnMut(String),
 ) -> Report {
     let commands = &req.commands;
@@ -565,6 +566,9 @@ pub async fn receive<B: Backend>(
 
     let forward = connect(b, repo, state, req, &resolved, &inspected, &mut refusals).await;
     phases.mark("connect");
+    if ask(approval, commands, &mut refusals, atomic).await {
+        phases.mark("hooks");
+    }
 
     // Store the pack's objects, durably, before any ref moves: all of them, as git
     // does, when an accepted update needs them.
@@ -638,6 +642,52 @@ pub async fn receive<B: Backend>(
             .zip(refusals)
             .map(|(c, r)| (c.name.clone(), r.map_or(Ok(()), Err)))
             .collect(),
+    }
+}
+
+/// Asks `approval` about the changes not refused yet and refuses what it refuses (all,
+/// if the push is atomic). Whether there was anything to ask about.
+async fn ask(
+    approval: &mut impl Approval,
+    commands: &[Command],
+    refusals: &mut [Option<String>],
+    atomic: bool,
+) -> bool {
+    let open: Vec<usize> = (0..commands.len())
+        .filter(|i| refusals[*i].is_none())
+        .collect();
+    if open.is_empty() {
+        return false;
+    }
+    let refused = approval.approve(&open, commands).await;
+    if !refused.is_empty() {
+        for (i, why) in refused {
+            if let Some(r) = refusals.get_mut(i) {
+                r.get_or_insert(why);
+            }
+        }
+        if atomic {
+            for r in refusals.iter_mut() {
+                r.get_or_insert_with(|| "atomic push failure".into());
+            }
+        }
+    }
+    true
+}
+
+/// What may refuse a push's changes once its objects are verified, before anything is
+/// stored: the repository's pre-receive and update hooks.
+#[allow(async_fn_in_trait)]
+pub trait Approval {
+    /// `open`: the indexes in `commands` of the changes not refused yet. Answers the
+    /// refusals (index, reason).
+    async fn approve(&mut self, open: &[usize], commands: &[Command]) -> Vec<(usize, String)>;
+}
+
+/// No hooks.
+impl Approval for () {
+    async fn approve(&mut self, _: &[usize], _: &[Command]) -> Vec<(usize, String)> {
+        Vec::new()
     }
 }
 

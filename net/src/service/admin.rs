@@ -1,6 +1,44 @@
 //! The admin API under `/admin/`: repositories, their settings, node status.
 
 use super::*;
+use crate::backend::HookScript;
+
+/// The Go original's settings of a repository's hooks, and git's names of them.
+const HOOK_KEYS: [(&str, &str); 3] = [
+    ("hook-prereceive", "pre-receive"),
+    ("hook-update", "update"),
+    ("hook-postreceive", "post-receive"),
+];
+
+/// `POST /admin/hook/<any>.git/upload`: a hook script (the raw body) kept on this node
+/// until an edit names it by the id answered (the Go original's endpoint; its path's
+/// repository is not used).
+pub(super) fn upload_hook<B>(ctx: &Ctx<B>, req: &Req) -> Result<String, String> {
+    let max = crate::hooks::SCRIPT_BYTES_MAX;
+    if req.body.len() > max {
+        return Err(format!(
+            "a hook script may have at most {max} bytes, this one has {}",
+            req.body.len()
+        ));
+    }
+    if let Some(size) = req.headers.get("x-object-size") {
+        let size = size.to_str().ok().and_then(|s| s.parse::<usize>().ok());
+        if size != Some(req.body.len()) {
+            return Err("X-Object-Size does not match the body".into());
+        }
+    }
+    let id = crate::hooks::script_id(&req.body).ok_or("the script is a SHA-1 collision")?;
+    let path = ctx.hooks.dirs().upload(&id);
+    let write = || -> std::io::Result<()> {
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(".{id}.{}", ctx.shard));
+        std::fs::write(&tmp, &req.body)?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| format!("keeping the script: {e}"))?;
+    Ok(id)
+}
 
 #[derive(Debug, Deserialize)]
 pub(super) struct RepoRequest {
@@ -88,7 +126,13 @@ pub(super) async fn admin<B: Backend + 'static>(
                 let mut v: serde_json::Map<String, serde_json::Value> = repos
                     .into_iter()
                     .map(|(n, s)| {
-                        (n, serde_json::json!({"Public": s.public, "Refs": s.refs, "Symrefs": s.symrefs, "AllowNonFastForward": s.allow_non_fast_forward}))
+                        let hook = |k: &str| s.hooks.get(k).cloned().unwrap_or_else(|| "0".repeat(40));
+                        let hooks = serde_json::json!({
+                            "PreReceive": hook("pre-receive"),
+                            "Update": hook("update"),
+                            "PostReceive": hook("post-receive"),
+                        });
+                        (n, serde_json::json!({"Public": s.public, "Refs": s.refs, "Symrefs": s.symrefs, "Hooks": hooks, "AllowNonFastForward": s.allow_non_fast_forward}))
                     })
                     .collect();
                 if !local_only {
@@ -138,6 +182,9 @@ pub(super) async fn admin<B: Backend + 'static>(
             };
             outcome(result.map_err(|e| e.0), node)
         }
+        (op, Method::POST) if op.starts_with("hook/") && op.ends_with(".git/upload") => {
+            outcome(upload_hook(ctx, &req), node)
+        }
         ("createrepo" | "deleterepo" | "editrepo", _) => {
             text(StatusCode::METHOD_NOT_ALLOWED, "POST required", node)
         }
@@ -186,6 +233,36 @@ pub(super) async fn edit<B: Backend>(
     };
     let public = parse_bool("public")?;
     let force = parse_bool("allow-non-fast-forward")?;
+    let mut hooks = Vec::new();
+    for (key, kind) in HOOK_KEYS {
+        let Some(id) = r.update.get(key) else {
+            continue;
+        };
+        let id = id.trim();
+        if id.is_empty() || id.bytes().all(|b| b == b'0') {
+            hooks.push((kind.to_owned(), None));
+            continue;
+        }
+        if crate::git::parse_hex(id.as_bytes()).is_none() {
+            return Err(bad(format!(
+                "{key}: expected a script id (40 hex digits), got {id:?}"
+            )));
+        }
+        let content = match std::fs::read(ctx.hooks.dirs().upload(id)) {
+            Ok(c) => c,
+            Err(_) => ctx.backend.hook_script(id).ok_or_else(|| {
+                bad(format!(
+                    "{key}: no script {id} was uploaded to this node (POST /admin/hook/<repo>.git/upload, \
+                     as `admin repo edit --hook-...` does)"
+                ))
+            })?,
+        };
+        let script = HookScript {
+            id: id.to_owned(),
+            content,
+        };
+        hooks.push((kind.to_owned(), Some(script)));
+    }
     let mut symrefs = Vec::new();
     if let Some(s) = r.update.get("update-symref") {
         for pair in s.split_whitespace() {
@@ -208,12 +285,13 @@ pub(super) async fn edit<B: Backend>(
         if !matches!(
             k.as_str(),
             "public" | "allow-non-fast-forward" | "update-symref"
-        ) {
+        ) && !HOOK_KEYS.iter().any(|(h, _)| h == k)
+        {
             return Err(bad(format!("unknown setting {k:?}")));
         }
     }
     ctx.backend
-        .edit_repo(&r.reponame, public, force, &symrefs)
+        .edit_repo(&r.reponame, public, force, &symrefs, &hooks)
         .await
         .map(|()| String::new())
 }

@@ -11,6 +11,7 @@ mod admin;
 mod aside;
 mod auth;
 mod fetch;
+mod hook_run;
 mod node;
 mod push;
 mod reading;
@@ -29,6 +30,7 @@ pub use auth::split_repo_path;
 pub use node::handle_node;
 pub use push::PUSH_BYTES_PER_OBJECT;
 pub use reading::set_reader_cpus;
+pub(crate) use reading::unpin_this_thread;
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -88,6 +90,8 @@ pub struct Ctx<B> {
     pub spool_dir: Option<std::path::PathBuf>,
     /// The object checks a push passes (git's `receive.fsck.<msg-id>` overrides).
     pub fsck: std::sync::Arc<crate::git::fsck::Options>,
+    /// How this node runs hooks.
+    pub hooks: std::sync::Arc<crate::hooks::Settings>,
 }
 
 /// Handles one request on the user listener: reads its bounded body, then serves it
@@ -129,8 +133,9 @@ pub async fn handle_user<B: Backend + 'static>(
             let owner = route::shard_of(repo, ctx.shards);
             let repo = repo.to_owned();
             if owner == ctx.shard {
+                let extra = hook_run::extras(req.headers());
                 let source = route::Source::Client(req.into_body());
-                return receive_streaming(ctx, source, peer, repo).await;
+                return receive_streaming(ctx, source, peer, repo, extra).await;
             }
             let (parts, body) = req.into_parts();
             let head = Req {
@@ -183,7 +188,8 @@ pub async fn dispatch_forwarded<B: Backend + 'static>(
         return match split_repo_path(req.uri.path()) {
             Some((repo, "git-receive-pack")) => {
                 let repo = repo.to_owned();
-                receive_streaming(ctx, source, peer, repo).await
+                let extra = hook_run::extras(&req.headers);
+                receive_streaming(ctx, source, peer, repo, extra).await
             }
             _ => text(StatusCode::NOT_FOUND, "not found", &ctx.node_name),
         };

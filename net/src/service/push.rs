@@ -31,6 +31,7 @@ pub(super) async fn receive_pack<B: Backend + 'static>(
     req: Req,
     held: Held,
 ) -> Response<Body> {
+    let extra = hook_run::extras(&req.headers);
     let arrived = Arrived {
         received: Received {
             body: Bytes::from(req.body),
@@ -39,7 +40,7 @@ pub(super) async fn receive_pack<B: Backend + 'static>(
         held,
         aside: None,
     };
-    receive_pack_body(ctx, repo, state, arrived).await
+    receive_pack_body(ctx, repo, state, arrived, extra).await
 }
 
 /// A push read while it arrives: authorised before its body is read, its pack parsed,
@@ -51,6 +52,7 @@ pub(super) async fn receive_streaming<B: Backend + 'static>(
     source: route::Source,
     peer: Rc<Peer>,
     repo: String,
+    extra: Vec<(String, String)>,
 ) -> Response<Body> {
     let node = ctx.node_name.clone();
     let who = match user_of(&ctx, &peer) {
@@ -96,7 +98,7 @@ pub(super) async fn receive_streaming<B: Backend + 'static>(
                         held,
                         aside,
                     };
-                    return receive_pack_body(ctx, repo, state, arrived).await;
+                    return receive_pack_body(ctx, repo, state, arrived, extra).await;
                 }
                 Some(route::BodyChunk::Refused(f)) => return refused(&f, &node),
                 None => {
@@ -110,7 +112,7 @@ pub(super) async fn receive_streaming<B: Backend + 'static>(
         },
     };
     match receive_body(&ctx, &mut body, &repo, AsideTo::Here, &|| false).await {
-        Ok(arrived) => receive_pack_body(ctx, repo, state, arrived).await,
+        Ok(arrived) => receive_pack_body(ctx, repo, state, arrived, extra).await,
         Err(refusal) => refused(&refusal, &node),
     }
 }
@@ -334,6 +336,7 @@ pub(super) async fn receive_pack_body<B: Backend + 'static>(
     repo: String,
     state: RepoState,
     arrived: Arrived<B>,
+    extra: Vec<(String, String)>,
 ) -> Response<Body> {
     let Arrived {
         received: Received { body, pre_read },
@@ -382,6 +385,16 @@ pub(super) async fn receive_pack_body<B: Backend + 'static>(
             }
         };
         let pack = body.slice(push.pack_at..);
+        let mut hooks = hook_run::PushHooks::new(
+            ctx.clone(),
+            &repo,
+            &state,
+            &push,
+            pack.clone(),
+            extra,
+            sideband,
+            tx.clone(),
+        );
         let report = receive::receive(
             &ctx.backend,
             &repo,
@@ -392,6 +405,7 @@ pub(super) async fn receive_pack_body<B: Backend + 'static>(
             &limits,
             &ctx.fsck,
             pre_read,
+            &mut hooks,
             progress,
         )
         .await;
@@ -403,12 +417,20 @@ pub(super) async fn receive_pack_body<B: Backend + 'static>(
         }
         let mut o = Vec::new();
         band(sideband, &mut o, &report.encode());
+        if tx.send(Bytes::from(o)).await.is_err() {
+            return;
+        }
+        // After the report, as git's receive-pack: post-receive, once the region
+        // holds the push.
+        hooks.after(&report).await;
         if sideband.is_some() {
+            let mut o = Vec::new();
             pktline::flush(&mut o);
+            if tx.send(Bytes::from(o)).await.is_err() {
+                return;
+            }
         }
-        if tx.send(Bytes::from(o)).await.is_ok() {
-            tx.finish();
-        }
+        tx.finish();
     })
     .detach();
     let mut r = Response::new(out);

@@ -39,7 +39,8 @@ pub fn set_reader_cpus(cpus: Vec<usize>) {
     let _ = READER_CPUS.set(cpus);
 }
 
-pub(super) fn unpin_this_thread() {
+/// Lets this thread (and what it starts) run on every CPU the process may use.
+pub(crate) fn unpin_this_thread() {
     let Some(cpus) = READER_CPUS.get().filter(|c| !c.is_empty()) else {
         return;
     };
