@@ -433,10 +433,11 @@ fn section(name: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |v| v.split(',').any(|s| s.trim() == name))
 }
 
-/// Every repository a server needs: `small`, `big0..`, `corpus0..` and the pushers'
-/// `p0..`.
+/// Every repository a server needs: `small`, `hooked` (`small` with a trivial
+/// pre-receive hook), `big0..`, `corpus0..` and the pushers' `p0..`.
 fn repo_names() -> impl Iterator<Item = String> {
-    std::iter::once("small".to_string())
+    ["small".to_string(), "hooked".to_string()]
+        .into_iter()
         .chain((0..reps()).map(|i| format!("big{i}")))
         .chain((0..corpus_reps()).map(|i| format!("corpus{i}")))
         .chain((0..PUSH_REPOS).map(|i| format!("p{i}")))
@@ -534,6 +535,14 @@ fn start_region(dir: &Path, port: u16, nodes: usize) -> (Server, Env) {
             .args(["admin", "repo", "create", &r])
             .env("RUST_LOG", "warn"));
     }
+    let hook = dir.join("trivial-hook");
+    std::fs::write(&hook, TRIVIAL_HOOK).expect("hook");
+    run(Command::new(BIN)
+        .arg("--config")
+        .arg(config(1))
+        .args(["admin", "repo", "edit", "hooked", "--hook-pre-receive"])
+        .arg(&hook)
+        .env("RUST_LOG", "warn"));
     (server, env)
 }
 
@@ -550,6 +559,12 @@ fn start_nginx(dir: &Path, env: &Env, port: u16) -> Option<Server> {
         let p = repos.join(format!("{r}.git"));
         env.git_ok(dir, &["init", "-q", "--bare", p.to_str()?]);
         env.git_ok(&p, &["config", "http.receivepack", "true"]);
+        if r == "hooked" {
+            let hook = p.join("hooks/pre-receive");
+            std::fs::write(&hook, TRIVIAL_HOOK).ok()?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).ok()?;
+        }
     }
     let exec_path =
         String::from_utf8_lossy(&Command::new("git").arg("--exec-path").output().ok()?.stdout)
@@ -692,8 +707,13 @@ fn p99(mut v: Vec<f64>) -> f64 {
     v[((v.len() - 1) as f64 * 0.99) as usize]
 }
 
+/// What a push's hook costs, at least: a pre-receive hook that reads its input.
+const TRIVIAL_HOOK: &str = "#!/bin/sh\ncat >/dev/null\n";
+
 struct Figures {
     small_p50: f64,
+    /// Small pushes to a repository with [`TRIVIAL_HOOK`].
+    hooked_p50: f64,
     small_p99: f64,
     /// The same pushes from a git that also loads the system CA store.
     small_sys_p50: f64,
@@ -732,7 +752,23 @@ fn measure(env: &Env, s: &Server, work: &Path, pushes: usize) -> Figures {
         who.git_ok(&small, &["push", "-q", &url_small, "master"]);
         into.push(t.elapsed().as_secs_f64());
     }
+    let hooked = work.join(format!("hooked-{}", s.name.replace(' ', "-")));
+    env.git_ok(
+        work,
+        &["init", "-q", "-b", "master", hooked.to_str().expect("path")],
+    );
+    let url_hooked = format!("{}/repo/hooked.git", s.url);
+    let mut lat_hooked = Vec::new();
+    for i in 0..pushes {
+        std::fs::write(hooked.join("f.txt"), format!("change {i}\n")).expect("write");
+        env.git_ok(&hooked, &["add", "-A"]);
+        env.git_ok(&hooked, &["commit", "-qm", &format!("hooked {i}")]);
+        let t = Instant::now();
+        env.git_ok(&hooked, &["push", "-q", &url_hooked, "master"]);
+        lat_hooked.push(t.elapsed().as_secs_f64());
+    }
     Figures {
+        hooked_p50: median(lat_hooked),
         small_p50: median(lat.clone()),
         small_p99: p99(lat),
         small_sys_p50: median(lat_sys),
@@ -1129,6 +1165,13 @@ fn main() {
         one.small_p50,
         three.small_p50,
         base(|t| t.small_p50),
+        "s",
+    );
+    row(
+        "small push p50, trivial pre-receive hook",
+        one.hooked_p50,
+        three.hooked_p50,
+        base(|t| t.hooked_p50),
         "s",
     );
     row(

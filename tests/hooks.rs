@@ -275,3 +275,53 @@ fn sandboxed_hooks_see_only_their_run_and_a_slow_hook_is_killed() {
     assert!(err.contains("pre-receive hook timed out"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }
+
+#[test]
+fn bad_hook_uploads_and_edits_are_refused_and_change_nothing() {
+    let region = Region::start();
+    let answer = |path: &str, headers: &[(&str, &str)], body: &[u8], user: Option<&str>| {
+        let r = region.http(user, "POST", path, headers, Some(body));
+        (r.status, String::from_utf8_lossy(&r.body).into_owned())
+    };
+    let upload = "/admin/hook/test.git/upload";
+    // Only admins upload; a size that is not the body's; a body past the limit.
+    assert_eq!(answer(upload, &[], b"#!/bin/sh\n", None).0, 401);
+    let (status, body) = answer(
+        upload,
+        &[("X-Object-Size", "99")],
+        b"#!/bin/sh\n",
+        Some("admin"),
+    );
+    assert!(status == 200 && body.contains("does not match"), "{body}");
+    let big = vec![b'#'; (1 << 20) + 1];
+    let (status, body) = answer(upload, &[], &big, Some("admin"));
+    assert!(status == 413 || body.contains("at most"), "{status} {body}");
+    // Edits naming what is no script id, or a script this node never got.
+    for (id, why) in [
+        ("not-hex", "40 hex digits"),
+        ("1234567890123456789012345678901234567890", "no script"),
+    ] {
+        let edit = serde_json::json!({"Reponame": "test", "UpdateRequest": {"hook-update": id}});
+        let (status, body) = answer(
+            "/admin/editrepo",
+            &[("Content-Type", "application/json")],
+            edit.to_string().as_bytes(),
+            Some("admin"),
+        );
+        assert!(status == 200 && body.contains(why), "{id}: {body}");
+    }
+    // An upload answers the script's git blob id, which an edit then names.
+    let (_, body) = answer(upload, &[], b"#!/bin/sh\nexit 0\n", Some("admin"));
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    // `printf '#!/bin/sh\nexit 0\n' | git hash-object --stdin`
+    assert_eq!(
+        v["Info"], "039e4d0069c5c26909f86c505b9de66182e6d1f3",
+        "{body}"
+    );
+    let listed = region.repospanner(&["admin", "--json", "repo", "list"]);
+    let v: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("json");
+    assert_eq!(
+        v["Repos"]["test"]["Hooks"]["Update"],
+        "0".repeat(40).as_str()
+    );
+}
