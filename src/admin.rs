@@ -154,7 +154,12 @@ fn parse_reply(raw: &[u8]) -> Result<Reply> {
     Ok(Reply { status, body })
 }
 
-fn admin_call(cfg: &AdminConfig, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+pub(crate) fn admin_call(
+    cfg: &AdminConfig,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value> {
     let r = request(
         &cfg.url,
         &cfg.ca_pem,
@@ -174,7 +179,7 @@ fn admin_call(cfg: &AdminConfig, method: &str, path: &str, body: Option<&Value>)
     serde_json::from_slice(&r.body).with_context(|| format!("{} sent an invalid reply", cfg.url))
 }
 
-fn outcome(v: &Value) -> Result<()> {
+pub(crate) fn outcome(v: &Value) -> Result<()> {
     if v["Success"].as_bool() == Some(true) {
         Ok(())
     } else {

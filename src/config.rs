@@ -519,6 +519,9 @@ impl Config {
             ca_pem,
             cert_pem,
             key_pem,
+            ca_path: ca,
+            cert_path: cert,
+            key_path: key,
         })
     }
 
@@ -636,6 +639,10 @@ pub struct AdminConfig {
     pub ca_pem: Vec<u8>,
     pub cert_pem: Vec<u8>,
     pub key_pem: Vec<u8>,
+    /// The files they were read from (for a `git` the admin client runs).
+    pub ca_path: PathBuf,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
 }
 
 /// Everything `serve` needs, validated.

@@ -8,6 +8,7 @@ pub mod aside;
 pub mod cluster;
 pub mod commands;
 pub mod config;
+pub mod import;
 pub mod node;
 pub mod quickstart;
 pub mod serve;

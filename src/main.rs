@@ -143,6 +143,13 @@ enum RepoCommand {
     Delete {
         name: String,
     },
+    /// Bring an existing repository in (every ref, tags and HEAD) through the normal
+    /// push path; created if absent; run again to resume or catch up.
+    Import {
+        name: String,
+        /// A local repository (bare or not) or a URL `git clone` takes.
+        source: String,
+    },
     Edit {
         name: String,
         /// Readable without a certificate (`--public`, `--public=true|false`).
@@ -250,6 +257,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             match command {
                 AdminCommand::Repo(RepoCommand::Create { name, public }) => {
                     repospanner::admin::repo_create(&admin, &name, public.unwrap_or(false))
+                }
+                AdminCommand::Repo(RepoCommand::Import { name, source }) => {
+                    repospanner::import::import(&admin, &name, &source)
                 }
                 AdminCommand::Repo(RepoCommand::Delete { name }) => {
                     repospanner::admin::repo_delete(&admin, &name)

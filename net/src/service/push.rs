@@ -417,12 +417,13 @@ pub(super) async fn receive_pack_body<B: Backend + 'static>(
         }
         let mut o = Vec::new();
         band(sideband, &mut o, &report.encode());
-        if tx.send(Bytes::from(o)).await.is_err() {
+        let told = tx.send(Bytes::from(o)).await.is_ok();
+        // After the report, as git's receive-pack: post-receive, once the region
+        // holds the push (whether or not the client is still there to see it).
+        hooks.after(&report).await;
+        if !told {
             return;
         }
-        // After the report, as git's receive-pack: post-receive, once the region
-        // holds the push.
-        hooks.after(&report).await;
         if sideband.is_some() {
             let mut o = Vec::new();
             pktline::flush(&mut o);
