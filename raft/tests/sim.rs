@@ -293,6 +293,7 @@ fn raft_and_the_state_machine_survive_drops_delays_and_partitions() {
                     id: 1,
                     public: false,
                     head: "main".into(),
+                    allow_non_fast_forward: true,
                 },
             )
             .await

@@ -138,6 +138,7 @@ fn a_single_member_group_commits_on_real_files_and_keeps_its_log() {
                     id: 7,
                     public: false,
                     head: "main".into(),
+                    allow_non_fast_forward: true,
                 })
                 .await
                 .expect("write");

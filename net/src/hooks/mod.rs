@@ -290,7 +290,7 @@ fn follow(
                     libc::kill(-pgid, libc::SIGKILL);
                 }
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
             Err(e) => return Outcome::Failed(format!("waiting for it: {e}")),
         }
     }

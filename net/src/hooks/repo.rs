@@ -91,14 +91,19 @@ thread_local! {
     /// to one shard, so to one thread).
     static UPDATING: RefCell<HashMap<u64, Rc<glommio::sync::Semaphore>>> =
         RefCell::new(HashMap::new());
+    /// The refs of each repository kept for hooks as this thread last set them, so a
+    /// push whose repository has not changed since runs no git to find out.
+    static KEPT_REFS: RefCell<HashMap<u64, BTreeMap<String, String>>> =
+        RefCell::new(HashMap::new());
 }
 
 /// A push's objects, in a quarantine beside the repository kept for hooks. Removed
 /// when dropped.
 #[derive(Debug)]
 pub struct Quarantine {
-    /// The repository kept for hooks.
+    /// The repository kept for hooks, and its instance.
     pub repo: PathBuf,
+    id: u64,
     /// `run/<push>`: holds `objects/` and `work/`.
     pub dir: PathBuf,
 }
@@ -139,20 +144,36 @@ impl Quarantine {
             std::fs::rename(e.path(), to.join(e.file_name())).map_err(|e| e.to_string())?;
         }
         let mut input = String::new();
-        for (name, new) in moved {
+        for (name, new) in &moved {
             match new {
-                Some(o) => input.push_str(&format!("update {name} {}\n", hex(&o))),
+                Some(o) => input.push_str(&format!("update {name} {}\n", hex(o))),
                 None => input.push_str(&format!("delete {name}\n")),
             }
         }
-        git(
+        let updated = git(
             &self.repo,
             &["update-ref", "--stdin"],
             &[],
             Input::Bytes(input.into()),
         )
-        .await?;
-        Ok(())
+        .await;
+        KEPT_REFS.with(|k| {
+            let mut k = k.borrow_mut();
+            match (&updated, k.get_mut(&self.id)) {
+                (Ok(_), Some(refs)) => {
+                    for (name, new) in moved {
+                        match new {
+                            Some(o) => refs.insert(name, hex(&o)),
+                            None => refs.remove(&name),
+                        };
+                    }
+                }
+                _ => {
+                    k.remove(&self.id);
+                }
+            }
+        });
+        updated.map(|_| ())
     }
 }
 
@@ -184,9 +205,18 @@ pub async fn prepare<B: Backend>(
             .acquire_permit(1)
             .await
             .map_err(|e| format!("waiting for the repository kept for hooks: {e}"))?;
-        update(b, &kept, repo, state).await?;
+        let updated = update(b, &kept, repo, state).await;
+        KEPT_REFS.with(|k| {
+            let mut k = k.borrow_mut();
+            match updated {
+                Ok(()) => k.insert(state.id, state.refs.clone()),
+                Err(_) => k.remove(&state.id),
+            }
+        });
+        updated?;
     }
     let q = Quarantine {
+        id: state.id,
         repo: kept,
         dir: dirs.run(push),
     };
@@ -204,7 +234,12 @@ pub async fn prepare<B: Backend>(
             Input::Bytes(pack),
         )
         .await
-        .map_err(|e| format!("quarantining the push's objects: {e}"))?;
+        .map_err(|e| {
+            // Perhaps the kept repository is not what this thread believes: look again
+            // next time.
+            KEPT_REFS.with(|k| k.borrow_mut().remove(&state.id));
+            format!("quarantining the push's objects: {e}")
+        })?;
     }
     Ok(q)
 }
@@ -225,21 +260,31 @@ async fn update<B: Backend>(
         git(parent, &["init", "--bare", "-q", &t], &[], Input::None).await?;
         std::fs::rename(&tmp, kept).map_err(|e| format!("{}: {e}", kept.display()))?;
     }
-    let listed = git(
-        kept,
-        &["for-each-ref", "--format=%(objectname) %(refname)"],
-        &[],
-        Input::None,
-    )
-    .await?;
-    let mut has: BTreeMap<String, String> = BTreeMap::new();
-    for line in String::from_utf8_lossy(&listed).lines() {
-        if let Some((oid, name)) = line.split_once(' ') {
-            has.insert(name.to_owned(), oid.to_owned());
+    let cached = KEPT_REFS.with(|k| k.borrow().get(&state.id).cloned());
+    let has = match cached {
+        Some(refs) => refs,
+        None => {
+            let listed = git(
+                kept,
+                &["for-each-ref", "--format=%(objectname) %(refname)"],
+                &[],
+                Input::None,
+            )
+            .await?;
+            let mut has: BTreeMap<String, String> = BTreeMap::new();
+            for line in String::from_utf8_lossy(&listed).lines() {
+                if let Some((oid, name)) = line.split_once(' ') {
+                    has.insert(name.to_owned(), oid.to_owned());
+                }
+            }
+            has
         }
-    }
+    };
     if let Some(head) = state.symrefs.get("HEAD") {
-        git(kept, &["symbolic-ref", "HEAD", head], &[], Input::None).await?;
+        let now = std::fs::read_to_string(kept.join("HEAD")).unwrap_or_default();
+        if now.trim_end() != format!("ref: {head}") {
+            git(kept, &["symbolic-ref", "HEAD", head], &[], Input::None).await?;
+        }
     }
     if has == state.refs {
         return Ok(());
