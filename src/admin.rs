@@ -168,6 +168,11 @@ pub(crate) fn admin_call(
         path,
         body,
     )?;
+    json_reply(cfg, &r)
+}
+
+/// The JSON of a 200 reply; any other status is an error that quotes the reply.
+fn json_reply(cfg: &AdminConfig, r: &Reply) -> Result<Value> {
     if r.status != 200 {
         bail!(
             "{} answered {}: {}",
@@ -230,16 +235,7 @@ fn upload_hook(cfg: &AdminConfig, repo: &str, path: &std::path::Path) -> Result<
         &[("X-Object-Size", &size)],
         Some(&content),
     )?;
-    if r.status != 200 {
-        bail!(
-            "{} answered {}: {}",
-            cfg.url,
-            r.status,
-            String::from_utf8_lossy(&r.body).trim()
-        );
-    }
-    let v: Value = serde_json::from_slice(&r.body)
-        .with_context(|| format!("{} sent an invalid reply", cfg.url))?;
+    let v = json_reply(cfg, &r)?;
     outcome(&v).with_context(|| format!("uploading the hook {}", path.display()))?;
     Ok(v["Info"].as_str().unwrap_or_default().to_owned())
 }
