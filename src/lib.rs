@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod aside;
+pub mod bridge;
 pub mod cluster;
 pub mod commands;
 pub mod config;
