@@ -483,7 +483,11 @@ mod tests {
         let (code, msg) = health(&status("no leader", 3, LAG_WARNING + 1));
         assert_eq!(code, 2, "no leader outranks the warnings");
         assert_eq!(msg, "no leader");
-        assert_eq!(health(&serde_json::json!({})).0, 2, "no status is critical");
+        assert_eq!(
+            health(&serde_json::json!({})).0,
+            3,
+            "no status is UNKNOWN, as in the Go original"
+        );
     }
 
     #[test]
