@@ -110,7 +110,7 @@ fn policy_hooks(region: &Region) -> PathBuf {
 
 #[test]
 fn hooks_see_the_push_refuse_it_and_post_receive_runs_after_it() {
-    let region = Region::start_n(2, "");
+    let region = Region::start_n(3, "");
     let t = region.dir.path();
     let log = policy_hooks(&region);
     let w = t.join("w");
@@ -142,7 +142,7 @@ fn hooks_see_the_push_refuse_it_and_post_receive_runs_after_it() {
     assert!(!ok);
     assert!(err.contains("policy: FORBIDDEN found"), "{err}");
     assert!(err.contains("pre-receive hook declined"), "{err}");
-    assert_eq!(tip(&region, 2, "refs/heads/master"), two);
+    assert_eq!(tip(&region, 3, "refs/heads/master"), two);
     assert_eq!(
         std::fs::read_to_string(&log).expect("log").lines().count(),
         1

@@ -1,6 +1,7 @@
 //! `repobridge` with a real `sshd` on loopback (a forced command in `authorized_keys`,
-//! one key per node) and with git's `ext::` transport: clone, fetch, shallow clone,
-//! push and delete through ssh, errors shown by git as remote errors.
+//! one key per node of a 3-node region) and with git's `ext::` transport: clone,
+//! fetch, shallow clone, push and delete through ssh, errors shown by git as remote
+//! errors.
 #![allow(clippy::too_many_lines)] // a test or benchmark reads as one scenario
 
 mod common;
@@ -129,8 +130,8 @@ fn ok(out: Output, what: &str) -> String {
 
 #[test]
 fn git_over_ssh_through_repobridge_clones_fetches_and_pushes_on_any_node() {
-    let region = Region::start_n(2, "");
-    let s = sshd(&region, 2);
+    let region = Region::start_n(3, "");
+    let s = sshd(&region, 3);
     let t = region.dir.path();
     let url = format!("ssh://{}@127.0.0.1:{}/test.git", user(), s.port);
 
@@ -193,11 +194,11 @@ fn git_over_ssh_through_repobridge_clones_fetches_and_pushes_on_any_node() {
         git_ssh(
             &region,
             &s,
-            2,
+            3,
             t,
             &["clone", "-q", "--depth", "1", &url, "shallow"],
         ),
-        "shallow clone",
+        "shallow clone via node 3",
     );
     let count = ok(
         git_ssh(
