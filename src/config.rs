@@ -198,6 +198,8 @@ pub struct HooksSection {
     pub bubblewrap: Option<BubblewrapSection>,
     /// A hook still running after this long is killed and its push refused.
     pub timeout_seconds: u64,
+    /// All of a push's update hooks (one per ref) together; refs left are refused.
+    pub push_timeout_seconds: u64,
     /// Most output of one hook passed to the client.
     pub output_bytes_max: usize,
 }
@@ -210,6 +212,7 @@ impl Default for HooksSection {
             debug: false,
             bubblewrap: None,
             timeout_seconds: 10,
+            push_timeout_seconds: 60,
             output_bytes_max: 1 << 20,
         }
     }
@@ -403,6 +406,9 @@ impl Config {
             dir: state_dir.join("hooks"),
             sandbox,
             timeout: std::time::Duration::from_secs(h.timeout_seconds),
+            push_timeout: std::time::Duration::from_secs(
+                h.push_timeout_seconds.max(h.timeout_seconds),
+            ),
             output_bytes_max: h.output_bytes_max,
             user: (h.user != 0).then_some(h.user),
             debug: h.debug,

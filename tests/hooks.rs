@@ -236,6 +236,7 @@ fn sandboxed_hooks_see_only_their_run_and_a_slow_hook_is_killed() {
         &format!(
             "#!/bin/sh\n\
              echo \"host=$(hostname) pid=$$\"\n\
+             grep CapEff /proc/self/status\n\
              test -e {} && echo 'the keys are visible'\n\
              ls {} | grep -v hooks && echo 'the state is visible'\n\
              read old new ref\n\
@@ -258,6 +259,8 @@ fn sandboxed_hooks_see_only_their_run_and_a_slow_hook_is_killed() {
     let (ok, err) = push(&region, 1, &w, &["master"]);
     assert!(ok, "{err}");
     assert!(err.contains("host=myhostname pid=2"), "{err}");
+    // Whatever user the node runs as (root here), the hook holds no capability.
+    assert!(err.contains("CapEff:\t0000000000000000"), "{err}");
     assert!(err.contains("sandboxed log: inside"), "{err}");
     assert!(!err.contains("visible"), "{err}");
 

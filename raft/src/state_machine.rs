@@ -166,6 +166,7 @@ impl State {
                         }
                     })
                     .collect();
+                let had_branches = r.refs.keys().any(|k| k.starts_with("refs/heads/"));
                 // A refused change leaves the objects stored for it unreachable; a
                 // deleted or rewound ref may leave objects unreachable.
                 r.only_reachable &= *forward && results.iter().all(Result::is_ok);
@@ -185,16 +186,19 @@ impl State {
                         };
                     }
                 }
-                point_head_at_a_branch(r, changes, &results);
+                if !had_branches {
+                    point_head_at_a_branch(r, changes, &results);
+                }
                 Response::Refs(results)
             }
         }
     }
 }
 
-/// A HEAD that names a branch the repository lacks is pointed at the first branch
-/// `changes` created (as GitHub and Gitea do), so that the first clone of a
-/// repository whose first push did not bring the default branch checks one out.
+/// In a repository that had no branch, a HEAD that names a branch the push did not
+/// bring is pointed at the first branch `changes` created (as GitHub and Gitea do),
+/// so that the first clone checks one out. Once there are branches, HEAD moves only
+/// when an operator moves it.
 fn point_head_at_a_branch(r: &mut Repo, changes: &[RefChange], results: &[Result<(), String>]) {
     let dangling = r
         .symrefs
@@ -571,6 +575,11 @@ mod tests {
         assert_eq!(s.repos["r"].symrefs["HEAD"], "refs/heads/main");
         // Once it names a branch that exists, later branches leave it alone.
         s.apply(&push(1, &[("refs/heads/master", None, Some("cc"))], false));
+        assert_eq!(s.repos["r"].symrefs["HEAD"], "refs/heads/main");
+        // Once the repository has branches, a dangling HEAD (an operator's choice, or
+        // its branch deleted) stays where it is.
+        s.apply(&push(1, &[("refs/heads/main", Some("aa"), None)], false));
+        s.apply(&push(1, &[("refs/heads/new", None, Some("dd"))], false));
         assert_eq!(s.repos["r"].symrefs["HEAD"], "refs/heads/main");
         // A refused creation does not move it.
         s.apply(&create("q", 2));

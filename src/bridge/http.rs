@@ -85,9 +85,10 @@ pub fn request(
     let name =
         ServerName::try_from(t.host.clone()).with_context(|| format!("server name {}", t.host))?;
     let conn = rustls::ClientConnection::new(t.tls.clone(), name)?;
-    let tcp = TcpStream::connect((t.host.as_str(), t.port))
-        .with_context(|| format!("connecting to {}", t.hostport))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(600)))?;
+    let tcp = connect(t).with_context(|| format!("connecting to {}", t.hostport))?;
+    // A node that stops reading or answering does not hold the client for ever.
+    tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+    tcp.set_write_timeout(Some(IO_TIMEOUT))?;
     let _ = tcp.set_nodelay(true);
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     let mut head = format!(
@@ -158,6 +159,22 @@ pub fn request(
         status,
         body: BodyReader { r, mode },
     })
+}
+
+/// How long a read or write of the node's connection may wait.
+const IO_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Each address of the node's host in turn, 30 s each.
+fn connect(t: &Target) -> std::io::Result<TcpStream> {
+    use std::net::ToSocketAddrs;
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the host has no address");
+    for a in (t.host.as_str(), t.port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&a, Duration::from_secs(30)) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 fn chunk(w: &mut impl Write, b: &[u8]) -> std::io::Result<()> {

@@ -16,6 +16,20 @@ use super::http::{self, Body, Target};
 /// Longest pkt-line git sends (65520 bytes, its header included).
 const PKT_MAX: usize = 65520;
 
+/// Most bytes of one section a client sends before its flush (commands, wants, a
+/// batch of haves), and of the haves found common that each round repeats: the node's
+/// own default for a negotiation (`limits.negotiation_bytes_max`).
+pub(super) const SECTION_BYTES_MAX: usize = 64 << 20;
+
+/// Appends a pkt-line to a section, within [`SECTION_BYTES_MAX`].
+fn add(section: &mut Vec<u8>, p: &Pkt) -> Result<()> {
+    if section.len() + p.raw().len() > SECTION_BYTES_MAX {
+        bail!("the client sent more than {SECTION_BYTES_MAX} bytes before a flush");
+    }
+    section.extend_from_slice(&p.raw());
+    Ok(())
+}
+
 /// A pkt-line as read: its raw bytes (header included), to pass on unchanged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Pkt {
@@ -84,7 +98,11 @@ pub(super) fn pkt(payload: &str) -> Vec<u8> {
 /// An error as git shows it: an `ERR` line.
 pub(super) fn err_pkt(msg: &str) -> Vec<u8> {
     let mut m: String = msg.chars().filter(|c| *c != '\n').collect();
-    m.truncate(PKT_MAX - 16);
+    let mut end = m.len().min(PKT_MAX - 16);
+    while !m.is_char_boundary(end) {
+        end -= 1;
+    }
+    m.truncate(end);
     pkt(&format!("ERR {m}\n"))
 }
 
@@ -187,7 +205,8 @@ pub(super) fn receive_pack(
                     Some(z) => (&line[..z], &line[z + 1..]),
                     None => (line, &[][..]),
                 };
-                if first && caps.split(|b| *b == b' ').any(|c| c == b"push-options") {
+                // The capabilities ride on the first command (after any shallow lines).
+                if caps.split(|b| *b == b' ').any(|c| c == b"push-options") {
                     options = true;
                 }
                 if !cmd.starts_with(b"shallow ")
@@ -198,7 +217,7 @@ pub(super) fn receive_pack(
                     needs_pack = true;
                 }
                 first = false;
-                head.extend_from_slice(&p.raw());
+                add(&mut head, &p)?;
             }
         }
     }
@@ -207,7 +226,7 @@ pub(super) fn receive_pack(
             match read_pkt(input)? {
                 None => bail!("the client stopped in the middle of its push options"),
                 Some(p) => {
-                    head.extend_from_slice(&p.raw());
+                    add(&mut head, &p)?;
                     if p == Pkt::Flush {
                         break;
                     }
@@ -250,7 +269,7 @@ pub(super) fn upload_pack(
             }
             Some(p) => {
                 deepen |= p.payload().starts_with(b"deepen");
-                wants.extend_from_slice(&p.raw());
+                add(&mut wants, &p)?;
             }
         }
     }
@@ -260,7 +279,7 @@ pub(super) fn upload_pack(
         relay_shallow(&mut r.body, Some(&mut *out))?;
         out.flush()?;
     }
-    let mut common: Vec<Vec<u8>> = Vec::new();
+    let mut common = Common::default();
     loop {
         let mut batch = Vec::new();
         let mut done = false;
@@ -272,13 +291,11 @@ pub(super) fn upload_pack(
                     done = true;
                     break;
                 }
-                Some(p) => batch.extend_from_slice(&p.raw()),
+                Some(p) => add(&mut batch, &p)?,
             }
         }
         let mut body = wants.clone();
-        for c in &common {
-            body.extend_from_slice(c);
-        }
+        body.extend_from_slice(&common.haves);
         body.extend_from_slice(&batch);
         body.extend_from_slice(if done { b"0009done\n" } else { b"0000" });
         let mut r = node.post("git-upload-pack", Body::Bytes(&body))?;
@@ -316,17 +333,30 @@ fn relay_shallow(r: &mut impl Read, mut out: Option<&mut dyn Write>) -> Result<(
     }
 }
 
+/// The haves the node acknowledged as common, which every later round repeats (as
+/// git's stateless client does).
+#[derive(Default)]
+struct Common {
+    seen: std::collections::HashSet<Vec<u8>>,
+    /// Their `have` lines.
+    haves: Vec<u8>,
+}
+
 /// Passes one round's answer on, noting the haves it found common. Whether the
-/// conversation is over (the pack was sent, or an error).
+/// conversation is over (the pack was sent, or an error). A round that is not the
+/// last must end with its NAK: anything else would leave the client waiting.
 fn relay_round(
     r: &mut impl Read,
     out: &mut impl Write,
     done: bool,
-    common: &mut Vec<Vec<u8>>,
+    common: &mut Common,
 ) -> Result<bool> {
     loop {
         let Some(p) = read_pkt(r)? else {
-            return Ok(done);
+            if done {
+                return Ok(true);
+            }
+            bail!("the node's answer to a round of haves ended without its NAK");
         };
         out.write_all(&p.raw())?;
         let line = p.payload();
@@ -338,17 +368,38 @@ fn relay_round(
                 std::io::copy(r, out)?;
                 return Ok(true);
             }
-            let have = pkt(&format!("have {}\n", String::from_utf8_lossy(oid)));
-            if !common.contains(&have) {
-                common.push(have);
+            if status == b"common" && common.seen.insert(oid.to_vec()) {
+                let have = pkt(&format!("have {}\n", String::from_utf8_lossy(oid)));
+                if common.haves.len() + have.len() > SECTION_BYTES_MAX {
+                    bail!("more haves in common than a request may carry");
+                }
+                common.haves.extend_from_slice(&have);
             }
         } else if line.starts_with(b"NAK") {
             if done {
                 std::io::copy(r, out)?;
                 return Ok(true);
             }
+            // The round is over, unless the node is ready and sends the pack now
+            // (no-done): its last ACK follows at once.
+            return relay_after_nak(r, out);
         } else if line.starts_with(b"ERR ") {
             return Ok(true);
+        }
+    }
+}
+
+/// After a round's NAK: the end of the answer, or (no-done) the last ACK and the pack.
+fn relay_after_nak(r: &mut impl Read, out: &mut impl Write) -> Result<bool> {
+    match read_pkt(r)? {
+        None => Ok(false),
+        Some(p) => {
+            out.write_all(&p.raw())?;
+            if p.payload().starts_with(b"ACK ") || p.payload().starts_with(b"ERR ") {
+                std::io::copy(r, out)?;
+                return Ok(true);
+            }
+            bail!("the node's answer went on after its NAK with something else than its last ACK")
         }
     }
 }
@@ -387,10 +438,14 @@ mod tests {
             pkt("NAK\n"),
         ]
         .concat();
-        let (mut out, mut common) = (Vec::new(), Vec::new());
+        let (mut out, mut common) = (Vec::new(), Common::default());
         assert!(!relay_round(&mut &answer[..], &mut out, false, &mut common).expect("round"));
         assert_eq!(out, answer);
-        assert_eq!(common.len(), 2);
+        assert_eq!(
+            common.seen.len(),
+            1,
+            "only `common` acknowledgements are repeated"
+        );
         // Again: nothing new is noted; then the last ACK and the pack.
         let last = [
             pkt(&format!("ACK {a} common\n")),
@@ -401,6 +456,20 @@ mod tests {
         let mut out = Vec::new();
         assert!(relay_round(&mut &last[..], &mut out, false, &mut common).expect("round"));
         assert_eq!(out, last);
-        assert_eq!(common.len(), 2);
+        assert_eq!(common.seen.len(), 1);
+        // ready, NAK, then (no-done) the last ACK and the pack at once.
+        let ready = [
+            pkt(&format!("ACK {b} ready\n")),
+            pkt("NAK\n"),
+            pkt(&format!("ACK {b}\n")),
+            b"PACK...".to_vec(),
+        ]
+        .concat();
+        let mut out = Vec::new();
+        assert!(relay_round(&mut &ready[..], &mut out, false, &mut common).expect("round"));
+        assert_eq!(out, ready);
+        // A round that ends without its NAK would leave the client waiting: an error.
+        let cut = pkt(&format!("ACK {a} common\n"));
+        assert!(relay_round(&mut &cut[..], &mut Vec::new(), false, &mut common).is_err());
     }
 }

@@ -38,6 +38,9 @@ pub struct Settings {
     /// A hook still running after this is killed, with its process group, and its push
     /// refused.
     pub timeout: Duration,
+    /// A push's update hooks (one per ref) together: refs left when it has passed are
+    /// refused.
+    pub push_timeout: Duration,
     /// Output passed to the client at most; the rest is dropped (and said so).
     pub output_bytes_max: usize,
     /// The uid (and gid) a hook runs as, when not the node's own (`hooks.user`).
@@ -158,12 +161,28 @@ pub async fn run(settings: &Settings, hook: Run, mut output: impl AsyncFnMut(Vec
 /// kills its process group when its time is up.
 fn watch(settings: &Settings, hook: Run, mut tx: futures_channel::mpsc::Sender<Msg>) {
     crate::service::unpin_this_thread();
-    let mut send = |m: Msg| futures_lite::future::block_on(tx.send(m)).is_ok();
+    let deadline = Instant::now() + settings.timeout;
+    // Output waits for the shard only until the hook's time is up: a client that stops
+    // reading does not stop the clock.
+    let mut send = |mut m: Msg| loop {
+        match tx.try_send(m) {
+            Ok(()) => return true,
+            Err(e) if e.is_disconnected() => return false,
+            Err(e) => {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                m = e.into_inner();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    };
     let outcome = match start(settings, &hook) {
-        Ok((child, out)) => follow(settings, child, out, &hook.stdin, &mut send),
+        Ok((child, out)) => follow(deadline, child, out, &hook.stdin, &mut send),
         Err(e) => Outcome::Failed(e),
     };
-    send(Msg::Done(outcome));
+    // The shard takes what is queued promptly (its own sends are bounded in time).
+    let _ = futures_lite::future::block_on(tx.send(Msg::Done(outcome)));
 }
 
 fn start(
@@ -220,13 +239,12 @@ fn program_of<'a>(settings: &'a Settings, script: &'a Path) -> &'a Path {
 }
 
 fn follow(
-    settings: &Settings,
+    deadline: Instant,
     mut child: std::process::Child,
     mut out: std::io::PipeReader,
     stdin: &[u8],
     send: &mut impl FnMut(Msg) -> bool,
 ) -> Outcome {
-    let deadline = Instant::now() + settings.timeout;
     // stdin from a thread of its own: a hook need not read it (git ignores EPIPE).
     if let Some(mut w) = child.stdin.take() {
         let input = stdin.to_vec();
@@ -271,28 +289,48 @@ fn follow(
     // The output closed (or the group was killed): the hook is ending; wait for it,
     // still within the deadline.
     loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                if timed_out {
-                    return Outcome::TimedOut;
-                }
-                use std::os::unix::process::ExitStatusExt;
-                return match (status.code(), status.signal()) {
-                    (Some(c), _) => Outcome::Exited(c),
-                    (None, Some(s)) => Outcome::Signalled(s),
-                    (None, None) => Outcome::Failed("no exit status".into()),
-                };
-            }
-            Ok(None) if Instant::now() >= deadline && !timed_out => {
-                timed_out = true;
-                // SAFETY: as above.
-                unsafe {
-                    libc::kill(-pgid, libc::SIGKILL);
-                }
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
-            Err(e) => return Outcome::Failed(format!("waiting for it: {e}")),
+        let ended = exited(pgid);
+        if !ended && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
         }
+        timed_out |= !ended;
+        break;
+    }
+    // Nothing it started outlives it (a background child that let go of the output),
+    // killed while the group's leader is not yet reaped, so its id names no other group.
+    // SAFETY: kill(2) on the hook's own process group; no memory involved.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+    let status = match child.wait() {
+        Ok(s) => s,
+        Err(e) => return Outcome::Failed(format!("waiting for it: {e}")),
+    };
+    if timed_out {
+        return Outcome::TimedOut;
+    }
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => Outcome::Exited(c),
+        (None, Some(s)) => Outcome::Signalled(s),
+        (None, None) => Outcome::Failed("no exit status".into()),
+    }
+}
+
+/// Whether process `pid` (a child of this process) has ended, leaving it to be reaped.
+fn exited(pid: libc::pid_t) -> bool {
+    // SAFETY: waitid(2) with WNOWAIT only reads the child's state into `info`, which we
+    // own; the child stays to be reaped by `Child::wait`.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let r = libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        );
+        r == 0 && info.si_pid() != 0
     }
 }
 
@@ -325,6 +363,7 @@ mod tests {
             dir: dir.to_owned(),
             sandbox: None,
             timeout: Duration::from_secs(5),
+            push_timeout: Duration::from_secs(60),
             output_bytes_max: 64,
             user: None,
             debug: false,

@@ -45,25 +45,29 @@ impl HookDirs {
         self.root.join("run").join(push)
     }
 
-    /// Makes the script `id` executable on disk (if it is not already).
+    /// Makes the script `id` executable on disk, unless a file there already holds
+    /// exactly `content` (one a crash cut short, or damage, is written again).
     pub fn install_script(&self, id: &str, content: &[u8]) -> std::io::Result<PathBuf> {
         use std::os::unix::fs::OpenOptionsExt;
         let path = self.script(id);
-        if path.exists() {
+        if std::fs::read(&path).is_ok_and(|have| have == content) {
             return Ok(path);
         }
         let dir = self.root.join("scripts");
         std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join(format!(".{id}.{}", std::process::id()));
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{id}.{}.{n}", std::process::id()));
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o755)
             .open(&tmp)?;
         std::io::Write::write_all(&mut f, content)?;
+        f.sync_all()?;
         drop(f);
         std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&dir)?.sync_all()?;
         Ok(path)
     }
 
@@ -95,6 +99,8 @@ thread_local! {
     /// push whose repository has not changed since runs no git to find out.
     static KEPT_REFS: RefCell<HashMap<u64, BTreeMap<String, String>>> =
         RefCell::new(HashMap::new());
+    /// Pushes accepted into each kept repository (see [`GC_EVERY`]).
+    static ACCEPTED: RefCell<HashMap<u64, u64>> = RefCell::new(HashMap::new());
 }
 
 /// A push's objects, in a quarantine beside the repository kept for hooks. Removed
@@ -135,13 +141,23 @@ impl Quarantine {
     /// The push was accepted: its objects join the repository kept for hooks and its
     /// refs move there as they did in the region, so the next hook needs no update.
     pub async fn accept(self, moved: Vec<(String, Option<Oid>)>) -> Result<(), String> {
+        let lock = lock_of(self.id);
+        let _one = lock
+            .acquire_permit(1)
+            .await
+            .map_err(|e| format!("waiting for the repository kept for hooks: {e}"))?;
         let from = self.objects().join("pack");
         let to = self.repo.join("objects").join("pack");
-        for e in std::fs::read_dir(&from)
+        // The index last: git finds a pack by it.
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&from)
             .map_err(|e| e.to_string())?
             .flatten()
-        {
-            std::fs::rename(e.path(), to.join(e.file_name())).map_err(|e| e.to_string())?;
+            .map(|e| e.path())
+            .collect();
+        files.sort_by_key(|p| p.extension().is_some_and(|x| x == "idx"));
+        for f in files {
+            let name = f.file_name().unwrap_or_default().to_owned();
+            std::fs::rename(&f, to.join(name)).map_err(|e| e.to_string())?;
         }
         let mut input = String::new();
         for (name, new) in &moved {
@@ -173,8 +189,31 @@ impl Quarantine {
                 }
             }
         });
-        updated.map(|_| ())
+        updated?;
+        // A pack per push piles up: git repacks when there are many.
+        let n = ACCEPTED.with(|a| {
+            let mut a = a.borrow_mut();
+            let n = a.entry(self.id).or_insert(0);
+            *n += 1;
+            *n
+        });
+        if n.is_multiple_of(GC_EVERY) {
+            git(&self.repo, &["gc", "--auto", "--quiet"], &[], Input::None).await?;
+        }
+        Ok(())
     }
+}
+
+/// Pushes accepted into a kept repository between two `git gc --auto`.
+const GC_EVERY: u64 = 32;
+
+fn lock_of(id: u64) -> Rc<glommio::sync::Semaphore> {
+    UPDATING.with(|u| {
+        u.borrow_mut()
+            .entry(id)
+            .or_insert_with(|| Rc::new(glommio::sync::Semaphore::new(1)))
+            .clone()
+    })
 }
 
 impl Drop for Quarantine {
@@ -194,12 +233,7 @@ pub async fn prepare<B: Backend>(
     pack: bytes::Bytes,
 ) -> Result<Quarantine, String> {
     let kept = dirs.repo(state.id);
-    let lock = UPDATING.with(|u| {
-        u.borrow_mut()
-            .entry(state.id)
-            .or_insert_with(|| Rc::new(glommio::sync::Semaphore::new(1)))
-            .clone()
-    });
+    let lock = lock_of(state.id);
     {
         let _one = lock
             .acquire_permit(1)

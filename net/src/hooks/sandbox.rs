@@ -1,7 +1,9 @@
 //! The bubblewrap sandbox a hook runs in: the operator's `hooks.bubblewrap.*` (the Go
 //! original's keys), plus what it lacked: the hook dies with the node, its processes
-//! share one pid namespace that ends with it, and it sees of the node's files only the
-//! directories of its run (at their host paths), never the node's keys or state.
+//! share one pid namespace that ends with it, it holds no capability (a user namespace,
+//! every capability dropped, whatever user the node runs as), and it sees of the
+//! node's files only those of its run (at their host paths), never the node's keys or
+//! state.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -63,11 +65,11 @@ impl Sandbox {
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |parts: &[&str]| a.extend(parts.iter().map(OsString::from));
         let mut unshare: Vec<&str> = self.unshare.iter().map(String::as_str).collect();
-        // Everything the hook starts ends with it (a timeout kills bwrap).
+        // Everything the hook starts ends with it (a timeout kills bwrap); and no
+        // capability of the node's survives (bubblewrap run by root keeps them all in
+        // the host's namespace otherwise).
         unshare.push("pid");
-        if self.uid.is_some() || self.gid.is_some() {
-            unshare.push("user");
-        }
+        unshare.push("user");
         if self.hostname.is_some() {
             unshare.push("uts");
         }
@@ -79,7 +81,7 @@ impl Sandbox {
         if self.share_net {
             push(&["--share-net"]);
         }
-        push(&["--die-with-parent", "--new-session"]);
+        push(&["--die-with-parent", "--new-session", "--cap-drop", "ALL"]);
         if let Some(u) = self.uid {
             push(&["--uid", &u.to_string()]);
         }
@@ -136,8 +138,8 @@ mod tests {
             .collect();
         assert_eq!(
             args.join(" "),
-            "--unshare-net --unshare-pid --unshare-uts --die-with-parent --new-session \
-             --hostname myhostname --ro-bind /usr /usr --symlink usr/bin /bin --proc /proc \
+            "--unshare-net --unshare-pid --unshare-user --unshare-uts --die-with-parent \
+             --new-session --cap-drop ALL --hostname myhostname --ro-bind /usr /usr --symlink usr/bin /bin --proc /proc \
              --dev /dev --tmpfs /tmp --ro-bind /h/repo.git /h/repo.git --bind /h/run/1 /h/run/1 \
              --chdir /h/run/1"
         );

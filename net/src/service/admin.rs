@@ -238,7 +238,8 @@ pub(super) async fn edit<B: Backend>(
         let Some(id) = r.update.get(key) else {
             continue;
         };
-        let id = id.trim();
+        let id = id.trim().to_ascii_lowercase();
+        let id = id.as_str();
         if id.is_empty() || id.bytes().all(|b| b == b'0') {
             hooks.push((kind.to_owned(), None));
             continue;
@@ -257,6 +258,12 @@ pub(super) async fn edit<B: Backend>(
                 ))
             })?,
         };
+        // What was kept on disk is checked against its name before it is replicated.
+        if crate::hooks::script_id(&content).as_deref() != Some(id) {
+            return Err(bad(format!(
+                "{key}: the script kept as {id} is damaged; upload it again"
+            )));
+        }
         let script = HookScript {
             id: id.to_owned(),
             content,

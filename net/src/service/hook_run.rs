@@ -8,7 +8,6 @@ use super::*;
 use crate::git::receive::{Approval, Command as RefCommand, Report};
 use crate::git::{hex, Oid, ZERO};
 use crate::hooks::{self, Outcome, Quarantine, Run};
-use std::path::Path;
 
 /// `X-Extra-<Key>` request headers, as hooks get them (`extra_<key>`, lowercased): at
 /// most [`EXTRAS_MAX`], each key of letters, digits, `-` and `_`, each value at most
@@ -116,11 +115,8 @@ impl<B: Backend> PushHooks<B> {
             env.push((format!("GIT_PUSH_OPTION_{i}"), o.clone()));
         }
         env.extend(self.extra.iter().cloned());
-        let read = vec![
-            q.repo.clone(),
-            q.objects(),
-            script.parent().map(Path::to_path_buf).unwrap_or_default(),
-        ];
+        // The script alone, not the directory of every repository's scripts.
+        let read = vec![q.repo.clone(), q.objects(), script.clone()];
         let run = Run {
             kind,
             script,
@@ -132,12 +128,23 @@ impl<B: Backend> PushHooks<B> {
         };
         let sideband = self.sideband;
         let tx = &mut self.tx;
+        // A client that stops reading gets no more output once a send has waited the
+        // hook's whole time limit, so the limit still holds for the hook.
+        let patience = settings.timeout;
+        let mut slow = false;
         let outcome = hooks::run(settings, run, async |b: Vec<u8>| {
-            if let Some(max) = sideband {
-                let mut o = Vec::new();
-                pktline::sideband(&mut o, 2, &b, max);
-                let _ = tx.send(Bytes::from(o)).await;
-            }
+            let Some(max) = sideband.filter(|_| !slow) else {
+                return;
+            };
+            let mut o = Vec::new();
+            pktline::sideband(&mut o, 2, &b, max);
+            let sent =
+                futures_lite::future::or(async { tx.send(Bytes::from(o)).await.is_ok() }, async {
+                    glommio::timer::sleep(patience).await;
+                    false
+                })
+                .await;
+            slow = !sent;
         })
         .await;
         if !outcome.succeeded() {
@@ -262,8 +269,21 @@ impl<B: Backend> Approval for PushHooks<B> {
                 return open.iter().map(|&i| (i, why.clone())).collect();
             }
         }
+        // However many refs a push changes, its hooks together get a bounded time.
+        let started = std::time::Instant::now();
+        let budget = self.ctx.hooks.push_timeout;
         for &i in open {
             let Some(c) = commands.get(i) else { continue };
+            if self.has("update") && started.elapsed() >= budget {
+                refused.push((
+                    i,
+                    format!(
+                        "the push's hooks ran past {} s (hooks.push_timeout_seconds)",
+                        budget.as_secs()
+                    ),
+                ));
+                continue;
+            }
             let args = vec![c.name.clone(), hex(&c.old), hex(&c.new)];
             if let Some(o) = self.run("update", &q, args, Vec::new()).await {
                 if !o.succeeded() {
