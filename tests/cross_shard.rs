@@ -72,6 +72,6 @@ fn a_push_in_forty_thousand_pieces_through_any_shard_is_taken() {
         assert!(reply.contains(&format!("ok {name}")), "push {i}: {reply}");
         assert!(region.alive(1), "push {i} stopped the node");
     }
-    let refs = region.git_ok(t, &["ls-remote", &region.repo_url("test")]);
+    let refs = region.git_ok(t, &["ls-remote", "--heads", &region.repo_url("test")]);
     assert_eq!(refs.matches(&commit_id).count(), 8, "{refs}");
 }
