@@ -552,8 +552,20 @@ fn an_atomic_push_with_one_ref_refused_moves_none() {
     let url = region.repo_url("test");
     let (w, _) = pushed(&region, "test");
     region.git_ok(&w, &["push", "-q", &url, "master:side"]);
+    let out = region.repospanner(&[
+        "admin",
+        "repo",
+        "edit",
+        "test",
+        "--allow-non-fast-forward=false",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // master moves forward; side is rewritten (not a fast-forward: this repository
-    // refuses those), both in one atomic push.
+    // now refuses those), both in one atomic push.
     std::fs::write(w.join("f"), "second\n").expect("write");
     region.git_ok(&w, &["commit", "-qam", "second"]);
     region.git_ok(&w, &["checkout", "-q", "-b", "side", "HEAD~1"]);
