@@ -224,18 +224,13 @@ fn force_push_policy_branch_delete_and_many_refs() {
     commit(&region, &w, "a", b"3", "three");
     region.git_ok(&w, &["push", "-q", "--force", &url, "master"]);
     // Refused once the repository refuses it.
-    let out = region.repospanner(&[
+    region.repospanner_ok(&[
         "admin",
         "repo",
         "edit",
         "test",
         "--allow-non-fast-forward=false",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     region.git_ok(&w, &["reset", "-q", "--hard", "HEAD~1"]);
     commit(&region, &w, "a", b"4", "four");
     let out = region.git(
@@ -247,12 +242,7 @@ fn force_push_policy_branch_delete_and_many_refs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("non-fast-forward"), "{err}");
     // A bare flag allows it again, as the Go original's boolean flags do.
-    let out = region.repospanner(&["admin", "repo", "edit", "test", "--allow-non-fast-forward"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    region.repospanner_ok(&["admin", "repo", "edit", "test", "--allow-non-fast-forward"]);
     region.git_ok(&w, &["push", "-q", "--force", &url, "master"]);
 
     // Branch delete.
@@ -665,17 +655,14 @@ fn full_clones_send_every_object_only_while_every_object_is_reachable() {
     // refused rewrite reaches lies unreachable: full clones walk, and send only what
     // the refs reach.
     let strict = region.repo_url("strict");
-    for args in [
-        &["create", "strict"][..],
-        &["edit", "strict", "--allow-non-fast-forward=false"],
-    ] {
-        let out = region.repospanner(&[&["admin", "repo"][..], args].concat());
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    region.repospanner_ok(&["admin", "repo", "create", "strict"]);
+    region.repospanner_ok(&[
+        "admin",
+        "repo",
+        "edit",
+        "strict",
+        "--allow-non-fast-forward=false",
+    ]);
     region.git_ok(&w, &["push", "-q", &strict, "master"]);
     region.git_ok(&w, &["checkout", "-q", "--orphan", "rewrite"]);
     commit(&region, &w, "r", b"refused content\n", "rewrite");

@@ -271,6 +271,17 @@ impl Region {
         self.repospanner_at(1, args)
     }
 
+    /// [`Region::repospanner`], asserting success; returns stdout.
+    pub fn repospanner_ok(&self, args: &[&str]) -> String {
+        let out = self.repospanner(args);
+        assert!(
+            out.status.success(),
+            "repospanner {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `repospanner --config <node k config> args...`
     pub fn repospanner_at(&self, k: usize, args: &[&str]) -> Output {
         Command::new(BIN)
