@@ -224,12 +224,14 @@ fn hooks_follow_edits_from_another_node(region: &Region, w: &Path) {
 
 #[test]
 fn sandboxed_hooks_see_only_their_run_and_a_slow_hook_is_killed() {
-    let region = Region::start_with(
+    // On a 3-node region: the hook is set through node 3 and runs on node 2.
+    let region = Region::start_n(
+        3,
         "hooks:\n  timeout_seconds: 3\n  bubblewrap:\n    enabled: true\n    unshare: [net, ipc, uts]\n    hostname: myhostname\n    mount_proc: true\n    ro_bind: [[/usr, /usr], [/etc, /etc]]\n    symlink: [[usr/bin, /bin], [usr/lib, /lib], [usr/lib64, /lib64], [usr/sbin, /sbin]]\n",
     );
     let t = region.dir.path();
     // The node's keys and state beside what a hook run is shown.
-    let (ca, state) = (t.join("qs/ca"), t.join("qs/node1/state"));
+    let (ca, state) = (t.join("qs/ca"), t.join("qs/node2/state"));
     let pre = script(
         t,
         "pre",
@@ -247,7 +249,7 @@ fn sandboxed_hooks_see_only_their_run_and_a_slow_hook_is_killed() {
     );
     edit(
         &region,
-        1,
+        3,
         &["--hook-pre-receive", pre.to_str().expect("path")],
     );
     let w = t.join("w");
@@ -256,7 +258,7 @@ fn sandboxed_hooks_see_only_their_run_and_a_slow_hook_is_killed() {
         &["init", "-q", "-b", "master", w.to_str().expect("path")],
     );
     commit(&region, &w, "inside");
-    let (ok, err) = push(&region, 1, &w, &["master"]);
+    let (ok, err) = push(&region, 2, &w, &["master"]);
     assert!(ok, "{err}");
     assert!(err.contains("host=myhostname pid=2"), "{err}");
     // Whatever user the node runs as (root here), the hook holds no capability.
@@ -268,12 +270,12 @@ fn sandboxed_hooks_see_only_their_run_and_a_slow_hook_is_killed() {
     let slow = script(t, "slow", "#!/bin/sh\necho waiting\nsleep 60 &\nsleep 60\n");
     edit(
         &region,
-        1,
+        3,
         &["--hook-pre-receive", slow.to_str().expect("path")],
     );
     commit(&region, &w, "slow");
     let started = std::time::Instant::now();
-    let (ok, err) = push(&region, 1, &w, &["master"]);
+    let (ok, err) = push(&region, 2, &w, &["master"]);
     assert!(!ok);
     assert!(err.contains("pre-receive hook timed out"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
