@@ -37,42 +37,11 @@ pub struct HookScript {
     pub content: Vec<u8>,
 }
 
-/// A stored pack entry (what a fetch copies out). Its bytes are `Bytes` where the
-/// entry travels (a push's objects, handed between shards), and the backend's own
-/// [`Backend::Chunk`] where a fetch copies them straight from the read buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawObject<B = bytes::Bytes> {
-    pub oid: Oid,
-    pub kind: ObjectKind,
-    pub object_size: u64,
-    pub entry_size: u64,
-    pub base: Option<Oid>,
-    /// Shared with the pushed pack (or the read buffer), not copied.
-    pub deflated: B,
-}
-
-/// What a stored pack entry says of its object, without its bytes: enough to plan a
-/// pack (order, delta bases) before any entry is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RawHead {
-    pub oid: Oid,
-    pub kind: ObjectKind,
-    pub object_size: u64,
-    pub entry_size: u64,
-    pub base: Option<Oid>,
-}
-
-impl<B> RawObject<B> {
-    pub fn head(&self) -> RawHead {
-        RawHead {
-            oid: self.oid,
-            kind: self.kind,
-            object_size: self.object_size,
-            entry_size: self.entry_size,
-            base: self.base,
-        }
-    }
-}
+/// A stored pack entry (what a fetch copies out) and its head: the object crate's,
+/// shared with the store. Its bytes are `Bytes` where the entry travels (a push's
+/// objects, handed between shards), and the backend's own [`Backend::Chunk`] where a
+/// fetch copies them straight from the read buffer.
+pub use repospanner_object::{ObjectHead, StoredObject};
 
 /// One ref update of a push, after validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,14 +82,14 @@ pub trait Backend {
         &self,
         repo: &str,
         oids: &[Oid],
-    ) -> Result<Vec<Option<RawObject<Self::Chunk>>>, BackendError>;
-    /// The heads of the stored pack entries of objects (see [`RawHead`]), read
+    ) -> Result<Vec<Option<StoredObject<Self::Chunk>>>, BackendError>;
+    /// The heads of the stored pack entries of objects (see [`ObjectHead`]), read
     /// together like [`Backend::raws`].
     async fn raw_heads(
         &self,
         repo: &str,
         oids: &[Oid],
-    ) -> Result<Vec<Option<RawHead>>, BackendError>;
+    ) -> Result<Vec<Option<ObjectHead>>, BackendError>;
     /// Which of `oids` the repository has.
     fn has_many(&self, repo: &str, oids: &[Oid]) -> Vec<bool>;
     /// Every object the repository stores, in the order their records lie on the
@@ -144,7 +113,7 @@ pub trait Backend {
     async fn store(
         &self,
         repo: &str,
-        objects: Vec<RawObject>,
+        objects: Vec<StoredObject>,
         aside: Option<u64>,
         progress: &mut dyn FnMut(String),
     ) -> Result<(), BackendError>;
@@ -156,7 +125,7 @@ pub trait Backend {
         &self,
         repo: &str,
         aside: u64,
-        objects: Vec<RawObject>,
+        objects: Vec<StoredObject>,
     ) -> Result<(), BackendError>;
     fn drop_aside(&self, aside: u64);
     /// Applies ref updates, each a compare-and-swap on its old value; with `atomic`,

@@ -1,7 +1,8 @@
 //! Networking for repoSpanner: TLS (rustls, ring), the HTTPS server, the git smart-HTTP
 //! protocol (upload-pack, receive-pack) and the admin API.
 //!
-//! Depends only on `ca`, for the identity of a verified peer. Repository data is
+//! Depends only on `ca`, for the identity of a verified peer, and on `object`, git's
+//! object model (shared with the storage engine). Repository data is
 //! reached through the [`backend::Backend`] trait, which the root package implements
 //! over the storage engine; the git protocol logic in [`git`] is pure.
 

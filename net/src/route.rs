@@ -63,7 +63,7 @@ pub enum BodyChunk {
     Refused(Refusal),
     /// Objects the accepting shard verified while the body arrives, for the owner to
     /// write aside (before `Received`).
-    Aside(Vec<crate::backend::RawObject>),
+    Aside(Vec<crate::backend::StoredObject>),
 }
 
 /// A push body read to its end: the whole request, and the entries of its pack, read

@@ -22,20 +22,18 @@ impl<D: Dir> Backend for NodeBackend<D> {
         let Some(ns) = self.ns_of(repo) else {
             return Ok(None);
         };
-        Ok(self
-            .inner
+        self.inner
             .store
             .read_object(Namespace(ns), oid)
             .await
-            .map_err(err)?
-            .map(|(k, c)| (from_storage_kind(k), c)))
+            .map_err(err)
     }
 
     async fn raws(
         &self,
         repo: &str,
         oids: &[Oid],
-    ) -> Result<Vec<Option<RawObject<Self::Chunk>>>, BackendError> {
+    ) -> Result<Vec<Option<StoredObject<Self::Chunk>>>, BackendError> {
         let Some(ns) = self.ns_of(repo) else {
             return Ok(vec![None; oids.len()]);
         };
@@ -45,14 +43,14 @@ impl<D: Dir> Backend for NodeBackend<D> {
             .read_raws(Namespace(ns), oids)
             .await
             .map_err(err)?;
-        Ok(read.into_iter().map(|o| o.map(raw)).collect())
+        Ok(read)
     }
 
     async fn raw_heads(
         &self,
         repo: &str,
         oids: &[Oid],
-    ) -> Result<Vec<Option<RawHead>>, BackendError> {
+    ) -> Result<Vec<Option<ObjectHead>>, BackendError> {
         let Some(ns) = self.ns_of(repo) else {
             return Ok(vec![None; oids.len()]);
         };
@@ -65,9 +63,9 @@ impl<D: Dir> Backend for NodeBackend<D> {
         Ok(read
             .into_iter()
             .map(|h| {
-                h.map(|h| RawHead {
+                h.map(|h| ObjectHead {
                     oid: h.oid,
-                    kind: from_storage_kind(h.kind),
+                    kind: h.kind,
                     object_size: h.object_size,
                     entry_size: h.entry_size,
                     base: h.base,
@@ -78,12 +76,7 @@ impl<D: Dir> Backend for NodeBackend<D> {
 
     fn remember(&self, repo: &str, objects: Vec<(Oid, ObjectKind, Vec<u8>)>) {
         if let Some(ns) = self.ns_of(repo) {
-            self.inner.store.remember(
-                Namespace(ns),
-                objects
-                    .into_iter()
-                    .map(|(oid, kind, content)| (oid, to_storage_kind(kind), content)),
-            );
+            self.inner.store.remember(Namespace(ns), objects);
         }
     }
 
@@ -111,7 +104,7 @@ impl<D: Dir> Backend for NodeBackend<D> {
         &self,
         repo: &str,
         aside: u64,
-        objects: Vec<RawObject>,
+        objects: Vec<StoredObject>,
     ) -> Result<(), BackendError> {
         let Some(repo_ns) = self.ns_of(repo) else {
             return Err(err("repository was deleted"));
@@ -128,7 +121,6 @@ impl<D: Dir> Backend for NodeBackend<D> {
             );
             self.open_stream(repo_ns, aside);
         }
-        let objects: Vec<StoredObject> = objects.into_iter().map(stored).collect();
         let oids: Vec<Oid> = objects.iter().map(|o| o.oid).collect();
         self.stream_batch(aside, &objects, &oids);
         // Dropped meanwhile (the push failed): what this wrote went with it.
@@ -158,7 +150,7 @@ impl<D: Dir> Backend for NodeBackend<D> {
     async fn store(
         &self,
         repo: &str,
-        objects: Vec<RawObject>,
+        objects: Vec<StoredObject>,
         aside: Option<u64>,
         progress: &mut dyn FnMut(String),
     ) -> Result<(), BackendError> {

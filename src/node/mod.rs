@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use repospanner_net::backend::{Backend, BackendError, RawHead, RawObject, RefUpdate, RepoState};
+use repospanner_net::backend::{
+    Backend, BackendError, ObjectHead, RefUpdate, RepoState, StoredObject,
+};
 use repospanner_net::client::{ClientError, NodeClient};
 use repospanner_net::git::{hex, ObjectKind, Oid};
 use repospanner_net::piece::SharedChain;
@@ -37,7 +39,7 @@ use repospanner_raft::openraft::raft::ReadPolicy;
 use repospanner_raft::openraft::{self, BasicNode, ChangeMembers, ServerState};
 use repospanner_raft::{Command, LogStore, RefChange, Repo, Response, StateMachine};
 use repospanner_storage::io::Dir;
-use repospanner_storage::{Namespace, Store, StoredObject, Write};
+use repospanner_storage::{Namespace, Store, Write};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -129,46 +131,6 @@ impl<D: Dir> std::fmt::Debug for NodeBackend<D> {
 
 fn err(e: impl std::fmt::Display) -> BackendError {
     BackendError(e.to_string())
-}
-
-fn to_storage_kind(k: ObjectKind) -> repospanner_storage::ObjectKind {
-    match k {
-        ObjectKind::Commit => repospanner_storage::ObjectKind::Commit,
-        ObjectKind::Tree => repospanner_storage::ObjectKind::Tree,
-        ObjectKind::Blob => repospanner_storage::ObjectKind::Blob,
-        ObjectKind::Tag => repospanner_storage::ObjectKind::Tag,
-    }
-}
-
-fn from_storage_kind(k: repospanner_storage::ObjectKind) -> ObjectKind {
-    match k {
-        repospanner_storage::ObjectKind::Commit => ObjectKind::Commit,
-        repospanner_storage::ObjectKind::Tree => ObjectKind::Tree,
-        repospanner_storage::ObjectKind::Blob => ObjectKind::Blob,
-        repospanner_storage::ObjectKind::Tag => ObjectKind::Tag,
-    }
-}
-
-fn raw<B>(o: StoredObject<B>) -> RawObject<B> {
-    RawObject {
-        oid: o.oid,
-        kind: from_storage_kind(o.kind),
-        object_size: o.object_size,
-        entry_size: o.entry_size,
-        base: o.base,
-        deflated: o.deflated,
-    }
-}
-
-fn stored(o: RawObject) -> StoredObject {
-    StoredObject {
-        oid: o.oid,
-        kind: to_storage_kind(o.kind),
-        object_size: o.object_size,
-        entry_size: o.entry_size,
-        base: o.base,
-        deflated: o.deflated,
-    }
 }
 
 fn repo_state(r: &Repo) -> RepoState {

@@ -51,14 +51,13 @@ impl<D: Dir> NodeBackend<D> {
     pub(super) async fn replicate(
         &self,
         repo: &str,
-        objects: Vec<RawObject>,
+        objects: Vec<StoredObject>,
         aside: Option<u64>,
         progress: &mut dyn FnMut(String),
     ) -> Result<(), BackendError> {
         let ns = self
             .ns_of(repo)
             .ok_or_else(|| err("repository was deleted"))?;
-        let objects: Vec<StoredObject> = objects.into_iter().map(stored).collect();
         let stream = aside.and_then(|id| self.inner.out_streams.borrow_mut().remove(&id));
         let aside = aside.and_then(|id| self.inner.asides.borrow_mut().remove(&id));
         let me = self.inner.identity.id;

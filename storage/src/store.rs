@@ -1196,10 +1196,10 @@ impl<D: Dir> Store<D> {
             }
             match cur.base {
                 None => {
-                    let c = object::inflate(&cur.deflated, cur.entry_size).map_err(|source| {
+                    let c = object::inflate(&cur.deflated, cur.entry_size).map_err(|e| {
                         Error::Content {
                             oid: object::hex(&cur.oid),
-                            source,
+                            source: e.into(),
                         }
                     })?;
                     break state(&self.inner.cache).put(
@@ -1214,7 +1214,7 @@ impl<D: Dir> Store<D> {
                     if chain.len() >= self.inner.opts.delta_chain_max {
                         return Err(Error::Content {
                             oid: object::hex(oid),
-                            source: ContentError::Delta("delta chain too long (or a cycle)"),
+                            source: ContentError::Chain("delta chain too long (or a cycle)"),
                         });
                     }
                     let next = self
@@ -1222,22 +1222,24 @@ impl<D: Dir> Store<D> {
                         .await?
                         .ok_or_else(|| Error::Content {
                             oid: object::hex(&cur.oid),
-                            source: ContentError::Delta("delta base is missing"),
+                            source: ContentError::Chain("delta base is missing"),
                         })?;
                     chain.push(std::mem::replace(&mut cur, next));
                 }
             }
         };
         while let Some(d) = chain.pop() {
-            let delta =
-                object::inflate(&d.deflated, d.entry_size).map_err(|source| Error::Content {
-                    oid: object::hex(&d.oid),
-                    source,
-                })?;
-            let out = object::apply_delta(&content, &delta).map_err(|source| Error::Content {
+            let delta = object::inflate(&d.deflated, d.entry_size).map_err(|e| Error::Content {
                 oid: object::hex(&d.oid),
-                source,
+                source: e.into(),
             })?;
+            let out =
+                repospanner_object::delta::apply(&content, &delta, u64::MAX).map_err(|e| {
+                    Error::Content {
+                        oid: object::hex(&d.oid),
+                        source: e.into(),
+                    }
+                })?;
             content = state(&self.inner.cache).put(
                 ns,
                 d.oid,
@@ -1444,7 +1446,7 @@ impl<D: Dir> Store<D> {
             }
         };
         match content {
-            Ok(c) if object::object_id(o.kind, &c) == o.oid => {}
+            Ok(c) if object::object_id(o.kind, &c) == Ok(o.oid) => {}
             Ok(_) => report
                 .bad_objects
                 .push((ns, hex, "content does not hash to its id".into())),

@@ -15,7 +15,7 @@ use super::pack::{self, Limits, Resolved};
 use super::pktline::{self, Pkt, Reader};
 use super::refs::valid_ref_name;
 use super::{excerpt, hex, parse_hex, ObjectKind, Oid, RequestLimits, ZERO};
-use crate::backend::{Backend, BackendError, RawObject, RefUpdate, RepoState};
+use crate::backend::{Backend, BackendError, RefUpdate, RepoState, StoredObject};
 
 /// Capabilities of receive-pack.
 pub fn receive_caps() -> String {
@@ -702,9 +702,9 @@ async fn store<B: Backend>(
     inspected: &mut Inspected,
     progress: &mut impl FnMut(String),
 ) -> Result<(), BackendError> {
-    let raws: Vec<RawObject> = kept
+    let raws: Vec<StoredObject> = kept
         .iter()
-        .map(|r| RawObject {
+        .map(|r| StoredObject {
             oid: r.oid,
             kind: r.kind,
             object_size: r.object_size,

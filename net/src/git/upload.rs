@@ -15,7 +15,7 @@ use super::objects::links;
 use super::pack::{OutEntry, PackWriter};
 use super::pktline::{self, BandWriter, Pkt, Reader};
 use super::{excerpt, hex, parse_hex, ObjectKind, Oid, RequestLimits};
-use crate::backend::{Backend, RawHead, RawObject, RepoState};
+use crate::backend::{Backend, ObjectHead, RepoState, StoredObject};
 
 /// The agent string we announce.
 pub fn agent() -> String {
@@ -553,7 +553,7 @@ pub struct Plan {
 /// stored (a full clone sends every stored entry as it is, reading no heads first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Planned {
-    Head(RawHead),
+    Head(ObjectHead),
     /// `bytes`: the size of its stored record, which bounds the entry's.
     Stored {
         oid: Oid,
@@ -967,9 +967,9 @@ pub async fn plan<B: Backend>(
     // Only the heads of stored entries (kind, size, delta base) are read here, many at
     // a time: the store reads neighbouring heads together and the rest concurrently,
     // where one at a time would pay the device latency per object.
-    let mut raws: HashMap<Oid, RawHead> = HashMap::with_capacity(order.len());
+    let mut raws: HashMap<Oid, ObjectHead> = HashMap::with_capacity(order.len());
     // Blobs `blob:limit` leaves out, unless a blob sent is a delta against one.
-    let mut too_big: HashMap<Oid, RawHead> = HashMap::new();
+    let mut too_big: HashMap<Oid, ObjectHead> = HashMap::new();
     let mut i = 0;
     while i < order.len() {
         let end = (i + HEADS_AT_ONCE).min(order.len());
@@ -1219,7 +1219,7 @@ pub async fn read_batch<B: Backend>(
     b: &B,
     repo: &str,
     planned: &[Planned],
-) -> Result<Vec<RawObject<B::Chunk>>, UploadError> {
+) -> Result<Vec<StoredObject<B::Chunk>>, UploadError> {
     let oids: Vec<Oid> = planned.iter().map(Planned::oid).collect();
     let read = b.raws(repo, &oids).await.map_err(be)?;
     planned
@@ -1268,7 +1268,7 @@ impl PackOut {
     /// are.
     pub fn write<C: AsRef<[u8]>>(
         &mut self,
-        entries: Vec<RawObject<C>>,
+        entries: Vec<StoredObject<C>>,
         sink: &mut impl PackSink<C>,
     ) {
         for r in entries {
@@ -1446,13 +1446,13 @@ mod tests {
             .enumerate()
             .map(|(i, &n)| (0..n).map(|k| ((k * 31 + i * 7) % 256) as u8).collect())
             .collect();
-        let objects: Vec<RawObject<Vec<u8>>> = contents
+        let objects: Vec<StoredObject<Vec<u8>>> = contents
             .iter()
             .map(|c| {
                 let mut z =
                     flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
                 z.write_all(c).expect("deflate");
-                RawObject {
+                StoredObject {
                     oid: object_id(ObjectKind::Blob, c).expect("id"),
                     kind: ObjectKind::Blob,
                     object_size: c.len() as u64,
@@ -1466,7 +1466,7 @@ mod tests {
             objects: objects
                 .iter()
                 .map(|o| {
-                    Planned::Head(RawHead {
+                    Planned::Head(ObjectHead {
                         oid: o.oid,
                         kind: o.kind,
                         object_size: o.object_size,

@@ -54,7 +54,7 @@ pub(super) struct AsideWriter<'a, B: Backend + 'static> {
     ctx: &'a Rc<Ctx<B>>,
     repo: String,
     to: AsideTo<'a>,
-    batch: Vec<crate::backend::RawObject>,
+    batch: Vec<crate::backend::StoredObject>,
     batch_bytes: usize,
     guard: Option<AsideGuard<B>>,
     writes: std::collections::VecDeque<glommio::task::JoinHandle<Result<(), String>>>,
@@ -85,7 +85,7 @@ impl<'a, B: Backend + 'static> AsideWriter<'a, B> {
                 continue;
             };
             self.batch_bytes += deflated.len();
-            self.batch.push(crate::backend::RawObject {
+            self.batch.push(crate::backend::StoredObject {
                 oid: r.oid,
                 kind: r.kind,
                 object_size: r.object_size,

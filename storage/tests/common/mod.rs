@@ -44,7 +44,7 @@ pub fn deflate(data: &[u8]) -> Vec<u8> {
 /// A full (non-delta) object of `kind` with `content`.
 pub fn full(kind: ObjectKind, content: &[u8]) -> StoredObject {
     StoredObject {
-        oid: object::object_id(kind, content),
+        oid: object::object_id(kind, content).expect("no collision"),
         kind,
         object_size: content.len() as u64,
         entry_size: content.len() as u64,
@@ -80,7 +80,7 @@ pub fn delta(
     content.extend_from_slice(suffix);
     (
         StoredObject {
-            oid: object::object_id(kind, &content),
+            oid: object::object_id(kind, &content).expect("no collision"),
             kind,
             object_size: content.len() as u64,
             entry_size: d.len() as u64,
