@@ -176,16 +176,6 @@ impl Inspect for () {
     fn inspect(&mut self, _: &Oid, _: ObjectKind, _: &[u8]) {}
 }
 
-fn kind_of(v: u8) -> Option<ObjectKind> {
-    match v {
-        1 => Some(ObjectKind::Commit),
-        2 => Some(ObjectKind::Tree),
-        3 => Some(ObjectKind::Blob),
-        4 => Some(ObjectKind::Tag),
-        _ => None,
-    }
-}
-
 /// Inflates the zlib stream at the start of `input`, which must produce exactly `size`
 /// bytes. Returns the content and the number of compressed bytes consumed.
 pub fn inflate_prefix(input: &[u8], size: u64) -> Option<(Vec<u8>, usize)> {
@@ -446,7 +436,7 @@ fn entry_header_at(
             i += 20;
             EntryKind::RefDelta { base }
         }
-        t => EntryKind::Full(kind_of(t).ok_or(PackError::BadType { offset, kind: t })?),
+        t => EntryKind::Full(ObjectKind::from_u8(t).ok_or(PackError::BadType { offset, kind: t })?),
     };
     Ok(Some((kind, size, i - at)))
 }
