@@ -82,6 +82,13 @@ fn serves_all(region: &Region, k: usize, dest: &str, acked: &[String]) {
     }
 }
 
+/// `GET /readyz` on node `k`, without a certificate: its status.
+fn readyz(region: &Region, k: usize) -> u16 {
+    region
+        .http_to(&region.url_of(k), None, "GET", "/readyz", &[], None)
+        .status
+}
+
 fn admin_at(region: &Region, k: usize, args: &[&str]) -> String {
     let mut all = vec!["admin"];
     all.extend_from_slice(args);
@@ -255,8 +262,26 @@ fn without_a_majority_pushes_fail_cleanly_and_resume_after() {
         &w,
         &["push", "-q", &region.repo_url_of(1, "test"), "master"],
     );
+    // Every node is ready for load balancers (no certificate needed)...
+    assert!((1..=3).all(|k| readyz(&region, k) == 200));
     region.stop_at(2, libc::SIGKILL);
     region.stop_at(3, libc::SIGKILL);
+    // ...then they see node 1 leave service: /readyz answers 503 without a
+    // certificate once its groups have no quorum; /livez still says it serves.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = region.http(None, "GET", "/readyz", &[], None);
+        if r.status == 503 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/readyz still {}",
+            r.status
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(region.http(None, "GET", "/livez", &[], None).status, 200);
     // A node that cannot be asked is UNKNOWN (3), as in the Go original.
     let out = region.repospanner_at(2, &["admin", "nodestatus", "--nagios"]);
     assert_eq!(out.status.code(), Some(3));

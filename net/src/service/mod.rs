@@ -218,11 +218,18 @@ pub async fn dispatch<B: Backend + 'static>(
     held: Held,
 ) -> Response<Body> {
     let node = ctx.node_name.clone();
+    let path = req.uri.path().to_owned();
+    // For load balancers and orchestration: no certificate needed, nothing revealed
+    // but whether the node serves.
+    match path.as_str() {
+        "/livez" => return text(StatusCode::OK, "ok", &node),
+        "/readyz" => return readyz(&ctx, &req, &peer, local_only).await,
+        _ => {}
+    }
     let who = match user_of(&ctx, &peer) {
         Ok(w) => w,
         Err(r) => return *r,
     };
-    let path = req.uri.path().to_owned();
     if path == "/" {
         let name = match &who {
             Some(Principal::User { name, .. }) => name.clone(),
