@@ -299,3 +299,41 @@ impl<B: Backend> Approval for PushHooks<B> {
         refused
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_extra_headers_are_left_out_and_bounded() {
+        let mut h = hyper::HeaderMap::new();
+        let add = |h: &mut hyper::HeaderMap, k: &str, v: &str| {
+            h.append(
+                hyper::header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                hyper::header::HeaderValue::from_str(v).expect("value"),
+            );
+        };
+        add(&mut h, "X-Extra-User", "alice");
+        add(&mut h, "X-Extra-", "no key");
+        add(&mut h, "X-Extra-Path.Evil", "dots are refused");
+        add(&mut h, "X-Extra-Big", &"x".repeat(EXTRA_BYTES_MAX + 1));
+        add(
+            &mut h,
+            &format!("X-Extra-{}", "k".repeat(65)),
+            "key too long",
+        );
+        for i in 0..100 {
+            add(&mut h, &format!("X-Extra-N{i}"), "many");
+        }
+        let e = extras(&h);
+        assert_eq!(
+            e.first(),
+            Some(&("extra_user".to_owned(), "alice".to_owned()))
+        );
+        assert_eq!(e.len(), EXTRAS_MAX);
+        assert!(e.iter().all(|(k, v)| k.starts_with("extra_")
+            && k.len() <= 70
+            && v.len() <= EXTRA_BYTES_MAX
+            && !k.contains('.')));
+    }
+}
