@@ -49,16 +49,56 @@ pub fn opaque_key(payload: &[u8]) -> Option<(u8, u64)> {
     Some((payload[0], u64::from_le_bytes(k)))
 }
 
-/// Decoded delete-range payload: stream, from (inclusive), to (exclusive).
-pub fn delete_range(payload: &[u8]) -> Option<(u8, u64, u64)> {
-    if payload.len() != 17 {
+/// A place in the log, `(segment, offset)`: a record at a place before another was
+/// written before it (segments are numbered in the order they are started).
+pub type Pos = (u64, u64);
+
+impl Loc {
+    /// Where this record starts, as a [`Pos`].
+    pub fn pos(&self) -> Pos {
+        (self.segment, self.offset)
+    }
+}
+
+/// A decoded delete-range payload: stream, from (inclusive), to (exclusive), and for a
+/// copy compaction moved, the place of the original (it deletes only what lies before
+/// that place). Payload: stream u8 | from u64 | to u64 [| segment u64 | offset u64].
+pub fn delete_range(payload: &[u8]) -> Option<(u8, u64, u64, Option<Pos>)> {
+    if payload.len() != 17 && payload.len() != 33 {
         return None;
     }
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&payload[1..9]);
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&payload[9..17]);
-    Some((payload[0], u64::from_le_bytes(a), u64::from_le_bytes(b)))
+    let before = (payload.len() == 33).then(|| (u64_at(payload, 17), u64_at(payload, 25)));
+    Some((payload[0], u64_at(payload, 1), u64_at(payload, 9), before))
+}
+
+pub fn encode_delete_range(stream: u8, keys: std::ops::Range<u64>, before: Option<Pos>) -> Vec<u8> {
+    let mut p = vec![stream];
+    p.extend_from_slice(&keys.start.to_le_bytes());
+    p.extend_from_slice(&keys.end.to_le_bytes());
+    if let Some((segment, offset)) = before {
+        p.extend_from_slice(&segment.to_le_bytes());
+        p.extend_from_slice(&offset.to_le_bytes());
+    }
+    p
+}
+
+/// A decoded drop-namespace payload: the namespace, and for a copy compaction moved,
+/// the place of the original. Payload: namespace u64 [| segment u64 | offset u64].
+pub fn drop_namespace(payload: &[u8]) -> Option<(Namespace, Option<Pos>)> {
+    if payload.len() != 8 && payload.len() != 24 {
+        return None;
+    }
+    let before = (payload.len() == 24).then(|| (u64_at(payload, 8), u64_at(payload, 16)));
+    Some((Namespace(u64_at(payload, 0)), before))
+}
+
+pub fn encode_drop_namespace(ns: Namespace, before: Option<Pos>) -> Vec<u8> {
+    let mut p = ns.0.to_le_bytes().to_vec();
+    if let Some((segment, offset)) = before {
+        p.extend_from_slice(&segment.to_le_bytes());
+        p.extend_from_slice(&offset.to_le_bytes());
+    }
+    p
 }
 
 /// The payload of an `Adopt` record: from u64 | to u64 | oid*.
@@ -72,7 +112,7 @@ pub fn encode_adopt(from: Namespace, to: Namespace, oids: &[Oid]) -> Vec<u8> {
     p
 }
 
-fn decode_adopt(payload: &[u8]) -> Option<(Namespace, Namespace, Vec<Oid>)> {
+pub fn decode_adopt(payload: &[u8]) -> Option<(Namespace, Namespace, Vec<Oid>)> {
     if payload.len() < 16 || !(payload.len() - 16).is_multiple_of(20) {
         return None;
     }
@@ -162,11 +202,12 @@ impl Index {
                 None => false,
             },
             RecordKind::DeleteRange => match delete_range(payload) {
-                Some((stream, from, to)) => {
+                Some((stream, from, to, before)) => {
                     if from < to {
                         let keys: Vec<_> = self
                             .opaque
                             .range((stream, from)..(stream, to))
+                            .filter(|(_, l)| before.is_none_or(|p| l.pos() < p))
                             .map(|(k, _)| *k)
                             .collect();
                         for k in keys {
@@ -188,19 +229,88 @@ impl Index {
                 }
                 None => false,
             },
-            RecordKind::DropNamespace => {
-                if payload.len() != 8 {
-                    return false;
+            RecordKind::DropNamespace => match drop_namespace(payload) {
+                Some((ns, None)) => {
+                    if let Some(m) = self.objects.remove(&ns) {
+                        self.count -= m.len();
+                    }
+                    true
                 }
-                let mut a = [0u8; 8];
-                a.copy_from_slice(payload);
-                let ns = Namespace(u64::from_le_bytes(a));
-                if let Some(m) = self.objects.remove(&ns) {
-                    self.count -= m.len();
+                Some((ns, Some(p))) => {
+                    if let Some(m) = self.objects.get_mut(&ns) {
+                        let before = m.len();
+                        m.retain(|_, l| l.pos() >= p);
+                        self.count -= before - m.len();
+                    }
+                    true
                 }
-                true
+                None => false,
+            },
+        }
+    }
+
+    /// Bytes of the records the index points at, by segment (a record two namespaces
+    /// share is counted for each: an overestimate, so compaction errs towards keeping).
+    pub fn live_bytes(&self) -> HashMap<u64, u64> {
+        let mut out: HashMap<u64, u64> = HashMap::new();
+        let locs = self.objects.values().flat_map(|m| m.values());
+        for l in locs.chain(self.opaque.values()) {
+            *out.entry(l.segment).or_default() += u64::from(l.len);
+        }
+        out
+    }
+
+    /// What the index points at in `segment`, by offset: the namespaces that hold each
+    /// object record there, and the key of each opaque record.
+    pub fn live_in(&self, segment: u64) -> LiveIn {
+        let mut live = LiveIn::default();
+        for (ns, m) in &self.objects {
+            for l in m.values().filter(|l| l.segment == segment) {
+                live.objects.entry(l.offset).or_default().push(*ns);
             }
         }
+        for (k, l) in &self.opaque {
+            if l.segment == segment {
+                live.opaque.insert(l.offset, *k);
+            }
+        }
+        live
+    }
+
+    /// Points `oid` of `ns` at `to` if it is still at `from` (compaction moved the
+    /// record); whether it did.
+    pub fn switch_object(&mut self, ns: Namespace, oid: &Oid, from: Loc, to: Loc) -> bool {
+        match self.objects.get_mut(&ns).and_then(|m| m.get_mut(oid)) {
+            Some(l) if *l == from => {
+                *l = to;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Points opaque `key` at `to` if it is still at `from`; whether it did.
+    pub fn switch_opaque(&mut self, key: (u8, u64), from: Loc, to: Loc) -> bool {
+        match self.opaque.get_mut(&key) {
+            Some(l) if *l == from => {
+                *l = to;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What [`Index::live_in`] finds in one segment.
+#[derive(Debug, Default)]
+pub struct LiveIn {
+    pub objects: HashMap<u64, Vec<Namespace>>,
+    pub opaque: HashMap<u64, (u8, u64)>,
+}
+
+impl LiveIn {
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty() && self.opaque.is_empty()
     }
 }
 

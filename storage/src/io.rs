@@ -332,6 +332,9 @@ struct MemState {
     files: BTreeMap<String, MemFile>,
     /// Names whose directory entry a completed directory sync made durable.
     durable_names: BTreeSet<String>,
+    /// Durable files removed since the last directory sync: a crash may bring them
+    /// back, as their removal was not durable yet.
+    removed: BTreeMap<String, Vec<u8>>,
     faults: Faults,
     rng: StdRng,
     alignment: usize,
@@ -355,6 +358,7 @@ impl MemDir {
             state: Rc::new(RefCell::new(MemState {
                 files: BTreeMap::new(),
                 durable_names: BTreeSet::new(),
+                removed: BTreeMap::new(),
                 faults: Faults::default(),
                 rng: StdRng::seed_from_u64(seed),
                 alignment: 4096,
@@ -382,7 +386,8 @@ impl MemDir {
 
     /// What a power loss now would leave on disk: each file's durable bytes plus, for
     /// writes not yet covered by a sync, a random subset of their 512-byte sectors
-    /// (writes torn and reordered). A file whose directory entry was never made
+    /// (writes torn and reordered). A file removed since the last directory sync may come
+    /// back. A file whose directory entry was never made
     /// durable may be missing. The result is a new directory with no pending writes.
     pub fn crash_image(&self, seed: u64) -> MemDir {
         let s = self.state.borrow();
@@ -409,11 +414,24 @@ impl MemDir {
                 },
             );
         }
+        for (name, durable) in &s.removed {
+            if !files.contains_key(name) && rng.gen_bool(0.5) {
+                files.insert(
+                    name.clone(),
+                    MemFile {
+                        data: durable.clone(),
+                        durable: durable.clone(),
+                        pending: Vec::new(),
+                    },
+                );
+            }
+        }
         let names = files.keys().cloned().collect();
         MemDir {
             state: Rc::new(RefCell::new(MemState {
                 files,
                 durable_names: names,
+                removed: BTreeMap::new(),
                 faults: Faults::default(),
                 rng: StdRng::seed_from_u64(seed ^ 0x9e37_79b9),
                 alignment: s.alignment,
@@ -508,8 +526,10 @@ impl Dir for MemDir {
 
     async fn remove(&self, name: &str) -> io::Result<()> {
         let mut s = self.state.borrow_mut();
-        s.files.remove(name).ok_or_else(|| not_found(name))?;
-        s.durable_names.remove(name);
+        let f = s.files.remove(name).ok_or_else(|| not_found(name))?;
+        if s.durable_names.remove(name) {
+            s.removed.insert(name.to_owned(), f.durable);
+        }
         Ok(())
     }
 
@@ -519,6 +539,7 @@ impl Dir for MemDir {
         }
         let mut s = self.state.borrow_mut();
         s.durable_names = s.files.keys().cloned().collect();
+        s.removed.clear();
         Ok(())
     }
 

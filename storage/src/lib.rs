@@ -27,21 +27,15 @@
 //!   ([`Error::Fatal`]): after an fsync error the kernel may have dropped the dirty
 //!   pages, so a retry that succeeds could acknowledge data that is not on disk.
 //!
-//! ## Compaction (designed, not implemented yet)
+//! ## Compaction
 //!
-//! Records are never modified in place. Liveness is decided by the index: an object
-//! record is live if the index points at it (from any namespace: an adopted record's own
-//! namespace may be gone); an opaque record if it is the latest for
-//! its key and not covered by a later `DeleteRange`; `DropNamespace` makes every record
-//! of that namespace dead. Compaction picks a sealed segment with the most dead bytes,
-//! copies its live records to the head of the log through the normal append path (so
-//! they get new locations, CRCs and LSNs), switches the index entries whose location is
-//! still the old one, writes a checkpoint, and only then deletes the old segment file.
-//! Places are never reused while the process runs: the head cache (`store.rs`) is keyed by
-//! a record's place, and would serve a stale head for a place that named a new record.
-//! A crash at any point leaves either the old copy or both (duplicates are harmless:
-//! the first copy of an object wins on rescan, the newest opaque value wins). Runs as
-//! a low-priority task of the shard, yielding between records.
+//! Records are never modified in place. [`Store::compact_segment`] copies a sealed
+//! segment's live records (those the index points at) to the head of the log through
+//! the writer, moves the index to the copies, writes a checkpoint and only then deletes
+//! the old file; [`Store::space`] and [`Store::compaction_candidate`] say which
+//! segments are worth it. Deletions that older segments still need are carried along,
+//! and a place never names another record while the process runs. The rules and why a
+//! crash at any step is safe: `src/store/compact.rs`.
 //!
 //! ## zstd
 //!
@@ -60,7 +54,10 @@ mod store;
 pub use index::Loc;
 pub use io::{Chunk, DmaDir, Faults, MemDir};
 pub use object::{Namespace, ObjectHead, ObjectKind, Oid, StoredObject};
-pub use store::{Corruption, Options, RecoveryReport, Stats, Store, VerifyReport, Write};
+pub use store::{
+    CompactReport, Corruption, Options, RecoveryReport, SegmentSpace, Stats, Store, VerifyReport,
+    Write,
+};
 
 /// Log sequence number: every record gets the next one.
 pub type Lsn = u64;
@@ -85,6 +82,8 @@ pub enum Error {
     },
     #[error("append of {bytes} bytes is larger than the limit of {max}")]
     TooLarge { bytes: u64, max: u64 },
+    #[error("compaction of segment {segment} refused: {reason}")]
+    Compaction { segment: u64, reason: String },
     #[error("object {oid}: {source}")]
     Content {
         oid: String,

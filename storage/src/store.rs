@@ -29,6 +29,9 @@ use crate::record::{
 };
 use crate::{Error, Lsn, Result};
 
+mod compact;
+pub use compact::{CompactReport, SegmentSpace};
+
 /// A mutable borrow of the store's state, inside a fail-stop section for as long as it
 /// lives ([`crate::failstop`]): a panic while the state is half changed stops the node,
 /// even under a request handler that contains its own panics.
@@ -169,6 +172,10 @@ pub struct Stats {
     pub bytes_written: u64,
     pub syncs: u64,
     pub checkpoints: u64,
+    pub segments_compacted: u64,
+    /// Bytes of segment files compaction deleted, and of live records it copied.
+    pub compaction_freed_bytes: u64,
+    pub compaction_moved_bytes: u64,
 }
 
 struct Segment<F> {
@@ -204,6 +211,11 @@ impl Encoded {
 struct Pending {
     writes: Vec<Encoded>,
     bytes: usize,
+    /// A compaction's copies: built into `writes` by the writer, alone in their frame
+    /// and only while the index still points at the originals ([`compact`]).
+    copies: Option<Vec<compact::Copy>>,
+    /// For each of `writes` of a copy: how publishing it moves the index.
+    switches: Vec<Option<compact::Switch>>,
     done: oneshot::Sender<Result<Vec<Loc>>>,
 }
 
@@ -221,6 +233,11 @@ struct Inner<D: Dir> {
     fatal: RefCell<Option<String>>,
     since_checkpoint: Cell<u64>,
     checkpointing: Cell<bool>,
+    compacting: Cell<bool>,
+    /// Bytes of records compaction carried (or wrote beside a copy) that the index does
+    /// not point at but that are kept, by segment: counted live, or a segment of them
+    /// would be compacted again and again (not kept across restarts).
+    carried: RefCell<HashMap<u64, u64>>,
     cache: RefCell<DeltaCache>,
     heads: RefCell<HeadCache>,
     stats: Cell<Stats>,
@@ -368,13 +385,16 @@ fn encode_write(w: &Write, opts: &Options) -> Encoded {
             }
             (RecordKind::Opaque, flags, p)
         }
-        Write::DeleteRange { stream, keys } => {
-            let mut p = vec![*stream];
-            p.extend_from_slice(&keys.start.to_le_bytes());
-            p.extend_from_slice(&keys.end.to_le_bytes());
-            (RecordKind::DeleteRange, 0, p)
-        }
-        Write::DropNamespace(ns) => (RecordKind::DropNamespace, 0, ns.0.to_le_bytes().to_vec()),
+        Write::DeleteRange { stream, keys } => (
+            RecordKind::DeleteRange,
+            0,
+            index::encode_delete_range(*stream, keys.clone(), None),
+        ),
+        Write::DropNamespace(ns) => (
+            RecordKind::DropNamespace,
+            0,
+            index::encode_drop_namespace(*ns, None),
+        ),
         Write::Adopt { from, to, oids } => {
             (RecordKind::Adopt, 0, index::encode_adopt(*from, *to, oids))
         }
@@ -559,6 +579,8 @@ impl<D: Dir> Store<D> {
             fatal: RefCell::new(None),
             since_checkpoint: Cell::new(0),
             checkpointing: Cell::new(false),
+            compacting: Cell::new(false),
+            carried: RefCell::new(HashMap::new()),
             cache: RefCell::new(DeltaCache::default()),
             heads: RefCell::new(HeadCache::new(head_cache_entries_max)),
             stats: Cell::new(Stats::default()),
@@ -610,14 +632,12 @@ impl<D: Dir> Store<D> {
         state(&inner.queue).push_back(Pending {
             writes: encoded,
             bytes,
+            copies: None,
+            switches: Vec::new(),
             done: tx,
         });
         inner.queued_bytes.set(inner.queued_bytes.get() + bytes);
-        if !inner.writer_running.get() {
-            inner.writer_running.set(true);
-            let me = self.clone();
-            glommio::spawn_local(async move { me.write_loop().await }).detach();
-        }
+        self.start_writer();
         let locs = match rx.await {
             Ok(r) => r?,
             Err(_) => return Err(Error::Fatal("the writer stopped".into())),
@@ -631,19 +651,36 @@ impl<D: Dir> Store<D> {
         Ok(locs)
     }
 
+    /// Starts the writer task unless it runs.
+    fn start_writer(&self) {
+        if !self.inner.writer_running.get() {
+            self.inner.writer_running.set(true);
+            let me = self.clone();
+            glommio::spawn_local(async move { me.write_loop().await }).detach();
+        }
+    }
+
     async fn write_loop(&self) {
         let inner = &self.inner;
         loop {
-            let batch: Vec<Pending> = {
+            let mut batch: Vec<Pending> = {
                 let mut q = state(&inner.queue);
                 let mut taken = 0usize;
                 let mut batch = Vec::new();
                 while let Some(p) = q.front() {
-                    if !batch.is_empty() && taken + p.bytes > inner.opts.batch_bytes_max {
+                    // A compaction's copies are a frame of their own, built when every
+                    // frame before it is in the index (see `compact`).
+                    if !batch.is_empty()
+                        && (p.copies.is_some() || taken + p.bytes > inner.opts.batch_bytes_max)
+                    {
                         break;
                     }
                     taken += p.bytes;
+                    let alone = p.copies.is_some();
                     batch.extend(q.pop_front());
+                    if alone {
+                        break;
+                    }
                 }
                 batch
             };
@@ -652,7 +689,18 @@ impl<D: Dir> Store<D> {
                 return;
             }
             let bytes: usize = batch.iter().map(|p| p.bytes).sum();
-            let result = self.write_batch(&batch).await;
+            if let Some(copies) = batch[0].copies.take() {
+                let (writes, switches) = compact::build(copies, &inner.index.borrow());
+                let p = &mut batch[0];
+                p.bytes = writes.iter().map(|e| RECORD_HEADER_LEN + e.len()).sum();
+                p.writes = writes;
+                p.switches = switches;
+            }
+            let result = if batch[0].writes.is_empty() {
+                Ok(Vec::new())
+            } else {
+                self.write_batch(&batch).await
+            };
             inner.queued_bytes.set(inner.queued_bytes.get() - bytes);
             for tx in state(&inner.space).drain(..) {
                 let _ = tx.send(());
@@ -835,10 +883,22 @@ impl<D: Dir> Store<D> {
             let mut index = state(&inner.index);
             let mut l = locs.iter();
             for p in batch {
-                for e in &p.writes {
+                for (n, e) in p.writes.iter().enumerate() {
                     let Some(loc) = l.next() else {
                         unreachable!("a location per record (asserted above)");
                     };
+                    if !p.switches.is_empty() {
+                        // A copy: the index moves to it, as far as it still points at
+                        // the original (nothing else ran since the frame was built).
+                        match p.switches.get(n) {
+                            Some(Some(sw)) => sw.apply(&mut index, *loc),
+                            _ => {
+                                *state(&inner.carried).entry(loc.segment).or_default() +=
+                                    u64::from(loc.len);
+                            }
+                        }
+                        continue;
+                    }
                     // The keys are in the head.
                     let applied = index.apply(e.kind, &e.head, *loc);
                     assert!(
@@ -975,7 +1035,7 @@ impl<D: Dir> Store<D> {
             .collect();
         let read = self.read_spans(&spans, HEAD_GAP_BYTES).await?;
         let mut heads = state(&self.inner.heads);
-        for ((&i, (loc, _)), bytes) in missing.iter().zip(&spans).zip(read) {
+        for ((&i, (loc, _)), (bytes, _)) in missing.iter().zip(&spans).zip(read) {
             let head = bytes
                 .get(RECORD_HEADER_LEN..)
                 .filter(|_| bytes.get(4) == Some(&(RecordKind::Object as u8)))
@@ -1005,7 +1065,7 @@ impl<D: Dir> Store<D> {
         oids: &[Oid],
         len: impl Fn(&Loc) -> usize,
         gap: u64,
-        decode: impl Fn(&Oid, Loc, Chunk) -> Result<T>,
+        decode: impl Fn(&Oid, Loc, Chunk, u64) -> Result<T>,
     ) -> Result<Vec<Option<T>>> {
         let locs = self.locate(ns, oids);
         let spans: Vec<(Loc, usize)> = locs.iter().flatten().map(|l| (*l, len(l))).collect();
@@ -1015,8 +1075,8 @@ impl<D: Dir> Store<D> {
             .map(|(oid, loc)| match loc {
                 None => Ok(None),
                 Some(loc) => {
-                    let bytes = read.next().unwrap_or_else(|| Chunk::new(Vec::new()));
-                    decode(oid, loc, bytes).map(Some)
+                    let (bytes, salt) = read.next().unwrap_or_else(|| (Chunk::new(Vec::new()), 0));
+                    decode(oid, loc, bytes, salt).map(Some)
                 }
             })
             .collect()
@@ -1028,12 +1088,13 @@ impl<D: Dir> Store<D> {
         oids.iter().map(|o| index.object(ns, o)).collect()
     }
 
-    /// The first `len` bytes at each of `spans`, in their order, with few device
+    /// The first `len` bytes at each of `spans` (with their segment's CRC salt), in
+    /// their order, with few device
     /// reads: sorted by place, spans in one segment at most `gap` bytes apart are read
     /// as one run (the bytes between read through) of at most [`RUN_BYTES_MAX`], a
     /// few runs at once. Reading a clone's objects one request each cost more in
     /// system calls and device notifications than the rest of the clone but hashing.
-    async fn read_spans(&self, spans: &[(Loc, usize)], gap: u64) -> Result<Vec<Chunk>> {
+    async fn read_spans(&self, spans: &[(Loc, usize)], gap: u64) -> Result<Vec<(Chunk, u64)>> {
         use futures_util::StreamExt;
         let mut order: Vec<usize> = (0..spans.len()).collect();
         order.sort_unstable_by_key(|&i| (spans[i].0.segment, spans[i].0.offset));
@@ -1054,27 +1115,32 @@ impl<D: Dir> Store<D> {
                 _ => runs.push((loc, end, vec![i])),
             }
         }
-        let mut out = vec![Chunk::new(Vec::new()); spans.len()];
+        // Each run's segment is taken now, before any wait: compaction deletes a
+        // segment's file only once no read holds it.
+        let runs: Vec<_> = runs
+            .into_iter()
+            .map(|(first, end, members)| Ok((self.segment_of(first)?, first, end, members)))
+            .collect::<Result<_>>()?;
+        let mut out = vec![(Chunk::new(Vec::new()), 0); spans.len()];
         let mut reads = futures_util::stream::iter(runs)
-            .map(|(first, end, members)| async move {
-                let seg = self.segment_of(first)?;
+            .map(|(seg, first, end, members)| async move {
                 let bytes = seg
                     .file
                     .read_at(first.offset, (end - first.offset) as usize)
                     .await
                     .map_err(io_err("read", &segment_name(seg.id)))?;
-                Ok::<_, Error>((first.offset, bytes, members))
+                Ok::<_, Error>((first.offset, bytes, seg.salt, members))
             })
             .buffer_unordered(RUNS_IN_FLIGHT);
         while let Some(run) = reads.next().await {
-            let (start, bytes, members) = run?;
+            let (start, bytes, salt, members) = run?;
             for i in members {
                 let (loc, len) = spans[i];
                 // A read that ends early (the file is shorter) leaves the span short;
                 // its record check then fails.
                 let from = ((loc.offset - start) as usize).min(bytes.len());
                 let to = (from + len).min(bytes.len());
-                out[i] = bytes.slice(from..to);
+                out[i] = (bytes.slice(from..to), salt);
             }
         }
         Ok(out)
@@ -1132,9 +1198,8 @@ impl<D: Dir> Store<D> {
         oids: &[Oid],
     ) -> Result<Vec<Option<StoredObject<Chunk>>>> {
         let whole = |l: &Loc| l.len as usize;
-        self.read_located(ns, oids, whole, RAW_GAP_BYTES, |oid, loc, bytes| {
-            let seg = self.segment_of(loc)?;
-            let (kind, _, payload) = checked_record(bytes, loc, seg.salt)?;
+        self.read_located(ns, oids, whole, RAW_GAP_BYTES, |oid, loc, bytes, salt| {
+            let (kind, _, payload) = checked_record(bytes, loc, salt)?;
             if kind != RecordKind::Object {
                 return Err(corrupt_at(
                     loc,
