@@ -396,6 +396,17 @@ pub fn nodestatus(cfg: &AdminConfig, json: bool, nagios: bool) -> Result<i32> {
                     "    storage: {} bytes written in {} batches, {} checkpoints, {} damaged regions",
                     st["BytesWritten"], st["Batches"], st["Checkpoints"], st["Corruptions"]
                 );
+                if let (Some(n), Some(b), Some(l)) = (
+                    st["Segments"].as_u64(),
+                    st["Bytes"].as_u64(),
+                    st["LiveBytes"].as_u64(),
+                ) {
+                    let c = &st["Compaction"];
+                    println!(
+                        "    space: {b} bytes in {n} segments, {l} live; compaction freed {} bytes from {} segments",
+                        c["FreedBytes"], c["Segments"]
+                    );
+                }
             }
         }
     }

@@ -317,6 +317,20 @@ pub fn decode_ids(b: &[u8]) -> Result<(u64, Vec<Oid>), WireError> {
 /// Largest answer to one `fetch` (the asker asks again for what is still missing).
 pub const FETCH_REPLY_BYTES: usize = 32 << 20;
 
+/// The store's opaque stream of repositories deleted here, one key (the repository's
+/// namespace) each, kept for good: raft entries before a deletion are applied again
+/// at every start (the state machine is rebuilt from the log and snapshot), and the
+/// objects they name must not then be waited for. Namespaces are random and never
+/// reused, so the list only grows by one small record per deleted repository.
+pub const DELETED_STREAM: u8 = 19;
+
+/// Whether the repository of namespace `ns` was deleted on this node.
+pub fn repo_deleted<D: Dir>(store: &Store<D>, ns: u64) -> bool {
+    !store
+        .opaque_keys(DELETED_STREAM, ns..ns.saturating_add(1))
+        .is_empty()
+}
+
 /// Largest single append when storing objects (unless one object is larger): one
 /// O_DSYNC write each. Measured on this project's machines: direct synchronous writes
 /// of 8-16 MiB run at the device's speed (4 MiB at a quarter of it); larger ones only
@@ -669,6 +683,11 @@ impl<D: Dir> ObjectSync<D> {
         let mut missing: Vec<Oid> = oids;
         let mut round = 0u32;
         loop {
+            if self.deleted(ns) {
+                // Entries before the deletion, applied again (at start-up, or by a
+                // member that lags): what they named is gone for good.
+                return Ok(());
+            }
             self.keep_missing(ns, &mut missing);
             if missing.is_empty() {
                 return Ok(());
@@ -702,6 +721,17 @@ impl<D: Dir> ObjectSync<D> {
                         .await;
                     let objs = match reply.map(|b| decode_objects(&b)) {
                         Ok(Ok(objs)) if !objs.is_empty() => objs,
+                        Err(ClientError::Status { status: 409, .. }) => {
+                            // The peer applied the repository's deletion; this node
+                            // will too.
+                            info!(
+                                shard = self.shard,
+                                peer = id,
+                                "a repository deleted in the region; its objects are not fetched"
+                            );
+                            self.mark_deleted(ns).await?;
+                            return Ok(());
+                        }
                         Ok(Ok(_)) => break,
                         Ok(Err(e)) => {
                             warn!(shard = self.shard, peer = id, error = %e, "object fetch");
@@ -733,6 +763,23 @@ impl<D: Dir> ObjectSync<D> {
             }
             glommio::timer::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    fn deleted(&self, ns: u64) -> bool {
+        repo_deleted(&self.store, ns)
+    }
+
+    /// Records that the region deleted the repository of `ns` (a peer said so).
+    async fn mark_deleted(&self, ns: u64) -> Result<(), io::Error> {
+        self.store
+            .append(vec![Write::Opaque {
+                stream: DELETED_STREAM,
+                key: ns,
+                data: Vec::new(),
+            }])
+            .await
+            .map(|_| ())
+            .map_err(io::Error::other)
     }
 
     /// Fetches every object a peer has in `ns` and this node lacks.
@@ -783,7 +830,14 @@ impl<D: Dir> Hooks for ObjectSync<D> {
                 let ns = *id;
                 Box::pin(async move {
                     this.store
-                        .append(vec![Write::DropNamespace(Namespace(ns))])
+                        .append(vec![
+                            Write::DropNamespace(Namespace(ns)),
+                            Write::Opaque {
+                                stream: DELETED_STREAM,
+                                key: ns,
+                                data: Vec::new(),
+                            },
+                        ])
                         .await
                         .map(|_| ())
                         .map_err(io::Error::other)

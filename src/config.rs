@@ -114,7 +114,7 @@ pub struct AdminSection {
     pub key: Option<PathBuf>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSection {
     /// Node state: identity, raft logs, segments.
@@ -123,6 +123,48 @@ pub struct StorageSection {
     /// Shards (raft groups) for a new cluster; fixed at `serve --spawn`.
     /// Default: the number of cores.
     pub shards: Option<u32>,
+    /// A log segment is sealed, and a new one started, at this size (MiB, 1 to 4096).
+    pub segment_mib: u64,
+    pub compaction: CompactionSection,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        StorageSection {
+            state: None,
+            git: GitSection::default(),
+            shards: None,
+            segment_mib: 1024,
+            compaction: CompactionSection::default(),
+        }
+    }
+}
+
+/// Online compaction of each shard's log (`repospanner_storage`'s `compact_segment`).
+/// On by default: refused pushes, deleted repositories and the raft log's past only
+/// become space again this way, and a node runs for years.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactionSection {
+    pub enabled: bool,
+    /// A sealed segment is compacted once at most this share of it is live (0 to 1)
+    /// and at least an eighth of a segment in it is dead.
+    pub live_share_max: f64,
+    /// Most MiB of live records one shard copies per second.
+    pub mib_per_second: u64,
+    /// How often each shard looks for a segment to compact.
+    pub interval_seconds: u64,
+}
+
+impl Default for CompactionSection {
+    fn default() -> Self {
+        CompactionSection {
+            enabled: true,
+            live_share_max: 0.5,
+            mib_per_second: 32,
+            interval_seconds: 60,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -531,6 +573,34 @@ impl Config {
         })
     }
 
+    /// `storage.segment_mib` in bytes and `storage.compaction` if enabled, checked.
+    fn storage_settings(&self) -> Result<(u64, Option<CompactionSection>)> {
+        let st = &self.storage;
+        if !(1..=4096).contains(&st.segment_mib) {
+            return Err(invalid(
+                "storage.segment_mib",
+                &st.segment_mib.to_string(),
+                "expected 1 to 4096",
+            ));
+        }
+        let c = &st.compaction;
+        if !(c.live_share_max > 0.0 && c.live_share_max <= 1.0) {
+            return Err(invalid(
+                "storage.compaction.live_share_max",
+                &c.live_share_max.to_string(),
+                "expected a share above 0 and at most 1",
+            ));
+        }
+        if c.interval_seconds == 0 {
+            return Err(invalid(
+                "storage.compaction.interval_seconds",
+                "0",
+                "expected at least 1",
+            ));
+        }
+        Ok((st.segment_mib << 20, c.enabled.then(|| c.clone())))
+    }
+
     /// Everything `serve` needs, validated: addresses parse, every certificate and
     /// key is readable and parses, the node certificate is a node certificate.
     pub fn serve(&self) -> Result<ServeConfig> {
@@ -607,7 +677,10 @@ impl Config {
             None => listen_rpc.to_string(),
         };
         let hooks = self.hook_settings(&state_dir)?;
+        let (segment_bytes_max, compaction) = self.storage_settings()?;
         Ok(ServeConfig {
+            segment_bytes_max,
+            compaction,
             hooks,
             state_dir,
             git_dir,
@@ -677,6 +750,10 @@ pub struct ServeConfig {
     pub default_head: String,
     pub limits: Limits,
     pub raft: RaftSection,
+    /// `storage.segment_mib` in bytes.
+    pub segment_bytes_max: u64,
+    /// `storage.compaction`, if enabled.
+    pub compaction: Option<CompactionSection>,
 }
 
 fn invalid(key: &str, value: &str, reason: &str) -> ConfigError {
@@ -882,6 +959,38 @@ mod tests {
             &["limits.pack_bytes_max"],
         );
         check_err("ca: a: b\n", &["line 1"]);
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let c = Config::parse(include_str!("../deploy/config.example.yml")).expect("parses");
+        c.storage_settings().expect("valid storage settings");
+    }
+
+    #[test]
+    fn storage_settings_are_checked() {
+        let c = Config::parse("ca:\n  path: /x\n").expect("parses");
+        let (segment, compaction) = c.storage_settings().expect("defaults");
+        assert_eq!(segment, 1 << 30);
+        assert!(compaction.is_some_and(|c| c.enabled && c.live_share_max == 0.5));
+        for (yaml, key) in [
+            ("storage:\n  segment_mib: 0\n", "storage.segment_mib"),
+            ("storage:\n  segment_mib: 5000\n", "storage.segment_mib"),
+            (
+                "storage:\n  compaction:\n    live_share_max: 1.5\n",
+                "storage.compaction.live_share_max",
+            ),
+            (
+                "storage:\n  compaction:\n    interval_seconds: 0\n",
+                "storage.compaction.interval_seconds",
+            ),
+        ] {
+            let c = Config::parse(yaml).expect("parses");
+            let e = c.storage_settings().unwrap_err().to_string();
+            assert!(e.contains(key), "{yaml}: {e}");
+        }
+        let off = Config::parse("storage:\n  compaction:\n    enabled: false\n").expect("parses");
+        assert!(off.storage_settings().expect("valid").1.is_none());
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod aside;
 pub mod bridge;
 pub mod cluster;
 pub mod commands;
+pub mod compaction;
 pub mod config;
 pub mod import;
 pub mod node;

@@ -58,11 +58,15 @@ fn executor<T: Send + 'static>(
         .map_err(|e| anyhow::anyhow!("executor thread failed: {e:?}"))
 }
 
-async fn open_store(git_dir: &Path) -> Result<Store<DmaDir>> {
+async fn open_store(git_dir: &Path, segment_bytes_max: u64) -> Result<Store<DmaDir>> {
     let dir = DmaDir::open(git_dir)
         .await
         .with_context(|| format!("opening the object store in {}", git_dir.display()))?;
-    let (store, report) = Store::open(dir, Options::default())
+    let opts = Options {
+        segment_bytes_max,
+        ..Options::default()
+    };
+    let (store, report) = Store::open(dir, opts)
         .await
         .with_context(|| format!("recovering the object store in {}", git_dir.display()))?;
     info!(
@@ -176,7 +180,7 @@ async fn open_shard(
     identity: Identity,
     client: Rc<NodeClient>,
 ) -> Result<NodeBackend<DmaDir>> {
-    let store = open_store(&shard_dir(&sc.git_dir, k)).await?;
+    let store = open_store(&shard_dir(&sc.git_dir, k), sc.segment_bytes_max).await?;
     let backend = NodeBackend::open(
         store,
         identity,
@@ -637,6 +641,14 @@ async fn run_shard(
         move |req, peer| service::handle_node(node_ctx.clone(), req, peer),
     ));
     info!(shard = k, shards, http = %sc.listen_http, rpc = %sc.listen_rpc, node = %sc.node.name, "shard is serving");
+    if let Some(c) = &sc.compaction {
+        glommio::spawn_local(crate::compaction::run(
+            k,
+            store.clone(),
+            crate::compaction::Settings::new(c, sc.segment_bytes_max),
+        ))
+        .detach();
+    }
     if let Some(peer) = join {
         glommio::spawn_local(join_shard(
             k,

@@ -246,11 +246,31 @@ fn a_killed_minority_does_not_stop_pushes_and_catches_up() {
     region.git_ok(&w, &["commit", "-qm", "side"]);
     region.git_ok(&w, &["push", "-q", &region.repo_url_of(2, "test"), "side"]);
     region.git_ok(&w, &["checkout", "-q", "master"]);
+    // A repository pushed to and deleted while node 3 was down: the members no longer
+    // hold its objects, and node 3, applying the push before the deletion, must not
+    // wait for them.
+    admin_at(&region, 1, &["repo", "create", "doomed"]);
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(1, "doomed"), "side"],
+    );
+    admin_at(&region, 2, &["repo", "delete", "doomed"]);
     region.start_node_at(3);
     let expected = refs_at(&region, 1, "test");
     assert!(expected.contains(tips.last().expect("tip")), "{expected}");
     assert_eq!(refs_at(&region, 3, "test"), expected);
     serves_all(&region, 3, "after", &tips);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while readyz(&region, 3) != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 3 did not catch up past the deleted repository\n{}",
+            region.log_of(3)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let listed = admin_at(&region, 3, &["repo", "list"]);
+    assert!(!listed.contains("doomed"), "{listed}");
 }
 
 #[test]

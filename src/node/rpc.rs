@@ -74,27 +74,7 @@ impl<D: Dir> NodeBackend<D> {
                 self.drop_peer_aside(key).await?;
                 Ok(b"ok".to_vec())
             }
-            Op::Fetch => {
-                let (ns, oids) = decode_ids(&body).map_err(malformed)?;
-                let mut found = Vec::new();
-                let mut bytes = 0;
-                for o in oids {
-                    if bytes >= FETCH_REPLY_BYTES {
-                        break;
-                    }
-                    if let Some(obj) = self
-                        .inner
-                        .store
-                        .read_raw(Namespace(ns), &o)
-                        .await
-                        .map_err(failed)?
-                    {
-                        bytes += obj.deflated.len() + 64;
-                        found.push(obj);
-                    }
-                }
-                Ok(encode_objects(&[], &found))
-            }
+            Op::Fetch => self.serve_fetch(&body).await,
             Op::Inventory => {
                 let (ns, _) = decode_ids(&body).map_err(malformed)?;
                 Ok(encode_ids(ns, &self.inner.store.oids_in(Namespace(ns))))
@@ -118,5 +98,36 @@ impl<D: Dir> NodeBackend<D> {
                 rpc_reply(self.rejoin(req).await)
             }
         }
+    }
+}
+
+impl<D: Dir> NodeBackend<D> {
+    /// [`Op::Fetch`]: the stored objects of those asked for, up to
+    /// [`FETCH_REPLY_BYTES`]; `Gone` if the repository was deleted here.
+    async fn serve_fetch(&self, body: &[u8]) -> Result<Vec<u8>, RpcError> {
+        let (ns, oids) = decode_ids(body).map_err(malformed)?;
+        if crate::cluster::repo_deleted(&self.inner.store, ns) {
+            return Err(RpcError::Gone(format!(
+                "the repository of namespace {ns:x} was deleted"
+            )));
+        }
+        let mut found = Vec::new();
+        let mut bytes = 0;
+        for o in oids {
+            if bytes >= FETCH_REPLY_BYTES {
+                break;
+            }
+            if let Some(obj) = self
+                .inner
+                .store
+                .read_raw(Namespace(ns), &o)
+                .await
+                .map_err(failed)?
+            {
+                bytes += obj.deflated.len() + 64;
+                found.push(obj);
+            }
+        }
+        Ok(encode_objects(&[], &found))
     }
 }

@@ -46,6 +46,7 @@ impl<D: Dir> NodeBackend<D> {
     pub(super) fn status(&self) -> serde_json::Value {
         let id = &self.inner.identity;
         let s = self.inner.store.stats();
+        let space = self.inner.store.last_space();
         let m = self.raft().metrics().borrow_watched().clone();
         let voters = m.membership_config.voter_ids().count();
         let quorum_age = m.last_quorum_acked.as_ref().map(|i| i.elapsed());
@@ -81,6 +82,15 @@ impl<D: Dir> NodeBackend<D> {
                 "BytesWritten": s.bytes_written,
                 "Checkpoints": s.checkpoints,
                 "Corruptions": self.inner.store.corruptions().len(),
+                // As last measured by compaction (null until it first looks).
+                "Segments": space.map(|s| s.0),
+                "Bytes": space.map(|s| s.1),
+                "LiveBytes": space.map(|s| s.2),
+                "Compaction": {
+                    "Segments": s.segments_compacted,
+                    "FreedBytes": s.compaction_freed_bytes,
+                    "MovedBytes": s.compaction_moved_bytes,
+                },
             },
         })
     }

@@ -238,6 +238,7 @@ struct Inner<D: Dir> {
     /// not point at but that are kept, by segment: counted live, or a segment of them
     /// would be compacted again and again (not kept across restarts).
     carried: RefCell<HashMap<u64, u64>>,
+    last_space: Cell<Option<(usize, u64, u64)>>,
     cache: RefCell<DeltaCache>,
     heads: RefCell<HeadCache>,
     stats: Cell<Stats>,
@@ -581,6 +582,7 @@ impl<D: Dir> Store<D> {
             checkpointing: Cell::new(false),
             compacting: Cell::new(false),
             carried: RefCell::new(HashMap::new()),
+            last_space: Cell::new(None),
             cache: RefCell::new(DeltaCache::default()),
             heads: RefCell::new(HeadCache::new(head_cache_entries_max)),
             stats: Cell::new(Stats::default()),

@@ -313,10 +313,18 @@ impl Workload {
     }
 }
 
-/// Compacts every sealed segment with dead bytes, oldest first.
+async fn first_candidate(
+    store: &Store<MemDir>,
+    live_share_max: f64,
+) -> Option<repospanner_storage::SegmentSpace> {
+    let c = store.compaction_candidates(live_share_max, 1).await;
+    c.expect("candidates").first().copied()
+}
+
+/// Compacts every sealed segment with dead bytes, most dead first.
 async fn compact_all(store: &Store<MemDir>) -> u64 {
     let mut freed = 0;
-    while let Some(c) = store.compaction_candidate(0.9, 1).await.expect("candidate") {
+    while let Some(c) = first_candidate(store, 0.9).await {
         let r = store.compact_segment(c.segment, 0).await.expect("compact");
         freed += r.freed;
     }
@@ -447,7 +455,7 @@ fn compaction_runs_beside_writes_and_reads() {
         };
         let mut compactions = 0;
         while !done.get() {
-            if let Some(c) = store.compaction_candidate(0.8, 1).await.expect("candidate") {
+            if let Some(c) = first_candidate(&store, 0.8).await {
                 store.compact_segment(c.segment, 0).await.expect("compact");
                 compactions += 1;
             }
@@ -497,7 +505,7 @@ fn a_crash_at_any_moment_of_compaction_loses_nothing_and_revives_nothing() {
             let compactor = {
                 let store = store.clone();
                 glommio::spawn_local(async move {
-                    while let Ok(Some(c)) = store.compaction_candidate(0.9, 1).await {
+                    while let Some(c) = first_candidate(&store, 0.9).await {
                         if store.compact_segment(c.segment, 0).await.is_err() {
                             break;
                         }

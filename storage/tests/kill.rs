@@ -1,6 +1,7 @@
-//! A real process appends to a store on real O_DIRECT files, writing each
-//! acknowledgement to a pipe; it is SIGKILLed at a random moment; the store is reopened
-//! and every acknowledged record must be there, byte for byte.
+//! A real process appends to a store on real O_DIRECT files and compacts it all the
+//! while, writing each acknowledgement to a pipe; it is SIGKILLed at a random moment;
+//! the store is reopened and every acknowledged record must be there, byte for byte,
+//! and every acknowledged deletion must hold.
 
 mod common;
 
@@ -15,14 +16,16 @@ use repospanner_storage::{DmaDir, Options, Store, Write};
 
 fn opts() -> Options {
     Options {
-        segment_bytes_max: 4 << 20,
+        segment_bytes_max: 1 << 20,
         checkpoint_interval_bytes: 2 << 20,
         ..Options::default()
     }
 }
 
-/// The child: appends forever from 16 concurrent tasks, printing `ack <gen> <task> <n> <len>`
-/// after each durable append. Only runs when the parent starts it.
+/// The child: appends forever from 16 concurrent tasks, printing `ack <key> <len>` after
+/// each durable append and `del <key>` after each durable deletion of a scratch record
+/// (dead space for compaction), and compacts from another task, printing `compacted`.
+/// Only runs when the parent starts it.
 #[test]
 #[ignore = "run by sigkill_during_appends as a child process"]
 fn child_appender() {
@@ -53,25 +56,65 @@ fn child_appender() {
                         }])
                         .await
                         .expect("append");
-                    use std::io::Write as _;
-                    let mut out = std::io::stdout().lock();
-                    writeln!(out, "ack {key} {len}").expect("pipe");
-                    out.flush().expect("pipe");
+                    say(&format!("ack {key} {len}"));
+                    let scratch = [
+                        Write::Opaque {
+                            stream: 2,
+                            key,
+                            data: noise(!key, len),
+                        },
+                        Write::DeleteRange {
+                            stream: 2,
+                            keys: key..key + 1,
+                        },
+                    ];
+                    for w in scratch {
+                        store.append(vec![w]).await.expect("append");
+                    }
+                    say(&format!("del {key}"));
                 }
             }));
         }
+        let compactor = store.clone();
+        tasks.push(glommio::spawn_local(async move {
+            loop {
+                let c = compactor
+                    .compaction_candidates(0.9, 1)
+                    .await
+                    .expect("space");
+                match c.first() {
+                    Some(c) => {
+                        compactor
+                            .compact_segment(c.segment, 0)
+                            .await
+                            .expect("compact");
+                        say("compacted");
+                    }
+                    None => glommio::timer::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        }));
         for t in tasks {
             t.await;
         }
     });
 }
 
+fn say(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").expect("pipe");
+    out.flush().expect("pipe");
+}
+
 #[test]
-fn sigkill_during_appends_loses_no_acknowledged_record() {
+fn sigkill_during_appends_and_compaction_loses_no_acknowledged_record() {
     let s = seed("sigkill_during_appends");
     let mut rng = StdRng::seed_from_u64(s);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut acked: Vec<(u64, usize)> = Vec::new();
+    let mut deleted: Vec<u64> = Vec::new();
+    let mut compactions = 0;
     for generation in 1..=3u64 {
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
             .args([
@@ -101,8 +144,17 @@ fn sigkill_during_appends_loses_no_acknowledged_record() {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             let mut f = line.split_whitespace();
-            if f.next() != Some("ack") {
-                continue;
+            match f.next() {
+                Some("ack") => {}
+                Some("del") => {
+                    deleted.push(f.next().and_then(|k| k.parse().ok()).expect("key"));
+                    continue;
+                }
+                Some("compacted") => {
+                    compactions += 1;
+                    continue;
+                }
+                _ => continue,
             }
             let key: u64 = f.next().and_then(|k| k.parse().ok()).expect("key");
             let len: usize = f.next().and_then(|k| k.parse().ok()).expect("len");
@@ -119,11 +171,21 @@ fn sigkill_during_appends_loses_no_acknowledged_record() {
         );
 
         let acked_now = acked.clone();
+        let deleted_now = deleted.clone();
         let path = dir.path().to_owned();
         run(move || async move {
             let d = DmaDir::open(&path).await.expect("open dir");
-            let (store, report) = Store::open(d, opts()).await.expect("reopen after SIGKILL");
+            let (mut store, report) = Store::open(d, opts()).await.expect("reopen after SIGKILL");
             assert!(report.corruptions.is_empty(), "seed {s}: {report:?}");
+            if generation == 3 {
+                // The last time, from the log alone.
+                drop(store);
+                std::fs::remove_file(path.join("index.ckpt")).expect("remove checkpoint");
+                let d = DmaDir::open(&path).await.expect("open dir");
+                let (again, report) = Store::open(d, opts()).await.expect("full scan");
+                assert!(!report.from_checkpoint && report.corruptions.is_empty());
+                store = again;
+            }
             for (key, len) in acked_now {
                 let got = store.get_opaque(1, key).await.expect("read");
                 assert_eq!(
@@ -132,6 +194,15 @@ fn sigkill_during_appends_loses_no_acknowledged_record() {
                     "seed {s}: acknowledged record {key:x} lost"
                 );
             }
+            for key in deleted_now {
+                let got = store.get_opaque(2, key).await.expect("read");
+                assert_eq!(got, None, "seed {s}: deleted record {key:x} is back");
+            }
         });
     }
+    eprintln!("{compactions} segments compacted in all");
+    assert!(
+        compactions > 0,
+        "the child never compacted: the test saw nothing"
+    );
 }

@@ -103,7 +103,23 @@ impl Region {
     /// Writes a region of `nodes` nodes and brings up the first `running` of them as
     /// [`Region::start_n`] does; the others are left to the test.
     pub fn start_some(nodes: usize, extra: &str, running: usize) -> Region {
-        let mut r = Region::write(nodes, extra);
+        Region::write(nodes, extra).launch(running)
+    }
+
+    /// Like [`Region::start_n`], each node's config first passed through `edit` (for a
+    /// section the quick start already writes, which appending cannot change).
+    pub fn start_edited(nodes: usize, edit: impl Fn(&str) -> String) -> Region {
+        let r = Region::write(nodes, "");
+        for k in 1..=nodes {
+            let text = std::fs::read_to_string(r.config_of(k)).expect("config");
+            std::fs::write(r.config_of(k), edit(&text)).expect("config");
+        }
+        r.launch(nodes)
+    }
+
+    /// Spawns node 1 and joins and starts nodes 2 to `running`.
+    fn launch(mut self, running: usize) -> Region {
+        let r = &mut self;
         let out = r.repospanner(&["serve", "--spawn"]);
         assert!(
             out.status.success(),
@@ -115,7 +131,7 @@ impl Region {
             r.join(k);
             r.start_node_at(k);
         }
-        r
+        self
     }
 
     /// Writes the files of a region of `nodes` nodes (nothing runs).

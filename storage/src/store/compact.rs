@@ -249,18 +249,22 @@ impl<D: Dir> Store<D> {
                 open: seg.id == tail_id,
             });
         }
+        self.inner.last_space.set(Some((
+            out.len(),
+            out.iter().map(|s| s.bytes).sum(),
+            out.iter().map(|s| s.live).sum(),
+        )));
         Ok(out)
     }
 
-    /// The sealed segment most worth compacting: the most dead bytes among those whose
-    /// live share is at most `live_share_max` and whose dead bytes reach
-    /// `dead_bytes_min`.
-    pub async fn compaction_candidate(
+    /// The sealed segments worth compacting, most dead bytes first: those whose live
+    /// share is at most `live_share_max` and whose dead bytes reach `dead_bytes_min`.
+    pub async fn compaction_candidates(
         &self,
         live_share_max: f64,
         dead_bytes_min: u64,
-    ) -> Result<Option<SegmentSpace>> {
-        Ok(self
+    ) -> Result<Vec<SegmentSpace>> {
+        let mut c: Vec<SegmentSpace> = self
             .space()
             .await?
             .into_iter()
@@ -269,7 +273,14 @@ impl<D: Dir> Store<D> {
                     && s.dead() >= dead_bytes_min
                     && (s.live as f64) <= live_share_max * s.bytes as f64
             })
-            .max_by_key(SegmentSpace::dead))
+            .collect();
+        c.sort_unstable_by_key(|s| std::cmp::Reverse(s.dead()));
+        Ok(c)
+    }
+
+    /// What the last [`Store::space`] measured, summed: (segments, bytes, live bytes).
+    pub fn last_space(&self) -> Option<(usize, u64, u64)> {
+        self.inner.last_space.get()
     }
 
     /// Compacts sealed segment `id` (see the module docs), copying at most
