@@ -98,6 +98,11 @@ pub struct Spool {
 const CHECK_EVERY: usize = 16 << 20;
 
 /// Bytes free for an unprivileged writer on the file system of `f`.
+/// Bytes free to unprivileged writers on the file system holding `dir`.
+pub fn free_bytes_in(dir: &std::path::Path) -> io::Result<u64> {
+    free_bytes(&File::open(dir)?)
+}
+
 fn free_bytes(f: &File) -> io::Result<u64> {
     use std::os::fd::AsRawFd;
     // SAFETY: fstatvfs fills a statvfs we own, from a descriptor we own.

@@ -64,11 +64,29 @@ impl<D: Dir> LogStore<D> {
 
     async fn put<T: Serialize>(&self, stream: u8, key: u64, value: &T) -> Result<(), io::Error> {
         let data = serde_json::to_vec(value).map_err(io_err)?;
-        self.store
-            .append(vec![Write::Opaque { stream, key, data }])
+        self.durable(vec![Write::Opaque { stream, key, data }])
             .await
-            .map_err(io_err)?;
-        Ok(())
+    }
+
+    /// Appends `writes` and waits until they are durable. A full file system is
+    /// waited out rather than reported: openraft stops a group whose storage fails,
+    /// and these writes are small and each idempotent (a value per key, a deletion),
+    /// so the group stalls until there is room and then goes on.
+    async fn durable(&self, writes: Vec<Write>) -> Result<(), io::Error> {
+        let mut tries = 0u32;
+        loop {
+            match self.store.append(writes.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(repospanner_storage::Error::NoSpace(why)) => {
+                    if tries.is_multiple_of(60) {
+                        tracing::warn!(error = %why, "the raft log waits for room on the disk");
+                    }
+                    tries += 1;
+                    glommio::timer::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(io_err(e)),
+            }
+        }
     }
 }
 
@@ -162,39 +180,34 @@ impl<D: Dir> RaftLogStorage<C> for LogStore<D> {
             });
         }
         // Resolves once the entries are durable: only then is openraft told.
-        self.store.append(writes).await.map_err(io_err)?;
+        self.durable(writes).await?;
         callback.io_completed(Ok(()));
         Ok(())
     }
 
     async fn truncate_after(&mut self, last: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         let from = last.map_or(0, |l| l.index() + 1);
-        self.store
-            .append(vec![Write::DeleteRange {
-                stream: LOG_STREAM,
-                keys: from..u64::MAX,
-            }])
-            .await
-            .map_err(io_err)?;
-        Ok(())
+        self.durable(vec![Write::DeleteRange {
+            stream: LOG_STREAM,
+            keys: from..u64::MAX,
+        }])
+        .await
     }
 
     async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
         let data = serde_json::to_vec(&log_id).map_err(io_err)?;
-        self.store
-            .append(vec![
-                Write::Opaque {
-                    stream: META_STREAM,
-                    key: PURGED,
-                    data,
-                },
-                Write::DeleteRange {
-                    stream: LOG_STREAM,
-                    keys: 0..log_id.index() + 1,
-                },
-            ])
-            .await
-            .map_err(io_err)?;
+        self.durable(vec![
+            Write::Opaque {
+                stream: META_STREAM,
+                key: PURGED,
+                data,
+            },
+            Write::DeleteRange {
+                stream: LOG_STREAM,
+                keys: 0..log_id.index() + 1,
+            },
+        ])
+        .await?;
         Ok(())
     }
 }

@@ -279,8 +279,10 @@ impl SegmentFile for DmaSegment {
         let len = data.len();
         let n = self.file.write_at(data, pos).await?;
         if n != len {
+            // A direct write to a regular file stops short when the file system
+            // has no room for the rest.
             return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
+                io::ErrorKind::StorageFull,
                 format!("short write: {n} of {len} bytes"),
             ));
         }
@@ -315,6 +317,10 @@ impl SegmentFile for DmaSegment {
 pub struct Faults {
     pub write_error_per_mille: u32,
     pub sync_error_per_mille: u32,
+    /// The most bytes all files may hold: a segment write that would grow them past
+    /// it writes part (whole sectors) and fails with `StorageFull`, as a full file
+    /// system does.
+    pub space_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -589,6 +595,28 @@ impl SegmentFile for MemSegment {
             "unaligned direct write at {pos} of {} bytes",
             data.len()
         );
+        {
+            let mut s = self.dir.state.borrow_mut();
+            if let Some(space) = s.faults.space_bytes {
+                let used: u64 = s.files.values().map(|f| f.data.len() as u64).sum();
+                let size = s.files.get(&self.name).map_or(0, |f| f.data.len() as u64);
+                let grows = (pos + data.len() as u64).saturating_sub(size);
+                if used + grows > space {
+                    let room = space.saturating_sub(used) + size.saturating_sub(pos);
+                    let keep = (room as usize).min(data.len()) / TEAR_BYTES * TEAR_BYTES;
+                    let f = s
+                        .files
+                        .get_mut(&self.name)
+                        .ok_or_else(|| not_found(&self.name))?;
+                    write_into(&mut f.data, pos as usize, &data[..keep]);
+                    f.pending.push((pos, data[..keep].to_vec()));
+                    return Err(io::Error::new(
+                        io::ErrorKind::StorageFull,
+                        "injected: no space left on the device",
+                    ));
+                }
+            }
+        }
         if self.dir.roll(|f| f.write_error_per_mille) {
             // A failed write may still have reached part of the page cache.
             let mut s = self.dir.state.borrow_mut();

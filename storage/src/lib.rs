@@ -25,7 +25,10 @@
 //!   segment and offset. [`Store::verify`] re-reads everything and re-hashes objects.
 //! * **Failure policy**: a failed write or `fdatasync` stops the store for good
 //!   ([`Error::Fatal`]): after an fsync error the kernel may have dropped the dirty
-//!   pages, so a retry that succeeds could acknowledge data that is not on disk.
+//!   pages, so a retry that succeeds could acknowledge data that is not on disk. A
+//!   full file system is the exception ([`Error::NoSpace`]): a direct write that
+//!   found no room dirtied no page, so the batch fails, what it wrote in part is cut
+//!   off, and the store goes on.
 //!
 //! ## Compaction
 //!
@@ -74,6 +77,10 @@ pub enum Error {
     },
     #[error("the store stopped accepting writes after an I/O failure: {0}")]
     Fatal(String),
+    /// The file system is full: nothing of the append was acknowledged, and the store
+    /// goes on (reads, and appends once there is room).
+    #[error("no space left for the store's log: {0}")]
+    NoSpace(String),
     #[error("damaged data in segment {segment} at offset {offset}: {reason}")]
     Corrupt {
         segment: u64,

@@ -726,26 +726,61 @@ impl<D: Dir> Store<D> {
                         .detach();
                     }
                 }
+                Err(Error::NoSpace(why)) => {
+                    // Nothing of the batch was acknowledged, and what part of it
+                    // reached the file is cut off: the log is as before it.
+                    if let Err(e) = self.cut_after_tail().await {
+                        self.stop_for_good(&e.to_string(), batch);
+                        return;
+                    }
+                    warn!(error = %why, "the store's file system is full: an append failed");
+                    for p in batch {
+                        let _ = p.done.send(Err(Error::NoSpace(why.clone())));
+                    }
+                }
                 Err(e) => {
                     // An fsync (or write) failure: the kernel may have dropped the
                     // dirty pages, so nothing written since the last good sync can be
                     // trusted. Stop for good; retrying could report success for data
                     // that is not on disk.
-                    let why = e.to_string();
-                    warn!(error = %why, "storage write failed; the store stops accepting writes");
-                    *state(&inner.fatal) = Some(why.clone());
-                    for p in batch {
-                        let _ = p.done.send(Err(Error::Fatal(why.clone())));
-                    }
-                    for p in state(&inner.queue).drain(..) {
-                        let _ = p.done.send(Err(Error::Fatal(why.clone())));
-                    }
-                    inner.queued_bytes.set(0);
-                    inner.writer_running.set(false);
+                    self.stop_for_good(&e.to_string(), batch);
                     return;
                 }
             }
         }
+    }
+
+    /// Fails `batch` and everything queued, and every append from now on.
+    fn stop_for_good(&self, why: &str, batch: Vec<Pending>) {
+        let inner = &self.inner;
+        warn!(error = %why, "storage write failed; the store stops accepting writes");
+        *state(&inner.fatal) = Some(why.to_owned());
+        for p in batch {
+            let _ = p.done.send(Err(Error::Fatal(why.to_owned())));
+        }
+        for p in state(&inner.queue).drain(..) {
+            let _ = p.done.send(Err(Error::Fatal(why.to_owned())));
+        }
+        inner.queued_bytes.set(0);
+        inner.writer_running.set(false);
+    }
+
+    /// Cuts the open segment back to where its last good write ended (the end of the
+    /// block holding the log's end): a write that failed for want of room may have
+    /// left part of itself, and in a sealed segment that would read as damage.
+    async fn cut_after_tail(&self) -> Result<()> {
+        let (segment, offset) = {
+            let t = self.inner.tail.borrow();
+            (t.segment.clone(), t.offset)
+        };
+        let align = segment.file.alignment() as u64;
+        let end = offset.div_ceil(align) * align;
+        let name = segment_name(segment.id);
+        segment
+            .file
+            .truncate(end)
+            .await
+            .map_err(io_err("truncate", &name))
     }
 
     /// Writes one batch as one frame: one aligned write, one `fdatasync`.
@@ -862,7 +897,12 @@ impl<D: Dir> Store<D> {
             .file
             .write_at(align_down(start, align as u64), buf)
             .await
-            .map_err(io_err("write", &name))?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                    Error::NoSpace(format!("write {name}: {e}"))
+                }
+                _ => io_err("write", &name)(e),
+            })?;
         segment
             .file
             .sync_data()

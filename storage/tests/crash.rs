@@ -32,6 +32,14 @@ struct Ledger {
     acked_objects: HashMap<[u8; 20], Vec<u8>>,
 }
 
+fn some_faults(rng: &mut StdRng) -> Faults {
+    Faults {
+        write_error_per_mille: rng.gen_range(0..30),
+        sync_error_per_mille: rng.gen_range(0..30),
+        ..Faults::default()
+    }
+}
+
 async fn crash_round(seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut mem = MemDir::new(seed);
@@ -52,10 +60,7 @@ async fn crash_round(seed: u64) {
         check(&store, &snapshot, seed, life).await;
 
         if rng.gen_bool(0.3) {
-            mem.set_faults(Faults {
-                write_error_per_mille: rng.gen_range(0..30),
-                sync_error_per_mille: rng.gen_range(0..30),
-            });
+            mem.set_faults(some_faults(&mut rng));
         }
         let stop = Rc::new(Cell::new(false));
         let mut tasks = Vec::new();

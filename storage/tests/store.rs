@@ -436,6 +436,85 @@ fn a_truncated_segment_is_recovered() {
 }
 
 #[test]
+fn a_full_file_system_fails_appends_and_the_store_goes_on() {
+    run(|| async {
+        let mem = MemDir::new(11);
+        let (store, _) = Store::open(mem.clone(), small_segments())
+            .await
+            .expect("open");
+        // Large records fail part-written; small ones then leave that part beyond the
+        // log's end, and a large one seals the segment there.
+        let value = |k: u64| match k {
+            30..60 => noise(k, 30_000),
+            100..103 => noise(k, 500),
+            _ => noise(k, 5000),
+        };
+        let put = |k: u64| Write::Opaque {
+            stream: 0,
+            key: k,
+            data: value(k),
+        };
+        let mut acked = Vec::new();
+        for k in 0..30 {
+            store.append(vec![put(k)]).await.expect("append");
+            acked.push(k);
+        }
+        // Room for a few more records, then none: part of a write may land.
+        let used: u64 = {
+            let mut n = 0;
+            for name in mem.list().await.expect("list") {
+                n += mem
+                    .read_whole(&name)
+                    .await
+                    .expect("read")
+                    .map_or(0, |b| b.len() as u64);
+            }
+            n
+        };
+        mem.set_faults(Faults {
+            space_bytes: Some(used + 50_000),
+            ..Faults::default()
+        });
+        let mut refused = 0;
+        for k in 30..60 {
+            match store.append(vec![put(k)]).await {
+                Ok(_) => acked.push(k),
+                Err(Error::NoSpace(_)) => refused += 1,
+                Err(e) => panic!("append on a full file system: {e}"),
+            }
+        }
+        assert!(refused > 0, "the file system never filled");
+        // Reads go on.
+        for &k in &acked {
+            assert_eq!(store.get_opaque(0, k).await.expect("read"), Some(value(k)));
+        }
+        // Room again: appends go on, with no restart.
+        mem.set_faults(Faults::default());
+        for k in 100..140 {
+            store
+                .append(vec![put(k)])
+                .await
+                .expect("append after space returned");
+            acked.push(k);
+        }
+        let v = store.verify().await.expect("verify");
+        assert!(v.corruptions.is_empty(), "{v:?}");
+        drop(store);
+        for image in [mem.crash_image(1), {
+            let m = mem.crash_image(2);
+            m.remove("index.ckpt").await.ok();
+            m
+        }] {
+            let (store, report) = Store::open(image, small_segments()).await.expect("reopen");
+            assert!(report.corruptions.is_empty(), "{report:?}");
+            for &k in &acked {
+                assert_eq!(store.get_opaque(0, k).await.expect("read"), Some(value(k)));
+            }
+        }
+    });
+}
+
+#[test]
 fn an_fsync_failure_stops_the_store() {
     run(|| async {
         let mem = MemDir::new(6);

@@ -31,6 +31,9 @@ pub(super) async fn receive_pack<B: Backend + 'static>(
     req: Req,
     held: Held,
 ) -> Response<Body> {
+    if let Err(r) = room_for_a_push(&ctx) {
+        return *r;
+    }
     let extra = hook_run::extras(&req.headers);
     let arrived = Arrived {
         received: Received {
@@ -41,6 +44,32 @@ pub(super) async fn receive_pack<B: Backend + 'static>(
         aside: None,
     };
     receive_pack_body(ctx, repo, state, arrived, extra).await
+}
+
+/// Refuses a push (507) while the git file system has less free than
+/// `limits.disk_reserve_bytes`: that room is kept for the raft log, compaction and
+/// metadata, which must not fail, and reads go on.
+fn room_for_a_push<B: Backend>(ctx: &Ctx<B>) -> Result<(), Box<Response<Body>>> {
+    let Some(dir) = ctx.spool_dir.as_deref() else {
+        return Ok(());
+    };
+    let reserve = ctx.limits.disk_reserve_bytes;
+    match spool::free_bytes_in(dir) {
+        Ok(free) if free < reserve => {
+            warn!(
+                free,
+                reserve, "push refused: the node's disk is nearly full"
+            );
+            Err(Box::new(text(
+                StatusCode::INSUFFICIENT_STORAGE,
+                &format!(
+                    "the node's disk is nearly full: {free} bytes free, and limits.disk_reserve_bytes keeps {reserve} for the store; pushes resume once there is room"
+                ),
+                &ctx.node_name,
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A push read while it arrives: authorised before its body is read, its pack parsed,
@@ -69,6 +98,9 @@ pub(super) async fn receive_streaming<B: Backend + 'static>(
             "you may not push to this repository",
             &node,
         );
+    }
+    if let Err(r) = room_for_a_push(&ctx) {
+        return *r;
     }
     // A body the accepting shard receives itself comes whole, after the objects it
     // verified meanwhile (written aside here as they come).
