@@ -324,6 +324,15 @@ pub const FETCH_REPLY_BYTES: usize = 32 << 20;
 /// reused, so the list only grows by one small record per deleted repository.
 pub const DELETED_STREAM: u8 = 19;
 
+/// The record that marks the repository of namespace `ns` deleted.
+fn deleted_mark(ns: u64) -> Write {
+    Write::Opaque {
+        stream: DELETED_STREAM,
+        key: ns,
+        data: Vec::new(),
+    }
+}
+
 /// Whether the repository of namespace `ns` was deleted on this node.
 pub fn repo_deleted<D: Dir>(store: &Store<D>, ns: u64) -> bool {
     !store
@@ -772,11 +781,7 @@ impl<D: Dir> ObjectSync<D> {
     /// Records that the region deleted the repository of `ns` (a peer said so).
     async fn mark_deleted(&self, ns: u64) -> Result<(), io::Error> {
         self.store
-            .append(vec![Write::Opaque {
-                stream: DELETED_STREAM,
-                key: ns,
-                data: Vec::new(),
-            }])
+            .append(vec![deleted_mark(ns)])
             .await
             .map(|_| ())
             .map_err(io::Error::other)
@@ -830,14 +835,7 @@ impl<D: Dir> Hooks for ObjectSync<D> {
                 let ns = *id;
                 Box::pin(async move {
                     this.store
-                        .append(vec![
-                            Write::DropNamespace(Namespace(ns)),
-                            Write::Opaque {
-                                stream: DELETED_STREAM,
-                                key: ns,
-                                data: Vec::new(),
-                            },
-                        ])
+                        .append(vec![Write::DropNamespace(Namespace(ns)), deleted_mark(ns)])
                         .await
                         .map(|_| ())
                         .map_err(io::Error::other)

@@ -618,32 +618,7 @@ impl<D: Dir> Store<D> {
                 max: inner.opts.append_bytes_max as u64,
             });
         }
-        // Backpressure: wait while the queue is full (an append larger than the whole
-        // queue limit waits for an empty queue).
-        while inner.queued_bytes.get() > 0
-            && inner.queued_bytes.get() + bytes > inner.opts.queued_bytes_max
-        {
-            let (tx, rx) = oneshot::channel();
-            state(&inner.space).push(tx);
-            let _ = rx.await;
-            if let Some(why) = inner.fatal.borrow().clone() {
-                return Err(Error::Fatal(why));
-            }
-        }
-        let (tx, rx) = oneshot::channel();
-        state(&inner.queue).push_back(Pending {
-            writes: encoded,
-            bytes,
-            copies: None,
-            switches: Vec::new(),
-            done: tx,
-        });
-        inner.queued_bytes.set(inner.queued_bytes.get() + bytes);
-        self.start_writer();
-        let locs = match rx.await {
-            Ok(r) => r?,
-            Err(_) => return Err(Error::Fatal("the writer stopped".into())),
-        };
+        let locs = self.enqueue(encoded, None, bytes).await?;
         let mut heads = state(&inner.heads);
         for (w, loc) in writes.iter().zip(&locs) {
             if let Write::Object(_, o) = w {
@@ -651,6 +626,42 @@ impl<D: Dir> Store<D> {
             }
         }
         Ok(locs)
+    }
+
+    /// Queues writes (or a compaction's copies) of `bytes` once the queue has room
+    /// (backpressure: an append larger than the whole queue limit waits for an empty
+    /// queue), and waits until the writer has made them durable.
+    async fn enqueue(
+        &self,
+        writes: Vec<Encoded>,
+        copies: Option<Vec<compact::Copy>>,
+        bytes: usize,
+    ) -> Result<Vec<Loc>> {
+        let inner = &self.inner;
+        while inner.queued_bytes.get() > 0
+            && inner.queued_bytes.get() + bytes > inner.opts.queued_bytes_max
+        {
+            let (tx, rx) = oneshot::channel();
+            state(&inner.space).push(tx);
+            let _ = rx.await;
+        }
+        if let Some(why) = inner.fatal.borrow().clone() {
+            return Err(Error::Fatal(why));
+        }
+        let (tx, rx) = oneshot::channel();
+        state(&inner.queue).push_back(Pending {
+            writes,
+            bytes,
+            copies,
+            switches: Vec::new(),
+            done: tx,
+        });
+        inner.queued_bytes.set(inner.queued_bytes.get() + bytes);
+        self.start_writer();
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Fatal("the writer stopped".into())),
+        }
     }
 
     /// Starts the writer task unless it runs.

@@ -447,33 +447,9 @@ impl<D: Dir> Store<D> {
     }
 
     /// Queues `copies` as a frame of their own and waits until it is durable and
-    /// published, then as long as the rate limit asks.
+    /// published.
     async fn write_copies(&self, copies: Vec<Copy>, bytes: usize) -> Result<()> {
-        let inner = &self.inner;
-        while inner.queued_bytes.get() > 0
-            && inner.queued_bytes.get() + bytes > inner.opts.queued_bytes_max
-        {
-            let (tx, rx) = oneshot::channel();
-            state(&inner.space).push(tx);
-            let _ = rx.await;
-        }
-        if let Some(why) = inner.fatal.borrow().clone() {
-            return Err(Error::Fatal(why));
-        }
-        let (tx, rx) = oneshot::channel();
-        state(&inner.queue).push_back(Pending {
-            writes: Vec::new(),
-            bytes,
-            copies: Some(copies),
-            switches: Vec::new(),
-            done: tx,
-        });
-        inner.queued_bytes.set(inner.queued_bytes.get() + bytes);
-        self.start_writer();
-        match rx.await {
-            Ok(r) => r?,
-            Err(_) => return Err(Error::Fatal("the writer stopped".into())),
-        };
+        self.enqueue(Vec::new(), Some(copies), bytes).await?;
         Ok(())
     }
 }
