@@ -576,6 +576,19 @@ impl Dir for MemDir {
     }
 }
 
+impl MemSegment {
+    /// Puts `data` at `pos` in what reads see, and among the writes a crash may keep.
+    fn land(&self, s: &mut MemState, pos: u64, data: &[u8]) -> io::Result<()> {
+        let f = s
+            .files
+            .get_mut(&self.name)
+            .ok_or_else(|| not_found(&self.name))?;
+        write_into(&mut f.data, pos as usize, data);
+        f.pending.push((pos, data.to_vec()));
+        Ok(())
+    }
+}
+
 impl SegmentFile for MemSegment {
     fn alignment(&self) -> usize {
         self.dir.state.borrow().alignment
@@ -604,12 +617,7 @@ impl SegmentFile for MemSegment {
                 if used + grows > space {
                     let room = space.saturating_sub(used) + size.saturating_sub(pos);
                     let keep = (room as usize).min(data.len()) / TEAR_BYTES * TEAR_BYTES;
-                    let f = s
-                        .files
-                        .get_mut(&self.name)
-                        .ok_or_else(|| not_found(&self.name))?;
-                    write_into(&mut f.data, pos as usize, &data[..keep]);
-                    f.pending.push((pos, data[..keep].to_vec()));
+                    self.land(&mut s, pos, &data[..keep])?;
                     return Err(io::Error::new(
                         io::ErrorKind::StorageFull,
                         "injected: no space left on the device",
@@ -621,23 +629,13 @@ impl SegmentFile for MemSegment {
             // A failed write may still have reached part of the page cache.
             let mut s = self.dir.state.borrow_mut();
             let keep = s.rng.gen_range(0..=data.len() / TEAR_BYTES) * TEAR_BYTES;
-            let f = s
-                .files
-                .get_mut(&self.name)
-                .ok_or_else(|| not_found(&self.name))?;
-            write_into(&mut f.data, pos as usize, &data[..keep]);
-            f.pending.push((pos, data[..keep].to_vec()));
+            self.land(&mut s, pos, &data[..keep])?;
             return Err(io::Error::other("injected write failure"));
         }
         {
             let mut s = self.dir.state.borrow_mut();
             s.writes += 1;
-            let f = s
-                .files
-                .get_mut(&self.name)
-                .ok_or_else(|| not_found(&self.name))?;
-            write_into(&mut f.data, pos as usize, data);
-            f.pending.push((pos, data.to_vec()));
+            self.land(&mut s, pos, data)?;
         }
         YieldNow(false).await;
         Ok(())
