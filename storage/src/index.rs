@@ -277,6 +277,20 @@ impl Index {
         live
     }
 
+    /// Every object entry whose place `hit` picks, and how many opaque entries it picks.
+    pub fn entries_where(&self, hit: impl Fn(&Loc) -> bool) -> (Vec<(Namespace, Oid, Loc)>, usize) {
+        let mut objects = Vec::new();
+        for (ns, m) in &self.objects {
+            for (oid, l) in m {
+                if hit(l) {
+                    objects.push((*ns, *oid, *l));
+                }
+            }
+        }
+        let opaque = self.opaque.values().filter(|l| hit(l)).count();
+        (objects, opaque)
+    }
+
     /// Points `oid` of `ns` at `to` if it is still at `from` (compaction moved the
     /// record); whether it did.
     pub fn switch_object(&mut self, ns: Namespace, oid: &Oid, from: Loc, to: Loc) -> bool {

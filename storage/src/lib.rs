@@ -58,8 +58,8 @@ pub use index::Loc;
 pub use io::{Chunk, DmaDir, Faults, MemDir};
 pub use object::{Namespace, ObjectHead, ObjectKind, Oid, StoredObject};
 pub use store::{
-    CompactReport, Corruption, Options, RecoveryReport, SegmentSpace, Stats, Store, VerifyReport,
-    Write,
+    CompactReport, Corruption, Damaged, Options, RecoveryReport, ScrubReport, SegmentSpace, Stats,
+    Store, VerifyReport, Write,
 };
 
 /// Log sequence number: every record gets the next one.

@@ -30,7 +30,9 @@ use crate::record::{
 use crate::{Error, Lsn, Result};
 
 mod compact;
+mod scrub;
 pub use compact::{CompactReport, SegmentSpace};
+pub use scrub::{Damaged, ScrubReport};
 
 /// A mutable borrow of the store's state, inside a fail-stop section for as long as it
 /// lives ([`crate::failstop`]): a panic while the state is half changed stops the node,
@@ -162,6 +164,8 @@ pub struct VerifyReport {
     pub corruptions: Vec<Corruption>,
     /// Objects whose content does not hash to their id, or cannot be produced.
     pub bad_objects: Vec<(Namespace, String, String)>,
+    /// Where each of `bad_objects` lies.
+    pub bad_at: Vec<Loc>,
 }
 
 /// Counters for operators and benchmarks.
@@ -1445,7 +1449,13 @@ impl<D: Dir> Store<D> {
     /// Re-reads every record of every segment, checks every CRC, and recomputes every
     /// object's id from its content. Used by scrub; reads everything once.
     pub async fn verify(&self) -> Result<VerifyReport> {
+        self.verify_paced(0).await
+    }
+
+    /// [`Store::verify`], reading at most `bytes_per_second` (0: no limit).
+    pub async fn verify_paced(&self, bytes_per_second: u64) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
+        let mut pacer = Pacer::new(bytes_per_second);
         // Where a delta not served from its own namespace may be (adopted), once.
         let namespaces = self.namespaces();
         let segments: Vec<_> = self.inner.segments.borrow().values().cloned().collect();
@@ -1454,73 +1464,41 @@ impl<D: Dir> Store<D> {
             (t.segment.id, t.offset)
         };
         for seg in segments {
-            let end = if seg.id == tail_seg {
-                Some(tail_off)
+            let size = if seg.id == tail_seg {
+                tail_off
             } else {
-                None
+                let name = segment_name(seg.id);
+                seg.file.size().await.map_err(io_err("stat", &name))?
             };
-            let name = segment_name(seg.id);
-            let mut w = Window::new(&*seg.file);
-            let mut pos = SEGMENT_HEADER_LEN as u64;
-            loop {
-                if end.is_some_and(|e| pos >= e) {
-                    break;
-                }
-                let Some(h) = w
-                    .get(pos, FRAME_HEADER_LEN)
-                    .await
-                    .map_err(io_err("read", &name))?
-                else {
-                    break;
-                };
-                let Some(header) = FrameHeader::decode(h, seg.salt) else {
-                    if h.iter().any(|b| *b != 0) {
-                        report.corruptions.push(Corruption {
-                            segment: seg.id,
-                            offset: pos,
-                            len: 0,
-                            reason: "frame header check failed".into(),
-                        });
-                    }
-                    break;
-                };
-                let body_at = pos + FRAME_HEADER_LEN as u64;
-                let body = w
-                    .get(body_at, header.body_len as usize)
-                    .await
-                    .map_err(io_err("read", &name))?
-                    .map(<[u8]>::to_vec);
+            let mut frames = Frames::new(&seg, size);
+            while let Some((body_at, body)) = frames.next().await? {
                 report.frames += 1;
-                match body {
-                    Some(body) if header.body_ok(&body, seg.salt) => {
-                        for r in record::records(&body, seg.salt) {
-                            match r {
-                                Ok((_, rec)) => {
-                                    report.records += 1;
-                                    if rec.kind == RecordKind::Object {
-                                        report.objects += 1;
-                                        self.verify_object(rec.payload, &namespaces, &mut report)
-                                            .await;
-                                    }
-                                }
-                                Err(e) => report.corruptions.push(Corruption {
+                for r in record::records(&body, seg.salt) {
+                    match r {
+                        Ok((at, rec)) => {
+                            report.records += 1;
+                            if rec.kind == RecordKind::Object {
+                                report.objects += 1;
+                                let loc = Loc {
                                     segment: seg.id,
-                                    offset: pos,
-                                    len: header.total_len(),
-                                    reason: format!("record inside a valid frame: {e:?}"),
-                                }),
+                                    offset: body_at + at as u64,
+                                    len: (RECORD_HEADER_LEN + rec.payload.len()) as u32,
+                                };
+                                self.verify_object(rec.payload, loc, &namespaces, &mut report)
+                                    .await;
                             }
                         }
+                        Err(e) => report.corruptions.push(Corruption {
+                            segment: seg.id,
+                            offset: body_at,
+                            len: body.len() as u64,
+                            reason: format!("record inside a valid frame: {e:?}"),
+                        }),
                     }
-                    _ => report.corruptions.push(Corruption {
-                        segment: seg.id,
-                        offset: pos,
-                        len: header.total_len(),
-                        reason: "frame body check failed".into(),
-                    }),
                 }
-                pos += header.total_len();
+                pacer.spent((FRAME_HEADER_LEN + body.len()) as u64).await;
             }
+            report.corruptions.append(&mut frames.damage);
         }
         Ok(report)
     }
@@ -1528,6 +1506,7 @@ impl<D: Dir> Store<D> {
     async fn verify_object(
         &self,
         payload: &[u8],
+        loc: Loc,
         namespaces: &[Namespace],
         report: &mut VerifyReport,
     ) {
@@ -1537,6 +1516,7 @@ impl<D: Dir> Store<D> {
                 "?".into(),
                 "object record does not decode".into(),
             ));
+            report.bad_at.push(loc);
             return;
         };
         let hex = object::hex(&o.oid);
@@ -1565,10 +1545,16 @@ impl<D: Dir> Store<D> {
         };
         match content {
             Ok(c) if object::object_id(o.kind, &c) == Ok(o.oid) => {}
-            Ok(_) => report
-                .bad_objects
-                .push((ns, hex, "content does not hash to its id".into())),
-            Err(e) => report.bad_objects.push((ns, hex, e)),
+            Ok(_) => {
+                report
+                    .bad_objects
+                    .push((ns, hex, "content does not hash to its id".into()));
+                report.bad_at.push(loc);
+            }
+            Err(e) => {
+                report.bad_objects.push((ns, hex, e));
+                report.bad_at.push(loc);
+            }
         }
     }
 }
@@ -1787,5 +1773,108 @@ impl DeltaCache {
             }
         }
         c
+    }
+}
+
+/// The intact frames of a segment up to `size`, in order: damaged regions are stepped
+/// over and listed in `damage` (the zeros after a segment's last frame are not damage).
+struct Frames<'a, F> {
+    seg: &'a Segment<F>,
+    window: Window<'a, F>,
+    pos: u64,
+    size: u64,
+    damage: Vec<Corruption>,
+}
+
+impl<'a, F: SegmentFile> Frames<'a, F> {
+    fn new(seg: &'a Segment<F>, size: u64) -> Self {
+        Frames {
+            seg,
+            window: Window::new(&*seg.file),
+            pos: SEGMENT_HEADER_LEN as u64,
+            size,
+            damage: Vec::new(),
+        }
+    }
+
+    /// The next frame's body and where it starts.
+    async fn next(&mut self) -> Result<Option<(u64, Vec<u8>)>> {
+        let name = || segment_name(self.seg.id);
+        let salt = self.seg.salt;
+        while self.pos < self.size {
+            let header = self
+                .window
+                .get(self.pos, FRAME_HEADER_LEN)
+                .await
+                .map_err(io_err("read", name()))?
+                .and_then(|h| FrameHeader::decode(h, salt));
+            if let Some(h) = header {
+                let body_at = self.pos + FRAME_HEADER_LEN as u64;
+                let body = self
+                    .window
+                    .get(body_at, h.body_len as usize)
+                    .await
+                    .map_err(io_err("read", name()))?
+                    .filter(|b| h.body_ok(b, salt))
+                    .map(<[u8]>::to_vec);
+                if let Some(body) = body {
+                    self.pos += h.total_len();
+                    return Ok(Some((body_at, body)));
+                }
+            }
+            // Damage (or the zeros after the last frame): on to the next frame.
+            let rest = self
+                .seg
+                .file
+                .read_at(self.pos, (self.size - self.pos) as usize)
+                .await
+                .map_err(io_err("read", name()))?;
+            let (len, end) = match record::find_next_frame(&rest, 1, salt, 0) {
+                Some(skip) => (skip, false),
+                None => (rest.len(), true),
+            };
+            if rest[..len].iter().any(|b| *b != 0) {
+                self.damage.push(Corruption {
+                    segment: self.seg.id,
+                    offset: self.pos,
+                    len: len as u64,
+                    reason: "frame check failed".into(),
+                });
+            }
+            if end {
+                return Ok(None);
+            }
+            self.pos += len as u64;
+        }
+        Ok(None)
+    }
+}
+
+/// Keeps copying at or under a rate: after each piece, sleeps as long as the bytes
+/// copied so far are ahead of the time spent.
+struct Pacer {
+    rate: u64,
+    start: std::time::Instant,
+    bytes: u64,
+}
+
+impl Pacer {
+    fn new(rate: u64) -> Pacer {
+        Pacer {
+            rate,
+            start: std::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    async fn spent(&mut self, bytes: u64) {
+        self.bytes += bytes;
+        if self.rate == 0 {
+            return;
+        }
+        let due = std::time::Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
+        if let Some(wait) = due.checked_sub(self.start.elapsed()) {
+            glommio::timer::sleep(wait).await;
+        }
     }
 }

@@ -318,6 +318,103 @@ fn group_commit_batches_concurrent_appends_and_one_appender_gets_one_sync_each()
 }
 
 #[test]
+fn scrub_names_damaged_objects_and_repair_writes_them_anew() {
+    run(|| async {
+        let mem = MemDir::new(5);
+        let (store, _) = Store::open(mem.clone(), small_segments())
+            .await
+            .expect("open");
+        // Whole objects and a delta chain, a record each.
+        let mut objects = Vec::new();
+        let mut locs = Vec::new();
+        let base_content = noise(77, 3000);
+        let base = full(ObjectKind::Blob, &base_content);
+        let (d1, c1) = delta(ObjectKind::Blob, &base, &base_content, b"-one");
+        objects.push((base.clone(), base_content.clone()));
+        objects.push((d1, c1));
+        for i in 0..8u64 {
+            let c = noise(i, 2000);
+            objects.push((full(ObjectKind::Blob, &c), c));
+        }
+        for (o, _) in &objects {
+            let l = store
+                .append(vec![Write::Object(NS, o.clone())])
+                .await
+                .expect("append");
+            locs.push(l[0]);
+        }
+        let clean = store.scrub(0).await.expect("scrub");
+        assert!(clean.damaged.is_empty() && clean.verify.corruptions.is_empty());
+        store.checkpoint().await.expect("checkpoint");
+        drop(store);
+
+        // Bit rot in two records: the base (a whole object) and a plain blob.
+        for victim in [locs[0], locs[5]] {
+            let name = format!("seg-{:016x}.log", victim.segment);
+            mem.with_file(&name, |b| b[victim.offset as usize + 100] ^= 0x40)
+                .expect("segment");
+        }
+        let (store, _) = Store::open(mem.clone(), small_segments())
+            .await
+            .expect("reopen");
+        assert!(
+            store.read_object(NS, &objects[5].0.oid).await.is_err(),
+            "served"
+        );
+        let report = store.scrub(0).await.expect("scrub");
+        let mut named: Vec<_> = report.damaged.iter().map(|d| d.oid).collect();
+        named.sort_unstable();
+        // The delta on the damaged base cannot be produced either.
+        let mut want = vec![objects[0].0.oid, objects[1].0.oid, objects[5].0.oid];
+        want.sort_unstable();
+        assert_eq!(named, want, "{report:?}");
+        assert_eq!(report.damaged_values, 0);
+        assert!(!report.verify.corruptions.is_empty());
+
+        // A copy that is not the object is refused; the true one is written anew.
+        let mut left = report.damaged.clone();
+        for _ in 0..2 {
+            let mut again = Vec::new();
+            for d in left {
+                let mut forged = full(ObjectKind::Blob, b"not it");
+                forged.oid = d.oid;
+                assert!(!store.replace_damaged(d, forged).await.expect("replace"));
+                let good = objects.iter().find(|(o, _)| o.oid == d.oid).expect("known");
+                if !store
+                    .replace_damaged(d, good.0.clone())
+                    .await
+                    .expect("replace")
+                {
+                    again.push(d); // a delta whose base is not repaired yet
+                }
+            }
+            left = again;
+        }
+        assert!(left.is_empty(), "{left:?}");
+        let check =
+            |store: Store<MemDir>, objects: Vec<(repospanner_storage::StoredObject, Vec<u8>)>| async move {
+                for (o, c) in &objects {
+                    let got = store.read_object(NS, &o.oid).await.expect("read");
+                    assert_eq!(got.map(|g| g.1).as_ref(), Some(c));
+                }
+                let again = store.scrub(0).await.expect("scrub");
+                assert!(again.damaged.is_empty(), "{again:?}");
+            };
+        check(store.clone(), objects.clone()).await;
+        store.close().await.expect("close");
+        // From the checkpoint, and by a full scan (the damaged frames are stepped over).
+        let (store, _) = Store::open(mem.clone(), small_segments())
+            .await
+            .expect("reopen");
+        check(store.clone(), objects.clone()).await;
+        drop(store);
+        mem.remove("index.ckpt").await.expect("remove checkpoint");
+        let (store, _) = Store::open(mem, small_segments()).await.expect("full scan");
+        check(store, objects).await;
+    });
+}
+
+#[test]
 fn a_flipped_byte_in_the_middle_is_detected_and_never_served() {
     run(|| async {
         let mem = MemDir::new(4);
