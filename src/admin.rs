@@ -320,6 +320,37 @@ pub fn repo_list(cfg: &AdminConfig, json: bool) -> Result<()> {
 
 /// `admin nodestatus`; with `nagios`, the exit code says OK (0), WARNING (1),
 /// CRITICAL (2) or UNKNOWN (3: the node could not be asked), as the Go original's.
+/// `admin scrub`: the node's findings; 2 if damage is left unrepaired, else 0.
+pub fn scrub(cfg: &AdminConfig, json: bool, repo: Option<&str>) -> Result<i32> {
+    let body = serde_json::json!({ "Repo": repo });
+    let v = admin_call(cfg, "POST", "/admin/scrub", Some(&body))?;
+    let left = v["Unrepaired"].as_u64().unwrap_or(0) + v["DamagedValues"].as_u64().unwrap_or(0);
+    if json {
+        println!("{v}");
+    } else {
+        println!(
+            "Scrubbed {}: {} records, {} objects",
+            repo.unwrap_or("every record"),
+            v["Records"],
+            v["Objects"]
+        );
+        println!(
+            "Damaged: {} regions, {} objects ({} repaired from the members, {} not), {} raft values",
+            v["DamagedRegions"], v["Damaged"], v["Repaired"], v["Unrepaired"], v["DamagedValues"]
+        );
+        for s in v["Shards"].as_array().into_iter().flatten() {
+            for id in s["Unrepaired"].as_array().into_iter().flatten() {
+                println!(
+                    "  shard {}: {} not repaired",
+                    s["Shard"],
+                    id.as_str().unwrap_or("?")
+                );
+            }
+        }
+    }
+    Ok(if left > 0 { 2 } else { 0 })
+}
+
 pub fn nodestatus(cfg: &AdminConfig, json: bool, nagios: bool) -> Result<i32> {
     let v = match admin_call(cfg, "GET", "/admin/nodestatus", None) {
         Ok(v) => v,
@@ -405,6 +436,13 @@ pub fn nodestatus(cfg: &AdminConfig, json: bool, nagios: bool) -> Result<i32> {
                     println!(
                         "    space: {b} bytes in {n} segments, {l} live; compaction freed {} bytes from {} segments",
                         c["FreedBytes"], c["Segments"]
+                    );
+                }
+                let sc = &st["Scrub"];
+                if sc.is_object() {
+                    println!(
+                        "    last scrub: {} objects, {} damaged, {} repaired, {} not",
+                        sc["Objects"], sc["Damaged"], sc["Repaired"], sc["UnrepairedCount"]
                     );
                 }
             }

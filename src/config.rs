@@ -126,6 +126,7 @@ pub struct StorageSection {
     /// A log segment is sealed, and a new one started, at this size (MiB, 1 to 4096).
     pub segment_mib: u64,
     pub compaction: CompactionSection,
+    pub scrub: ScrubSection,
 }
 
 impl Default for StorageSection {
@@ -136,6 +137,31 @@ impl Default for StorageSection {
             shards: None,
             segment_mib: 1024,
             compaction: CompactionSection::default(),
+            scrub: ScrubSection::default(),
+        }
+    }
+}
+
+/// The background scrub of each shard's log (`admin scrub` runs one at once). On by
+/// default: bit rot in a segment that is rarely read is otherwise found only when a
+/// clone needs it, and a member that still holds the object may be gone by then. At
+/// the default rate a shard of 100 GiB takes under four hours, once a week.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScrubSection {
+    pub enabled: bool,
+    /// Most MiB one shard reads per second while it scrubs.
+    pub mib_per_second: u64,
+    /// Time between the end of one scrub and the start of the next.
+    pub interval_seconds: u64,
+}
+
+impl Default for ScrubSection {
+    fn default() -> Self {
+        ScrubSection {
+            enabled: true,
+            mib_per_second: 8,
+            interval_seconds: 7 * 24 * 3600,
         }
     }
 }
@@ -573,8 +599,9 @@ impl Config {
         })
     }
 
-    /// `storage.segment_mib` in bytes and `storage.compaction` if enabled, checked.
-    fn storage_settings(&self) -> Result<(u64, Option<CompactionSection>)> {
+    /// `storage.segment_mib` in bytes, and `storage.compaction` and `storage.scrub` if
+    /// enabled, checked.
+    fn storage_settings(&self) -> Result<(u64, Option<CompactionSection>, Option<ScrubSection>)> {
         let st = &self.storage;
         if !(1..=4096).contains(&st.segment_mib) {
             return Err(invalid(
@@ -598,7 +625,22 @@ impl Config {
                 "expected at least 1",
             ));
         }
-        Ok((st.segment_mib << 20, c.enabled.then(|| c.clone())))
+        let sc = &st.scrub;
+        if sc.enabled && (sc.interval_seconds == 0 || sc.mib_per_second == 0) {
+            return Err(invalid(
+                "storage.scrub",
+                &format!(
+                    "{} MiB/s every {} s",
+                    sc.mib_per_second, sc.interval_seconds
+                ),
+                "expected a rate and an interval of at least 1",
+            ));
+        }
+        Ok((
+            st.segment_mib << 20,
+            c.enabled.then(|| c.clone()),
+            sc.enabled.then(|| sc.clone()),
+        ))
     }
 
     /// Everything `serve` needs, validated: addresses parse, every certificate and
@@ -677,10 +719,11 @@ impl Config {
             None => listen_rpc.to_string(),
         };
         let hooks = self.hook_settings(&state_dir)?;
-        let (segment_bytes_max, compaction) = self.storage_settings()?;
+        let (segment_bytes_max, compaction, scrub) = self.storage_settings()?;
         Ok(ServeConfig {
             segment_bytes_max,
             compaction,
+            scrub,
             hooks,
             state_dir,
             git_dir,
@@ -754,6 +797,8 @@ pub struct ServeConfig {
     pub segment_bytes_max: u64,
     /// `storage.compaction`, if enabled.
     pub compaction: Option<CompactionSection>,
+    /// `storage.scrub`, if enabled.
+    pub scrub: Option<ScrubSection>,
 }
 
 fn invalid(key: &str, value: &str, reason: &str) -> ConfigError {
@@ -970,9 +1015,10 @@ mod tests {
     #[test]
     fn storage_settings_are_checked() {
         let c = Config::parse("ca:\n  path: /x\n").expect("parses");
-        let (segment, compaction) = c.storage_settings().expect("defaults");
+        let (segment, compaction, scrub) = c.storage_settings().expect("defaults");
         assert_eq!(segment, 1 << 30);
         assert!(compaction.is_some_and(|c| c.enabled && c.live_share_max == 0.5));
+        assert!(scrub.is_some_and(|s| s.mib_per_second == 8));
         for (yaml, key) in [
             ("storage:\n  segment_mib: 0\n", "storage.segment_mib"),
             ("storage:\n  segment_mib: 5000\n", "storage.segment_mib"),
@@ -983,6 +1029,10 @@ mod tests {
             (
                 "storage:\n  compaction:\n    interval_seconds: 0\n",
                 "storage.compaction.interval_seconds",
+            ),
+            (
+                "storage:\n  scrub:\n    mib_per_second: 0\n",
+                "storage.scrub",
             ),
         ] {
             let c = Config::parse(yaml).expect("parses");

@@ -8,13 +8,13 @@ pub mod aside;
 pub mod bridge;
 pub mod cluster;
 pub mod commands;
-pub mod compaction;
 pub mod config;
 pub mod import;
 pub mod node;
 pub mod quickstart;
 pub mod serve;
 pub mod stop;
+pub mod upkeep;
 
 /// The version reported by `repospanner version` and in the git agent string.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -129,6 +129,12 @@ enum AdminCommand {
         #[arg(long)]
         nagios: bool,
     },
+    /// Read and check every record the node holds (or one repository's objects), and
+    /// repair damaged objects from the other members. Exits 2 if damage is left.
+    Scrub {
+        #[arg(long)]
+        repo: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -289,6 +295,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 AdminCommand::Nodestatus { nagios } => {
                     let code = repospanner::admin::nodestatus(&admin, json, nagios)?;
+                    if code != 0 {
+                        std::process::exit(code);
+                    }
+                    Ok(())
+                }
+                AdminCommand::Scrub { repo } => {
+                    let code = repospanner::admin::scrub(&admin, json, repo.as_deref())?;
                     if code != 0 {
                         std::process::exit(code);
                     }

@@ -642,12 +642,15 @@ async fn run_shard(
     ));
     info!(shard = k, shards, http = %sc.listen_http, rpc = %sc.listen_rpc, node = %sc.node.name, "shard is serving");
     if let Some(c) = &sc.compaction {
-        glommio::spawn_local(crate::compaction::run(
+        glommio::spawn_local(crate::upkeep::run(
             k,
             store.clone(),
-            crate::compaction::Settings::new(c, sc.segment_bytes_max),
+            crate::upkeep::Settings::new(c, sc.segment_bytes_max),
         ))
         .detach();
+    }
+    if let Some(s) = &sc.scrub {
+        glommio::spawn_local(crate::upkeep::scrub(k, backend.clone(), s.clone())).detach();
     }
     if let Some(peer) = join {
         glommio::spawn_local(join_shard(

@@ -307,4 +307,11 @@ impl<D: Dir> Backend for NodeBackend<D> {
     fn node_status(&self) -> serde_json::Value {
         self.status()
     }
+
+    async fn scrub(&self, repo: Option<&str>) -> Result<serde_json::Value, BackendError> {
+        let summary = NodeBackend::scrub(self, repo, 0)
+            .await
+            .map_err(|e| BackendError(format!("scrub: {e}")))?;
+        serde_json::to_value(summary).map_err(|e| BackendError(e.to_string()))
+    }
 }

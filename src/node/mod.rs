@@ -58,8 +58,11 @@ mod group;
 mod quarantine;
 mod replicate;
 mod rpc;
+mod scrub;
 mod status;
 mod stream;
+
+pub use scrub::ScrubSummary;
 
 pub use group::JoinRequest;
 use group::*;
@@ -105,6 +108,8 @@ struct Inner<D: Dir> {
     out_streams: RefCell<HashMap<u64, Rc<OutStream>>>,
     /// Objects other members' pushes wrote here aside while they arrived.
     peer_asides: RefCell<HashMap<StreamKey, Aside>>,
+    /// What the last scrub of this shard found and did.
+    last_scrub: RefCell<Option<ScrubSummary>>,
 }
 
 /// A shard's repositories.
@@ -224,6 +229,7 @@ impl<D: Dir> NodeBackend<D> {
                 asides: RefCell::new(HashMap::new()),
                 out_streams: RefCell::new(HashMap::new()),
                 peer_asides: RefCell::new(HashMap::new()),
+                last_scrub: RefCell::new(None),
             }),
         })
     }

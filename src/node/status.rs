@@ -91,6 +91,8 @@ impl<D: Dir> NodeBackend<D> {
                     "FreedBytes": s.compaction_freed_bytes,
                     "MovedBytes": s.compaction_moved_bytes,
                 },
+                // The last scrub since the node started (null before).
+                "Scrub": *self.inner.last_scrub.borrow(),
             },
         })
     }

@@ -183,6 +183,27 @@ impl Index {
         }
     }
 
+    /// [`Index::apply`] of a record found in the log, with its flags: an object record
+    /// marked [`crate::record::FLAG_REPLACES`] takes the place of an earlier copy.
+    pub fn apply_found(&mut self, kind: RecordKind, flags: u8, payload: &[u8], loc: Loc) -> bool {
+        if kind == RecordKind::Object && flags & crate::record::FLAG_REPLACES != 0 {
+            let Some((ns, oid)) = crate::object::decode_key(payload) else {
+                return false;
+            };
+            if self
+                .objects
+                .entry(ns)
+                .or_default()
+                .insert(oid, loc)
+                .is_none()
+            {
+                self.count += 1;
+            }
+            return true;
+        }
+        self.apply(kind, payload, loc)
+    }
+
     /// Applies one durable record found at `loc`. Returns false if the payload does not
     /// decode (a bug or a corruption the CRC missed: the caller reports it).
     pub fn apply(&mut self, kind: RecordKind, payload: &[u8], loc: Loc) -> bool {

@@ -30,6 +30,11 @@ pub const RECORD_HEADER_LEN: usize = 12;
 
 /// Record flag: the payload is zstd-compressed (see [`crate::Options::zstd_min_bytes`]).
 pub const FLAG_ZSTD: u8 = 1;
+/// Record flag of an object record: a copy compaction or repair wrote, which replaces
+/// an earlier copy of the object in its namespace when the log is replayed (an object
+/// record without it yields to an earlier copy). A repaired object's earlier copy is
+/// damaged, so it must not win a replay from a checkpoint taken before the repair.
+pub const FLAG_REPLACES: u8 = 2;
 
 /// What a record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

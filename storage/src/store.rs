@@ -1619,7 +1619,7 @@ async fn scan_segment<F: SegmentFile>(
                                 offset: body_at + at as u64,
                                 len: (RECORD_HEADER_LEN + rec.payload.len()) as u32,
                             };
-                            if !index.apply(rec.kind, rec.payload, loc) {
+                            if !index.apply_found(rec.kind, rec.flags, rec.payload, loc) {
                                 report.corruptions.push(Corruption {
                                     segment: seg.id,
                                     offset: loc.offset,

@@ -116,6 +116,7 @@ pub(super) async fn admin<B: Backend + 'static>(
             }
             json(StatusCode::OK, &status, node)
         }
+        ("scrub", Method::POST) => scrub(ctx, req, peer, local_only).await,
         ("listrepos", Method::GET) => match async {
             ctx.backend.linearize().await?;
             ctx.backend.list_repos().await
@@ -243,6 +244,71 @@ pub(super) async fn readyz<B: Backend>(
 }
 
 /// Asks every other shard for its part of `req` and returns their JSON answers.
+/// The body of `POST /admin/scrub`: a repository, or none for every record.
+#[derive(Debug, Default, Deserialize)]
+struct ScrubRequest {
+    #[serde(rename = "Repo", default)]
+    repo: Option<String>,
+}
+
+/// `POST /admin/scrub`: every shard scrubs (and repairs) at once; the answer sums
+/// their findings, with each shard's under `Shards`. 404 if a named repository is
+/// nowhere.
+async fn scrub<B: Backend>(
+    ctx: &Ctx<B>,
+    req: Req,
+    peer: &Peer,
+    local_only: bool,
+) -> Response<Body> {
+    let node = &ctx.node_name;
+    let r: ScrubRequest = if req.body.is_empty() {
+        ScrubRequest::default()
+    } else {
+        match serde_json::from_slice(&req.body) {
+            Ok(r) => r,
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("invalid request: {e}"),
+                    node,
+                )
+            }
+        }
+    };
+    let mine = match ctx.backend.scrub(r.repo.as_deref()).await {
+        Ok(v) => v,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), node),
+    };
+    if local_only {
+        return json(StatusCode::OK, &mine, node);
+    }
+    let mut shards = vec![mine];
+    shards.extend(gather(ctx, &req, peer).await);
+    if shards.len() < ctx.shards {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "some shards did not answer",
+            node,
+        );
+    }
+    if !shards.iter().any(|s| s["Found"].as_bool() == Some(true)) {
+        return text(StatusCode::NOT_FOUND, "no such repository", node);
+    }
+    shards.sort_by_key(|s| s["Shard"].as_u64());
+    let sum = |k: &str| -> u64 { shards.iter().filter_map(|s| s[k].as_u64()).sum() };
+    let v = serde_json::json!({
+        "Records": sum("Records"),
+        "Objects": sum("Objects"),
+        "DamagedRegions": sum("DamagedRegions"),
+        "Damaged": sum("Damaged"),
+        "Repaired": sum("Repaired"),
+        "Unrepaired": sum("UnrepairedCount"),
+        "DamagedValues": sum("DamagedValues"),
+        "Shards": shards,
+    });
+    json(StatusCode::OK, &v, node)
+}
+
 pub(super) async fn gather<B: Backend>(
     ctx: &Ctx<B>,
     req: &Req,

@@ -26,8 +26,9 @@
 //! holds it, with an `Adopt` for each other.
 //!
 //! **Crashes.** Until the checkpoint after the copies is durable, the old segment stays:
-//! a replay then sees both, and the first copy of an object and the newest opaque value
-//! win, which are the same content. After it, the old file is deleted once no read
+//! a replay then sees both, and the copies win (an object copy is marked
+//! [`record::FLAG_REPLACES`]; the newest opaque value wins anyway), which hold the same
+//! content. After it, the old file is deleted once no read
 //! holds it; if that deletion is lost in a crash, the file comes back with nothing in
 //! the index pointing at it and is compacted again (to nothing). Places are never
 //! reused: copies go to new segments, whose numbers only grow.
@@ -123,7 +124,7 @@ pub(crate) fn build(copies: Vec<Copy>, index: &Index) -> (Vec<Encoded>, Vec<Opti
                 };
                 writes.push(Encoded {
                     kind: RecordKind::Object,
-                    flags: 0,
+                    flags: record::FLAG_REPLACES,
                     head: object::encode_head(first, &obj),
                     tail: obj.deflated.clone(),
                 });

@@ -47,10 +47,16 @@ impl<D: Dir> Store<D> {
                     l.segment == *s && l.offset < *to && l.offset + u64::from(l.len) > *from
                 })
         });
-        let damaged = objects
-            .into_iter()
-            .map(|(ns, oid, loc)| Damaged { ns, oid, loc })
-            .collect();
+        // A record in a damaged frame that passes its own check is intact (each record
+        // carries its own CRC): only the others are named.
+        let mut damaged = Vec::new();
+        for (ns, oid, loc) in objects {
+            let intact = !bad.contains(&(loc.segment, loc.offset))
+                && matches!(self.read_raw(ns, &oid).await, Ok(Some(_)));
+            if !intact {
+                damaged.push(Damaged { ns, oid, loc });
+            }
+        }
         Ok(ScrubReport {
             verify,
             damaged,
