@@ -67,6 +67,19 @@ fn clone_head(region: &Region, k: usize, t: &Path, into: &str) -> Result<String,
         .to_owned())
 }
 
+/// Flips 64 bytes at `fifths`/5 of node `k`'s largest segment, the node stopped.
+fn damage(region: &mut Region, k: usize, fifths: usize) {
+    region.stop_at(k, libc::SIGTERM);
+    let seg = largest_segment(region, k);
+    let mut bytes = std::fs::read(&seg).expect("segment");
+    let at = bytes.len() * fifths / 5;
+    for b in &mut bytes[at..at + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&seg, bytes).expect("damage");
+    region.start_node_at(k);
+}
+
 #[test]
 fn a_damaged_segment_is_never_served_and_scrub_repairs_it_from_the_members() {
     let mut region = Region::start_n(3, "");
@@ -92,25 +105,38 @@ fn a_damaged_segment_is_never_served_and_scrub_repairs_it_from_the_members() {
     let (code, clean) = scrub(&region, 2, None);
     assert_eq!((code, clean["Damaged"].as_u64()), (0, Some(0)), "{clean}");
 
-    // Bit rot on node 2, in the middle of its largest segment (the pushed blobs).
-    region.stop_at(2, libc::SIGTERM);
-    let seg = largest_segment(&region, 2);
-    let mut bytes = std::fs::read(&seg).expect("segment");
-    let at = bytes.len() * 2 / 5;
-    for b in &mut bytes[at..at + 64] {
-        *b ^= 0x5a;
-    }
-    std::fs::write(&seg, bytes).expect("damage");
-    region.start_node_at(2);
+    // Bit rot on node 2, in its largest segment (the pushed blobs).
+    damage(&mut region, 2, 2);
 
-    // Never served: a clone from node 2 fails rather than carry damaged objects.
+    // Never served: a clone from node 2 fails rather than carry damaged objects, and
+    // the read that found the damage has it repaired from the members.
     let err = clone_head(&region, 2, t, "damaged").expect_err("a damaged object was served");
     assert!(!err.is_empty());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut n = 0;
+    loop {
+        n += 1;
+        match clone_head(&region, 2, t, &format!("retry{n}")) {
+            Ok(h) => {
+                assert_eq!(h, head);
+                break;
+            }
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "not repaired after the read: {e}\n{}",
+                region.log_of(2)
+            ),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
     assert!(
-        region.log_of(2).contains("damaged data"),
+        region.log_of(2).contains("repaired a damaged object"),
         "{}",
         region.log_of(2)
     );
+
+    // Damage elsewhere, found by a scrub before any read.
+    damage(&mut region, 2, 3);
 
     // One repository's scrub finds it too; the whole node's repairs it.
     let (code, v) = scrub(&region, 2, Some("test"));

@@ -26,7 +26,7 @@ impl<D: Dir> Backend for NodeBackend<D> {
             .store
             .read_object(Namespace(ns), oid)
             .await
-            .map_err(err)
+            .map_err(|e| self.read_failed(e))
     }
 
     async fn raws(
@@ -42,7 +42,7 @@ impl<D: Dir> Backend for NodeBackend<D> {
             .store
             .read_raws(Namespace(ns), oids)
             .await
-            .map_err(err)?;
+            .map_err(|e| self.read_failed(e))?;
         Ok(read)
     }
 
@@ -59,7 +59,7 @@ impl<D: Dir> Backend for NodeBackend<D> {
             .store
             .read_heads(Namespace(ns), oids)
             .await
-            .map_err(err)?;
+            .map_err(|e| self.read_failed(e))?;
         Ok(read
             .into_iter()
             .map(|h| {

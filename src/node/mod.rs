@@ -110,6 +110,8 @@ struct Inner<D: Dir> {
     peer_asides: RefCell<HashMap<StreamKey, Aside>>,
     /// What the last scrub of this shard found and did.
     last_scrub: RefCell<Option<ScrubSummary>>,
+    /// Places of damaged records a read found, being repaired.
+    repairing: RefCell<HashSet<(u64, u64)>>,
 }
 
 /// A shard's repositories.
@@ -230,6 +232,7 @@ impl<D: Dir> NodeBackend<D> {
                 out_streams: RefCell::new(HashMap::new()),
                 peer_asides: RefCell::new(HashMap::new()),
                 last_scrub: RefCell::new(None),
+                repairing: RefCell::new(HashSet::new()),
             }),
         })
     }

@@ -102,6 +102,42 @@ impl<D: Dir> NodeBackend<D> {
         Ok(summary)
     }
 
+    /// The error for a failed read; a damaged record it found is repaired from the
+    /// members in the background (once at a time per place), so that the reader's next
+    /// try succeeds.
+    pub(super) fn read_failed(&self, e: repospanner_storage::Error) -> BackendError {
+        if let repospanner_storage::Error::Corrupt {
+            segment, offset, ..
+        } = &e
+        {
+            let place = (*segment, *offset);
+            let damaged = self.inner.store.served_at(place.0, place.1);
+            if !damaged.is_empty() && self.inner.repairing.borrow_mut().insert(place) {
+                warn!(
+                    shard = self.inner.shard,
+                    segment = place.0,
+                    offset = place.1,
+                    objects = damaged.len(),
+                    "a read found a damaged record; repairing it from the members"
+                );
+                let me = self.clone();
+                glommio::spawn_local(async move {
+                    let left = me.repair(damaged).await;
+                    if !left.is_empty() {
+                        warn!(
+                            shard = me.inner.shard,
+                            objects = left.len(),
+                            "a damaged record could not be repaired from the members"
+                        );
+                    }
+                    me.inner.repairing.borrow_mut().remove(&place);
+                })
+                .detach();
+            }
+        }
+        err(e)
+    }
+
     /// Fetches `damaged` objects again from the members and writes them anew; returns
     /// those it could not. Objects of namespaces that are no repository here (a push's
     /// aside objects, a deleted repository) are left: nothing serves them.

@@ -64,6 +64,20 @@ impl<D: Dir> Store<D> {
         })
     }
 
+    /// The objects the index serves from the record at `segment`/`offset` (a read
+    /// found it damaged: [`Error::Corrupt`] names the place).
+    pub fn served_at(&self, segment: u64, offset: u64) -> Vec<Damaged> {
+        let (objects, _) = self
+            .inner
+            .index
+            .borrow()
+            .entries_where(|l| l.segment == segment && l.offset == offset);
+        objects
+            .into_iter()
+            .map(|(ns, oid, loc)| Damaged { ns, oid, loc })
+            .collect()
+    }
+
     /// Checks every object of `ns`: its record's CRC, its content (delta chains
     /// resolved) against its id. Returns those that fail.
     pub async fn scrub_namespace(
