@@ -375,24 +375,35 @@ fn hostile_input_is_refused_and_changes_nothing() {
 
 #[test]
 fn a_push_that_would_eat_the_disk_reserve_is_refused_and_changes_nothing() {
-    // A reserve larger than any disk: every push big enough to be spooled is refused.
+    // A reserve larger than any disk: every push is refused (507), small or spooled,
+    // and reads go on.
     let region = Region::start_with("limits:\n  disk_reserve_bytes: 1125899906842624\n");
     let t = region.dir.path();
-    let (w, before) = pushed_once(&region);
-    commit_file(&region, &w, "big", &noise(0x1234_5678_9abc_def1, 6 << 20));
-    let out = region.git(
-        Some("admin"),
-        &w,
-        &["push", "-q", &region.repo_url("test"), "master"],
+    let before = region.git_ok(t, &["ls-remote", &region.repo_url("test")]);
+    let w = t.join("w");
+    region.git_ok(
+        t,
+        &["init", "-q", "-b", "master", w.to_str().expect("path")],
     );
+    for (name, data) in [
+        ("small", b"small".to_vec()),
+        ("big", noise(0x1234_5678_9abc_def1, 6 << 20)),
+    ] {
+        commit_file(&region, &w, name, &data);
+        let out = region.git(
+            Some("admin"),
+            &w,
+            &["push", "-q", &region.repo_url("test"), "master"],
+        );
+        assert!(
+            !out.status.success(),
+            "a push past the disk reserve was accepted"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("507"), "{err}");
+    }
     assert!(
-        !out.status.success(),
-        "a push past the disk reserve was accepted"
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("507"), "{err}");
-    assert!(
-        region.log().contains("limits.disk_reserve_bytes"),
+        region.log().contains("disk is nearly full"),
         "{}",
         region.log()
     );

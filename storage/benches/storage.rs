@@ -1,7 +1,9 @@
 //! `cargo bench -p repospanner-storage`: numbers for people, each next to a baseline
 //! measured in the same run. Sections (pass a name to run one): `append`, `reads`,
-//! `startup`, `delta`. `BENCH_OBJECTS=N` changes the size of the read/startup store
-//! (default 1,000,000).
+//! `startup`, `delta`, `compact`. `BENCH_OBJECTS=N` changes the size of the
+//! read/startup store (default 1,000,000); `BENCH_SPACE_ROUNDS=N` the length of the
+//! space-over-time workload (default 60), whose `space` lines
+//! `storage/benches/space_plot.py` draws.
 #![allow(clippy::too_many_lines)] // a test or benchmark reads as one scenario
 
 use std::cell::RefCell;
@@ -429,17 +431,224 @@ async fn bench_delta() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A store with `mib` MiB of `record`-byte objects in two namespaces, one of them
+/// dropped: half of every sealed segment dead.
+async fn half_dead_store(dir: &Path, mib: u64, record: usize) -> Store<DmaDir> {
+    let d = DmaDir::open(dir).await.expect("dir");
+    let opts = Options {
+        segment_bytes_max: 64 << 20,
+        ..Options::default()
+    };
+    let (store, _) = Store::open(d, opts).await.expect("open");
+    let n = (mib << 20) / record as u64;
+    let mut batch = Vec::new();
+    for i in 0..n {
+        batch.push(Write::Object(Namespace(1 + i % 2), fake_object(i, record)));
+        if batch.len() * record >= 4 << 20 {
+            store
+                .append(std::mem::take(&mut batch))
+                .await
+                .expect("append");
+        }
+    }
+    batch.push(Write::DropNamespace(Namespace(2)));
+    store.append(batch).await.expect("append");
+    store
+}
+
+async fn bench_compact() {
+    println!("## compact: live data copied per second, against the device's limit for the same bytes in the same batches (std::fs write+fdatasync; ratio = limit time / compaction time)");
+    for record in [64 << 10, 2 << 10] {
+        let dir = bench_dir("compact");
+        let store = half_dead_store(&dir, 512, record).await;
+        let before = store.stats();
+        let start = Instant::now();
+        let mut moved = 0u64;
+        let mut freed = 0u64;
+        for c in store.compaction_candidates(0.9, 1).await.expect("space") {
+            let r = store.compact_segment(c.segment, 0).await.expect("compact");
+            moved += r.bytes_moved;
+            freed += r.freed;
+        }
+        let t = start.elapsed();
+        let after = store.stats();
+        let base = baseline(
+            &dir,
+            after.bytes_written - before.bytes_written,
+            after.batches - before.batches,
+        );
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        println!(
+            "compact {:>6} B objects: {:>7.1} MiB live moved in {:.2} s = {:>6.1} MiB/s | {:>7.1} MiB freed | limit {:>6.1} MiB/s | ratio {:.2}",
+            record,
+            mib(moved),
+            t.as_secs_f64(),
+            mib(moved) / t.as_secs_f64(),
+            mib(freed),
+            mib(after.bytes_written - before.bytes_written) / base.as_secs_f64(),
+            base.as_secs_f64() / t.as_secs_f64(),
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    println!("## compact beside appends: one appender of 200 B objects (a small push's record), without and with compaction at the default rate (32 MiB/s) in the same store");
+    let dir = bench_dir("compact-beside");
+    let store = half_dead_store(&dir, 512, 64 << 10).await;
+    let mut p99 = Vec::new();
+    for with in [false, true] {
+        let running = Rc::new(std::cell::Cell::new(true));
+        let compactor = with.then(|| {
+            let (store, running) = (store.clone(), running.clone());
+            glommio::spawn_local(async move {
+                for c in store.compaction_candidates(0.9, 1).await.expect("space") {
+                    if !running.get() {
+                        break;
+                    }
+                    store
+                        .compact_segment(c.segment, 32 << 20)
+                        .await
+                        .expect("compact");
+                }
+            })
+        });
+        let mut lat = Vec::new();
+        for i in 0..2000u64 {
+            let o = fake_object(10_000_000 + u64::from(with) * 1_000_000 + i, 200);
+            let s = Instant::now();
+            store
+                .append(vec![Write::Object(NS, o)])
+                .await
+                .expect("append");
+            lat.push(s.elapsed());
+        }
+        running.set(false);
+        if let Some(c) = compactor {
+            c.await;
+        }
+        lat.sort_unstable();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "appends {} compaction: p50 {:.2} ms p99 {:.2} ms",
+            if with { "with   " } else { "without" },
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99))
+        );
+        p99.push(percentile(&lat, 0.99));
+    }
+    println!(
+        "p99 with compaction / without: {:.2}",
+        p99[1].as_secs_f64() / p99[0].as_secs_f64()
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+
+    bench_space().await;
+}
+
+/// Space over time for a node-shaped workload with compaction at its defaults: each
+/// round, pushes written aside and adopted, refused pushes dropped, and every fifth a
+/// repository deleted. Prints a `space` line per round.
+async fn bench_space() {
+    let rounds: u64 = std::env::var("BENCH_SPACE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    println!("## space over time: {rounds} rounds of 20 pushes of 256 KiB objects (16 adopted, 4 refused) into 8 repositories, one repository deleted every fifth round; 16 MiB segments, compaction at live share 0.5, 2 MiB dead, 32 MiB/s");
+    println!("space round disk_mib live_mib");
+    let dir = bench_dir("space");
+    let d = DmaDir::open(&dir).await.expect("dir");
+    let opts = Options {
+        segment_bytes_max: 16 << 20,
+        ..Options::default()
+    };
+    let (store, _) = Store::open(d, opts).await.expect("open");
+    let compactor = {
+        let store = store.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let c = store
+                    .compaction_candidates(0.5, 2 << 20)
+                    .await
+                    .expect("space");
+                match c.first() {
+                    Some(c) => {
+                        store
+                            .compact_segment(c.segment, 32 << 20)
+                            .await
+                            .expect("compact");
+                    }
+                    None => glommio::timer::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        })
+    };
+    let mut repos: Vec<u64> = (100..108).collect();
+    let mut next_ns = 1000u64;
+    let mut seed = 0u64;
+    for round in 0..rounds {
+        for p in 0..20u64 {
+            next_ns += 1;
+            let aside = Namespace(next_ns);
+            let objects: Vec<StoredObject> = (0..4)
+                .map(|_| {
+                    seed += 1;
+                    fake_object(seed, 64 << 10)
+                })
+                .collect();
+            let oids: Vec<_> = objects.iter().map(|o| o.oid).collect();
+            let writes = objects
+                .into_iter()
+                .map(|o| Write::Object(aside, o))
+                .collect();
+            store.append(writes).await.expect("append");
+            let mut publish = Vec::new();
+            if p % 5 != 4 {
+                let to = Namespace(repos[(p % 8) as usize]);
+                publish.push(Write::Adopt {
+                    from: aside,
+                    to,
+                    oids,
+                });
+            }
+            publish.push(Write::DropNamespace(aside));
+            store.append(publish).await.expect("append");
+        }
+        if round % 5 == 4 {
+            let i = (round / 5) as usize % repos.len();
+            store
+                .append(vec![Write::DropNamespace(Namespace(repos[i]))])
+                .await
+                .expect("append");
+            next_ns += 1;
+            repos[i] = next_ns;
+        }
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        let space = store.space().await.expect("space");
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        println!(
+            "space {round} {:.1} {:.1}",
+            mib(space.iter().map(|s| s.bytes).sum()),
+            mib(space.iter().map(|s| s.live).sum())
+        );
+    }
+    drop(compactor);
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn main() {
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
     let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
-    let (a, r, s, d) = (
+    let (a, r, s, d, c) = (
         want("append"),
         want("reads"),
         want("startup"),
         want("delta"),
+        want("compact"),
     );
     glommio::LocalExecutorBuilder::default()
         .spawn(move || async move {
@@ -460,6 +669,9 @@ fn main() {
             }
             if d {
                 bench_delta().await;
+            }
+            if c {
+                bench_compact().await;
             }
         })
         .expect("executor")
