@@ -7,6 +7,8 @@ import math
 import re
 import sys
 
+from svg import frame, legend
+
 SERIES = [
     # (bench row, column, label, colour, dashed)
     ("push per object", 0, "push wall time, one node", "#1f77b4", False),
@@ -48,19 +50,17 @@ def main(paths):
     def py(v):
         return h - bottom - v / ymax * (h - top - bottom)
 
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
-        'font-family="sans-serif" font-size="12">',
-        f'<rect width="{w}" height="{h}" fill="white"/>',
-        f'<text x="{left}" y="22" font-size="14">Cost per object as the repository '
-        "grows (generated history; lower is better)</text>",
-        f'<line x1="{left}" y1="{h - bottom}" x2="{w - right}" y2="{h - bottom}" stroke="black"/>',
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{h - bottom}" stroke="black"/>',
-        f'<text x="{(left + w - right) / 2}" y="{h - 12}" text-anchor="middle">'
-        "objects pushed and cloned (log scale)</text>",
-        f'<text x="16" y="{(top + h - bottom) / 2}" transform="rotate(-90 16 '
-        f'{(top + h - bottom) / 2})" text-anchor="middle">microseconds per object</text>',
-    ]
+    out = frame(
+        w,
+        h,
+        left,
+        right,
+        top,
+        bottom,
+        "Cost per object as the repository grows (generated history; lower is better)",
+        "objects pushed and cloned (log scale)",
+        "microseconds per object",
+    )
     for n, _ in runs:
         out.append(
             f'<text x="{px(n):.1f}" y="{h - bottom + 16}" text-anchor="middle">'
@@ -86,12 +86,7 @@ def main(paths):
         )
         for n, v in pts:
             out.append(f'<circle cx="{px(n):.1f}" cy="{py(v):.1f}" r="3" fill="{colour}"/>')
-        ly = top + 10 + k * 20
-        out.append(
-            f'<line x1="{w - right + 15}" y1="{ly}" x2="{w - right + 45}" y2="{ly}" '
-            f'stroke="{colour}" stroke-width="2"{dash}/>'
-        )
-        out.append(f'<text x="{w - right + 50}" y="{ly + 4}">{label}</text>')
+        out.extend(legend(w, right, top, k, colour, label, dash))
     out.append("</svg>")
     print("\n".join(out))
 

@@ -113,6 +113,18 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Records now as the end of the last scrub (the next is due an interval later).
+async fn record_scrub_time<D: Dir>(store: &Store<D>, shard: usize) {
+    let w = repospanner_storage::Write::Opaque {
+        stream: UPKEEP_STREAM,
+        key: LAST_SCRUB,
+        data: now_secs().to_le_bytes().to_vec(),
+    };
+    if let Err(e) = store.append(vec![w]).await {
+        warn!(shard, error = %e, "recording when the scrub ended failed");
+    }
+}
+
 /// Runs the background scrub of one shard until the node stops.
 pub async fn scrub<D: Dir>(shard: usize, backend: NodeBackend<D>, s: ScrubSection) {
     let store = backend.store().clone();
@@ -130,16 +142,8 @@ pub async fn scrub<D: Dir>(shard: usize, backend: NodeBackend<D>, s: ScrubSectio
         let due = match last {
             Some(t) => t.saturating_add(interval),
             None => {
-                let first = now_secs().saturating_add(interval);
-                let w = repospanner_storage::Write::Opaque {
-                    stream: UPKEEP_STREAM,
-                    key: LAST_SCRUB,
-                    data: now_secs().to_le_bytes().to_vec(),
-                };
-                if let Err(e) = store.append(vec![w]).await {
-                    warn!(shard, error = %e, "recording the scrub schedule failed");
-                }
-                first
+                record_scrub_time(&store, shard).await;
+                now_secs().saturating_add(interval)
             }
         };
         while now_secs() < due {
@@ -149,16 +153,7 @@ pub async fn scrub<D: Dir>(shard: usize, backend: NodeBackend<D>, s: ScrubSectio
             glommio::timer::sleep(Duration::from_millis(500)).await;
         }
         match backend.scrub(None, s.mib_per_second << 20).await {
-            Ok(_) => {
-                let w = repospanner_storage::Write::Opaque {
-                    stream: UPKEEP_STREAM,
-                    key: LAST_SCRUB,
-                    data: now_secs().to_le_bytes().to_vec(),
-                };
-                if let Err(e) = store.append(vec![w]).await {
-                    warn!(shard, error = %e, "recording the scrub's end failed");
-                }
-            }
+            Ok(_) => record_scrub_time(&store, shard).await,
             Err(e) => {
                 warn!(shard, error = %e, "scrub stopped; trying again in a minute");
                 glommio::timer::sleep(Duration::from_secs(60)).await;

@@ -3,7 +3,7 @@
 //! `startup`, `delta`, `compact`. `BENCH_OBJECTS=N` changes the size of the
 //! read/startup store (default 1,000,000); `BENCH_SPACE_ROUNDS=N` the length of the
 //! space-over-time workload (default 60), whose `space` lines
-//! `storage/benches/space_plot.py` draws.
+//! `benches/space_plot.py` draws.
 #![allow(clippy::too_many_lines)] // a test or benchmark reads as one scenario
 
 use std::cell::RefCell;

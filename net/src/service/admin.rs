@@ -152,15 +152,9 @@ pub(super) async fn admin<B: Backend + 'static>(
             ),
         },
         ("createrepo" | "deleterepo" | "editrepo", Method::POST) => {
-            let r: RepoRequest = match serde_json::from_slice(&req.body) {
+            let r: RepoRequest = match request_of(&req.body, node) {
                 Ok(r) => r,
-                Err(e) => {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        &format!("invalid request: {e}"),
-                        node,
-                    )
-                }
+                Err(resp) => return *resp,
             };
             if !valid_repo_name(&r.reponame) {
                 return outcome(
@@ -244,6 +238,20 @@ pub(super) async fn readyz<B: Backend>(
 }
 
 /// Asks every other shard for its part of `req` and returns their JSON answers.
+/// An admin request's JSON body, or the 400 that names what is wrong with it.
+fn request_of<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    node: &str,
+) -> Result<T, Box<Response<Body>>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(text(
+            StatusCode::BAD_REQUEST,
+            &format!("invalid request: {e}"),
+            node,
+        ))
+    })
+}
+
 /// The body of `POST /admin/scrub`: a repository, or none for every record.
 #[derive(Debug, Default, Deserialize)]
 struct ScrubRequest {
@@ -264,15 +272,9 @@ async fn scrub<B: Backend>(
     let r: ScrubRequest = if req.body.is_empty() {
         ScrubRequest::default()
     } else {
-        match serde_json::from_slice(&req.body) {
+        match request_of(&req.body, node) {
             Ok(r) => r,
-            Err(e) => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    &format!("invalid request: {e}"),
-                    node,
-                )
-            }
+            Err(resp) => return *resp,
         }
     };
     let mine = match ctx.backend.scrub(r.repo.as_deref()).await {
