@@ -554,7 +554,7 @@ async fn bench_space() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
-    println!("## space over time: {rounds} rounds of 20 pushes of 256 KiB objects (16 adopted, 4 refused) into 8 repositories, one repository deleted every fifth round; 16 MiB segments, compaction at live share 0.5, 2 MiB dead, 32 MiB/s");
+    println!("## space over time: {rounds} rounds of 20 pushes of 256 KiB each (4 objects; 16 pushes adopted, 4 refused) into 8 repositories, one repository deleted every fifth round; 16 MiB segments, compaction at live share 0.5, 2 MiB dead, 32 MiB/s");
     println!("space round disk_mib live_mib");
     let dir = bench_dir("space");
     let d = DmaDir::open(&dir).await.expect("dir");
