@@ -14,6 +14,7 @@ pub mod node;
 pub mod quickstart;
 pub mod serve;
 pub mod stop;
+pub mod systemd;
 pub mod upkeep;
 
 /// The version reported by `repospanner version` and in the git agent string.

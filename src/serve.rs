@@ -444,6 +444,14 @@ fn run(config: &Config, join: Option<String>) -> Result<()> {
     let allowed = allowed_cpus();
     repospanner_net::service::set_reader_cpus(allowed.clone());
     let (mut senders, mut receivers) = repospanner_net::route::mesh(shards);
+    let health = crate::systemd::Health::new(shards);
+    let notifier = {
+        let health = health.clone();
+        std::thread::Builder::new()
+            .name("systemd".into())
+            .spawn(move || crate::systemd::notify_loop(&health, stop_requested))
+            .context("starting the systemd notifier")?
+    };
     let mut handles = Vec::with_capacity(shards);
     for k in (0..shards).rev() {
         let to_peers = senders.pop().expect("one sender row per shard");
@@ -452,6 +460,7 @@ fn run(config: &Config, join: Option<String>) -> Result<()> {
         let tls = tls.clone();
         let identity = state.identity.clone();
         let join = join.clone();
+        let health = health.clone();
         // Offset by the node id: when several nodes share a machine (tests, a laptop),
         // the members of one group land on different CPUs. One node per machine: no
         // difference.
@@ -467,7 +476,7 @@ fn run(config: &Config, join: Option<String>) -> Result<()> {
             // stays free for its executor (heartbeats, other requests).
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1))
             .spawn(move || async move {
-                let r = run_shard(k, shards, sc, tls, identity, limits, connections_max, to_peers, inbox, join).await;
+                let r = run_shard(k, shards, sc, tls, identity, limits, connections_max, to_peers, inbox, join, health).await;
                 // A shard that ends, whyever, ends the node: the others must not serve on
                 // without it (its repositories would answer 503 until someone looked).
                 if let Err(e) = &r {
@@ -494,6 +503,8 @@ fn run(config: &Config, join: Option<String>) -> Result<()> {
             }
         }
     }
+    request_stop();
+    let _ = notifier.join();
     match first_error {
         Some(e) => Err(e),
         None => {
@@ -566,6 +577,7 @@ async fn run_shard(
     >,
     inbox: Vec<glommio::channels::shared_channel::SharedReceiver<repospanner_net::route::Forward>>,
     join: Option<String>,
+    health: std::sync::Arc<crate::systemd::Health>,
 ) -> Result<()> {
     let client = node_client(&sc)?;
     let backend = open_shard(&sc, k, identity.clone(), client.clone()).await?;
@@ -647,6 +659,21 @@ async fn run_shard(
             store.clone(),
             crate::upkeep::Settings::new(c, sc.segment_bytes_max),
         ))
+        .detach();
+    }
+    {
+        // This executor's tick for systemd's watchdog, with whether the shard serves.
+        let backend = backend.clone();
+        glommio::spawn_local(async move {
+            while !stop_requested() {
+                use repospanner_net::backend::Backend;
+                health.beat(
+                    k,
+                    repospanner_net::service::shard_ready(&backend.node_status()),
+                );
+                glommio::timer::sleep(crate::systemd::BEAT).await;
+            }
+        })
         .detach();
     }
     if let Some(s) = &sc.scrub {

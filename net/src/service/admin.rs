@@ -189,7 +189,7 @@ pub(super) async fn admin<B: Backend + 'static>(
 
 /// Whether this shard serves: its raft group has a leader (with a quorum, if it is
 /// the leader) and it has applied everything it knows committed.
-fn shard_ready(status: &serde_json::Value) -> Result<(), String> {
+pub fn shard_ready(status: &serde_json::Value) -> Result<(), String> {
     let st = status["Status"].as_str().unwrap_or("unknown");
     if st != "ok" {
         return Err(st.to_owned());

@@ -26,6 +26,7 @@ use push::*;
 use reading::*;
 use reply::*;
 
+pub use admin::shard_ready;
 pub use auth::split_repo_path;
 pub use node::handle_node;
 pub use push::PUSH_BYTES_PER_OBJECT;
