@@ -320,6 +320,22 @@ pub fn repo_list(cfg: &AdminConfig, json: bool) -> Result<()> {
 
 /// `admin nodestatus`; with `nagios`, the exit code says OK (0), WARNING (1),
 /// CRITICAL (2) or UNKNOWN (3: the node could not be asked), as the Go original's.
+/// `admin node remove ID`.
+pub fn node_remove(cfg: &AdminConfig, id: u64) -> Result<()> {
+    let v = admin_call(
+        cfg,
+        "POST",
+        "/admin/removenode",
+        Some(&serde_json::json!({ "NodeID": id })),
+    )?;
+    outcome(&v)?;
+    println!(
+        "Node {id} removed from the region ({} shard groups)",
+        v["Shards"]
+    );
+    Ok(())
+}
+
 /// `admin scrub`: the node's findings; 2 if damage is left unrepaired, else 0.
 pub fn scrub(cfg: &AdminConfig, json: bool, repo: Option<&str>) -> Result<i32> {
     let body = serde_json::json!({ "Repo": repo });

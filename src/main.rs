@@ -129,12 +129,22 @@ enum AdminCommand {
         #[arg(long)]
         nagios: bool,
     },
+    /// The region's nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Read and check every record the node holds (or one repository's objects), and
     /// repair damaged objects from the other members. Exits 2 if damage is left.
     Scrub {
         #[arg(long)]
         repo: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Remove node ID from every shard's raft group, through any member (refused if a
+    /// group would be left without a majority that answers). Its data is not touched.
+    Remove { id: u64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -299,6 +309,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         std::process::exit(code);
                     }
                     Ok(())
+                }
+                AdminCommand::Node(NodeCommand::Remove { id }) => {
+                    repospanner::admin::node_remove(&admin, id)
                 }
                 AdminCommand::Scrub { repo } => {
                     let code = repospanner::admin::scrub(&admin, json, repo.as_deref())?;

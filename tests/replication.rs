@@ -899,3 +899,78 @@ fn a_large_push_that_fails_late_leaves_nothing_on_the_members() {
     );
     serves_all(&region, 3, "after", &[tip]);
 }
+
+#[test]
+fn a_dead_node_is_removed_and_replaced_and_the_region_grows_and_shrinks() {
+    let mut region = Region::start_some(5, FAST, 3);
+    let w = work_repo(&region, "w");
+    let mut acked = Vec::new();
+    for n in 0..2 {
+        acked.push(commit(&region, &w, n));
+        region.git_ok(
+            &w,
+            &["push", "-q", &region.repo_url_of(1, "test"), "master"],
+        );
+    }
+    admin_at(&region, 1, &["repo", "create", "other"]);
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(2, "other"), "master"],
+    );
+
+    // Node 3 is lost for good: killed, its disk gone.
+    region.stop_at(3, libc::SIGKILL);
+    for d in ["state", "git"] {
+        let _ = std::fs::remove_dir_all(region.qs().join(format!("node3/{d}")));
+    }
+    // Removing a live node now would leave node 1 and the dead node 3: refused (once
+    // the leaders have missed node 3's answers, as they have by the time an operator
+    // acts).
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let out = region.repospanner_at(1, &["admin", "node", "remove", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a removal that leaves no majority was done"
+    );
+    assert!(err.contains("without a majority"), "{err}");
+    // Removing the dead one, through any member.
+    let out = admin_at(&region, 2, &["node", "remove", "3"]);
+    assert!(out.contains("Node 3 removed"), "{out}");
+    acked.push(commit(&region, &w, 2));
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(2, "test"), "master"],
+    );
+
+    // A new machine under a new name takes its place, and has everything.
+    region.join(4);
+    region.start_node_at(4);
+    assert_eq!(refs_at(&region, 4, "test"), refs_at(&region, 1, "test"));
+    assert_eq!(refs_at(&region, 4, "other"), refs_at(&region, 1, "other"));
+    serves_all(&region, 4, "on-4", &acked);
+
+    // A fifth joins; node 2 leaves: the region is nodes 1, 4 and 5.
+    region.join(5);
+    region.start_node_at(5);
+    admin_at(&region, 4, &["node", "remove", "2"]);
+    region.stop_at(2, libc::SIGTERM);
+    acked.push(commit(&region, &w, 3));
+    region.git_ok(
+        &w,
+        &["push", "-q", &region.repo_url_of(5, "test"), "master"],
+    );
+    serves_all(&region, 5, "on-5", &acked);
+    serves_all(&region, 1, "on-1", &acked);
+    let status: serde_json::Value =
+        serde_json::from_str(&admin_at(&region, 1, &["--json", "nodestatus"])).expect("json");
+    for shard in status["Shards"].as_array().expect("shards") {
+        let mut members: Vec<&String> = shard["Raft"]["Members"]
+            .as_object()
+            .expect("members")
+            .keys()
+            .collect();
+        members.sort();
+        assert_eq!(members, ["1", "4", "5"], "{shard}");
+    }
+}

@@ -167,4 +167,6 @@ pub trait Backend {
     /// `admin scrub`: reads and checks this shard's records (or `repo`'s objects) and
     /// repairs damaged objects from the members; what it found and did.
     async fn scrub(&self, repo: Option<&str>) -> Result<serde_json::Value, BackendError>;
+    /// `admin node remove`: node `id` leaves this shard's group.
+    async fn remove_node(&self, id: u64) -> Result<(), BackendError>;
 }

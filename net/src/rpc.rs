@@ -34,10 +34,12 @@ pub enum Op {
     Join,
     /// A node whose disk was wiped asks to take its place again.
     Rejoin,
+    /// An operator removes a node from the group (`admin node remove`).
+    Remove,
 }
 
 impl Op {
-    pub const ALL: [Op; 13] = [
+    pub const ALL: [Op; 14] = [
         Op::Append,
         Op::Vote,
         Op::Snapshot,
@@ -51,6 +53,7 @@ impl Op {
         Op::ReadIndex,
         Op::Join,
         Op::Rejoin,
+        Op::Remove,
     ];
 
     /// Its name on the wire.
@@ -69,6 +72,7 @@ impl Op {
             Op::ReadIndex => "readindex",
             Op::Join => "join",
             Op::Rejoin => "rejoin",
+            Op::Remove => "remove",
         }
     }
 

@@ -308,6 +308,12 @@ impl<D: Dir> Backend for NodeBackend<D> {
         self.status()
     }
 
+    async fn remove_node(&self, id: u64) -> Result<(), BackendError> {
+        self.remove_member(RemoveRequest { id })
+            .await
+            .map_err(|e| BackendError(format!("shard {}: {e}", self.inner.shard)))
+    }
+
     async fn scrub(&self, repo: Option<&str>) -> Result<serde_json::Value, BackendError> {
         let summary = NodeBackend::scrub(self, repo, 0)
             .await

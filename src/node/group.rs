@@ -18,6 +18,18 @@ pub struct JoinRequest {
     pub addr: String,
 }
 
+/// An operator removes node `id` from the region (`admin node remove`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveRequest {
+    pub id: u64,
+}
+
+/// A voter counts as answering if the leader heard from it this recently: three
+/// heartbeats (`cluster::raft_config`).
+const ANSWERED_WITHIN: Duration = Duration::from_millis(1500);
+/// How long a removal waits for its membership change to commit.
+const REMOVE_WAIT: Duration = Duration::from_secs(30);
+
 /// Why the leader-only operations (propose, read index) could not answer.
 #[derive(Debug)]
 pub(super) enum LeaderError {
@@ -210,6 +222,90 @@ impl<D: Dir> NodeBackend<D> {
             }
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// Removes node `id` from this shard's group (through its leader), unless the
+    /// voters left would not have a majority that answers: then the removal could not
+    /// commit, or would leave the group unable to.
+    pub(super) async fn remove_member(&self, req: RemoveRequest) -> Result<(), String> {
+        let raft = self.raft();
+        let m = raft.metrics().borrow_watched().clone();
+        let me = self.inner.identity.id;
+        if m.current_leader != Some(me) {
+            let Some((_, Some(addr))) = self.leader() else {
+                return Err("the group has no leader right now".into());
+            };
+            let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
+            return crate::cluster::post_join(
+                &self.inner.client,
+                &addr,
+                self.inner.shard,
+                Op::Remove,
+                Bytes::from(body),
+            )
+            .await;
+        }
+        if m.membership_config.get_node(&req.id).is_none() {
+            info!(
+                shard = self.inner.shard,
+                node = req.id,
+                "remove: not a member"
+            );
+            return Ok(());
+        }
+        let remaining: Vec<u64> = m
+            .membership_config
+            .voter_ids()
+            .filter(|v| *v != req.id)
+            .collect();
+        if remaining.is_empty() {
+            return Err(format!("node {} is the group's last voter", req.id));
+        }
+        let answered = |v: &u64| {
+            *v == me
+                || m.heartbeat
+                    .as_ref()
+                    .and_then(|h| h.get(v).cloned().flatten())
+                    .is_some_and(|t| t.elapsed() <= ANSWERED_WITHIN)
+        };
+        let live = remaining.iter().filter(|v| answered(v)).count();
+        if live * 2 <= remaining.len() {
+            return Err(format!(
+                "removing node {} would leave the group without a majority: {live} of its {} other voters answer",
+                req.id,
+                remaining.len()
+            ));
+        }
+        let ids = BTreeSet::from([req.id]);
+        let change = if m.membership_config.voter_ids().any(|v| v == req.id) {
+            ChangeMembers::RemoveVoters(ids)
+        } else {
+            ChangeMembers::RemoveNodes(ids) // a learner (a join that never finished)
+        };
+        let changed = futures_lite::future::or(
+            async { Some(raft.change_membership(change, false).await) },
+            async {
+                glommio::timer::sleep(REMOVE_WAIT).await;
+                None
+            },
+        )
+        .await;
+        match changed {
+            Some(r) => r.map_err(|e| e.to_string())?,
+            None => {
+                return Err(format!(
+                    "the removal of node {} did not commit within {} s (a member stopped answering); it takes effect once a majority answers",
+                    req.id,
+                    REMOVE_WAIT.as_secs()
+                ))
+            }
+        };
+        info!(
+            shard = self.inner.shard,
+            node = req.id,
+            "remove: node removed from the group"
+        );
+        Ok(())
     }
 
     pub(super) async fn join(&self, req: JoinRequest) -> Result<(), String> {

@@ -97,6 +97,10 @@ impl<D: Dir> NodeBackend<D> {
                 let req: JoinRequest = parse(&body)?;
                 rpc_reply(self.rejoin(req).await)
             }
+            Op::Remove => {
+                let req: RemoveRequest = parse(&body)?;
+                rpc_reply(self.remove_member(req).await)
+            }
         }
     }
 }

@@ -117,6 +117,7 @@ pub(super) async fn admin<B: Backend + 'static>(
             json(StatusCode::OK, &status, node)
         }
         ("scrub", Method::POST) => scrub(ctx, req, peer, local_only).await,
+        ("removenode", Method::POST) => remove_node(ctx, req, peer, local_only).await,
         ("listrepos", Method::GET) => match async {
             ctx.backend.linearize().await?;
             ctx.backend.list_repos().await
@@ -250,6 +251,53 @@ fn request_of<T: serde::de::DeserializeOwned>(
             node,
         ))
     })
+}
+
+/// The body of `POST /admin/removenode`.
+#[derive(Debug, Deserialize)]
+struct RemoveNodeRequest {
+    #[serde(rename = "NodeID")]
+    id: u64,
+}
+
+/// `POST /admin/removenode`: node `NodeID` leaves every shard's group (each through
+/// its leader, each refused if it would leave the group without a majority that
+/// answers). 200 once every shard has removed it, else 409 with each shard's reason.
+async fn remove_node<B: Backend>(
+    ctx: &Ctx<B>,
+    req: Req,
+    peer: &Peer,
+    local_only: bool,
+) -> Response<Body> {
+    let node = &ctx.node_name;
+    let r: RemoveNodeRequest = match request_of(&req.body, node) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    let mine = ctx.backend.remove_node(r.id).await;
+    let v = serde_json::json!({"Shard": ctx.shard, "Error": mine.err().map(|e| e.0)});
+    if local_only {
+        return json(StatusCode::OK, &v, node);
+    }
+    let mut all = vec![v];
+    all.extend(gather(ctx, &req, peer).await);
+    let errors: Vec<String> = all
+        .iter()
+        .filter_map(|s| s["Error"].as_str().map(str::to_owned))
+        .collect();
+    if all.len() < ctx.shards {
+        return text(
+            StatusCode::CONFLICT,
+            "some shards did not answer; run it again",
+            node,
+        );
+    }
+    if errors.is_empty() {
+        let v = serde_json::json!({"Success": true, "NodeID": r.id, "Shards": all.len()});
+        json(StatusCode::OK, &v, node)
+    } else {
+        text(StatusCode::CONFLICT, &errors.join("; "), node)
+    }
 }
 
 /// The body of `POST /admin/scrub`: a repository, or none for every record.
