@@ -340,7 +340,9 @@ pub fn node_remove(cfg: &AdminConfig, id: u64) -> Result<()> {
 pub fn scrub(cfg: &AdminConfig, json: bool, repo: Option<&str>) -> Result<i32> {
     let body = serde_json::json!({ "Repo": repo });
     let v = admin_call(cfg, "POST", "/admin/scrub", Some(&body))?;
-    let left = v["Unrepaired"].as_u64().unwrap_or(0) + v["DamagedValues"].as_u64().unwrap_or(0);
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let left =
+        n("Unrepaired") + n("DamagedValues") + n("Missing").saturating_sub(n("MissingFetched"));
     if json {
         println!("{v}");
     } else {
@@ -353,6 +355,10 @@ pub fn scrub(cfg: &AdminConfig, json: bool, repo: Option<&str>) -> Result<i32> {
         println!(
             "Damaged: {} regions, {} objects ({} repaired from the members, {} not), {} raft values",
             v["DamagedRegions"], v["Damaged"], v["Repaired"], v["Unrepaired"], v["DamagedValues"]
+        );
+        println!(
+            "Missing from a ref's closure: {} objects ({} fetched from the members)",
+            v["Missing"], v["MissingFetched"]
         );
         for s in v["Shards"].as_array().into_iter().flatten() {
             for id in s["Unrepaired"].as_array().into_iter().flatten() {

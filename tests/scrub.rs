@@ -104,6 +104,9 @@ fn a_damaged_segment_is_never_served_and_scrub_repairs_it_from_the_members() {
     );
     let (code, clean) = scrub(&region, 2, None);
     assert_eq!((code, clean["Damaged"].as_u64()), (0, Some(0)), "{clean}");
+    // Every ref's closure is walked, and a whole one names nothing missing.
+    assert_eq!(clean["Missing"].as_u64(), Some(0), "{clean}");
+    assert!(clean["Objects"].as_u64() > Some(10), "{clean}");
 
     // Bit rot on node 2, in its largest segment (the pushed blobs).
     damage(&mut region, 2, 2);

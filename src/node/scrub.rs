@@ -1,8 +1,9 @@
 //! Scrub and repair of a shard (`admin scrub`, and the background scrub): every record
-//! read again and checked by the store; each object the index serves from a damaged
-//! record is fetched again from a member that holds it, checked against its id, and
-//! written anew. What cannot be repaired (no member has it, or it is a raft value) is
-//! reported and logged, and stays unserved: reads check every record.
+//! read again and checked by the store, and every ref's closure walked
+//! ([`closure_missing`]); each object the index serves from a damaged record, or that a
+//! closure lacks, is fetched again from a member that holds it, checked against its
+//! id, and written anew. What cannot be repaired (no member has it, or it is a raft
+//! value) is reported and logged, and stays unserved: reads check every record.
 
 use super::*;
 use repospanner_storage::Damaged;
@@ -29,6 +30,10 @@ pub struct ScrubSummary {
     pub unrepaired_count: usize,
     /// Raft log or metadata values in damaged regions (not repaired here).
     pub damaged_values: usize,
+    /// Objects a ref's closure names that the repository lacks, and of those, how many
+    /// were fetched from the members.
+    pub missing: usize,
+    pub missing_fetched: usize,
     /// When it ended, in seconds since the Unix epoch.
     pub finished: u64,
 }
@@ -75,6 +80,29 @@ impl<D: Dir> NodeBackend<D> {
         };
         summary.damaged = damaged.len();
         let left = self.repair(damaged).await;
+        // After the repair: a damaged object repaired is no longer missing.
+        let repos: Vec<(String, u64, Vec<Oid>)> = self.inner.sm.with_state(|st| {
+            st.repos
+                .iter()
+                .filter(|(name, _)| repo.is_none_or(|r| r == name.as_str()))
+                .map(|(name, r)| {
+                    let tips = r
+                        .refs
+                        .values()
+                        .filter_map(|h| repospanner_net::git::parse_hex(h.as_bytes()))
+                        .collect();
+                    (name.clone(), r.id, tips)
+                })
+                .collect()
+        });
+        for (name, ns, tips) in repos {
+            let missing = self.missing_in(ns, tips).await;
+            if !missing.is_empty() {
+                warn!(shard = self.inner.shard, repo = %name, missing = missing.len(), "scrub: a ref's closure lacks objects");
+                summary.missing += missing.len();
+                summary.missing_fetched += self.fetch_missing_objects(ns, missing).await;
+            }
+        }
         summary.repaired = summary.damaged - left.len();
         summary.unrepaired_count = left.len();
         summary.unrepaired = left.iter().take(100).map(|d| hex(&d.oid)).collect();
@@ -100,6 +128,69 @@ impl<D: Dir> NodeBackend<D> {
         }
         *self.inner.last_scrub.borrow_mut() = Some(summary.clone());
         Ok(summary)
+    }
+
+    /// What the closures of `tips` in namespace `ns` lack (damaged objects are not
+    /// missing: the store's scrub names those).
+    async fn missing_in(&self, ns: u64, tips: Vec<Oid>) -> Vec<Oid> {
+        let store = &self.inner.store;
+        let ns = Namespace(ns);
+        closure_missing(
+            tips,
+            |o| async move {
+                match store.read_object(ns, &o).await {
+                    Ok(Some(x)) => Read::Found(x),
+                    Ok(None) => Read::Missing,
+                    Err(_) => Read::Damaged,
+                }
+            },
+            |o| store.contains(ns, o),
+        )
+        .await
+    }
+
+    /// Fetches `missing` objects of `ns` from the members, each checked against its id
+    /// before it is stored; how many it stored.
+    async fn fetch_missing_objects(&self, ns: u64, missing: Vec<Oid>) -> usize {
+        let peers = crate::cluster::peers_of(self.raft(), self.inner.identity.id);
+        let mut stored = 0;
+        for part in missing.chunks(ASK_MAX) {
+            let mut want: HashSet<Oid> = part.iter().copied().collect();
+            for (_, addr) in &peers {
+                if want.is_empty() {
+                    break;
+                }
+                let ask: Vec<Oid> = want.iter().copied().collect();
+                let body = Bytes::from(encode_ids(ns, &ask));
+                let reply = self
+                    .inner
+                    .client
+                    .post(
+                        addr,
+                        &Op::Fetch.path(self.inner.shard),
+                        body,
+                        Duration::from_secs(300),
+                    )
+                    .await;
+                let Ok(Ok(objs)) = reply.map(|b| decode_objects(&b)) else {
+                    continue;
+                };
+                for o in objs {
+                    let oid = o.oid;
+                    match self.inner.store.add_checked(Namespace(ns), o).await {
+                        Ok(true) => {
+                            want.remove(&oid);
+                            stored += 1;
+                        }
+                        Ok(false) => {
+                            warn!(object = %hex(&oid), peer = %addr, "scrub: a member's copy is not the object")
+                        }
+                        Err(e) => warn!(error = %e, "scrub: storing a fetched object"),
+                    }
+                }
+            }
+        }
+        stored
     }
 
     /// The error for a failed read; a damaged record it found is repaired from the
@@ -209,5 +300,118 @@ impl<D: Dir> NodeBackend<D> {
         }
         left.extend(skipped);
         left
+    }
+}
+
+/// What reading one object found.
+pub(super) enum Read {
+    Found((ObjectKind, Vec<u8>)),
+    Missing,
+    Damaged,
+}
+
+/// The objects the closures of `tips` name that are not there: commits, trees and tags
+/// are read (`read`) and their links followed; blobs only looked up (`has`). An
+/// object that cannot be read is not walked further (the store's scrub reports it).
+pub(super) async fn closure_missing<F, Fut>(
+    tips: Vec<Oid>,
+    read: F,
+    has: impl Fn(&Oid) -> bool,
+) -> Vec<Oid>
+where
+    F: Fn(Oid) -> Fut,
+    Fut: std::future::Future<Output = Read>,
+{
+    let mut seen: HashSet<Oid> = HashSet::new();
+    let mut stack: Vec<Oid> = tips;
+    let mut missing = Vec::new();
+    while let Some(o) = stack.pop() {
+        if !seen.insert(o) {
+            continue;
+        }
+        match read(o).await {
+            Read::Found((kind, content)) => {
+                let Ok(links) = repospanner_net::git::objects::links(kind, &content) else {
+                    continue;
+                };
+                for (t, k) in links.targets {
+                    if k == ObjectKind::Blob {
+                        if seen.insert(t) && !has(&t) {
+                            missing.push(t);
+                        }
+                    } else {
+                        stack.push(t);
+                    }
+                }
+            }
+            Read::Missing => missing.push(o),
+            Read::Damaged => {}
+        }
+        if seen.len().is_multiple_of(1024) {
+            glommio::yield_if_needed().await;
+        }
+    }
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(kind: ObjectKind, content: &[u8]) -> Oid {
+        repospanner_storage::object::object_id(kind, content).expect("no collision")
+    }
+
+    #[test]
+    fn a_closure_lacking_a_blob_a_tree_and_a_parent_names_them() {
+        let blob = id(ObjectKind::Blob, b"present\n");
+        let lost_blob = [7u8; 20];
+        let mut lost_tree_entry = b"100644 gone\0".to_vec();
+        lost_tree_entry.extend_from_slice(&lost_blob);
+        let sub = lost_tree_entry.clone();
+        let sub_id = id(ObjectKind::Tree, &sub);
+        let mut tree = b"100644 a\0".to_vec();
+        tree.extend_from_slice(&blob);
+        tree.extend_from_slice(b"40000 d\0");
+        tree.extend_from_slice(&sub_id);
+        let tree_id = id(ObjectKind::Tree, &tree);
+        let missing_tree = [9u8; 20];
+        let parent_gone = [5u8; 20];
+        let commit = |tree: &Oid, parent: Option<&Oid>| {
+            let mut c = format!("tree {}\n", hex(tree));
+            if let Some(p) = parent {
+                c.push_str(&format!("parent {}\n", hex(p)));
+            }
+            c.push_str("author A <a@b> 1 +0000\ncommitter A <a@b> 1 +0000\n\nm\n");
+            c.into_bytes()
+        };
+        let c1 = commit(&tree_id, Some(&parent_gone));
+        let c1_id = id(ObjectKind::Commit, &c1);
+        let c2 = commit(&missing_tree, Some(&c1_id));
+        let c2_id = id(ObjectKind::Commit, &c2);
+        let objects: HashMap<Oid, (ObjectKind, Vec<u8>)> = [
+            (c1_id, (ObjectKind::Commit, c1)),
+            (c2_id, (ObjectKind::Commit, c2)),
+            (tree_id, (ObjectKind::Tree, tree)),
+            (sub_id, (ObjectKind::Tree, sub)),
+            (blob, (ObjectKind::Blob, b"present\n".to_vec())),
+        ]
+        .into_iter()
+        .collect();
+        let objects = &objects;
+        let mut missing = futures_lite::future::block_on(closure_missing(
+            vec![c2_id],
+            |o| async move {
+                match objects.get(&o) {
+                    Some(x) => Read::Found(x.clone()),
+                    None => Read::Missing,
+                }
+            },
+            |o| objects.contains_key(o),
+        ));
+        missing.sort_unstable();
+        let mut want = vec![lost_blob, missing_tree, parent_gone];
+        want.sort_unstable();
+        assert_eq!(missing, want);
     }
 }

@@ -354,6 +354,8 @@ async fn scrub<B: Backend>(
         "Repaired": sum("Repaired"),
         "Unrepaired": sum("UnrepairedCount"),
         "DamagedValues": sum("DamagedValues"),
+        "Missing": sum("Missing"),
+        "MissingFetched": sum("MissingFetched"),
         "Shards": shards,
     });
     json(StatusCode::OK, &v, node)

@@ -104,14 +104,9 @@ impl<D: Dir> Store<D> {
         Ok(damaged)
     }
 
-    /// Writes `obj` (fetched again from a member) for `d.ns` in place of damaged
-    /// record `d.loc`, if its content gives its id (a delta is resolved against the
-    /// base `d.ns` holds, which must be readable) and the index still serves `d` from
-    /// there. Whether it did.
-    pub async fn replace_damaged(&self, d: Damaged, obj: StoredObject) -> Result<bool> {
-        if obj.oid != d.oid {
-            return Ok(false);
-        }
+    /// Whether `obj`'s content gives its id: a delta resolved against the base `ns`
+    /// holds (which must be readable).
+    async fn is_the_object(&self, ns: Namespace, obj: &StoredObject) -> Result<bool> {
         let delta = object::inflate(&obj.deflated, obj.entry_size).map_err(|e| Error::Content {
             oid: object::hex(&obj.oid),
             source: e.into(),
@@ -120,7 +115,7 @@ impl<D: Dir> Store<D> {
             None => (obj.kind, delta),
             Some(base) => {
                 // A base damaged too is repaired first; try this one again after it.
-                let Ok(Some((kind, base))) = self.read_object(d.ns, &base).await else {
+                let Ok(Some((kind, base))) = self.read_object(ns, &base).await else {
                     return Ok(false);
                 };
                 let out = repospanner_object::delta::apply(&base, &delta, obj.object_size)
@@ -131,18 +126,33 @@ impl<D: Dir> Store<D> {
                 (kind, out)
             }
         };
-        if object::object_id(kind, &content) != Ok(d.oid) {
+        Ok(object::object_id(kind, &content) == Ok(obj.oid))
+    }
+
+    /// Stores `obj` (fetched from a member) in `ns`, which lacks it, if its content
+    /// gives its id. Whether it did.
+    pub async fn add_checked(&self, ns: Namespace, obj: StoredObject) -> Result<bool> {
+        if !self.is_the_object(ns, &obj).await? {
             return Ok(false);
         }
-        let bytes = compact::Copy::Object {
-            obj: obj.clone(),
+        self.append(vec![Write::Object(ns, obj)]).await?;
+        Ok(true)
+    }
+
+    /// Writes `obj` (fetched again from a member) for `d.ns` in place of damaged
+    /// record `d.loc`, if its content gives its id (see [`Store::add_checked`]) and
+    /// the index still serves `d` from there. Whether it did.
+    pub async fn replace_damaged(&self, d: Damaged, obj: StoredObject) -> Result<bool> {
+        if obj.oid != d.oid || !self.is_the_object(d.ns, &obj).await? {
+            return Ok(false);
+        }
+        let len = RECORD_HEADER_LEN + object::HEAD_MAX + obj.deflated.len();
+        let copy = compact::Copy::Object {
+            obj,
             nss: vec![d.ns],
             from: d.loc,
         };
-        let len = RECORD_HEADER_LEN + object::HEAD_MAX + obj.deflated.len();
-        let locs = self.enqueue(Vec::new(), Some(vec![bytes]), len).await?;
-        // The cache may hold nothing of a damaged record (reads of it failed), but a
-        // resolved base is the same object either way.
+        let locs = self.enqueue(Vec::new(), Some(vec![copy]), len).await?;
         Ok(!locs.is_empty())
     }
 }
