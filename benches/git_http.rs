@@ -428,7 +428,8 @@ fn corpus_reps() -> usize {
         .max(1)
 }
 
-/// Whether section `name` runs (`BENCH_ONLY=corpus,bytes,rate`; all by default).
+/// Whether section `name` runs (`BENCH_ONLY=corpus,compaction,bytes,rate`; all by
+/// default).
 fn section(name: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |v| v.split(',').any(|s| s.trim() == name))
 }
@@ -446,6 +447,17 @@ fn repo_names() -> impl Iterator<Item = String> {
 /// A region of `nodes` nodes made as operators do (spawn, join, serve); the server's
 /// CPU counts every node.
 fn start_region(dir: &Path, port: u16, nodes: usize) -> (Server, Env) {
+    start_region_with(dir, port, nodes, str::to_owned)
+}
+
+/// [`start_region`], each node's config passed through `edit` before the region is
+/// spawned.
+fn start_region_with(
+    dir: &Path,
+    port: u16,
+    nodes: usize,
+    edit: impl Fn(&str) -> String,
+) -> (Server, Env) {
     let qs = dir.join("qs");
     run(Command::new(BIN)
         .args([
@@ -459,6 +471,10 @@ fn start_region(dir: &Path, port: u16, nodes: usize) -> (Server, Env) {
         ])
         .arg(&qs));
     let config = |k: usize| qs.join(format!("node{k}/config.yml"));
+    for k in 1..=nodes {
+        let text = std::fs::read_to_string(config(k)).expect("config");
+        std::fs::write(config(k), edit(&text)).expect("config");
+    }
     run(Command::new(BIN)
         .arg("--config")
         .arg(config(1))
@@ -1074,6 +1090,118 @@ fn corpus_section(
     }
 }
 
+/// Small pushes and a clone of one node, with its compaction idle and then busy (a
+/// repository deleted whose objects share segments with the one cloned), at the
+/// default rate: what compaction costs the work beside it.
+fn compaction_section(dir: &Path, port: u16, pushes: usize) {
+    let (node, env) = start_region_with(dir, port, 1, |c| {
+        c.replace(
+            "storage:\n",
+            // One shard: both repositories in the same segments.
+            "storage:\n  shards: 1\n  segment_mib: 8\n  compaction:\n    interval_seconds: 1\n    live_share_max: 0.9\n",
+        )
+    });
+    let config = dir.join("qs/node1/config.yml");
+    let admin = |args: &[&str]| {
+        run(Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .arg("admin")
+            .args(args)
+            .env("RUST_LOG", "warn"))
+    };
+    for r in ["keep", "junk"] {
+        admin(&["repo", "create", r]);
+    }
+    // Two repositories written in turn, so that every segment holds both.
+    let mut trees = Vec::new();
+    for r in ["keep", "junk"] {
+        let w = dir.join(format!("w-{r}"));
+        env.git_ok(
+            dir,
+            &["init", "-q", "-b", "master", w.to_str().expect("path")],
+        );
+        trees.push((r, w));
+    }
+    for i in 0..40u64 {
+        for (r, w) in &trees {
+            std::fs::write(
+                w.join(format!("b{i}")),
+                noise(i * 2 + u64::from(*r == "junk"), 2 << 20),
+            )
+            .expect("write");
+            env.git_ok(w, &["add", "-A"]);
+            env.git_ok(w, &["commit", "-qm", &format!("{i}")]);
+            env.git_ok(
+                w,
+                &[
+                    "push",
+                    "-q",
+                    &format!("{}/repo/{r}.git", node.url),
+                    "master",
+                ],
+            );
+        }
+    }
+    // (live bytes copied, bytes of files deleted) by compaction so far.
+    let compacted = || -> (u64, u64) {
+        let out = admin(&["--json", "nodestatus"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let sum = |k: &str| -> u64 {
+            v["Shards"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|s| s["Compaction"][k].as_u64()).sum())
+                .unwrap_or(0)
+        };
+        (sum("MovedBytes"), sum("FreedBytes"))
+    };
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).expect("work");
+    let clone_wall = |n: usize| {
+        let into = work.join(format!("clone-{n}"));
+        let t = Instant::now();
+        env.git_ok(
+            &work,
+            &[
+                "clone",
+                "-q",
+                &format!("{}/repo/keep.git", node.url),
+                into.to_str().expect("path"),
+            ],
+        );
+        let secs = t.elapsed().as_secs_f64();
+        let _ = std::fs::remove_dir_all(into);
+        secs
+    };
+    let idle = measure(&env, &node, &work, pushes);
+    let idle_clone = clone_wall(0);
+    let before = compacted();
+    admin(&["repo", "delete", "junk"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let busy_clone = clone_wall(1);
+    let busy = measure(&env, &node, &work, pushes);
+    let after = compacted();
+    let (moved, freed) = (after.0 - before.0, after.1 - before.1);
+    println!("## compaction beside work (one node, 8 MiB segments, the default 32 MiB/s): 2 x 80 MiB written in turn, one repository deleted");
+    println!(
+        "small push p99 {:>8.3} s with compaction busy, {:>8.3} s idle ({:.2}x); p50 {:.3} s / {:.3} s",
+        busy.small_p99,
+        idle.small_p99,
+        busy.small_p99 / idle.small_p99,
+        busy.small_p50,
+        idle.small_p50
+    );
+    println!(
+        "clone of the 80 MiB left {:>8.3} s with compaction busy, {:>8.3} s idle ({:.2}x); compaction moved {} MiB and freed {} MiB meanwhile",
+        busy_clone,
+        idle_clone,
+        busy_clone / idle_clone,
+        moved >> 20,
+        freed >> 20
+    );
+    drop(node);
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -1122,6 +1250,11 @@ fn main() {
     println!("## git over HTTPS with client certificates: repoSpanner-rs (one node; a 3-node region) vs git http-backend behind nginx (same machine, same run)");
     if section("corpus") {
         corpus_section(&env, &env3, &node, &region, nginx.as_ref(), &work, &row);
+    }
+    if section("compaction") {
+        let d = dir.path().join("compaction");
+        std::fs::create_dir_all(&d).expect("dir");
+        compaction_section(&d, base_port + 40, pushes);
     }
     if !section("bytes") && !section("rate") {
         if std::env::var_os("BENCH_KEEP").is_some() {
