@@ -35,10 +35,12 @@ fn the_unit_verifies_and_its_exposure_is_low() {
         .arg(&unit)
         .output()
         .expect("systemd-analyze (the systemd package) is needed");
+    // Its complaints about the unit name the file; other lines (no system bus in a
+    // container, and the like) are the machine's.
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success() && out.stderr.is_empty(),
-        "systemd-analyze verify: {}",
-        String::from_utf8_lossy(&out.stderr)
+        out.status.success() && !err.contains("repospanner.service"),
+        "systemd-analyze verify: {err}"
     );
     let out = Command::new("systemd-analyze")
         .args(["security", "--offline=true"])
