@@ -236,6 +236,9 @@ struct Inner<D: Dir> {
     writer_running: Cell<bool>,
     fatal: RefCell<Option<String>>,
     since_checkpoint: Cell<u64>,
+    /// Where the durable log ends (segment, offset): what a checkpoint may cover. The
+    /// tail moves to a new segment before its first write is durable.
+    durable: Cell<(u64, u64)>,
     checkpointing: Cell<bool>,
     compacting: Cell<bool>,
     /// Bytes of records compaction carried (or wrote beside a copy) that the index does
@@ -566,6 +569,7 @@ impl<D: Dir> Store<D> {
             warn!(segment = c.segment, offset = c.offset, len = c.len, reason = %c.reason, "damaged region in the log; it is never served");
         }
         let head_cache_entries_max = opts.head_cache_entries_max;
+        let durable = (segment.id, offset);
         let inner = Inner {
             dir,
             opts,
@@ -583,6 +587,7 @@ impl<D: Dir> Store<D> {
             writer_running: Cell::new(false),
             fatal: RefCell::new(None),
             since_checkpoint: Cell::new(0),
+            durable: Cell::new(durable),
             checkpointing: Cell::new(false),
             compacting: Cell::new(false),
             carried: RefCell::new(HashMap::new()),
@@ -972,6 +977,7 @@ impl<D: Dir> Store<D> {
             t.offset = end;
             t.block = tail_block;
         }
+        inner.durable.set((segment.id, end));
         inner
             .since_checkpoint
             .set(inner.since_checkpoint.get() + logical_len as u64);
@@ -992,10 +998,10 @@ impl<D: Dir> Store<D> {
         }
         // One synchronous section: the index and the position it covers match.
         let bytes = {
-            let t = inner.tail.borrow();
+            let (segment, offset) = inner.durable.get();
             let covered = Covered {
-                segment: t.segment.id,
-                offset: t.offset.max(SEGMENT_HEADER_LEN as u64),
+                segment,
+                offset: offset.max(SEGMENT_HEADER_LEN as u64),
                 next_lsn: inner.next_lsn.get(),
             };
             index::encode_checkpoint(&inner.index.borrow(), covered)

@@ -318,6 +318,56 @@ fn group_commit_batches_concurrent_appends_and_one_appender_gets_one_sync_each()
 }
 
 #[test]
+fn a_checkpoint_taken_while_a_new_segment_is_written_covers_only_what_is_durable() {
+    run(|| async {
+        let opts = Options {
+            segment_bytes_max: 64 << 10,
+            checkpoint_interval_bytes: u64::MAX,
+            ..Options::default()
+        };
+        for seed in 0..16u64 {
+            let mem = MemDir::new(seed);
+            let (store, _) = Store::open(mem.clone(), opts.clone()).await.expect("open");
+            for k in 0..10u64 {
+                let w = Write::Opaque {
+                    stream: 0,
+                    key: k,
+                    data: noise(k, 5000),
+                };
+                store.append(vec![w]).await.expect("append");
+            }
+            // An append that does not fit starts a new segment; a checkpoint is taken
+            // while its first write is under way, and the power goes.
+            let s2 = store.clone();
+            let big = glommio::spawn_local(async move {
+                let w = Write::Opaque {
+                    stream: 0,
+                    key: 99,
+                    data: noise(99, 20_000),
+                };
+                s2.append(vec![w]).await
+            });
+            for _ in 0..seed % 4 + 1 {
+                repospanner_storage::io::yield_now().await;
+            }
+            store.checkpoint().await.expect("checkpoint");
+            let image = mem.crash_image(seed);
+            let _ = big.await;
+            drop(store);
+            let (store, report) = Store::open(image, opts.clone()).await.expect("reopen");
+            assert!(
+                report.from_checkpoint,
+                "seed {seed}: the checkpoint named a segment whose start was not durable: {report:?}"
+            );
+            for k in 0..10u64 {
+                let got = store.get_opaque(0, k).await.expect("read");
+                assert_eq!(got, Some(noise(k, 5000)), "seed {seed}");
+            }
+        }
+    });
+}
+
+#[test]
 fn scrub_names_damaged_objects_and_repair_writes_them_anew() {
     run(|| async {
         let mem = MemDir::new(5);

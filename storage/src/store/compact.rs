@@ -331,23 +331,27 @@ impl<D: Dir> Store<D> {
             glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
         self.checkpoint().await?;
-        state(&inner.segments).remove(&id);
-        state(&inner.carried).remove(&id);
-        // Reads take their segment before they wait; the file goes when the last ends.
-        while Rc::strong_count(&seg) > 1 {
+        // Reads take their segment before they wait; the file goes when the last ends
+        // (the map's reference and this one remain).
+        while Rc::strong_count(&seg) > 2 {
             glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
         }
-        drop(seg);
-        inner
-            .dir
-            .remove(&name)
-            .await
-            .map_err(io_err("remove", &name))?;
+        match inner.dir.remove(&name).await {
+            Ok(()) => {}
+            // A removal whose directory sync failed last time.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &name)(e)),
+        }
         inner
             .dir
             .sync()
             .await
             .map_err(io_err("fsync", "store directory"))?;
+        // Only once the removal is durable does the segment leave the map: until then
+        // a crash may bring it back, and the records carried for it must stay needed.
+        state(&inner.segments).remove(&id);
+        state(&inner.carried).remove(&id);
+        drop(seg);
         report.freed = size;
         let mut s = inner.stats.get();
         s.segments_compacted += 1;

@@ -153,6 +153,11 @@ impl<D: Dir> Store<D> {
             from: d.loc,
         };
         let locs = self.enqueue(Vec::new(), Some(vec![copy]), len).await?;
+        if !locs.is_empty() {
+            // What the cache resolved from the damaged record (or from it as a base)
+            // must not outlive it. Repairs are rare: the whole cache goes.
+            *state(&self.inner.cache) = DeltaCache::default();
+        }
         Ok(!locs.is_empty())
     }
 }
