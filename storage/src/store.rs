@@ -239,6 +239,9 @@ struct Inner<D: Dir> {
     /// Where the durable log ends (segment, offset): what a checkpoint may cover. The
     /// tail moves to a new segment before its first write is durable.
     durable: Cell<(u64, u64)>,
+    /// The id the next new segment takes: above every segment file found at start-up
+    /// (damaged ones kept for inspection too) and every one made since.
+    next_segment: Cell<u64>,
     checkpointing: Cell<bool>,
     compacting: Cell<bool>,
     /// Bytes of records compaction carried (or wrote beside a copy) that the index does
@@ -570,6 +573,12 @@ impl<D: Dir> Store<D> {
         }
         let head_cache_entries_max = opts.head_cache_entries_max;
         let durable = (segment.id, offset);
+        let next_segment = ids
+            .iter()
+            .copied()
+            .chain([segment.id])
+            .max()
+            .map_or(1, |m| m + 1);
         let inner = Inner {
             dir,
             opts,
@@ -588,6 +597,7 @@ impl<D: Dir> Store<D> {
             fatal: RefCell::new(None),
             since_checkpoint: Cell::new(0),
             durable: Cell::new(durable),
+            next_segment: Cell::new(next_segment),
             checkpointing: Cell::new(false),
             compacting: Cell::new(false),
             carried: RefCell::new(HashMap::new()),
@@ -819,7 +829,8 @@ impl<D: Dir> Store<D> {
         let mut new_segment = false;
         if rotate || inner.tail.borrow().offset == 0 {
             let (seg, fresh) = if rotate {
-                let id = inner.tail.borrow().segment.id + 1;
+                let id = inner.next_segment.get();
+                inner.next_segment.set(id + 1);
                 (create_segment(&inner.dir, id).await?, true)
             } else {
                 (inner.tail.borrow().segment.clone(), false)

@@ -318,6 +318,61 @@ fn group_commit_batches_concurrent_appends_and_one_appender_gets_one_sync_each()
 }
 
 #[test]
+fn a_damaged_segment_kept_for_inspection_is_never_reused() {
+    run(|| async {
+        let mem = MemDir::new(31);
+        let (store, _) = Store::open(mem.clone(), small_segments())
+            .await
+            .expect("open");
+        let mut k = 0u64;
+        while mem
+            .list()
+            .await
+            .expect("list")
+            .iter()
+            .filter(|n| n.starts_with("seg-"))
+            .count()
+            < 3
+        {
+            let w = Write::Opaque {
+                stream: 0,
+                key: k,
+                data: noise(k, 5000),
+            };
+            store.append(vec![w]).await.expect("append");
+            k += 1;
+        }
+        drop(store);
+        let seg = |n: u64| format!("seg-{n:016x}.log");
+        // Segment 2's header damaged (kept for inspection); segment 3's never written.
+        mem.with_file(&seg(2), |b| b[0] ^= 0xff).expect("segment 2");
+        let kept = mem.with_file(&seg(2), |b| b.clone()).expect("segment 2");
+        mem.with_file(&seg(3), |b| b.clear()).expect("segment 3");
+        let _ = mem.remove("index.ckpt").await;
+        let (store, report) = Store::open(mem.clone(), small_segments())
+            .await
+            .expect("reopen");
+        assert_eq!(report.corruptions.len(), 1, "{report:?}");
+        // Enough appends to start new segments: none may take number 2.
+        for j in 0..40u64 {
+            let w = Write::Opaque {
+                stream: 1,
+                key: j,
+                data: noise(j, 5000),
+            };
+            store.append(vec![w]).await.expect("append");
+        }
+        let now = mem
+            .with_file(&seg(2), |b| b.clone())
+            .expect("segment 2 is still there");
+        assert!(
+            now == kept,
+            "the damaged segment kept for inspection was overwritten"
+        );
+    });
+}
+
+#[test]
 fn a_checkpoint_taken_while_a_new_segment_is_written_covers_only_what_is_durable() {
     run(|| async {
         let opts = Options {
