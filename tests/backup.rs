@@ -23,6 +23,33 @@ fn contents(region: &Region, repo: &Path) -> (String, String) {
     (refs, objects.join("\n"))
 }
 
+/// A history pushed (every branch and tag) into the region's `test`; its work tree.
+fn pushed(region: &Region) -> std::path::PathBuf {
+    let w = region.dir.path().join("w");
+    std::fs::create_dir(&w).expect("mkdir");
+    history(region, &w);
+    region.git_ok(&w, &["push", "-q", "--all", &region.repo_url("test")]);
+    region.git_ok(&w, &["push", "-q", "--tags", &region.repo_url("test")]);
+    w
+}
+
+/// `git clone --mirror` of `repo` into `into`, checked by fsck; its contents.
+fn mirror(region: &Region, repo: &str, into: &Path) -> (String, String) {
+    let t = region.dir.path();
+    region.git_ok(
+        t,
+        &[
+            "clone",
+            "-q",
+            "--mirror",
+            &region.repo_url(repo),
+            &into.to_string_lossy(),
+        ],
+    );
+    region.git_ok(into, &["fsck", "--full", "--strict"]);
+    contents(region, into)
+}
+
 fn history(region: &Region, w: &Path) {
     region.git_ok(w, &["init", "-q", "-b", "main"]);
     for i in 0..6u64 {
@@ -39,77 +66,30 @@ fn history(region: &Region, w: &Path) {
 #[test]
 fn a_repository_mirror_restores_into_a_fresh_region() {
     let region = Region::start_n(1, "");
-    let t = region.dir.path();
-    let w = t.join("w");
-    std::fs::create_dir(&w).expect("mkdir");
-    history(&region, &w);
-    region.git_ok(&w, &["push", "-q", "--all", &region.repo_url("test")]);
-    region.git_ok(&w, &["push", "-q", "--tags", &region.repo_url("test")]);
-
+    pushed(&region);
     // The backup: a mirror through the normal read path (any node, any reader).
-    let mirror = t.join("test.git");
-    region.git_ok(
-        t,
-        &[
-            "clone",
-            "-q",
-            "--mirror",
-            &region.repo_url("test"),
-            &mirror.to_string_lossy(),
-        ],
-    );
-    let before = contents(&region, &mirror);
+    let backup = region.dir.path().join("test.git");
+    let before = mirror(&region, "test", &backup);
 
-    // The restore: a fresh region, the mirror imported, cloned back and compared.
+    // The restore: a fresh region, the mirror imported, mirrored back and compared.
     let fresh = Region::start_n(1, "");
-    let out = fresh.repospanner(&[
+    fresh.repospanner_ok(&[
         "admin",
         "repo",
         "import",
         "restored",
-        &mirror.to_string_lossy(),
+        &backup.to_string_lossy(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let back = t.join("back.git");
-    fresh.git_ok(
-        t,
-        &[
-            "clone",
-            "-q",
-            "--mirror",
-            &fresh.repo_url("restored"),
-            &back.to_string_lossy(),
-        ],
-    );
-    fresh.git_ok(&back, &["fsck", "--full", "--strict"]);
-    assert_eq!(contents(&fresh, &back), before);
+    let back = region.dir.path().join("back.git");
+    assert_eq!(mirror(&fresh, "restored", &back), before);
 }
 
 #[test]
 fn a_cold_copy_of_a_node_restores_it_whole() {
     let mut region = Region::start_n(1, "");
     let t = region.dir.path().to_owned();
-    let w = t.join("w");
-    std::fs::create_dir(&w).expect("mkdir");
-    history(&region, &w);
-    region.git_ok(&w, &["push", "-q", "--all", &region.repo_url("test")]);
-    region.git_ok(&w, &["push", "-q", "--tags", &region.repo_url("test")]);
-    let mirror = t.join("before.git");
-    region.git_ok(
-        &t,
-        &[
-            "clone",
-            "-q",
-            "--mirror",
-            &region.repo_url("test"),
-            &mirror.to_string_lossy(),
-        ],
-    );
-    let before = contents(&region, &mirror);
+    let w = pushed(&region);
+    let before = mirror(&region, "test", &t.join("before.git"));
 
     // The backup: the node stopped (SIGTERM: a checkpoint is written), its state and
     // git directories copied as they are.
@@ -135,19 +115,7 @@ fn a_cold_copy_of_a_node_restores_it_whole() {
     cp(&backup.join("state"), &node.join("state"));
     cp(&backup.join("git"), &node.join("git"));
     region.start_node();
-    let back = t.join("after.git");
-    region.git_ok(
-        &t,
-        &[
-            "clone",
-            "-q",
-            "--mirror",
-            &region.repo_url("test"),
-            &back.to_string_lossy(),
-        ],
-    );
-    region.git_ok(&back, &["fsck", "--full", "--strict"]);
-    assert_eq!(contents(&region, &back), before);
+    assert_eq!(mirror(&region, "test", &t.join("after.git")), before);
     // And it takes pushes again.
     std::fs::write(w.join("after"), b"after\n").expect("write");
     region.git_ok(&w, &["add", "-A"]);

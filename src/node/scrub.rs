@@ -152,45 +152,58 @@ impl<D: Dir> NodeBackend<D> {
     /// Fetches `missing` objects of `ns` from the members, each checked against its id
     /// before it is stored; how many it stored.
     async fn fetch_missing_objects(&self, ns: u64, missing: Vec<Oid>) -> usize {
-        let peers = crate::cluster::peers_of(self.raft(), self.inner.identity.id);
         let mut stored = 0;
-        for part in missing.chunks(ASK_MAX) {
-            let mut want: HashSet<Oid> = part.iter().copied().collect();
-            for (_, addr) in &peers {
-                if want.is_empty() {
-                    break;
+        for (oid, o) in self.fetch_from_members(ns, &missing).await {
+            match self.inner.store.add_checked(Namespace(ns), o).await {
+                Ok(true) => stored += 1,
+                Ok(false) => warn!(object = %hex(&oid), "scrub: a member's copy is not the object"),
+                Err(e) => warn!(error = %e, "scrub: storing a fetched object"),
+            }
+        }
+        stored
+    }
+
+    /// The stored entries of `want` (objects of namespace `ns`) that the members have,
+    /// asked of one member after another until every one is found; unchecked.
+    async fn fetch_from_members(&self, ns: u64, want: &[Oid]) -> HashMap<Oid, StoredObject> {
+        let peers = crate::cluster::peers_of(self.raft(), self.inner.identity.id);
+        let mut fetched: HashMap<Oid, StoredObject> = HashMap::new();
+        for (_, addr) in &peers {
+            loop {
+                let ask: Vec<Oid> = want
+                    .iter()
+                    .filter(|o| !fetched.contains_key(*o))
+                    .take(ASK_MAX)
+                    .copied()
+                    .collect();
+                if ask.is_empty() {
+                    return fetched;
                 }
-                let ask: Vec<Oid> = want.iter().copied().collect();
                 let body = Bytes::from(encode_ids(ns, &ask));
+                let path = Op::Fetch.path(self.inner.shard);
                 let reply = self
                     .inner
                     .client
-                    .post(
-                        addr,
-                        &Op::Fetch.path(self.inner.shard),
-                        body,
-                        Duration::from_secs(300),
-                    )
+                    .post(addr, &path, body, Duration::from_secs(300))
                     .await;
-                let Ok(Ok(objs)) = reply.map(|b| decode_objects(&b)) else {
-                    continue;
-                };
-                for o in objs {
-                    let oid = o.oid;
-                    match self.inner.store.add_checked(Namespace(ns), o).await {
-                        Ok(true) => {
-                            want.remove(&oid);
-                            stored += 1;
-                        }
-                        Ok(false) => {
-                            warn!(object = %hex(&oid), peer = %addr, "scrub: a member's copy is not the object")
-                        }
-                        Err(e) => warn!(error = %e, "scrub: storing a fetched object"),
+                match reply.map(|b| decode_objects(&b)) {
+                    // Ask this member again only while it answers with something.
+                    Ok(Ok(objs)) if !objs.is_empty() => {
+                        fetched.extend(objs.into_iter().map(|o| (o.oid, o)));
+                    }
+                    Ok(Ok(_)) => break,
+                    Ok(Err(e)) => {
+                        warn!(peer = %addr, error = %e, "repair: a member's answer");
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(peer = %addr, error = %e, "repair: asking a member");
+                        break;
                     }
                 }
             }
         }
-        stored
+        fetched
     }
 
     /// The error for a failed read; a damaged record it found is repaired from the
@@ -239,7 +252,6 @@ impl<D: Dir> NodeBackend<D> {
             .with_state(|s| s.repos.values().map(|r| r.id).collect());
         let (mut left, skipped): (Vec<Damaged>, Vec<Damaged>) =
             damaged.into_iter().partition(|d| repos.contains(&d.ns.0));
-        let peers = crate::cluster::peers_of(self.raft(), self.inner.identity.id);
         // Twice: a delta whose base was damaged too is written once its base is.
         for _ in 0..2 {
             let mut again = Vec::new();
@@ -248,34 +260,8 @@ impl<D: Dir> NodeBackend<D> {
                 by_ns.entry(d.ns.0).or_default().push(d);
             }
             for (ns, ds) in by_ns {
-                let mut fetched: HashMap<Oid, StoredObject> = HashMap::new();
-                for (_, addr) in &peers {
-                    let want: Vec<Oid> = ds
-                        .iter()
-                        .map(|d| d.oid)
-                        .filter(|o| !fetched.contains_key(o))
-                        .take(ASK_MAX)
-                        .collect();
-                    if want.is_empty() {
-                        break;
-                    }
-                    let body = Bytes::from(encode_ids(ns, &want));
-                    let reply = self
-                        .inner
-                        .client
-                        .post(
-                            addr,
-                            &Op::Fetch.path(self.inner.shard),
-                            body,
-                            Duration::from_secs(300),
-                        )
-                        .await;
-                    match reply.map(|b| decode_objects(&b)) {
-                        Ok(Ok(objs)) => fetched.extend(objs.into_iter().map(|o| (o.oid, o))),
-                        Ok(Err(e)) => warn!(peer = %addr, error = %e, "repair: a member's answer"),
-                        Err(e) => warn!(peer = %addr, error = %e, "repair: asking a member"),
-                    }
-                }
+                let want: Vec<Oid> = ds.iter().map(|d| d.oid).collect();
+                let fetched = self.fetch_from_members(ns, &want).await;
                 for d in ds {
                     let done = match fetched.get(&d.oid) {
                         Some(o) => self

@@ -276,22 +276,14 @@ async fn remove_node<B: Backend>(
     };
     let mine = ctx.backend.remove_node(r.id).await;
     let v = serde_json::json!({"Shard": ctx.shard, "Error": mine.err().map(|e| e.0)});
-    if local_only {
-        return json(StatusCode::OK, &v, node);
-    }
-    let mut all = vec![v];
-    all.extend(gather(ctx, &req, peer).await);
+    let all = match every_shard(ctx, v, &req, peer, local_only).await {
+        Ok(all) => all,
+        Err(r) => return *r,
+    };
     let errors: Vec<String> = all
         .iter()
         .filter_map(|s| s["Error"].as_str().map(str::to_owned))
         .collect();
-    if all.len() < ctx.shards {
-        return text(
-            StatusCode::CONFLICT,
-            "some shards did not answer; run it again",
-            node,
-        );
-    }
     if errors.is_empty() {
         let v = serde_json::json!({"Success": true, "NodeID": r.id, "Shards": all.len()});
         json(StatusCode::OK, &v, node)
@@ -329,18 +321,10 @@ async fn scrub<B: Backend>(
         Ok(v) => v,
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), node),
     };
-    if local_only {
-        return json(StatusCode::OK, &mine, node);
-    }
-    let mut shards = vec![mine];
-    shards.extend(gather(ctx, &req, peer).await);
-    if shards.len() < ctx.shards {
-        return text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "some shards did not answer",
-            node,
-        );
-    }
+    let mut shards = match every_shard(ctx, mine, &req, peer, local_only).await {
+        Ok(all) => all,
+        Err(r) => return *r,
+    };
     if !shards.iter().any(|s| s["Found"].as_bool() == Some(true)) {
         return text(StatusCode::NOT_FOUND, "no such repository", node);
     }
@@ -359,6 +343,33 @@ async fn scrub<B: Backend>(
         "Shards": shards,
     });
     json(StatusCode::OK, &v, node)
+}
+
+/// For an operation every shard does: this shard's answer `mine` and every other
+/// shard's (`gather`). As `Err`, the response to give instead: `mine` alone when this
+/// shard was asked for its part only, or 503 if some shard did not answer (run it
+/// again: every operation that uses this may be repeated).
+async fn every_shard<B: Backend>(
+    ctx: &Ctx<B>,
+    mine: serde_json::Value,
+    req: &Req,
+    peer: &Peer,
+    local_only: bool,
+) -> Result<Vec<serde_json::Value>, Box<Response<Body>>> {
+    let node = &ctx.node_name;
+    if local_only {
+        return Err(Box::new(json(StatusCode::OK, &mine, node)));
+    }
+    let mut all = vec![mine];
+    all.extend(gather(ctx, req, peer).await);
+    if all.len() < ctx.shards {
+        return Err(Box::new(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "some shards did not answer; run it again",
+            node,
+        )));
+    }
+    Ok(all)
 }
 
 pub(super) async fn gather<B: Backend>(
