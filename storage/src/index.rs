@@ -558,6 +558,63 @@ mod tests {
     }
 
     #[test]
+    fn carried_deletions_act_only_before_their_place_and_odd_lengths_are_refused() {
+        let mut i = Index::default();
+        let key = |k: u64| {
+            let mut p = vec![2u8];
+            p.extend_from_slice(&k.to_le_bytes());
+            p
+        };
+        // Key 1 before the place (segment 3, offset 100), key 2 after it.
+        let at = |segment, offset| Loc {
+            segment,
+            offset,
+            len: 20,
+        };
+        assert!(i.apply(RecordKind::Opaque, &key(1), at(3, 50)));
+        assert!(i.apply(RecordKind::Opaque, &key(2), at(4, 10)));
+        let del = encode_delete_range(2, 0..10, Some((3, 100)));
+        assert_eq!(delete_range(&del), Some((2, 0, 10, Some((3, 100)))));
+        assert!(i.apply(RecordKind::DeleteRange, &del, at(9, 0)));
+        assert_eq!(i.opaque.keys().copied().collect::<Vec<_>>(), vec![(2, 2)]);
+        let obj = |n: u8| {
+            crate::object::encode(
+                Namespace(7),
+                &crate::object::StoredObject {
+                    oid: [n; 20],
+                    kind: crate::object::ObjectKind::Blob,
+                    object_size: 1,
+                    entry_size: 1,
+                    base: None,
+                    deflated: bytes::Bytes::from_static(b"x"),
+                },
+            )
+        };
+        assert!(i.apply(RecordKind::Object, &obj(1), at(3, 50)));
+        assert!(i.apply(RecordKind::Object, &obj(2), at(4, 10)));
+        let drop = encode_drop_namespace(Namespace(7), Some((3, 100)));
+        assert_eq!(drop_namespace(&drop), Some((Namespace(7), Some((3, 100)))));
+        assert!(i.apply(RecordKind::DropNamespace, &drop, at(9, 0)));
+        assert_eq!(i.oids_in(Namespace(7)), vec![[2; 20]]);
+        assert_eq!(i.object_count(), 1);
+        // Truncated, overlong and in-between lengths are refused, not half applied.
+        for len in [0, 7, 9, 16, 23, 25, 40] {
+            assert!(
+                !i.apply(RecordKind::DropNamespace, &vec![7u8; len], at(9, 1)),
+                "{len}"
+            );
+        }
+        for len in [0, 16, 18, 32, 34, 64] {
+            assert!(
+                !i.apply(RecordKind::DeleteRange, &vec![2u8; len], at(9, 1)),
+                "{len}"
+            );
+        }
+        assert_eq!(i.object_count(), 1);
+        assert_eq!(i.opaque.len(), 1);
+    }
+
+    #[test]
     fn apply_records() {
         let mut i = Index::default();
         let mut opaque = vec![1u8];
