@@ -80,6 +80,30 @@ fn damage(region: &mut Region, k: usize, fifths: usize) {
     region.start_node_at(k);
 }
 
+/// Hostile bodies for the admin operations this node adds get 400 and do nothing; no
+/// certificate, no removal.
+fn hostile_admin_bodies(region: &Region) {
+    for (path, body) in [
+        ("/admin/scrub", &b"{not json"[..]),
+        ("/admin/scrub", br#"{"Repo": 5}"#),
+        ("/admin/scrub", &[0xff; 70_000][..]),
+        ("/admin/removenode", b"{}"),
+        ("/admin/removenode", br#"{"NodeID": -1}"#),
+        ("/admin/removenode", br#"{"NodeID": "1"}"#),
+    ] {
+        let r = region.http(Some("admin"), "POST", path, &[], Some(body));
+        assert_eq!(r.status, 400, "{path} {}", String::from_utf8_lossy(&r.body));
+    }
+    let r = region.http(
+        None,
+        "POST",
+        "/admin/removenode",
+        &[],
+        Some(br#"{"NodeID": 2}"#),
+    );
+    assert_ne!(r.status, 200, "a node removed without a certificate");
+}
+
 #[test]
 fn a_damaged_segment_is_never_served_and_scrub_repairs_it_from_the_members() {
     let mut region = Region::start_n(3, "");
@@ -162,26 +186,7 @@ fn a_damaged_segment_is_never_served_and_scrub_repairs_it_from_the_members() {
     let status = region.repospanner_at(2, &["admin", "nodestatus"]);
     let status = String::from_utf8_lossy(&status.stdout).into_owned();
     assert!(status.contains("last scrub"), "{status}");
-    // Hostile bodies get 400 and do nothing.
-    for (path, body) in [
-        ("/admin/scrub", &b"{not json"[..]),
-        ("/admin/scrub", br#"{"Repo": 5}"#),
-        ("/admin/scrub", &[0xff; 70_000][..]),
-        ("/admin/removenode", b"{}"),
-        ("/admin/removenode", br#"{"NodeID": -1}"#),
-        ("/admin/removenode", br#"{"NodeID": "1"}"#),
-    ] {
-        let r = region.http(Some("admin"), "POST", path, &[], Some(body));
-        assert_eq!(r.status, 400, "{path} {}", String::from_utf8_lossy(&r.body));
-    }
-    let r = region.http(
-        None,
-        "POST",
-        "/admin/removenode",
-        &[],
-        Some(br#"{"NodeID": 2}"#),
-    );
-    assert_ne!(r.status, 200, "a node removed without a certificate");
+    hostile_admin_bodies(&region);
     let missing = region.repospanner_at(2, &["admin", "scrub", "--repo", "nothere"]);
     assert!(!missing.status.success());
     assert!(
