@@ -216,6 +216,10 @@ pub struct ListenSection {
     /// if it is a specific address, else `<node>.<region>.<cluster>:<rpc port>`, the
     /// Go original's RPC URL).
     pub rpc_advertise: Option<String>,
+    /// A plain-HTTP listener for scrapers and load balancers on a private address:
+    /// `GET /metrics`, `/livez` and `/readyz` only, without a certificate (off unless
+    /// set).
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -667,6 +671,10 @@ impl Config {
             .ok_or(ConfigError::Missing { key: "listen.http" })?;
         let listen_rpc = parse_addr("listen.rpc", rpc)?;
         let listen_http = parse_addr("listen.http", http)?;
+        let listen_metrics = match self.listen.metrics.as_deref() {
+            Some(m) => Some(parse_addr("listen.metrics", m)?),
+            None => None,
+        };
 
         let ca_path = self.certificates.ca.clone().ok_or(ConfigError::Missing {
             key: "certificates.ca",
@@ -730,6 +738,7 @@ impl Config {
             shards: self.storage.shards,
             listen_rpc,
             listen_http,
+            listen_metrics,
             rpc_addr,
             ca_pem,
             node_cert_pem,
@@ -775,6 +784,8 @@ pub struct ServeConfig {
     pub shards: Option<u32>,
     pub listen_rpc: SocketAddr,
     pub listen_http: SocketAddr,
+    /// The plain listener for scrapers (`listen.metrics`), if set.
+    pub listen_metrics: Option<SocketAddr>,
     /// Where peers reach `listen_rpc` (`host:port`).
     pub rpc_addr: String,
     pub ca_pem: Vec<u8>,

@@ -561,6 +561,9 @@ fn shard_dir(git_dir: &Path, k: usize) -> PathBuf {
     git_dir.join(format!("shard-{k}"))
 }
 
+/// Connections the scrapers' plain listener serves at once.
+const PLAIN_CONNECTIONS_MAX: u32 = 64;
+
 /// One shard: its store, its repositories, its listeners, its inbox from the others.
 #[allow(clippy::too_many_arguments)]
 #[allow(clippy::too_many_lines)] // a shard's start-up in order: store, raft, listeners
@@ -636,6 +639,7 @@ async fn run_shard(
                 .map_err(|e| anyhow::anyhow!("checks.fsck: {e}"))?,
         ),
         hooks: std::sync::Arc::new(sc.hooks.clone()),
+        metrics: repospanner_net::metrics::Metrics::default(),
     });
     let _ = ctx_cell.set(ctx.clone());
     let user_ctx = ctx.clone();
@@ -652,6 +656,15 @@ async fn run_shard(
         connections_max,
         move |req, peer| service::handle_node(node_ctx.clone(), req, peer),
     ));
+    // The scrapers' listener on shard 0 alone: its answers gather every shard's.
+    let plain = sc.listen_metrics.filter(|_| k == 0).map(|addr| {
+        let plain_ctx = ctx.clone();
+        glommio::spawn_local(repospanner_net::http::serve_plain(
+            addr,
+            PLAIN_CONNECTIONS_MAX,
+            move |req, peer| service::handle_plain(plain_ctx.clone(), req, peer),
+        ))
+    });
     info!(shard = k, shards, http = %sc.listen_http, rpc = %sc.listen_rpc, node = %sc.node.name, "shard is serving");
     if let Some(c) = &sc.compaction {
         glommio::spawn_local(crate::upkeep::run(
@@ -706,7 +719,15 @@ async fn run_shard(
         },
         futures_lite::future::or(
             async { http.await.context("the user listener failed") },
-            async { rpc.await.context("the node listener failed") },
+            futures_lite::future::or(
+                async { rpc.await.context("the node listener failed") },
+                async {
+                    match plain {
+                        Some(p) => p.await.context("the metrics listener failed"),
+                        None => futures_lite::future::pending().await,
+                    }
+                },
+            ),
         ),
     )
     .await;

@@ -69,7 +69,7 @@ fn rand_suffix() -> u64 {
 
 #[test]
 fn a_deleted_repository_gives_its_space_back_and_what_stays_is_whole() {
-    let mut region = Region::start_edited(1, |c| {
+    let mut region = Region::start_edited(1, |_, c| {
         c.replace(
             "storage:\n",
             "storage:\n  segment_mib: 1\n  compaction:\n    interval_seconds: 1\n    live_share_max: 0.9\n    mib_per_second: 64\n",

@@ -67,7 +67,7 @@ fn a_full_disk_refuses_pushes_serves_reads_and_recovers_without_a_restart() {
         }
     };
     let git_dir = fs.mnt.join("git");
-    let mut region = Region::start_edited(1, |c| {
+    let mut region = Region::start_edited(1, |_, c| {
         let mut out = String::new();
         for line in c.lines() {
             if line.trim_start().starts_with("directory:") {

@@ -164,6 +164,9 @@ pub trait Backend {
     async fn list_repos(&self) -> Result<BTreeMap<String, RepoState>, BackendError>;
     /// Node status for `admin nodestatus`.
     fn node_status(&self) -> serde_json::Value;
+    /// This shard's samples for `GET /metrics` (raft, storage, scrub), each labelled
+    /// with the shard where it is the shard's own.
+    fn metrics(&self) -> Vec<crate::metrics::Sample>;
     /// `admin scrub`: reads and checks this shard's records (or `repo`'s objects) and
     /// repairs damaged objects from the members; what it found and did.
     async fn scrub(&self, repo: Option<&str>) -> Result<serde_json::Value, BackendError>;

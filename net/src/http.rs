@@ -312,6 +312,7 @@ pub enum BodyError {
 #[derive(Debug, Clone)]
 pub struct Budget {
     kib: Rc<glommio::sync::Semaphore>,
+    total_kib: u64,
 }
 
 /// Part of a [`Budget`], given back on drop.
@@ -328,7 +329,18 @@ impl Budget {
     pub fn new(bytes: u64) -> Budget {
         Budget {
             kib: Rc::new(glommio::sync::Semaphore::new(bytes.div_ceil(1024))),
+            total_kib: bytes.div_ceil(1024),
         }
+    }
+
+    /// The whole budget, in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.total_kib * 1024
+    }
+
+    /// Bytes held now.
+    pub fn used_bytes(&self) -> u64 {
+        self.total_kib.saturating_sub(self.kib.available()) * 1024
     }
 
     /// Takes `bytes` if that much is free.
@@ -582,17 +594,67 @@ where
                 addr: peer_addr,
                 cert,
             });
-            let svc = hyper::service::service_fn(move |req| {
-                let fut = handle(req, peer.clone());
-                async move { Ok::<_, std::convert::Infallible>(fut.await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(Timer)
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(Io(tls), svc);
-            if let Err(e) = conn.await {
-                debug!(peer = %peer_addr, error = %e, "connection ended with an error");
+            serve_connection(Io(tls), peer, handle).await;
+        })
+        .detach();
+    }
+}
+
+/// Serves HTTP/1.1 on one accepted connection with `handle` until it ends.
+async fn serve_connection<T, H, F>(io: Io<T>, peer: Rc<Peer>, handle: H)
+where
+    Io<T>: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    H: Fn(Request<Incoming>, Rc<Peer>) -> F + 'static,
+    F: Future<Output = Response<Body>> + 'static,
+{
+    let addr = peer.addr;
+    let svc = hyper::service::service_fn(move |req| {
+        let fut = handle(req, peer.clone());
+        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(Timer)
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(io, svc);
+    if let Err(e) = conn.await {
+        debug!(peer = %addr, error = %e, "connection ended with an error");
+    }
+}
+
+/// Accepts plain TCP connections on `addr` forever and serves HTTP/1.1 with `handle`,
+/// at most `connections_max` at once: the listener for scrapers on a private address
+/// (`listen.metrics`), which answers health and metrics only.
+pub async fn serve_plain<H, F>(addr: SocketAddr, connections_max: u32, handle: H) -> io::Result<()>
+where
+    H: Fn(Request<Incoming>, Rc<Peer>) -> F + Clone + 'static,
+    F: Future<Output = Response<Body>> + 'static,
+{
+    let listener = glommio::net::TcpListener::bind(addr)?;
+    info!(%addr, "listening (plain HTTP: health and metrics)");
+    let slots = Rc::new(glommio::sync::Semaphore::new(u64::from(connections_max)));
+    loop {
+        let permit = slots
+            .clone()
+            .acquire_static_permit(1)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                continue;
             }
+        };
+        let peer = Rc::new(Peer {
+            addr: stream
+                .peer_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+            cert: None,
+        });
+        let handle = handle.clone();
+        glommio::spawn_local(async move {
+            let _permit = permit;
+            serve_connection(Io(buffered(stream)), peer, handle).await;
         })
         .detach();
     }

@@ -13,6 +13,7 @@ pub mod gate;
 pub mod git;
 pub mod hooks;
 pub mod http;
+pub mod metrics;
 pub mod piece;
 pub mod route;
 pub mod rpc;

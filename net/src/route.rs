@@ -72,6 +72,8 @@ pub enum BodyChunk {
 pub struct Received {
     pub body: Bytes,
     pub pre_read: Option<crate::git::receive::PackRead>,
+    /// When the push's first byte arrived (its latency is counted from there).
+    pub started: std::time::Instant,
 }
 
 /// Why a request body was refused while it arrived: the answer to give.

@@ -308,6 +308,10 @@ impl<D: Dir> Backend for NodeBackend<D> {
         self.status()
     }
 
+    fn metrics(&self) -> Vec<repospanner_net::metrics::Sample> {
+        self.samples()
+    }
+
     async fn remove_node(&self, id: u64) -> Result<(), BackendError> {
         self.remove_member(RemoveRequest { id })
             .await

@@ -18,7 +18,7 @@
 //! Rooms: `backend` (the [`Backend`] the network layer calls, delegating the long
 //! paths), `quarantine` (aside namespaces), `stream` (a push's stream to the members),
 //! `replicate` (majority object sync), `group` (proposals, read index, joins), `rpc`
-//! (node-to-node operations served), `status`.
+//! (node-to-node operations served), `status`, `metrics`.
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -55,6 +55,7 @@ use crate::cluster::{
 
 mod backend;
 mod group;
+mod metrics;
 mod quarantine;
 mod replicate;
 mod rpc;
@@ -112,6 +113,8 @@ struct Inner<D: Dir> {
     last_scrub: RefCell<Option<ScrubSummary>>,
     /// Places of damaged records a read found, being repaired.
     repairing: RefCell<HashSet<(u64, u64)>>,
+    /// Changes of the leader this node knows of (`metrics::count_leader_changes`).
+    leader_changes: Rc<Cell<u64>>,
 }
 
 /// A shard's repositories.
@@ -211,6 +214,12 @@ impl<D: Dir> NodeBackend<D> {
         )
         .await
         .map_err(|e| err(format!("shard {shard} raft: {e}")))?;
+        let leader_changes = Rc::new(Cell::new(0));
+        glommio::spawn_local(metrics::count_leader_changes(
+            raft.clone(),
+            leader_changes.clone(),
+        ))
+        .detach();
         let _ = cell.set(raft);
         Ok(NodeBackend {
             inner: Rc::new(Inner {
@@ -233,6 +242,7 @@ impl<D: Dir> NodeBackend<D> {
                 peer_asides: RefCell::new(HashMap::new()),
                 last_scrub: RefCell::new(None),
                 repairing: RefCell::new(HashSet::new()),
+                leader_changes,
             }),
         })
     }

@@ -58,8 +58,8 @@ pub use index::Loc;
 pub use io::{Chunk, DmaDir, Faults, MemDir};
 pub use object::{Namespace, ObjectHead, ObjectKind, Oid, StoredObject};
 pub use store::{
-    CompactReport, Corruption, Damaged, Options, RecoveryReport, ScrubReport, SegmentSpace, Stats,
-    Store, VerifyReport, Write,
+    CompactReport, Corruption, Damaged, Doubling, Options, RecoveryReport, ScrubReport,
+    SegmentSpace, Stats, Store, VerifyReport, Write, SYNC_FIRST_MICROS,
 };
 
 /// Log sequence number: every record gets the next one.

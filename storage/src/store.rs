@@ -180,6 +180,43 @@ pub struct Stats {
     /// Bytes of segment files compaction deleted, and of live records it copied.
     pub compaction_freed_bytes: u64,
     pub compaction_moved_bytes: u64,
+    /// How long each batch took to become durable (its write and `fdatasync`, or an
+    /// `O_DSYNC` write), in microseconds from [`SYNC_FIRST_MICROS`].
+    pub sync_micros: Doubling,
+    /// Appends per batch (group commit), from 1.
+    pub batch_appends: Doubling,
+}
+
+/// The first bucket's bound of [`Stats::sync_micros`].
+pub const SYNC_FIRST_MICROS: u64 = 64;
+
+/// A histogram in doubling buckets: with `first` the first bucket's bound, bucket `i`
+/// counts values at most `first << i`, and the last bucket everything larger. A plain
+/// value, so [`Stats`] stays one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Doubling {
+    pub counts: [u64; Doubling::BUCKETS],
+    pub sum: u64,
+}
+
+impl Doubling {
+    pub const BUCKETS: usize = 20;
+
+    pub fn record(&mut self, value: u64, first: u64) {
+        let mut bound = first.max(1);
+        let mut i = 0;
+        while value > bound && i < Self::BUCKETS - 1 {
+            bound = bound.saturating_mul(2);
+            i += 1;
+        }
+        self.counts[i] += 1;
+        self.sum = self.sum.saturating_add(value);
+    }
+
+    /// The upper bounds of every bucket but the last.
+    pub fn bounds(first: u64) -> impl Iterator<Item = u64> {
+        (0..Self::BUCKETS - 1).map(move |i| first.max(1).saturating_mul(1 << i))
+    }
 }
 
 struct Segment<F> {
@@ -924,6 +961,7 @@ impl<D: Dir> Store<D> {
         };
 
         let name = segment_name(segment.id);
+        let writing = std::time::Instant::now();
         segment
             .file
             .write_at(align_down(start, align as u64), buf)
@@ -939,6 +977,7 @@ impl<D: Dir> Store<D> {
             .sync_data()
             .await
             .map_err(io_err("fdatasync", &name))?;
+        let synced = writing.elapsed();
         if new_segment && start == 0 && segment.id > 0 {
             // The new file's directory entry must be durable before anything in it
             // is acknowledged.
@@ -997,6 +1036,9 @@ impl<D: Dir> Store<D> {
         s.batches += 1;
         s.syncs += 1;
         s.bytes_written += total as u64;
+        s.sync_micros
+            .record(synced.as_micros() as u64, SYNC_FIRST_MICROS);
+        s.batch_appends.record(batch.len() as u64, 1);
         inner.stats.set(s);
         Ok(locs)
     }
@@ -1893,5 +1935,26 @@ impl Pacer {
         if let Some(wait) = due.checked_sub(self.start.elapsed()) {
             glommio::timer::sleep(wait).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Doubling;
+
+    #[test]
+    fn doubling_buckets_take_values_up_to_their_bound_and_the_last_takes_the_rest() {
+        let mut h = Doubling::default();
+        for v in [0, 64, 65, 128, 129, u64::MAX] {
+            h.record(v, 64);
+        }
+        assert_eq!(h.counts[0], 2, "0 and 64");
+        assert_eq!(h.counts[1], 2, "65 and 128");
+        assert_eq!(h.counts[2], 1, "129");
+        assert_eq!(h.counts[Doubling::BUCKETS - 1], 1, "past every bound");
+        assert_eq!(h.sum, u64::MAX, "saturates");
+        let bounds: Vec<u64> = Doubling::bounds(64).collect();
+        assert_eq!(bounds.len(), Doubling::BUCKETS - 1);
+        assert_eq!((bounds[0], bounds[2]), (64, 256));
     }
 }

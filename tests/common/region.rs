@@ -106,13 +106,13 @@ impl Region {
         Region::write(nodes, extra).launch(running)
     }
 
-    /// Like [`Region::start_n`], each node's config first passed through `edit` (for a
-    /// section the quick start already writes, which appending cannot change).
-    pub fn start_edited(nodes: usize, edit: impl Fn(&str) -> String) -> Region {
+    /// Like [`Region::start_n`], node `k`'s config first passed through `edit(k, ..)`
+    /// (for a section the quick start already writes, which appending cannot change).
+    pub fn start_edited(nodes: usize, edit: impl Fn(usize, &str) -> String) -> Region {
         let r = Region::write(nodes, "");
         for k in 1..=nodes {
             let text = std::fs::read_to_string(r.config_of(k)).expect("config");
-            std::fs::write(r.config_of(k), edit(&text)).expect("config");
+            std::fs::write(r.config_of(k), edit(k, &text)).expect("config");
         }
         r.launch(nodes)
     }

@@ -200,6 +200,10 @@ pub struct Report {
     pub unpack: Result<(), String>,
     /// Per command: `Ok` or the reason it was refused.
     pub refs: Vec<(String, Result<(), String>)>,
+    /// The node failed it (storage or replication), not the push's content.
+    pub failed: bool,
+    /// How long each phase took.
+    pub phases: Vec<(&'static str, std::time::Duration)>,
 }
 
 impl Report {
@@ -210,6 +214,8 @@ impl Report {
                 .iter()
                 .map(|c| (c.name.clone(), Err(why.to_string())))
                 .collect(),
+            failed: false,
+            phases: Vec::new(),
         }
     }
 
@@ -542,6 +548,7 @@ pub async fn receive<B: Backend>(
     let atomic = req.caps.contains("atomic");
     let mut refusals = check_commands(commands, state);
     let mut phases = Phases::start();
+    let mut failed = false;
     let needs_pack = commands.iter().any(|c| c.new != ZERO);
 
     let (resolved, mut inspected) = if needs_pack || !pack_bytes.is_empty() {
@@ -598,40 +605,24 @@ pub async fn receive<B: Backend>(
             &mut progress,
         );
         if let Err(e) = stored.await {
-            return Report::all_failed(
+            let mut r = Report::all_failed(
                 commands,
                 Err(format!("storing objects failed: {e}")),
                 "storage failure",
             );
+            r.failed = true;
+            return r;
         }
         phases.mark("store");
-        let updates: Vec<RefUpdate> = accepted
-            .iter()
-            .map(|&i| {
-                let c = &commands[i];
-                RefUpdate {
-                    name: c.name.clone(),
-                    old: (c.old != ZERO).then_some(c.old),
-                    new: (c.new != ZERO).then_some(c.new),
-                    forward: forward[i] && all_reachable,
-                }
-            })
-            .collect();
         let stored: Vec<Oid> = kept.iter().map(|r| r.oid).collect();
-        match b.update_refs(repo, &updates, atomic, &stored).await {
-            Ok(results) => {
-                for (&i, r) in accepted.iter().zip(results) {
-                    if let Err(e) = r {
-                        refusals[i] = Some(e);
-                    }
-                }
-            }
-            Err(e) => {
-                for &i in &accepted {
-                    refusals[i] = Some(format!("ref update failed: {e}"));
-                }
-            }
-        }
+        let updates = Updates {
+            commands,
+            accepted: &accepted,
+            forward: &forward,
+            all_reachable,
+            atomic,
+        };
+        failed = !update_refs(b, repo, &updates, &stored, &mut refusals).await;
     }
     phases.mark("refs");
     tracing::info!(repo, objects = resolved.len(), phases = %phases, "push verified and applied");
@@ -642,6 +633,60 @@ pub async fn receive<B: Backend>(
             .zip(refusals)
             .map(|(c, r)| (c.name.clone(), r.map_or(Ok(()), Err)))
             .collect(),
+        failed,
+        phases: phases.done,
+    }
+}
+
+/// The ref updates of a push that passed its checks.
+struct Updates<'a> {
+    commands: &'a [Command],
+    /// The commands not refused.
+    accepted: &'a [usize],
+    /// Per command: a fast-forward.
+    forward: &'a [bool],
+    /// Every object stored is reachable from the new tips.
+    all_reachable: bool,
+    atomic: bool,
+}
+
+/// Proposes `u`'s updates (the objects `stored` held first); each one the region
+/// refuses gets its reason in `refusals`. False if the node failed them (not the push).
+async fn update_refs<B: Backend>(
+    b: &B,
+    repo: &str,
+    u: &Updates<'_>,
+    stored: &[Oid],
+    refusals: &mut [Option<String>],
+) -> bool {
+    let updates: Vec<RefUpdate> = u
+        .accepted
+        .iter()
+        .map(|&i| {
+            let c = &u.commands[i];
+            RefUpdate {
+                name: c.name.clone(),
+                old: (c.old != ZERO).then_some(c.old),
+                new: (c.new != ZERO).then_some(c.new),
+                forward: u.forward[i] && u.all_reachable,
+            }
+        })
+        .collect();
+    match b.update_refs(repo, &updates, u.atomic, stored).await {
+        Ok(results) => {
+            for (&i, r) in u.accepted.iter().zip(results) {
+                if let Err(e) = r {
+                    refusals[i] = Some(e);
+                }
+            }
+            true
+        }
+        Err(e) => {
+            for &i in u.accepted {
+                refusals[i] = Some(format!("ref update failed: {e}"));
+            }
+            false
+        }
     }
 }
 

@@ -188,56 +188,6 @@ pub(super) async fn admin<B: Backend + 'static>(
     }
 }
 
-/// Whether this shard serves: its raft group has a leader (with a quorum, if it is
-/// the leader) and it has applied everything it knows committed.
-pub fn shard_ready(status: &serde_json::Value) -> Result<(), String> {
-    let st = status["Status"].as_str().unwrap_or("unknown");
-    if st != "ok" {
-        return Err(st.to_owned());
-    }
-    let raft = &status["Raft"];
-    match (raft["Applied"].as_u64(), raft["Committed"].as_u64()) {
-        (Some(a), Some(c)) if a < c => Err(format!("applied {a} of {c} committed entries")),
-        _ => Ok(()),
-    }
-}
-
-/// `GET /readyz`: 200 when every shard is ready ([`shard_ready`]), else 503 with the
-/// reasons. `local_only`: this shard's part, as JSON, for the shard that gathers.
-pub(super) async fn readyz<B: Backend>(
-    ctx: &Ctx<B>,
-    req: &Req,
-    peer: &Peer,
-    local_only: bool,
-) -> Response<Body> {
-    let node = &ctx.node_name;
-    let mine = shard_ready(&ctx.backend.node_status());
-    if local_only {
-        let v = serde_json::json!({"Shard": ctx.shard, "Ready": mine.is_ok(), "Why": mine.err()});
-        return json(StatusCode::OK, &v, node);
-    }
-    let mut why: Vec<String> = mine
-        .err()
-        .map(|w| format!("shard {}: {w}", ctx.shard))
-        .into_iter()
-        .collect();
-    let others = gather(ctx, req, peer).await;
-    if others.len() + 1 < ctx.shards {
-        why.push("some shards did not answer".into());
-    }
-    for v in &others {
-        if v["Ready"].as_bool() != Some(true) {
-            let w = v["Why"].as_str().unwrap_or("not ready");
-            why.push(format!("shard {}: {w}", v["Shard"]));
-        }
-    }
-    if why.is_empty() {
-        text(StatusCode::OK, "ready", node)
-    } else {
-        text(StatusCode::SERVICE_UNAVAILABLE, &why.join("; "), node)
-    }
-}
-
 /// Asks every other shard for its part of `req` and returns their JSON answers.
 /// An admin request's JSON body, or the 400 that names what is wrong with it.
 fn request_of<T: serde::de::DeserializeOwned>(

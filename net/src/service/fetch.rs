@@ -1,6 +1,7 @@
 //! upload-pack over HTTP: the ref advertisement (`info/refs`) and clones and fetches, their packs sent in pieces with side-band progress.
 
 use super::*;
+use crate::metrics::FetchOutcome;
 
 pub(super) async fn info_refs<B: Backend>(
     ctx: &Ctx<B>,
@@ -164,6 +165,7 @@ pub(super) async fn upload_pack<B: Backend + 'static>(
         let progress = !fetch.has("no-progress") && sideband.is_some();
         let band_max = sideband.unwrap_or(1000);
         let started = std::time::Instant::now();
+        let clone = fetch.haves.is_empty();
         // Without shallow information to send first, the response can start before
         // planning, so the client sees progress while the server counts objects.
         let early = !fetch.deepens() && fetch.shallows.is_empty();
@@ -196,6 +198,8 @@ pub(super) async fn upload_pack<B: Backend + 'static>(
             head
         };
         if early && tx.send(Bytes::from(head(None))).await.is_err() {
+            ctx.metrics
+                .fetch_done(clone, FetchOutcome::Abandoned, started.elapsed());
             return;
         }
         let progress_tx = tx.clone();
@@ -221,6 +225,8 @@ pub(super) async fn upload_pack<B: Backend + 'static>(
             Ok(p) => p,
             Err(e) => {
                 warn!(repo = %repo, error = %e, "fetch failed");
+                ctx.metrics
+                    .fetch_done(clone, FetchOutcome::Failed, started.elapsed());
                 let mut o = Vec::new();
                 match (early, sideband) {
                     // The response has started: report on the error channel.
@@ -249,10 +255,14 @@ pub(super) async fn upload_pack<B: Backend + 'static>(
             pktline::sideband(&mut first, 2, msg.as_bytes(), band_max);
         }
         if tx.send(Bytes::from(first)).await.is_err() {
+            ctx.metrics
+                .fetch_done(clone, FetchOutcome::Abandoned, started.elapsed());
             return;
         }
         let planned = started.elapsed();
-        if !send_pack(&ctx.backend, &repo, &plan, sideband, tx).await {
+        let outcome = send_pack(&ctx, &repo, &plan, sideband, tx).await;
+        ctx.metrics.fetch_done(clone, outcome, started.elapsed());
+        if outcome != FetchOutcome::Sent {
             return;
         }
         if plan.proves_reachable {
@@ -286,19 +296,20 @@ pub(super) async fn upload_pack<B: Backend + 'static>(
 
 /// Streams the pack of `plan` into `tx`: entries read a batch at a time and framed
 /// straight into the response, the next batch read while the last is sent; the
-/// channel's bound makes a slow client slow the reading down. False if it stopped
-/// before the end (the client went away, or a read failed: the client is told why on
-/// side-band 3 where it has one).
+/// channel's bound makes a slow client slow the reading down. Whether it was sent,
+/// abandoned by the client, or failed on a read (the client is told why on side-band 3
+/// where it has one). The bytes handed to the connection are counted in the shard's
+/// metrics.
 async fn send_pack<B: Backend>(
-    backend: &B,
+    ctx: &Ctx<B>,
     repo: &str,
     plan: &upload::Plan,
     sideband: Option<usize>,
     mut tx: http::BodySender,
-) -> bool {
-    // Entries are read a batch at a time and framed straight into the response,
-    // the next batch read while the last is sent; the channel's bound makes a slow
-    // client slow the reading down.
+) -> FetchOutcome {
+    let backend = &ctx.backend;
+    let count =
+        |pieces: &[http::Piece]| ctx.metrics.sent(pieces.iter().map(http::Piece::len).sum());
     let mut out = pktline::BandWriter::new(1, sideband);
     let mut pack = upload::PackOut::new(plan, &mut |b| out.write(b));
     let mut end = upload::batch_end(plan, 0);
@@ -311,13 +322,15 @@ async fn send_pack<B: Backend>(
                 warn!(repo = %repo, error = %e, "fetch failed while sending the pack");
                 // Without side-band there is no way to say why: the response is
                 // abandoned, so the client sees a broken transfer (http::channel).
-                let Some(max) = sideband else { return false };
+                let Some(max) = sideband else {
+                    return FetchOutcome::Failed;
+                };
                 let mut o = out.take();
                 pktline::sideband(&mut o, 3, format!("{e}\n").as_bytes(), max);
                 if tx.send(Bytes::from(o)).await.is_ok() {
                     tx.finish();
                 }
-                return false;
+                return FetchOutcome::Failed;
             }
         };
         // Framed by reference: the entries stay in the read buffers until TLS
@@ -330,10 +343,11 @@ async fn send_pack<B: Backend>(
                 pieces: &mut pieces,
             },
         );
+        count(&pieces);
         let start = end;
         if start == plan.objects.len() {
             if !send_all(&mut tx, pieces).await {
-                return false;
+                return FetchOutcome::Abandoned;
             }
             break;
         }
@@ -341,7 +355,7 @@ async fn send_pack<B: Backend>(
         let next = upload::read_batch(backend, repo, &plan.objects[start..end]);
         let (sent, next) = futures_util::future::join(send_all(&mut tx, pieces), next).await;
         if !sent {
-            return false;
+            return FetchOutcome::Abandoned;
         }
         read = next;
     }
@@ -352,10 +366,12 @@ async fn send_pack<B: Backend>(
         pktline::flush(&mut end);
         last.push_shared(Bytes::from(end));
     }
-    if tx.send(last).await.is_ok() {
-        tx.finish();
+    count(std::slice::from_ref(&last));
+    if tx.send(last).await.is_err() {
+        return FetchOutcome::Abandoned;
     }
-    true
+    tx.finish();
+    FetchOutcome::Sent
 }
 
 /// The most bytes of a response handed to the connection at a time: the response

@@ -5,13 +5,15 @@
 //!
 //! Split by concern: `auth` (who asks, may they), `fetch` (upload-pack), `push`
 //! (receive-pack, with `reading` its pack and `aside` what it verified as it arrives),
-//! `admin`, `node` (the node listener) and `reply` (responses).
+//! `admin`, `monitor` (health and metrics), `node` (the node listener) and `reply`
+//! (responses).
 
 mod admin;
 mod aside;
 mod auth;
 mod fetch;
 mod hook_run;
+mod monitor;
 mod node;
 mod push;
 mod reading;
@@ -21,13 +23,14 @@ use admin::*;
 use aside::*;
 use auth::*;
 use fetch::*;
+use monitor::*;
 use node::*;
 use push::*;
 use reading::*;
 use reply::*;
 
-pub use admin::shard_ready;
 pub use auth::split_repo_path;
+pub use monitor::{handle_plain, shard_ready};
 pub use node::handle_node;
 pub use push::PUSH_BYTES_PER_OBJECT;
 pub use reading::set_reader_cpus;
@@ -93,6 +96,8 @@ pub struct Ctx<B> {
     pub fsck: std::sync::Arc<crate::git::fsck::Options>,
     /// How this node runs hooks.
     pub hooks: std::sync::Arc<crate::hooks::Settings>,
+    /// What this shard counts for `GET /metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Handles one request on the user listener: reads its bounded body, then serves it
@@ -102,6 +107,7 @@ pub async fn handle_user<B: Backend + 'static>(
     req: Request<Incoming>,
     peer: Rc<Peer>,
 ) -> Response<Body> {
+    let _in_flight = ctx.metrics.in_flight();
     let path = req.uri().path().to_owned();
     let limit = if path.ends_with("/git-receive-pack") {
         ctx.limits.pack_bytes_max
@@ -221,10 +227,11 @@ pub async fn dispatch<B: Backend + 'static>(
     let node = ctx.node_name.clone();
     let path = req.uri.path().to_owned();
     // For load balancers and orchestration: no certificate needed, nothing revealed
-    // but whether the node serves.
+    // but whether the node serves. Metrics need the monitor permission.
     match path.as_str() {
         "/livez" => return text(StatusCode::OK, "ok", &node),
         "/readyz" => return readyz(&ctx, &req, &peer, local_only).await,
+        "/metrics" => return metrics_request(&ctx, &req, &peer, local_only).await,
         _ => {}
     }
     let who = match user_of(&ctx, &peer) {
@@ -268,6 +275,7 @@ pub async fn dispatch<B: Backend + 'static>(
     let writing = service == "git-receive-pack";
     if writing && !may_push {
         // Readers learn nothing more than that they may not push.
+        ctx.metrics.push_done(crate::metrics::PushOutcome::Refused);
         return text(
             StatusCode::FORBIDDEN,
             "you may not push to this repository",

@@ -1,6 +1,7 @@
 //! receive-pack over HTTP: a push's body read while it arrives (spooled, its pack read on a thread of its own, what it verifies written aside), passed whole to the owning shard when another accepted it, then verified and applied (`git::receive`).
 
 use super::*;
+use crate::metrics::PushOutcome;
 
 /// What verifying a push holds per object of its pack, at most (its entry, its id in
 /// the sets connectivity and the store use, its place in the ref transaction): a
@@ -32,18 +33,23 @@ pub(super) async fn receive_pack<B: Backend + 'static>(
     held: Held,
 ) -> Response<Body> {
     if let Err(r) = room_for_a_push(&ctx) {
-        return *r;
+        return counted(&ctx, *r);
     }
     let extra = hook_run::extras(&req.headers);
     let arrived = Arrived {
         received: Received {
             body: Bytes::from(req.body),
             pre_read: None,
+            started: std::time::Instant::now(),
         },
         held,
         aside: None,
     };
-    receive_pack_body(ctx, repo, state, arrived, extra).await
+    let c = ctx.clone();
+    counted(
+        &c,
+        receive_pack_body(ctx, repo, state, arrived, extra).await,
+    )
 }
 
 /// Refuses a push (507) while the git file system has less free than
@@ -77,6 +83,30 @@ fn room_for_a_push<B: Backend>(ctx: &Ctx<B>) -> Result<(), Box<Response<Body>>> 
 /// then verified and applied as any push. A body another shard accepted arrives whole
 /// (see [`receive_and_forward`]).
 pub(super) async fn receive_streaming<B: Backend + 'static>(
+    ctx: Rc<Ctx<B>>,
+    source: route::Source,
+    peer: Rc<Peer>,
+    repo: String,
+    extra: Vec<(String, String)>,
+) -> Response<Body> {
+    let c = ctx.clone();
+    counted(
+        &c,
+        receive_streaming_here(ctx, source, peer, repo, extra).await,
+    )
+}
+
+/// `response` to a push, counted if it is a refusal by HTTP status (a push answered in
+/// git's protocol counts itself: `receive_pack_body`, `refused_push`).
+fn counted<B: Backend>(ctx: &Ctx<B>, response: Response<Body>) -> Response<Body> {
+    if !response.status().is_success() {
+        ctx.metrics
+            .push_done(PushOutcome::of_status(response.status()));
+    }
+    response
+}
+
+async fn receive_streaming_here<B: Backend + 'static>(
     ctx: Rc<Ctx<B>>,
     source: route::Source,
     peer: Rc<Peer>,
@@ -132,7 +162,7 @@ pub(super) async fn receive_streaming<B: Backend + 'static>(
                     };
                     return receive_pack_body(ctx, repo, state, arrived, extra).await;
                 }
-                Some(route::BodyChunk::Refused(f)) => return refused(&f, &node),
+                Some(route::BodyChunk::Refused(f)) => return refused_push(&ctx, &f),
                 None => {
                     return text(
                         StatusCode::INTERNAL_SERVER_ERROR,
@@ -145,8 +175,45 @@ pub(super) async fn receive_streaming<B: Backend + 'static>(
     };
     match receive_body(&ctx, &mut body, &repo, AsideTo::Here, &|| false).await {
         Ok(arrived) => receive_pack_body(ctx, repo, state, arrived, extra).await,
-        Err(refusal) => refused(&refusal, &node),
+        Err(refusal) => refused_push(&ctx, &refusal),
     }
+}
+
+/// Logs each ref of a push that got its report, and counts the push: its outcome, its
+/// time from the first byte (`started`), and its phases, the body's arrival
+/// (`received_in`) first.
+fn account(
+    metrics: &crate::metrics::Metrics,
+    repo: &str,
+    report: &receive::Report,
+    started: std::time::Instant,
+    received_in: std::time::Duration,
+) {
+    for (name, r) in &report.refs {
+        match r {
+            Ok(()) => info!(repo = %repo, r#ref = %name, "ref updated"),
+            Err(e) => warn!(repo = %repo, r#ref = %name, reason = %e, "ref update refused"),
+        }
+    }
+    let outcome = if report.failed {
+        PushOutcome::Failed
+    } else if report.unpack.is_ok() && report.refs.iter().all(|(_, r)| r.is_ok()) {
+        PushOutcome::Accepted
+    } else {
+        PushOutcome::Refused
+    };
+    let mut phases = vec![("receive", received_in)];
+    phases.extend(report.phases.iter().copied());
+    metrics.push_reported(outcome, started.elapsed(), &phases);
+}
+
+/// The answer to a refused push; one refused in git's protocol (status 200) is counted
+/// here, others by their status.
+fn refused_push<B: Backend>(ctx: &Ctx<B>, r: &Refusal) -> Response<Body> {
+    if r.status.is_success() {
+        ctx.metrics.push_done(PushOutcome::Refused);
+    }
+    refused(r, &ctx.node_name)
 }
 
 /// A push that landed on a shard other than its repository's owner: this shard receives
@@ -247,6 +314,7 @@ pub(super) async fn receive_body<B: Backend + 'static>(
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(body_refusal(&e)),
             };
+            ctx.metrics.received(data.len());
             if got.len() as u64 + data.len() as u64 > max {
                 return Err(body_refusal(&http::BodyError::TooLarge(max)));
             }
@@ -348,6 +416,7 @@ pub(super) async fn receive_body<B: Backend + 'static>(
         received: Received {
             body: buf,
             pre_read,
+            started: arriving,
         },
         held,
         aside: aside.into_guard(),
@@ -371,10 +440,15 @@ pub(super) async fn receive_pack_body<B: Backend + 'static>(
     extra: Vec<(String, String)>,
 ) -> Response<Body> {
     let Arrived {
-        received: Received { body, pre_read },
+        received: Received {
+            body,
+            pre_read,
+            started,
+        },
         held,
         aside,
     } = arrived;
+    let received_in = started.elapsed();
     let node = ctx.node_name.clone();
     let ctype = "application/x-git-receive-pack-result";
     if body.as_ref() == b"0000" {
@@ -384,7 +458,10 @@ pub(super) async fn receive_pack_body<B: Backend + 'static>(
     let parsed = crate::contain::run(|| receive::parse_push(&body, &ctx.limits.request));
     let push = match parsed {
         Ok(Ok(p)) => p,
-        Ok(Err(e)) => return git_error(&e.to_string(), &node, ctype),
+        Ok(Err(e)) => {
+            ctx.metrics.push_done(PushOutcome::Refused);
+            return git_error(&e.to_string(), &node, ctype);
+        }
         Err(p) => return bug(&repo, &p, &node),
     };
     if push.commands.is_empty() {
@@ -441,15 +518,10 @@ pub(super) async fn receive_pack_body<B: Backend + 'static>(
             progress,
         )
         .await;
-        for (name, r) in &report.refs {
-            match r {
-                Ok(()) => info!(repo = %repo, r#ref = %name, "ref updated"),
-                Err(e) => warn!(repo = %repo, r#ref = %name, reason = %e, "ref update refused"),
-            }
-        }
         let mut o = Vec::new();
         band(sideband, &mut o, &report.encode());
         let told = tx.send(Bytes::from(o)).await.is_ok();
+        account(&ctx.metrics, &repo, &report, started, received_in);
         // After the report, as git's receive-pack: post-receive, once the region
         // holds the push (whether or not the client is still there to see it).
         hooks.after(&report).await;
