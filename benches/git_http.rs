@@ -428,7 +428,7 @@ fn corpus_reps() -> usize {
         .max(1)
 }
 
-/// Whether section `name` runs (`BENCH_ONLY=corpus,compaction,bytes,rate`; all by
+/// Whether section `name` runs (`BENCH_ONLY=corpus,health,compaction,bytes,rate`; all by
 /// default).
 fn section(name: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |v| v.split(',').any(|s| s.trim() == name))
@@ -1093,6 +1093,70 @@ fn corpus_section(
 /// Small pushes and a clone of one node, with its compaction idle and then busy (a
 /// repository deleted whose objects share segments with the one cloned), at the
 /// default rate: what compaction costs the work beside it.
+/// One GET over a kept-alive plain HTTP connection: the status, once the whole body
+/// (its Content-Length) is read.
+fn keepalive_get(conn: &mut std::io::BufReader<std::net::TcpStream>, path: &str) -> u16 {
+    use std::io::{BufRead, Read, Write};
+    write!(conn.get_mut(), "GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").expect("send");
+    let mut line = String::new();
+    conn.read_line(&mut line).expect("status line");
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut len = 0usize;
+    loop {
+        line.clear();
+        conn.read_line(&mut line).expect("header");
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; len];
+    conn.read_exact(&mut body).expect("body");
+    status
+}
+
+/// `/livez`, `/readyz` and `/metrics` latency on the plain listener of a one-node
+/// region (two shards: `/readyz` and `/metrics` gather from both), over one kept-alive
+/// connection: what a load balancer's or a scraper's poll costs the node.
+fn health_section(dir: &Path, port: u16) {
+    let metrics_port = port + 5;
+    let (_node, _env) = start_region_with(dir, port, 1, |c| {
+        c.replacen(
+            "listen:\n",
+            &format!("listen:\n  metrics: 127.0.0.1:{metrics_port}\n"),
+            1,
+        )
+    });
+    let stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let mut conn = std::io::BufReader::new(stream);
+    for path in ["/livez", "/readyz", "/metrics"] {
+        let mut times = Vec::new();
+        for i in 0..2100 {
+            let t = Instant::now();
+            let status = keepalive_get(&mut conn, path);
+            assert_eq!(status, 200, "{path}");
+            // The first hundred warm the connection and the caches.
+            if i >= 100 {
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        println!(
+            "{path:<34} p50 {:.3} ms | p99 {:.3} ms (2000 requests on one kept-alive connection, plain listener, client included)",
+            median(times.clone()),
+            p99(times)
+        );
+    }
+}
+
 fn compaction_section(dir: &Path, port: u16, pushes: usize) {
     let (node, env) = start_region_with(dir, port, 1, |c| {
         c.replace(
@@ -1250,6 +1314,11 @@ fn main() {
     println!("## git over HTTPS with client certificates: repoSpanner-rs (one node; a 3-node region) vs git http-backend behind nginx (same machine, same run)");
     if section("corpus") {
         corpus_section(&env, &env3, &node, &region, nginx.as_ref(), &work, &row);
+    }
+    if section("health") {
+        let d = dir.path().join("health");
+        std::fs::create_dir_all(&d).expect("dir");
+        health_section(&d, base_port + 60);
     }
     if section("compaction") {
         let d = dir.path().join("compaction");
