@@ -153,6 +153,7 @@ fn metrics_count_real_traffic_for_monitors_and_pass_promtool() {
     region.add_user("reader", &["--read", "--region", "*", "--repo", "*"]);
     let t = tempfile::tempdir().expect("tempdir");
     push_and_clone(&region, t.path());
+    region.repospanner_ok(&["admin", "scrub"]);
 
     // Who may read them on the user listener.
     assert_eq!(scrape(&region, 1, None).0, 401, "anonymous");
@@ -175,16 +176,17 @@ fn metrics_count_real_traffic_for_monitors_and_pass_promtool() {
     at_least(&one, "repospanner_pushes_total{outcome=\"refused\"}", 1.0);
     at_least(&one, "repospanner_push_received_bytes_total", 200_000.0);
     at_least(&one, "repospanner_push_duration_seconds_count", 1.0);
+    for phase in ["receive", "store", "refs"] {
+        let series = format!("repospanner_push_phase_duration_seconds_count{{phase=\"{phase}\"}}");
+        at_least(&one, &series, 1.0);
+    }
+    // The scrub just run (shard 0 of node 1: every node has one).
     at_least(
         &one,
-        "repospanner_push_phase_duration_seconds_count{phase=\"store\"}",
+        "repospanner_scrub_last_finished_timestamp_seconds{shard=\"0\"}",
         1.0,
     );
-    at_least(
-        &one,
-        "repospanner_push_phase_duration_seconds_count{phase=\"refs\"}",
-        1.0,
-    );
+    at_least(&one, "repospanner_scrub_read_bytes_total{shard=\"0\"}", 1.0);
     // Node 2 served the clone, and its pack.
     at_least(
         &two,

@@ -75,6 +75,7 @@ pub const FAMILIES: &[Family] = &[
     family("repospanner_compaction_segments_total", Kind::Counter, "Segments compaction removed."),
     family("repospanner_compaction_freed_bytes_total", Kind::Counter, "Bytes of segment files compaction removed."),
     family("repospanner_compaction_moved_bytes_total", Kind::Counter, "Bytes of live records compaction copied."),
+    family("repospanner_scrub_read_bytes_total", Kind::Counter, "Bytes of the store scrub has read again and checked (its progress)."),
     family("repospanner_scrub_last_finished_timestamp_seconds", Kind::Gauge, "When the shard's last scrub finished (absent before the first)."),
     family("repospanner_scrub_last_records", Kind::Gauge, "Records the shard's last scrub read."),
     family("repospanner_scrub_last_damaged_objects", Kind::Gauge, "Damaged objects the shard's last scrub found."),

@@ -54,6 +54,7 @@ impl<D: Dir> NodeBackend<D> {
                 "repospanner_compaction_moved_bytes_total",
                 s.compaction_moved_bytes,
             ),
+            ("repospanner_scrub_read_bytes_total", s.verified_bytes),
         ];
         out.extend(counters.iter().map(|(n, v)| Sample::counter(n, &l, *v)));
         out.push(Sample::new(

@@ -185,6 +185,8 @@ pub struct Stats {
     pub sync_micros: Doubling,
     /// Appends per batch (group commit), from 1.
     pub batch_appends: Doubling,
+    /// Bytes of frames verify (and so scrub) read again and checked.
+    pub verified_bytes: u64,
 }
 
 /// The first bucket's bound of [`Stats::sync_micros`].
@@ -1555,7 +1557,11 @@ impl<D: Dir> Store<D> {
                         }),
                     }
                 }
-                pacer.spent((FRAME_HEADER_LEN + body.len()) as u64).await;
+                let read = (FRAME_HEADER_LEN + body.len()) as u64;
+                let mut s = self.inner.stats.get();
+                s.verified_bytes += read;
+                self.inner.stats.set(s);
+                pacer.spent(read).await;
             }
             report.corruptions.append(&mut frames.damage);
         }
