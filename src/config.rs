@@ -649,6 +649,22 @@ impl Config {
 
     /// Everything `serve` needs, validated: addresses parse, every certificate and
     /// key is readable and parses, the node certificate is a node certificate.
+    /// `listen.metrics`, on a port none of `taken` uses.
+    fn metrics_addr(&self, taken: &[SocketAddr]) -> Result<Option<SocketAddr>> {
+        let Some(m) = self.listen.metrics.as_deref() else {
+            return Ok(None);
+        };
+        let a = parse_addr("listen.metrics", m)?;
+        if taken.iter().any(|t| t.port() == a.port()) {
+            return Err(invalid(
+                "listen.metrics",
+                m,
+                "must use a port of its own (listen.http and listen.rpc take theirs)",
+            ));
+        }
+        Ok(Some(a))
+    }
+
     pub fn serve(&self) -> Result<ServeConfig> {
         let state_dir = self.storage.state.clone().ok_or(ConfigError::Missing {
             key: "storage.state",
@@ -671,10 +687,7 @@ impl Config {
             .ok_or(ConfigError::Missing { key: "listen.http" })?;
         let listen_rpc = parse_addr("listen.rpc", rpc)?;
         let listen_http = parse_addr("listen.http", http)?;
-        let listen_metrics = match self.listen.metrics.as_deref() {
-            Some(m) => Some(parse_addr("listen.metrics", m)?),
-            None => None,
-        };
+        let listen_metrics = self.metrics_addr(&[listen_http, listen_rpc])?;
 
         let ca_path = self.certificates.ca.clone().ok_or(ConfigError::Missing {
             key: "certificates.ca",

@@ -66,6 +66,20 @@ fn each_bad_config_names_its_key_and_writes_nothing() {
             "listen.http",
         ),
         (
+            good.replace(
+                "http: 127.0.0.1:1443",
+                "http: 127.0.0.1:1443\n  metrics: x:y",
+            ),
+            "listen.metrics",
+        ),
+        (
+            good.replace(
+                "http: 127.0.0.1:1443",
+                "http: 127.0.0.1:1443\n  metrics: 10.0.0.1:1443",
+            ),
+            "listen.metrics",
+        ),
+        (
             good.replace("type: tree", "type: sqlite"),
             "storage.git.type",
         ),

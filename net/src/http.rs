@@ -621,6 +621,9 @@ where
     }
 }
 
+/// The longest a connection to the plain listener lives.
+pub const PLAIN_CONNECTION_MAX: Duration = Duration::from_secs(60);
+
 /// Accepts plain TCP connections on `addr` forever and serves HTTP/1.1 with `handle`,
 /// at most `connections_max` at once: the listener for scrapers on a private address
 /// (`listen.metrics`), which answers health and metrics only.
@@ -651,10 +654,18 @@ where
                 .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
             cert: None,
         });
+        let _ = stream.set_nodelay(true);
         let handle = handle.clone();
         glommio::spawn_local(async move {
             let _permit = permit;
-            serve_connection(Io(buffered(stream)), peer, handle).await;
+            // A client that never reads its answers cannot keep a slot: the
+            // connection ends after PLAIN_CONNECTION_MAX whatever it does (scrapers
+            // and load balancers connect again).
+            futures_lite::future::or(
+                serve_connection(Io(buffered(stream)), peer, handle),
+                glommio::timer::sleep(PLAIN_CONNECTION_MAX),
+            )
+            .await;
         })
         .detach();
     }

@@ -36,16 +36,16 @@ const fn family(name: &'static str, kind: Kind, help: &'static str) -> Family {
 /// Every family the node exports. A sample naming another is a bug (and is dropped).
 pub const FAMILIES: &[Family] = &[
     // Requests.
-    family("repospanner_pushes_total", Kind::Counter, "Pushes by outcome: accepted (every ref updated), refused (by the request, a check or a hook) or failed (storage or replication)."),
+    family("repospanner_pushes_total", Kind::Counter, "Pushes by outcome: accepted (every ref updated), refused (by the request, a check, a hook, or a reader asking to push) or failed (storage or replication)."),
     family("repospanner_fetches_total", Kind::Counter, "Fetches (kind clone when the client has nothing, else fetch) by outcome: sent, failed, or abandoned by the client."),
     family("repospanner_push_received_bytes_total", Kind::Counter, "Bytes of push bodies received."),
-    family("repospanner_pack_sent_bytes_total", Kind::Counter, "Bytes of packs sent to fetching clients."),
+    family("repospanner_pack_sent_bytes_total", Kind::Counter, "Bytes of packs handed to fetching clients' connections."),
     family("repospanner_push_duration_seconds", Kind::Histogram, "Time from a push's first byte to its report, sent once a majority holds it."),
     family("repospanner_push_phase_duration_seconds", Kind::Histogram, "Time of each phase of a push: receive (the body arriving and read), resolve, connect, hooks, store (a majority holds the objects) and refs (the ref entry committed and applied)."),
     family("repospanner_fetch_duration_seconds", Kind::Histogram, "Time to plan and send a fetch's pack."),
-    family("repospanner_http_requests_in_flight", Kind::Gauge, "User requests being served."),
+    family("repospanner_http_requests_in_flight", Kind::Gauge, "User requests being served, until their response is sent."),
     family("repospanner_memory_budget_used_bytes", Kind::Gauge, "Bytes of request bodies held against the memory budget."),
-    family("repospanner_memory_budget_bytes", Kind::Gauge, "The memory budget for request bodies (limits.buffered_bytes_max, shared by the shards)."),
+    family("repospanner_memory_budget_bytes", Kind::Gauge, "The memory budget for request bodies, summed over the shards (each takes limits.buffered_bytes_max / shards, at least limits.pack_bytes_max + 1 MiB)."),
     family("repospanner_filesystem_free_bytes", Kind::Gauge, "Free bytes on the store's file system."),
     family("repospanner_disk_reserve_bytes", Kind::Gauge, "Free space below which pushes are refused (limits.disk_reserve_bytes)."),
     family("process_resident_memory_bytes", Kind::Gauge, "Resident memory of the node's process."),
@@ -66,7 +66,7 @@ pub const FAMILIES: &[Family] = &[
     family("repospanner_storage_batches_total", Kind::Counter, "Group-commit batches written (one write and one sync each)."),
     family("repospanner_storage_written_bytes_total", Kind::Counter, "Bytes written to the store's segments."),
     family("repospanner_storage_checkpoints_total", Kind::Counter, "Index checkpoints written."),
-    family("repospanner_storage_sync_duration_seconds", Kind::Histogram, "Time for one batch to become durable: its write and fdatasync (or an O_DSYNC write)."),
+    family("repospanner_storage_sync_duration_seconds", Kind::Histogram, "Time for one batch to become durable: its write and fdatasync (or an O_DSYNC write), and a new segment's directory sync."),
     family("repospanner_storage_batch_appends", Kind::Histogram, "Appends per group-commit batch."),
     family("repospanner_storage_corruptions", Kind::Gauge, "Damaged regions the store knows of."),
     family("repospanner_storage_segments", Kind::Gauge, "Segment files, as compaction last measured."),
@@ -392,6 +392,46 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.set(self.0.get().saturating_sub(1));
     }
+}
+
+/// A response body that keeps its request [`InFlight`] until it is sent whole, or
+/// dropped (the client went away).
+struct CountedBody {
+    body: crate::http::Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = crate::piece::Piece;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        self.body.as_mut().poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// `response`, its request counted in flight until its body is sent.
+pub fn counted_response(
+    response: hyper::Response<crate::http::Body>,
+    in_flight: InFlight,
+) -> hyper::Response<crate::http::Body> {
+    response.map(|body| -> crate::http::Body {
+        Box::pin(CountedBody {
+            body,
+            _in_flight: in_flight,
+        })
+    })
 }
 
 fn add(c: &Cell<u64>, n: u64) {

@@ -8,16 +8,20 @@ use repospanner_storage::{Doubling, SYNC_FIRST_MICROS};
 use super::*;
 
 /// Counts the changes of the leader this node knows of in `raft`'s group into
-/// `changes`, until the raft core stops.
+/// `changes`, until the raft core stops. openraft reports no leader while a vote is
+/// not committed, so a change is a leader other than the last one known, however many
+/// "none" lay between.
 pub(super) async fn count_leader_changes<D: Dir>(raft: ShardRaft<D>, changes: Rc<Cell<u64>>) {
     let mut rx = raft.metrics();
     drop(raft);
-    let mut leader = rx.borrow_watched().current_leader;
+    let mut last = rx.borrow_watched().current_leader;
     while rx.changed().await.is_ok() {
         let now = rx.borrow_watched().current_leader;
-        if now != leader {
-            changes.set(changes.get() + 1);
-            leader = now;
+        if let Some(l) = now {
+            if last.is_some_and(|x| x != l) {
+                changes.set(changes.get() + 1);
+            }
+            last = Some(l);
         }
     }
 }

@@ -181,7 +181,8 @@ pub struct Stats {
     pub compaction_freed_bytes: u64,
     pub compaction_moved_bytes: u64,
     /// How long each batch took to become durable (its write and `fdatasync`, or an
-    /// `O_DSYNC` write), in microseconds from [`SYNC_FIRST_MICROS`].
+    /// `O_DSYNC` write, and a new segment's directory sync), in microseconds from
+    /// [`SYNC_FIRST_MICROS`].
     pub sync_micros: Doubling,
     /// Appends per batch (group commit), from 1.
     pub batch_appends: Doubling,
@@ -979,7 +980,6 @@ impl<D: Dir> Store<D> {
             .sync_data()
             .await
             .map_err(io_err("fdatasync", &name))?;
-        let synced = writing.elapsed();
         if new_segment && start == 0 && segment.id > 0 {
             // The new file's directory entry must be durable before anything in it
             // is acknowledged.
@@ -989,6 +989,7 @@ impl<D: Dir> Store<D> {
                 .await
                 .map_err(io_err("fsync", "store directory"))?;
         }
+        let synced = writing.elapsed();
 
         // Durable: publish. A record this store just wrote that does not apply is a
         // bug that would otherwise lose what it carries silently (a ref could then

@@ -160,12 +160,13 @@ pub(super) async fn upload_pack<B: Backend + 'static>(
     // Contained as its request is: on a bug the response is abandoned (the client sees
     // a broken transfer) and the shard goes on.
     let failed_repo = repo.clone();
+    let clone = fetch.haves.is_empty();
+    let counting = ctx.clone();
     let sending = crate::contain::contained(async move {
         let sideband = sideband_of(&fetch);
         let progress = !fetch.has("no-progress") && sideband.is_some();
         let band_max = sideband.unwrap_or(1000);
         let started = std::time::Instant::now();
-        let clone = fetch.haves.is_empty();
         // Without shallow information to send first, the response can start before
         // planning, so the client sees progress while the server counts objects.
         let early = !fetch.deepens() && fetch.shallows.is_empty();
@@ -283,6 +284,9 @@ pub(super) async fn upload_pack<B: Backend + 'static>(
     });
     glommio::spawn_local(async move {
         if let Err(p) = sending.await {
+            counting
+                .metrics
+                .fetch_done(clone, FetchOutcome::Failed, std::time::Duration::ZERO);
             tracing::error!(repo = %failed_repo, error = %p, "sending a pack failed on a bug; the node goes on");
         }
     })

@@ -101,13 +101,23 @@ pub struct Ctx<B> {
 }
 
 /// Handles one request on the user listener: reads its bounded body, then serves it
-/// on this shard or passes it to the shard that owns its repository.
+/// on this shard or passes it to the shard that owns its repository. It counts in
+/// flight until its response is sent.
 pub async fn handle_user<B: Backend + 'static>(
     ctx: Rc<Ctx<B>>,
     req: Request<Incoming>,
     peer: Rc<Peer>,
 ) -> Response<Body> {
-    let _in_flight = ctx.metrics.in_flight();
+    let in_flight = ctx.metrics.in_flight();
+    let response = handle_user_here(ctx, req, peer).await;
+    crate::metrics::counted_response(response, in_flight)
+}
+
+async fn handle_user_here<B: Backend + 'static>(
+    ctx: Rc<Ctx<B>>,
+    req: Request<Incoming>,
+    peer: Rc<Peer>,
+) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let limit = if path.ends_with("/git-receive-pack") {
         ctx.limits.pack_bytes_max
@@ -274,8 +284,11 @@ pub async fn dispatch<B: Backend + 'static>(
     };
     let writing = service == "git-receive-pack";
     if writing && !may_push {
-        // Readers learn nothing more than that they may not push.
-        ctx.metrics.push_done(crate::metrics::PushOutcome::Refused);
+        // Readers learn nothing more than that they may not push. Counted once, at
+        // the advertisement that starts a push.
+        if rest == "info/refs" {
+            ctx.metrics.push_done(crate::metrics::PushOutcome::Refused);
+        }
         return text(
             StatusCode::FORBIDDEN,
             "you may not push to this repository",

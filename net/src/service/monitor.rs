@@ -123,7 +123,16 @@ pub(super) async fn metrics_endpoint<B: Backend>(
         };
     }
     let mut all = shard_samples(ctx);
-    for v in gather(ctx, req, peer).await {
+    let parts = gather(ctx, req, peer).await;
+    if parts.len() + 1 < ctx.shards {
+        // Counters left out of a sum would look like a reset to Prometheus.
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "some shards did not answer; scrape again",
+            node,
+        );
+    }
+    for v in parts {
         match serde_json::from_value::<Vec<Sample>>(v) {
             Ok(s) => all.extend(s),
             Err(e) => warn!(error = %e, "a shard's metrics did not parse"),

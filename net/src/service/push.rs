@@ -207,10 +207,10 @@ fn account(
     metrics.push_reported(outcome, started.elapsed(), &phases);
 }
 
-/// The answer to a refused push; one refused in git's protocol (status 200) is counted
-/// here, others by their status.
+/// The answer to a refused push; one refused in git's protocol (answered with status
+/// 200) is counted here, others by their status ([`counted`]).
 fn refused_push<B: Backend>(ctx: &Ctx<B>, r: &Refusal) -> Response<Body> {
-    if r.status.is_success() {
+    if r.git {
         ctx.metrics.push_done(PushOutcome::Refused);
     }
     refused(r, &ctx.node_name)
