@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::LocalBoxFuture;
-use repospanner_net::client::{ClientError, NodeClient};
+use repospanner_net::client::{ClientError, Transport};
 use repospanner_net::git::parse_hex;
 use repospanner_raft::openraft::alias::{SnapshotOf, VoteOf};
 use repospanner_raft::openraft::async_runtime::watch::WatchReceiver;
@@ -387,7 +387,7 @@ pub async fn store_objects<D: Dir>(
 /// Opens connections to the members of shard `shard`'s group.
 #[derive(Debug)]
 pub struct Network {
-    pub client: Rc<NodeClient>,
+    pub client: Rc<dyn Transport>,
     pub shard: usize,
 }
 
@@ -406,7 +406,7 @@ impl RaftNetworkFactory<C> for Network {
 /// One member of the group, as seen by the raft core.
 #[derive(Debug)]
 pub struct Peer {
-    client: Rc<NodeClient>,
+    client: Rc<dyn Transport>,
     addr: String,
     shard: usize,
     target: u64,
@@ -425,14 +425,14 @@ pub enum RpcReply<T> {
 /// `addr` and reads its answer (the joining node's loop and a member forwarding to
 /// the leader).
 pub async fn post_join(
-    client: &NodeClient,
+    client: &dyn Transport,
     addr: &str,
     shard: usize,
     op: Op,
     body: Bytes,
 ) -> Result<(), String> {
     let b = client
-        .post(addr, &op.path(shard), body, Duration::from_secs(600))
+        .post(addr, &op.path(shard), body.into(), Duration::from_secs(600))
         .await
         .map_err(|e| e.to_string())?;
     match serde_json::from_slice::<RpcReply<()>>(&b) {
@@ -478,7 +478,12 @@ impl Peer {
     ) -> Result<Resp, Failure> {
         let reply = self
             .client
-            .post(&self.addr, &op.path(self.shard), Bytes::from(body), timeout)
+            .post(
+                &self.addr,
+                &op.path(self.shard),
+                Bytes::from(body).into(),
+                timeout,
+            )
             .await;
         match reply {
             Ok(b) => match serde_json::from_slice::<RpcReply<Resp>>(&b) {
@@ -579,7 +584,7 @@ pub fn decode_snapshot_body(b: &[u8]) -> Result<(SnapshotHeader, Vec<u8>), Strin
 /// group's other members, retried until it arrives or the node stops.
 pub struct ObjectSync<D: Dir> {
     pub store: Store<D>,
-    pub client: Rc<NodeClient>,
+    pub client: Rc<dyn Transport>,
     pub shard: usize,
     pub self_id: u64,
     /// Set once the group's raft handle exists (it is created with these hooks).
@@ -724,7 +729,7 @@ impl<D: Dir> ObjectSync<D> {
                         .post(
                             &addr,
                             &Op::Fetch.path(self.shard),
-                            body,
+                            body.into(),
                             Duration::from_secs(300),
                         )
                         .await;
@@ -797,7 +802,7 @@ impl<D: Dir> ObjectSync<D> {
                     .post(
                         addr,
                         &Op::Inventory.path(self.shard),
-                        body,
+                        body.into(),
                         Duration::from_secs(60),
                     )
                     .await;

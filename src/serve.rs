@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::config::{Config, ServeConfig};
 use crate::node::{Identity, NodeBackend};
 use crate::stop::{install_signal_handlers, request_stop, stop_requested};
-use repospanner_net::client::NodeClient;
+use repospanner_net::client::{NodeClient, Transport};
 
 /// What `serve --spawn` records about the node.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -162,7 +162,7 @@ fn write_state(path: &Path, state: &NodeState, state_dir: &Path) -> Result<()> {
 }
 
 /// The node-to-node client of one executor.
-fn node_client(sc: &ServeConfig) -> Result<Rc<NodeClient>> {
+fn node_client(sc: &ServeConfig) -> Result<Rc<dyn Transport>> {
     let tls = repospanner_net::client::node_client_config(
         &sc.ca_pem,
         &sc.node_cert_pem,
@@ -178,7 +178,7 @@ async fn open_shard(
     sc: &ServeConfig,
     k: usize,
     identity: Identity,
-    client: Rc<NodeClient>,
+    client: Rc<dyn Transport>,
 ) -> Result<NodeBackend<DmaDir>> {
     let store = open_store(&shard_dir(&sc.git_dir, k), sc.segment_bytes_max).await?;
     let backend = NodeBackend::open(
@@ -750,7 +750,7 @@ async fn join_shard(
     peer: String,
     id: u64,
     addr: String,
-    client: Rc<NodeClient>,
+    client: Rc<dyn Transport>,
     backend: NodeBackend<DmaDir>,
 ) {
     let body = match serde_json::to_vec(&crate::node::JoinRequest { id, addr }) {
@@ -790,7 +790,7 @@ async fn ask_until_ok(
     peer: &str,
     op: repospanner_net::rpc::Op,
     body: &bytes::Bytes,
-    client: &NodeClient,
+    client: &dyn Transport,
 ) -> bool {
     let mut attempt = 0u32;
     loop {

@@ -6,6 +6,9 @@
 //! certificate must chain to the cluster CA and be a node certificate of the same
 //! cluster and region ([`NodeVerifier`]). Peers are addressed by `host:port`, which may
 //! be an IP address that no certificate names.
+//!
+//! The node reaches its peers through [`Transport`]: [`NodeClient`] is the HTTPS one; a
+//! simulation puts a region on an in-memory network behind the same trait.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -13,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::{FutureExt, LocalBoxFuture};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode};
@@ -52,6 +56,26 @@ impl ClientError {
     pub fn unreachable(&self) -> bool {
         matches!(self, ClientError::Unreachable { .. })
     }
+}
+
+/// How a node reaches the others' node listeners: `POST` and `GET` of a path on a
+/// peer's `host:port`, the body of a 200 answer, or why not ([`ClientError`]; another
+/// status is [`ClientError::Status`]). `timeout` bounds the whole exchange.
+pub trait Transport: std::fmt::Debug {
+    fn post<'a>(
+        &'a self,
+        addr: &'a str,
+        path: &'a str,
+        body: SharedChain,
+        timeout: Duration,
+    ) -> LocalBoxFuture<'a, Result<Bytes, ClientError>>;
+
+    fn get<'a>(
+        &'a self,
+        addr: &'a str,
+        path: &'a str,
+        timeout: Duration,
+    ) -> LocalBoxFuture<'a, Result<Bytes, ClientError>>;
 }
 
 /// Verifies a node's server certificate: chains to the CA, is a node certificate of
@@ -243,39 +267,6 @@ impl NodeClient {
         None
     }
 
-    /// POSTs `body` to `https://addr{path}` and returns the response body of a 2xx
-    /// answer. `timeout` bounds the whole exchange. A [`SharedChain`] body is written
-    /// as it is, its parts not copied into one buffer first.
-    pub async fn post(
-        &self,
-        addr: &str,
-        path: &str,
-        body: impl Into<SharedChain>,
-        timeout: Duration,
-    ) -> Result<Bytes, ClientError> {
-        with_timeout(
-            timeout,
-            addr,
-            self.exchange(Method::POST, addr, path, body.into()),
-        )
-        .await
-    }
-
-    /// GETs `https://addr{path}`.
-    pub async fn get(
-        &self,
-        addr: &str,
-        path: &str,
-        timeout: Duration,
-    ) -> Result<Bytes, ClientError> {
-        with_timeout(
-            timeout,
-            addr,
-            self.exchange(Method::GET, addr, path, SharedChain::new()),
-        )
-        .await
-    }
-
     async fn exchange(
         &self,
         method: Method,
@@ -340,5 +331,54 @@ impl NodeClient {
             });
         }
         Ok(bytes)
+    }
+}
+
+/// `https://addr{path}`. A [`SharedChain`] body is written as it is, its parts not
+/// copied into one buffer first.
+impl Transport for NodeClient {
+    fn post<'a>(
+        &'a self,
+        addr: &'a str,
+        path: &'a str,
+        body: SharedChain,
+        timeout: Duration,
+    ) -> LocalBoxFuture<'a, Result<Bytes, ClientError>> {
+        with_timeout(timeout, addr, self.exchange(Method::POST, addr, path, body)).boxed_local()
+    }
+
+    fn get<'a>(
+        &'a self,
+        addr: &'a str,
+        path: &'a str,
+        timeout: Duration,
+    ) -> LocalBoxFuture<'a, Result<Bytes, ClientError>> {
+        with_timeout(
+            timeout,
+            addr,
+            self.exchange(Method::GET, addr, path, SharedChain::new()),
+        )
+        .boxed_local()
+    }
+}
+
+impl<T: Transport + ?Sized> Transport for std::rc::Rc<T> {
+    fn post<'a>(
+        &'a self,
+        addr: &'a str,
+        path: &'a str,
+        body: SharedChain,
+        timeout: Duration,
+    ) -> LocalBoxFuture<'a, Result<Bytes, ClientError>> {
+        (**self).post(addr, path, body, timeout)
+    }
+
+    fn get<'a>(
+        &'a self,
+        addr: &'a str,
+        path: &'a str,
+        timeout: Duration,
+    ) -> LocalBoxFuture<'a, Result<Bytes, ClientError>> {
+        (**self).get(addr, path, timeout)
     }
 }

@@ -110,6 +110,19 @@ pub enum RpcError {
     Failed(String),
 }
 
+impl RpcError {
+    /// The HTTP status it is answered with on the node listener (and seen by the
+    /// caller as [`crate::client::ClientError::Status`]).
+    pub fn status(&self) -> u16 {
+        match self {
+            RpcError::Malformed(_) => 400,
+            RpcError::Unavailable(_) => 503,
+            RpcError::Gone(_) => 409,
+            RpcError::Failed(_) => 500,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

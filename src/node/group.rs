@@ -106,7 +106,12 @@ impl<D: Dir> NodeBackend<D> {
                     let r = self
                         .inner
                         .client
-                        .post(&addr, &Op::Propose.path(self.inner.shard), body, left)
+                        .post(
+                            &addr,
+                            &Op::Propose.path(self.inner.shard),
+                            body.into(),
+                            left,
+                        )
                         .await;
                     match r {
                         Ok(b) => match serde_json::from_slice::<RpcReply<Response>>(&b) {
@@ -171,7 +176,7 @@ impl<D: Dir> NodeBackend<D> {
         };
         let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
         crate::cluster::post_join(
-            &self.inner.client,
+            self.inner.client.as_ref(),
             &addr,
             self.inner.shard,
             op,
@@ -370,7 +375,7 @@ impl<D: Dir> NodeBackend<D> {
                         .post(
                             &addr,
                             &Op::ReadIndex.path(self.inner.shard),
-                            Bytes::new(),
+                            SharedChain::new(),
                             left,
                         )
                         .await;

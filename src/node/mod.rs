@@ -30,7 +30,7 @@ use futures_util::StreamExt;
 use repospanner_net::backend::{
     Backend, BackendError, ObjectHead, RefUpdate, RepoState, StoredObject,
 };
-use repospanner_net::client::{ClientError, NodeClient};
+use repospanner_net::client::{ClientError, Transport};
 use repospanner_net::git::{hex, ObjectKind, Oid};
 use repospanner_net::piece::SharedChain;
 use repospanner_net::rpc::{Op, RpcError};
@@ -85,7 +85,7 @@ struct Inner<D: Dir> {
     store: Store<D>,
     sm: StateMachine<D>,
     raft: Rc<OnceCell<ShardRaft<D>>>,
-    client: Rc<NodeClient>,
+    client: Rc<dyn Transport>,
     default_head: String,
     identity: Identity,
     /// Where peers reach this node.
@@ -185,7 +185,7 @@ impl<D: Dir> NodeBackend<D> {
         rpc_addr: String,
         default_head: String,
         shard: usize,
-        client: Rc<NodeClient>,
+        client: Rc<dyn Transport>,
         timeout: Duration,
         snapshot_entries: u64,
     ) -> Result<Self, BackendError> {

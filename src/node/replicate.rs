@@ -21,7 +21,7 @@ pub(super) async fn within<T>(d: Duration, fut: impl std::future::Future<Output 
 /// one while the next is on its way), each within `deadline`; then gives up the pieces
 /// it did not take.
 pub(super) async fn send_bodies(
-    client: &NodeClient,
+    client: &dyn Transport,
     addr: &str,
     path: &str,
     bodies: &SyncBodies,

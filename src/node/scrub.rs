@@ -184,7 +184,7 @@ impl<D: Dir> NodeBackend<D> {
                 let reply = self
                     .inner
                     .client
-                    .post(addr, &path, body, Duration::from_secs(300))
+                    .post(addr, &path, body.into(), Duration::from_secs(300))
                     .await;
                 match reply.map(|b| decode_objects(&b)) {
                     // Ask this member again only while it answers with something.

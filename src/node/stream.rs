@@ -10,7 +10,7 @@ use super::*;
 /// object of the push durably in the repository.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn send_after_stream(
-    client: &NodeClient,
+    client: &dyn Transport,
     shard: usize,
     addr: &str,
     key: StreamKey,
@@ -39,7 +39,7 @@ pub(super) async fn send_after_stream(
             let left = deadline.saturating_duration_since(Instant::now());
             let drop_path = Op::DropAside.path(shard);
             let _ = client
-                .post(addr, &drop_path, Bytes::from(key.encode()), left)
+                .post(addr, &drop_path, Bytes::from(key.encode()).into(), left)
                 .await;
         }
         return Err(e);
@@ -50,7 +50,10 @@ pub(super) async fn send_after_stream(
     let oids: Vec<Oid> = held.iter().map(|o| o.oid).collect();
     let left = deadline.saturating_duration_since(Instant::now());
     let adopt = Bytes::from(encode_adopt(&key, &oids));
-    match client.post(addr, &Op::Adopt.path(shard), adopt, left).await {
+    match client
+        .post(addr, &Op::Adopt.path(shard), adopt.into(), left)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) => {
             info!(peer = addr, error = %e, "a member could not adopt what a push streamed to it; sending those objects whole");
@@ -168,7 +171,7 @@ impl<D: Dir> NodeBackend<D> {
                 }
                 if m.state.sent.get() {
                     let body = Bytes::from(out.key.encode());
-                    if let Err(e) = client.post(&m.addr, &path, body, timeout).await {
+                    if let Err(e) = client.post(&m.addr, &path, body.into(), timeout).await {
                         info!(peer = m.id, error = %e, "a member could not be told to drop a failed push's objects (it drops them later)");
                     }
                 }

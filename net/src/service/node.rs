@@ -15,12 +15,8 @@ pub(super) async fn node_rpc<B: Backend>(
             &ctx.node_name,
         ),
         Err(e) => {
-            let status = match e {
-                rpc::RpcError::Malformed(_) => StatusCode::BAD_REQUEST,
-                rpc::RpcError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-                rpc::RpcError::Gone(_) => StatusCode::CONFLICT,
-                rpc::RpcError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            };
+            let status =
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             text(status, &e.to_string(), &ctx.node_name)
         }
     }
