@@ -327,10 +327,13 @@ fn blob(i: u64, seed: u64) -> (Oid, StoredObject) {
     (oid, object)
 }
 
-/// One push through `b`: its blob stored on a majority, then its own ref created.
+/// One push through `b`, as `git::receive` makes it: its blob stored on a majority,
+/// then its own ref created.
 /// `Ok` only if the region acknowledged it.
 async fn push(b: &NodeBackend<MemDir>, i: u64, seed: u64) -> Result<(String, Oid), String> {
     let (oid, object) = blob(i, seed);
+    // As the HTTP path does first: this node has applied what was acknowledged before.
+    b.linearize().await.map_err(|e| e.0)?;
     Backend::store(b, REPO, vec![object], None, &mut |_| {})
         .await
         .map_err(|e| e.0)?;

@@ -1,6 +1,7 @@
 //! upload-pack over HTTP: the ref advertisement (`info/refs`) and clones and fetches, their packs sent in pieces with side-band progress.
 
 use super::*;
+use crate::git::Oid;
 use crate::metrics::FetchOutcome;
 
 pub(super) async fn info_refs<B: Backend>(
@@ -69,7 +70,11 @@ pub(super) fn sideband_of(req: &FetchRequest) -> Option<usize> {
     }
 }
 
-#[allow(clippy::too_many_lines)] // to split further: the negotiation rounds and the plan share the response channel (the pack stream is `send_pack`)
+const UPLOAD_RESULT: &str = "application/x-git-upload-pack-result";
+
+/// `POST git-upload-pack`: the request parsed ([`fetch_request`]), a negotiation round
+/// answered ([`negotiate`]), or the pack planned and sent ([`Fetch::send`]) while the
+/// response streams.
 pub(super) async fn upload_pack<B: Backend + 'static>(
     ctx: Rc<Ctx<B>>,
     repo: String,
@@ -78,130 +83,202 @@ pub(super) async fn upload_pack<B: Backend + 'static>(
     v2: bool,
 ) -> Response<Body> {
     let node = ctx.node_name.clone();
-    let ctype = "application/x-git-upload-pack-result";
-    let body = req.body;
     let refs = match upload::refs_of(&ctx.backend, &repo, &state).await {
         Ok(r) => r,
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), &node),
     };
-    let (fetch, v2_fetch) = if v2 {
-        let r = match upload::parse_v2(&body, &ctx.limits.request) {
-            Ok(r) => r,
-            Err(e) => return git_error(&e.to_string(), &node, ctype),
-        };
-        match r.command.as_str() {
-            "ls-refs" => {
-                return respond(
-                    StatusCode::OK,
-                    ctype,
-                    upload::ls_refs(&r.args, &refs, &state),
-                    &node,
-                )
-            }
-            "fetch" => match upload::parse_v2_fetch(&r.args, &ctx.limits.request) {
-                Ok(f) => (f, true),
-                Err(e) => return git_error(&e.to_string(), &node, ctype),
-            },
-            other => {
-                let other = crate::git::excerpt(other.as_bytes());
-                return git_error(&format!("unknown command {other}"), &node, ctype);
-            }
-        }
-    } else {
-        match upload::parse_v0(&body, &ctx.limits.request) {
-            Ok(f) => (f, false),
-            Err(e) => return git_error(&e.to_string(), &node, ctype),
-        }
+    let (fetch, v2_fetch) = match fetch_request(&ctx, &req.body, v2, &refs, &state) {
+        Ok(f) => f,
+        Err(r) => return *r,
     };
     if fetch.wants.is_empty() {
-        return respond(StatusCode::OK, ctype, Vec::new(), &node);
+        return respond(StatusCode::OK, UPLOAD_RESULT, Vec::new(), &node);
     }
     let common = upload::common(&ctx.backend, &repo, &fetch.haves);
-    let mut v2_acks = Vec::new();
-    if !fetch.done {
-        // Another negotiation round, unless the server has seen enough.
-        let ready = upload::ready(&ctx.backend, &repo, &fetch.wants, &common).await;
-        if v2_fetch {
-            let acks = upload::acknowledgments_v2(&common, ready);
-            if !ready || common.is_empty() {
-                return respond(StatusCode::OK, ctype, acks, &node);
-            }
-            v2_acks = acks; // the packfile follows
-        } else {
-            let (out, pack_follows) = upload::negotiation_v0(&fetch, &common, ready);
-            if !pack_follows {
-                if !fetch.deepens() {
-                    return respond(StatusCode::OK, ctype, out, &node);
-                }
-                // Every round of a deepening fetch starts with the boundary.
-                let (shallow, unshallow) =
-                    match upload::boundary(&ctx.backend, &repo, &refs, &fetch).await {
-                        Ok(b) => b,
-                        Err(e) => return git_error(&e.to_string(), &node, ctype),
-                    };
-                let mut answer = Vec::new();
-                for s in &shallow {
-                    pktline::fixed(&mut answer, &format!("shallow {}", crate::git::hex(s)));
-                }
-                for s in &unshallow {
-                    pktline::fixed(&mut answer, &format!("unshallow {}", crate::git::hex(s)));
-                }
-                pktline::flush(&mut answer);
-                // The first round of a deepening fetch carries no haves and asks for
-                // the boundary alone.
-                if !fetch.haves.is_empty() {
-                    answer.extend(out);
-                }
-                return respond(StatusCode::OK, ctype, answer, &node);
-            }
-        }
-    }
-    let (mut tx, body) = http::channel();
+    let v2_acks = match negotiate(&ctx, &repo, &refs, &fetch, &common, v2_fetch).await {
+        Ok(acks) => acks,
+        Err(r) => return *r,
+    };
+    let (tx, body) = http::channel();
+    let clone = fetch.haves.is_empty();
+    let (counting, failed_repo) = (ctx.clone(), repo.clone());
+    let job = Fetch {
+        ctx,
+        repo,
+        state,
+        refs,
+        fetch,
+        common,
+        v2_acks,
+        v2_fetch,
+    };
     // Contained as its request is: on a bug the response is abandoned (the client sees
     // a broken transfer) and the shard goes on.
-    let failed_repo = repo.clone();
-    let clone = fetch.haves.is_empty();
-    let counting = ctx.clone();
-    let sending = crate::contain::contained(async move {
-        let sideband = sideband_of(&fetch);
-        let progress = !fetch.has("no-progress") && sideband.is_some();
+    let sending = crate::contain::contained(job.send(tx));
+    glommio::spawn_local(async move {
+        if let Err(p) = sending.await {
+            counting
+                .metrics
+                .fetch_done(clone, FetchOutcome::Failed, std::time::Duration::ZERO);
+            tracing::error!(repo = %failed_repo, error = %p, "sending a pack failed on a bug; the node goes on");
+        }
+    })
+    .detach();
+    let mut r = Response::new(body);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(UPLOAD_RESULT) {
+        r.headers_mut().insert("content-type", v);
+    }
+    r
+}
+
+/// The fetch a request body asks for (and whether it is protocol v2's), or the answer
+/// to give instead: v2's `ls-refs`, or an error in git's protocol.
+fn fetch_request<B: Backend>(
+    ctx: &Ctx<B>,
+    body: &[u8],
+    v2: bool,
+    refs: &[upload::AdRef],
+    state: &RepoState,
+) -> Result<(FetchRequest, bool), Box<Response<Body>>> {
+    let node = &ctx.node_name;
+    let limits = &ctx.limits.request;
+    let refuse = |e: String| Box::new(git_error(&e, node, UPLOAD_RESULT));
+    if !v2 {
+        return upload::parse_v0(body, limits)
+            .map(|f| (f, false))
+            .map_err(|e| refuse(e.to_string()));
+    }
+    let r = upload::parse_v2(body, limits).map_err(|e| refuse(e.to_string()))?;
+    match r.command.as_str() {
+        "ls-refs" => Err(Box::new(respond(
+            StatusCode::OK,
+            UPLOAD_RESULT,
+            upload::ls_refs(&r.args, refs, state),
+            node,
+        ))),
+        "fetch" => upload::parse_v2_fetch(&r.args, limits)
+            .map(|f| (f, true))
+            .map_err(|e| refuse(e.to_string())),
+        other => {
+            let other = crate::git::excerpt(other.as_bytes());
+            Err(refuse(format!("unknown command {other}")))
+        }
+    }
+}
+
+/// A negotiation round: `Err` with its answer while the server has not seen enough
+/// (or a deepening round's boundary), else the v2 acknowledgments the pack follows.
+async fn negotiate<B: Backend>(
+    ctx: &Ctx<B>,
+    repo: &str,
+    refs: &[upload::AdRef],
+    fetch: &FetchRequest,
+    common: &[Oid],
+    v2_fetch: bool,
+) -> Result<Vec<u8>, Box<Response<Body>>> {
+    let node = &ctx.node_name;
+    let answer = |out: Vec<u8>| Box::new(respond(StatusCode::OK, UPLOAD_RESULT, out, node));
+    if fetch.done {
+        return Ok(Vec::new());
+    }
+    // Another negotiation round, unless the server has seen enough.
+    let ready = upload::ready(&ctx.backend, repo, &fetch.wants, common).await;
+    if v2_fetch {
+        let acks = upload::acknowledgments_v2(common, ready);
+        if !ready || common.is_empty() {
+            return Err(answer(acks));
+        }
+        return Ok(acks); // the packfile follows
+    }
+    let (out, pack_follows) = upload::negotiation_v0(fetch, common, ready);
+    if pack_follows {
+        return Ok(Vec::new());
+    }
+    if !fetch.deepens() {
+        return Err(answer(out));
+    }
+    // Every round of a deepening fetch starts with the boundary.
+    let (shallow, unshallow) = upload::boundary(&ctx.backend, repo, refs, fetch)
+        .await
+        .map_err(|e| Box::new(git_error(&e.to_string(), node, UPLOAD_RESULT)))?;
+    let mut head = Vec::new();
+    shallow_lines(&mut head, &shallow, &unshallow);
+    pktline::flush(&mut head);
+    // The first round of a deepening fetch carries no haves and asks for the boundary
+    // alone.
+    if !fetch.haves.is_empty() {
+        head.extend(out);
+    }
+    Err(answer(head))
+}
+
+/// git's `shallow` and `unshallow` lines.
+fn shallow_lines(out: &mut Vec<u8>, shallow: &[Oid], unshallow: &[Oid]) {
+    for s in shallow {
+        pktline::fixed(out, &format!("shallow {}", crate::git::hex(s)));
+    }
+    for s in unshallow {
+        pktline::fixed(out, &format!("unshallow {}", crate::git::hex(s)));
+    }
+}
+
+/// A fetch whose pack follows: what planning and sending it need.
+struct Fetch<B: Backend> {
+    ctx: Rc<Ctx<B>>,
+    repo: String,
+    state: RepoState,
+    refs: Vec<upload::AdRef>,
+    fetch: FetchRequest,
+    common: Vec<Oid>,
+    v2_acks: Vec<u8>,
+    v2_fetch: bool,
+}
+
+impl<B: Backend + 'static> Fetch<B> {
+    /// Without shallow information to send first, the response can start before
+    /// planning, so the client sees progress while the server counts objects.
+    fn early(&self) -> bool {
+        !self.fetch.deepens() && self.fetch.shallows.is_empty()
+    }
+
+    /// What comes before the pack: v2's acknowledgments and shallow-info, or v0's
+    /// shallow section and final ACK/NAK.
+    fn head(&self, plan: Option<&upload::Plan>) -> Vec<u8> {
+        let mut head = self.v2_acks.clone();
+        if self.v2_fetch {
+            if let Some(plan) = plan.filter(|_| !self.early()) {
+                pktline::fixed(&mut head, "shallow-info");
+                shallow_lines(&mut head, &plan.shallow, &plan.unshallow);
+                pktline::delim(&mut head);
+            }
+            pktline::fixed(&mut head, "packfile");
+        } else {
+            // git's v0 answer starts with a shallow section (maybe empty) when the
+            // request deepens.
+            if let Some(plan) = plan.filter(|_| self.fetch.deepens()) {
+                shallow_lines(&mut head, &plan.shallow, &plan.unshallow);
+                pktline::flush(&mut head);
+            }
+            head.extend(upload::negotiation_v0(&self.fetch, &self.common, true).0);
+        }
+        head
+    }
+
+    /// Plans the pack and sends it into `tx`, counting the fetch by its outcome.
+    async fn send(self, mut tx: http::BodySender) {
+        let (ctx, repo) = (&self.ctx, &self.repo);
+        let clone = self.fetch.haves.is_empty();
+        let sideband = sideband_of(&self.fetch);
+        let progress = !self.fetch.has("no-progress") && sideband.is_some();
         let band_max = sideband.unwrap_or(1000);
         let started = std::time::Instant::now();
-        // Without shallow information to send first, the response can start before
-        // planning, so the client sees progress while the server counts objects.
-        let early = !fetch.deepens() && fetch.shallows.is_empty();
-        let boundary = |head: &mut Vec<u8>, plan: &upload::Plan| {
-            for s in &plan.shallow {
-                pktline::fixed(head, &format!("shallow {}", crate::git::hex(s)));
-            }
-            for s in &plan.unshallow {
-                pktline::fixed(head, &format!("unshallow {}", crate::git::hex(s)));
-            }
-        };
-        let head = |plan: Option<&upload::Plan>| {
-            let mut head = v2_acks.clone();
-            if v2_fetch {
-                if let Some(plan) = plan.filter(|_| !early) {
-                    pktline::fixed(&mut head, "shallow-info");
-                    boundary(&mut head, plan);
-                    pktline::delim(&mut head);
-                }
-                pktline::fixed(&mut head, "packfile");
-            } else {
-                // git's v0 answer starts with a shallow section (maybe empty) when
-                // the request deepens.
-                if let Some(plan) = plan.filter(|_| fetch.deepens()) {
-                    boundary(&mut head, plan);
-                    pktline::flush(&mut head);
-                }
-                head.extend(upload::negotiation_v0(&fetch, &common, true).0);
-            }
-            head
-        };
-        if early && tx.send(Bytes::from(head(None))).await.is_err() {
+        let early = self.early();
+        let abandoned = || {
             ctx.metrics
                 .fetch_done(clone, FetchOutcome::Abandoned, started.elapsed());
-            return;
+        };
+        if early && tx.send(Bytes::from(self.head(None))).await.is_err() {
+            return abandoned();
         }
         let progress_tx = tx.clone();
         let mut report = move |msg: String| {
@@ -212,41 +289,30 @@ pub(super) async fn upload_pack<B: Backend + 'static>(
                 let _ = progress_tx.clone().try_send(Bytes::from(o));
             }
         };
-        let plan = match upload::plan(
+        let planned = upload::plan(
             &ctx.backend,
-            &repo,
-            &state,
-            &refs,
-            &fetch,
-            &common,
+            repo,
+            &self.state,
+            &self.refs,
+            &self.fetch,
+            &self.common,
             &mut report,
         )
-        .await
-        {
+        .await;
+        let plan = match planned {
             Ok(p) => p,
             Err(e) => {
                 warn!(repo = %repo, error = %e, "fetch failed");
                 ctx.metrics
                     .fetch_done(clone, FetchOutcome::Failed, started.elapsed());
-                let mut o = Vec::new();
-                match (early, sideband) {
-                    // The response has started: report on the error channel.
-                    (true, Some(max)) => {
-                        pktline::sideband(&mut o, 3, format!("{e}\n").as_bytes(), max)
-                    }
-                    // Nothing sent yet: git reads an ERR line in place of the answer.
-                    (false, _) => pktline::error(&mut o, &e.to_string()),
-                    // A raw pack has been promised and there is no channel to say why
-                    // it will not come: the response is abandoned (see http::channel).
-                    (true, None) => return,
-                }
-                if tx.send(Bytes::from(o)).await.is_ok() {
-                    tx.finish();
-                }
-                return;
+                return plan_failed(&e.to_string(), early, sideband, tx).await;
             }
         };
-        let mut first = if early { Vec::new() } else { head(Some(&plan)) };
+        let mut first = if early {
+            Vec::new()
+        } else {
+            self.head(Some(&plan))
+        };
         if progress {
             let msg = format!(
                 "repoSpanner-rs: sending {} objects ({} as thin deltas)\n",
@@ -256,18 +322,16 @@ pub(super) async fn upload_pack<B: Backend + 'static>(
             pktline::sideband(&mut first, 2, msg.as_bytes(), band_max);
         }
         if tx.send(Bytes::from(first)).await.is_err() {
-            ctx.metrics
-                .fetch_done(clone, FetchOutcome::Abandoned, started.elapsed());
-            return;
+            return abandoned();
         }
         let planned = started.elapsed();
-        let outcome = send_pack(&ctx, &repo, &plan, sideband, tx).await;
+        let outcome = send_pack(ctx, repo, &plan, sideband, tx).await;
         ctx.metrics.fetch_done(clone, outcome, started.elapsed());
         if outcome != FetchOutcome::Sent {
             return;
         }
         if plan.proves_reachable {
-            match ctx.backend.mark_reachable(&repo, &state.refs).await {
+            match ctx.backend.mark_reachable(repo, &self.state.refs).await {
                 Ok(()) => {
                     info!(repo = %repo, "every stored object is reachable: full clones skip the walk again")
                 }
@@ -281,21 +345,23 @@ pub(super) async fn upload_pack<B: Backend + 'static>(
             total_ms = started.elapsed().as_millis() as u64,
             "served a pack"
         );
-    });
-    glommio::spawn_local(async move {
-        if let Err(p) = sending.await {
-            counting
-                .metrics
-                .fetch_done(clone, FetchOutcome::Failed, std::time::Duration::ZERO);
-            tracing::error!(repo = %failed_repo, error = %p, "sending a pack failed on a bug; the node goes on");
-        }
-    })
-    .detach();
-    let mut r = Response::new(body);
-    if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
-        r.headers_mut().insert("content-type", v);
     }
-    r
+}
+
+/// Tells the client a fetch's planning failed: on side-band 3 if the response has
+/// started (`early`), as an ERR line if nothing was sent; a raw pack promised without
+/// side-band has no channel to say why, so the response is abandoned (see
+/// `http::channel`).
+async fn plan_failed(why: &str, early: bool, sideband: Option<usize>, mut tx: http::BodySender) {
+    let mut o = Vec::new();
+    match (early, sideband) {
+        (true, Some(max)) => pktline::sideband(&mut o, 3, format!("{why}\n").as_bytes(), max),
+        (false, _) => pktline::error(&mut o, why),
+        (true, None) => return,
+    }
+    if tx.send(Bytes::from(o)).await.is_ok() {
+        tx.finish();
+    }
 }
 
 /// Streams the pack of `plan` into `tx`: entries read a batch at a time and framed
