@@ -143,8 +143,8 @@ async fn handle_user_here<B: Backend + 'static>(
             return body_error(&e, &ctx.node_name);
         }
     }
-    // A push is read while it arrives: here if this shard owns the repository, else
-    // streamed to the owner chunk by chunk.
+    // A push is read while it arrives, on this shard: verified objects and then the
+    // body go to the shard that owns the repository if that is another.
     if req.method() == Method::POST {
         if let Some((repo, "git-receive-pack")) = split_repo_path(&path) {
             let owner = route::shard_of(repo, ctx.shards);
