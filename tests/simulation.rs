@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::{FutureExt, LocalBoxFuture};
 use repospanner::node::{Identity, JoinRequest, NodeBackend};
-use repospanner_net::backend::{Backend, RefUpdate};
+use repospanner_net::backend::{Backend, Objects, Pushes, RefUpdate};
 use repospanner_net::client::{ClientError, Transport};
 use repospanner_net::git::{hex, ObjectKind, Oid};
 use repospanner_net::piece::SharedChain;
@@ -334,7 +334,7 @@ async fn push(b: &NodeBackend<MemDir>, i: u64, seed: u64) -> Result<(String, Oid
     let (oid, object) = blob(i, seed);
     // As the HTTP path does first: this node has applied what was acknowledged before.
     b.linearize().await.map_err(|e| e.0)?;
-    Backend::store(b, REPO, vec![object], None, &mut |_| {})
+    Pushes::store(b, REPO, vec![object], None, &mut |_| {})
         .await
         .map_err(|e| e.0)?;
     let name = format!("refs/heads/p{i}");

@@ -62,14 +62,13 @@ pub struct RefUpdate {
 #[error("{0}")]
 pub struct BackendError(pub String);
 
-/// Everything the HTTP services ask of the node.
+/// What the git protocol reads of a repository's objects (`git::upload` plans and
+/// writes packs from these alone).
 #[allow(async_fn_in_trait)]
-pub trait Backend {
+pub trait Objects {
     /// The bytes of a stored entry as the store read them (a view of its read
     /// buffer; it need not leave the shard).
     type Chunk: AsRef<[u8]> + 'static;
-    /// The repository's state; `None` if it does not exist.
-    async fn repo(&self, name: &str) -> Result<Option<RepoState>, BackendError>;
     /// The content of an object of the repository.
     async fn object(
         &self,
@@ -84,7 +83,7 @@ pub trait Backend {
         oids: &[Oid],
     ) -> Result<Vec<Option<StoredObject<Self::Chunk>>>, BackendError>;
     /// The heads of the stored pack entries of objects (see [`ObjectHead`]), read
-    /// together like [`Backend::raws`].
+    /// together like [`Objects::raws`].
     async fn raw_heads(
         &self,
         repo: &str,
@@ -95,14 +94,11 @@ pub trait Backend {
     /// Every object the repository stores, in the order their records lie on the
     /// disk, each with its record's size (which bounds its entry's).
     fn stored_objects(&self, repo: &str) -> Vec<(Oid, u64)>;
-    /// Tells the region that every object the repository stores is reachable from
-    /// `refs` (a full clone's walk found them all), so that later full clones skip the
-    /// walk ([`RepoState::only_reachable`]); refused if the refs changed meanwhile.
-    async fn mark_reachable(
-        &self,
-        repo: &str,
-        refs: &BTreeMap<String, String>,
-    ) -> Result<(), BackendError>;
+}
+
+/// What a push writes (`git::receive` needs these and the reads).
+#[allow(async_fn_in_trait)]
+pub trait Pushes: Objects {
     /// Contents a push verified (trees, commits, tags) of objects the repository now
     /// holds, for the node to keep in memory: the next clone plans from them without
     /// reading them from the disk again. Keeping none is correct.
@@ -138,6 +134,23 @@ pub trait Backend {
         atomic: bool,
         objects: &[Oid],
     ) -> Result<Vec<Result<(), String>>, BackendError>;
+}
+
+/// Everything the HTTP services ask of the node: the repositories' state, proof that
+/// this node is current, the node-to-node operations and administration, besides
+/// objects and pushes.
+#[allow(async_fn_in_trait)]
+pub trait Backend: Pushes {
+    /// The repository's state; `None` if it does not exist.
+    async fn repo(&self, name: &str) -> Result<Option<RepoState>, BackendError>;
+    /// Tells the region that every object the repository stores is reachable from
+    /// `refs` (a full clone's walk found them all), so that later full clones skip the
+    /// walk ([`RepoState::only_reachable`]); refused if the refs changed meanwhile.
+    async fn mark_reachable(
+        &self,
+        repo: &str,
+        refs: &BTreeMap<String, String>,
+    ) -> Result<(), BackendError>;
     /// Waits until this node has applied everything committed before the call (so a
     /// read that follows sees every acknowledged write), or fails if it cannot prove it.
     async fn linearize(&self) -> Result<(), BackendError>;
@@ -147,8 +160,6 @@ pub trait Backend {
         op: crate::rpc::Op,
         body: Vec<u8>,
     ) -> Result<Vec<u8>, crate::rpc::RpcError>;
-
-    // Administration.
     async fn create_repo(&self, name: &str, public: bool) -> Result<(), BackendError>;
     async fn delete_repo(&self, name: &str) -> Result<(), BackendError>;
     async fn edit_repo(

@@ -1,18 +1,11 @@
 //! The shard as the network layer's [`Backend`].
 
 use super::*;
-use repospanner_net::backend::HookScript;
+use repospanner_net::backend::{HookScript, Objects, Pushes};
 use repospanner_raft::types::{HookKind, Script};
 
-impl<D: Dir> Backend for NodeBackend<D> {
+impl<D: Dir> Objects for NodeBackend<D> {
     type Chunk = repospanner_storage::Chunk;
-
-    async fn repo(&self, name: &str) -> Result<Option<RepoState>, BackendError> {
-        Ok(self
-            .inner
-            .sm
-            .with_state(|s| s.repos.get(name).map(repo_state)))
-    }
 
     async fn object(
         &self,
@@ -74,9 +67,10 @@ impl<D: Dir> Backend for NodeBackend<D> {
             .collect())
     }
 
-    fn remember(&self, repo: &str, objects: Vec<(Oid, ObjectKind, Vec<u8>)>) {
-        if let Some(ns) = self.ns_of(repo) {
-            self.inner.store.remember(Namespace(ns), objects);
+    fn has_many(&self, repo: &str, oids: &[Oid]) -> Vec<bool> {
+        match self.ns_of(repo) {
+            Some(ns) => self.inner.store.contains_many(Namespace(ns), oids),
+            None => vec![false; oids.len()],
         }
     }
 
@@ -92,12 +86,23 @@ impl<D: Dir> Backend for NodeBackend<D> {
             None => Vec::new(),
         }
     }
+}
 
-    fn has_many(&self, repo: &str, oids: &[Oid]) -> Vec<bool> {
-        match self.ns_of(repo) {
-            Some(ns) => self.inner.store.contains_many(Namespace(ns), oids),
-            None => vec![false; oids.len()],
+impl<D: Dir> Pushes for NodeBackend<D> {
+    fn remember(&self, repo: &str, objects: Vec<(Oid, ObjectKind, Vec<u8>)>) {
+        if let Some(ns) = self.ns_of(repo) {
+            self.inner.store.remember(Namespace(ns), objects);
         }
+    }
+
+    async fn store(
+        &self,
+        repo: &str,
+        objects: Vec<StoredObject>,
+        aside: Option<u64>,
+        progress: &mut dyn FnMut(String),
+    ) -> Result<(), BackendError> {
+        self.replicate(repo, objects, aside, progress).await
     }
 
     async fn store_aside(
@@ -145,16 +150,6 @@ impl<D: Dir> Backend for NodeBackend<D> {
             }
         })
         .detach();
-    }
-
-    async fn store(
-        &self,
-        repo: &str,
-        objects: Vec<StoredObject>,
-        aside: Option<u64>,
-        progress: &mut dyn FnMut(String),
-    ) -> Result<(), BackendError> {
-        self.replicate(repo, objects, aside, progress).await
     }
 
     async fn update_refs(
@@ -205,6 +200,15 @@ impl<D: Dir> Backend for NodeBackend<D> {
                 )))
             }
         }
+    }
+}
+
+impl<D: Dir> Backend for NodeBackend<D> {
+    async fn repo(&self, name: &str) -> Result<Option<RepoState>, BackendError> {
+        Ok(self
+            .inner
+            .sm
+            .with_state(|s| s.repos.get(name).map(repo_state)))
     }
 
     async fn linearize(&self) -> Result<(), BackendError> {

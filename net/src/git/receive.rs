@@ -15,7 +15,7 @@ use super::pack::{self, Limits, Resolved};
 use super::pktline::{self, Pkt, Reader};
 use super::refs::valid_ref_name;
 use super::{excerpt, hex, parse_hex, ObjectKind, Oid, RequestLimits, ZERO};
-use crate::backend::{Backend, BackendError, RefUpdate, RepoState, StoredObject};
+use crate::backend::{BackendError, Objects, Pushes, RefUpdate, RepoState, StoredObject};
 
 /// Capabilities of receive-pack.
 pub fn receive_caps() -> String {
@@ -348,7 +348,7 @@ pub struct Inspected {
     named: foldhash::HashMap<Oid, ObjectKind>,
     /// Each pushed commit's parents.
     parents: foldhash::HashMap<Oid, Box<[Oid]>>,
-    /// Trees and commits for the node's cache ([`Backend::remember`]), first come.
+    /// Trees and commits for the node's cache ([`Pushes::remember`]), first come.
     kept: Vec<(Oid, ObjectKind, Vec<u8>)>,
     kept_bytes: usize,
 }
@@ -531,7 +531,7 @@ pub fn check_special(
 /// Verifies and applies a push. `pre_read`: the pack's entries if they were read while
 /// it arrived. `progress` receives human-readable progress lines.
 #[allow(clippy::too_many_arguments)] // each is a distinct input of the push
-pub async fn receive<B: Backend>(
+pub async fn receive<B: Pushes>(
     b: &B,
     repo: &str,
     state: &RepoState,
@@ -652,7 +652,7 @@ struct Updates<'a> {
 
 /// Proposes `u`'s updates (the objects `stored` held first); each one the region
 /// refuses gets its reason in `refusals`. False if the node failed them (not the push).
-async fn update_refs<B: Backend>(
+async fn update_refs<B: Pushes>(
     b: &B,
     repo: &str,
     u: &Updates<'_>,
@@ -738,7 +738,7 @@ impl Approval for () {
 
 /// Stores `kept`, the push's objects, durably (on a majority of the region's nodes),
 /// and hands what the reader kept of their contents to the node's cache.
-async fn store<B: Backend>(
+async fn store<B: Pushes>(
     b: &B,
     repo: &str,
     kept: &[Resolved],
@@ -770,7 +770,7 @@ async fn store<B: Backend>(
 /// The pack of a push unpacked and verified: its objects resolved (every id
 /// recomputed, thin-pack bases from the repository) and checked as git's
 /// `receive.fsckObjects` does; or why not, and the unpack status to report.
-async fn unpack<B: Backend>(
+async fn unpack<B: Objects>(
     b: &B,
     repo: &str,
     pack_bytes: &bytes::Bytes,
@@ -868,7 +868,7 @@ async fn unpack<B: Backend>(
 /// whose pushed objects' names are neither pushed nor stored, each non-fast-forward
 /// update where the repository refuses them, and, in an atomic push, all once one is
 /// refused. Returns, per update, whether it is forward (see `RefUpdate::forward`).
-async fn connect<B: Backend>(
+async fn connect<B: Objects>(
     b: &B,
     repo: &str,
     state: &RepoState,
@@ -936,7 +936,7 @@ async fn connect<B: Backend>(
 }
 
 /// Most bytes of verified trees and commits one push hands the node to keep
-/// ([`Backend::remember`]): the node's cache holds 64 MiB, so more of a huge push
+/// ([`Pushes::remember`]): the node's cache holds 64 MiB, so more of a huge push
 /// would only evict what was just kept.
 const REMEMBER_BYTES_MAX: usize = 16 << 20;
 
@@ -980,7 +980,7 @@ struct Pushed<'a> {
 
 /// Checks that every object the pushed objects name (`named`, with the kind each is
 /// named as) is pushed as that kind, or stored.
-async fn connected<B: Backend>(
+async fn connected<B: Objects>(
     b: &B,
     repo: &str,
     in_pack: &foldhash::HashMap<Oid, ObjectKind>,
@@ -1015,7 +1015,7 @@ async fn connected<B: Backend>(
 }
 
 /// The parents of commit `oid`, pushed or stored; `None` if it is not a commit.
-async fn parents_of<B: Backend>(
+async fn parents_of<B: Objects>(
     b: &B,
     repo: &str,
     pushed: &Pushed<'_>,
@@ -1043,7 +1043,7 @@ async fn parents_of<B: Backend>(
 /// `commits_max` commits (`None`: it gave up first). Commit dates decide nothing:
 /// clocks are skewed and dates are whatever the committer set, so a commit may be
 /// older than its parent.
-async fn is_ancestor<B: Backend>(
+async fn is_ancestor<B: Objects>(
     b: &B,
     repo: &str,
     pushed: &Pushed<'_>,

@@ -15,7 +15,7 @@ use super::objects::links;
 use super::pack::{OutEntry, PackWriter};
 use super::pktline::{self, BandWriter, Pkt, Reader};
 use super::{excerpt, hex, parse_hex, ObjectKind, Oid, RequestLimits};
-use crate::backend::{Backend, ObjectHead, RepoState, StoredObject};
+use crate::backend::{ObjectHead, Objects, RepoState, StoredObject};
 
 /// The agent string we announce.
 pub fn agent() -> String {
@@ -46,7 +46,7 @@ pub struct AdRef {
 }
 
 /// Reads the refs of `state` in sorted order, with annotated tags peeled.
-pub async fn refs_of<B: Backend>(
+pub async fn refs_of<B: Objects>(
     b: &B,
     repo: &str,
     state: &RepoState,
@@ -545,7 +545,7 @@ pub struct Plan {
     pub thin: usize,
     /// A full clone's walk found every object the repository stores: once it is
     /// sent, the repository may be marked [`RepoState::only_reachable`] again
-    /// ([`Backend::mark_reachable`]).
+    /// ([`crate::backend::Backend::mark_reachable`]).
     pub proves_reachable: bool,
 }
 
@@ -591,7 +591,7 @@ fn be(e: crate::backend::BackendError) -> UploadError {
 }
 
 /// The haves the repository knows: the common base of the negotiation.
-pub fn common(b: &impl Backend, repo: &str, haves: &[Oid]) -> Vec<Oid> {
+pub fn common(b: &impl Objects, repo: &str, haves: &[Oid]) -> Vec<Oid> {
     let known = b.has_many(repo, haves);
     haves
         .iter()
@@ -625,7 +625,7 @@ struct Commits {
 /// (uninteresting: the client has them), drawing the shallow boundary the request
 /// asks for (depth, relative depth, time, excluded refs) or keeping the client's.
 #[allow(clippy::too_many_lines)] // one walk with its depth, time and ref boundaries, which share its queue
-async fn walk_commits<B: Backend>(
+async fn walk_commits<B: Objects>(
     b: &B,
     repo: &str,
     refs: &[AdRef],
@@ -834,7 +834,7 @@ async fn walk_commits<B: Backend>(
 /// The shallow boundary a deepening request draws, before any negotiation (protocol
 /// v0 answers every round of a deepening fetch with it, as git's upload-pack does):
 /// the new shallow commits and the client's shallow commits no longer shallow.
-pub async fn boundary<B: Backend>(
+pub async fn boundary<B: Objects>(
     b: &B,
     repo: &str,
     refs: &[AdRef],
@@ -847,7 +847,7 @@ pub async fn boundary<B: Backend>(
 /// Works out which objects to send for `req` and reads their stored entries. `common`:
 /// the client's haves that the repository has (see [`common`]).
 #[allow(clippy::too_many_lines)] // the plan's steps (wants, haves, boundary, edge trees, objects) share its sets
-pub async fn plan<B: Backend>(
+pub async fn plan<B: Objects>(
     b: &B,
     repo: &str,
     state: &RepoState,
@@ -1085,7 +1085,7 @@ fn deepen_not_tips(refs: &[AdRef], names: &[String]) -> Result<Vec<Oid>, UploadE
 }
 
 /// Every commit `tips` reach.
-async fn commits_reachable<B: Backend>(
+async fn commits_reachable<B: Objects>(
     b: &B,
     repo: &str,
     mut stack: Vec<Oid>,
@@ -1111,7 +1111,7 @@ async fn commits_reachable<B: Backend>(
 /// `None` unless the request wants every ref's tip and has nothing to subtract (no
 /// common commits, shallow boundary or filter) and the repository says every object it
 /// stores is reachable ([`RepoState::only_reachable`]).
-fn everything<B: Backend>(
+fn everything<B: Objects>(
     b: &B,
     repo: &str,
     state: &RepoState,
@@ -1136,7 +1136,7 @@ fn full_clone(state: &RepoState, req: &FetchRequest, common: &[Oid]) -> bool {
 
 /// Adds every object of tree `t` not in `skip` to `seen` (and `order`).
 #[allow(clippy::too_many_arguments)] // each is a distinct input of the walk
-async fn walk_trees<B: Backend>(
+async fn walk_trees<B: Objects>(
     b: &B,
     repo: &str,
     roots: &[Oid],
@@ -1215,7 +1215,7 @@ pub fn batch_end(plan: &Plan, start: usize) -> usize {
 
 /// Reads the stored entries of `planned` (together), each checked against its head
 /// where planning read it.
-pub async fn read_batch<B: Backend>(
+pub async fn read_batch<B: Objects>(
     b: &B,
     repo: &str,
     planned: &[Planned],
@@ -1384,7 +1384,7 @@ const READY_WALK_MAX: usize = 4096;
 /// date, as git does: a commit older than every common one is taken to lead to none
 /// (dates may lie; the cost of a wrong answer is only another round). The walk is
 /// also bounded, so a client with much unrelated history costs the server little.
-pub async fn ready<B: Backend>(b: &B, repo: &str, wants: &[Oid], common: &[Oid]) -> bool {
+pub async fn ready<B: Objects>(b: &B, repo: &str, wants: &[Oid], common: &[Oid]) -> bool {
     if common.is_empty() {
         return false;
     }
