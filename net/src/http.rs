@@ -528,21 +528,20 @@ pub struct Peer {
     pub cert: Option<CertificateDer<'static>>,
 }
 
-/// Accepts TLS connections on `addr` forever and serves HTTP/1.1 with `handle`.
-/// At most `connections_max` connections are served at once.
-pub async fn serve<H, F>(
+/// Binds `addr` and runs `connection` for every connection accepted there, at most
+/// `connections_max` at once, forever.
+async fn accept<C, Fut>(
     addr: SocketAddr,
-    tls: Arc<ServerConfig>,
     connections_max: u32,
-    handle: H,
+    what: &str,
+    connection: C,
 ) -> io::Result<()>
 where
-    H: Fn(Request<Incoming>, Rc<Peer>) -> F + Clone + 'static,
-    F: Future<Output = Response<Body>> + 'static,
+    C: Fn(glommio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + 'static,
 {
     let listener = glommio::net::TcpListener::bind(addr)?;
-    info!(%addr, "listening");
-    let acceptor = futures_rustls::TlsAcceptor::from(tls);
+    info!(%addr, "listening ({what})");
     let slots = Rc::new(glommio::sync::Semaphore::new(u64::from(connections_max)));
     loop {
         let permit = slots
@@ -565,10 +564,32 @@ where
         if let Err(e) = stream.set_nodelay(true) {
             debug!(peer = %peer_addr, error = %e, "TCP_NODELAY");
         }
-        let acceptor = acceptor.clone();
-        let handle = handle.clone();
+        let served = connection(stream, peer_addr);
         glommio::spawn_local(async move {
             let _permit = permit;
+            served.await;
+        })
+        .detach();
+    }
+}
+
+/// Accepts TLS connections on `addr` forever and serves HTTP/1.1 with `handle`.
+/// At most `connections_max` connections are served at once.
+pub async fn serve<H, F>(
+    addr: SocketAddr,
+    tls: Arc<ServerConfig>,
+    connections_max: u32,
+    handle: H,
+) -> io::Result<()>
+where
+    H: Fn(Request<Incoming>, Rc<Peer>) -> F + Clone + 'static,
+    F: Future<Output = Response<Body>> + 'static,
+{
+    let acceptor = futures_rustls::TlsAcceptor::from(tls);
+    accept(addr, connections_max, "TLS", move |stream, peer_addr| {
+        let acceptor = acceptor.clone();
+        let handle = handle.clone();
+        async move {
             let mut tls = match glommio::timer::timeout(Duration::from_secs(30), async {
                 acceptor
                     .accept(buffered(stream))
@@ -595,9 +616,9 @@ where
                 cert,
             });
             serve_connection(Io(tls), peer, handle).await;
-        })
-        .detach();
-    }
+        }
+    })
+    .await
 }
 
 /// Serves HTTP/1.1 on one accepted connection with `handle` until it ends.
@@ -632,43 +653,26 @@ where
     H: Fn(Request<Incoming>, Rc<Peer>) -> F + Clone + 'static,
     F: Future<Output = Response<Body>> + 'static,
 {
-    let listener = glommio::net::TcpListener::bind(addr)?;
-    info!(%addr, "listening (plain HTTP: health and metrics)");
-    let slots = Rc::new(glommio::sync::Semaphore::new(u64::from(connections_max)));
-    loop {
-        let permit = slots
-            .clone()
-            .acquire_static_permit(1)
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        let stream = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                continue;
+    accept(
+        addr,
+        connections_max,
+        "plain HTTP: health and metrics",
+        move |stream, addr| {
+            let handle = handle.clone();
+            async move {
+                let peer = Rc::new(Peer { addr, cert: None });
+                // A client that never reads its answers cannot keep a slot: the
+                // connection ends after PLAIN_CONNECTION_MAX whatever it does (scrapers and
+                // load balancers connect again).
+                futures_lite::future::or(
+                    serve_connection(Io(buffered(stream)), peer, handle),
+                    glommio::timer::sleep(PLAIN_CONNECTION_MAX),
+                )
+                .await;
             }
-        };
-        let peer = Rc::new(Peer {
-            addr: stream
-                .peer_addr()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
-            cert: None,
-        });
-        let _ = stream.set_nodelay(true);
-        let handle = handle.clone();
-        glommio::spawn_local(async move {
-            let _permit = permit;
-            // A client that never reads its answers cannot keep a slot: the
-            // connection ends after PLAIN_CONNECTION_MAX whatever it does (scrapers
-            // and load balancers connect again).
-            futures_lite::future::or(
-                serve_connection(Io(buffered(stream)), peer, handle),
-                glommio::timer::sleep(PLAIN_CONNECTION_MAX),
-            )
-            .await;
-        })
-        .detach();
-    }
+        },
+    )
+    .await
 }
 
 #[cfg(test)]
