@@ -110,9 +110,14 @@ fn tag_links(c: &[u8]) -> Result<Links, Malformed> {
     })
 }
 
-fn tree_links(c: &[u8]) -> Result<Links, Malformed> {
+/// One entry of a tree: its name, the id it names and that object's kind
+/// (submodule commits, which live in another repository, are left out).
+pub type TreeEntry<'a> = (&'a [u8], Oid, ObjectKind);
+
+/// The entries of a tree, in order, refusing what cannot be walked.
+pub fn tree_entries(c: &[u8]) -> Result<Vec<TreeEntry<'_>>, Malformed> {
     let k = ObjectKind::Tree;
-    let mut links = Links::default();
+    let mut entries = Vec::new();
     let mut at = 0;
     while at < c.len() {
         let sp = c[at..]
@@ -144,12 +149,22 @@ fn tree_links(c: &[u8]) -> Result<Links, Malformed> {
             .iter()
             .fold(0u32, |m, b| (m << 3) | u32::from(b - b'0'));
         match mode & 0o170000 {
-            0o040000 => links.targets.push((oid, ObjectKind::Tree)),
-            0o100000 | 0o120000 => links.targets.push((oid, ObjectKind::Blob)),
+            0o040000 => entries.push((name, oid, ObjectKind::Tree)),
+            0o100000 | 0o120000 => entries.push((name, oid, ObjectKind::Blob)),
             _ => {} // a submodule's commit lives in another repository
         }
     }
-    Ok(links)
+    Ok(entries)
+}
+
+fn tree_links(c: &[u8]) -> Result<Links, Malformed> {
+    Ok(Links {
+        targets: tree_entries(c)?
+            .into_iter()
+            .map(|(_, id, kind)| (id, kind))
+            .collect(),
+        ..Links::default()
+    })
 }
 
 #[cfg(test)]

@@ -892,20 +892,6 @@ pub async fn plan<B: Objects>(
         "Counting objects: {} commits to send",
         send_commits.len()
     ));
-    // Objects the client has: everything in the trees of the boundary commits.
-    let mut have_objects: HashSet<Oid> = HashSet::new();
-    walk_trees(
-        b,
-        repo,
-        &boundary_trees,
-        &mut have_objects,
-        &HashSet::new(),
-        None,
-        None,
-    )
-    .await?;
-    have_objects.extend(uninteresting);
-
     // Objects to send: commits, then their trees and blobs, then wanted others.
     let mut order: Vec<Oid> = Vec::new();
     let mut sent: HashSet<Oid> = HashSet::new();
@@ -921,16 +907,40 @@ pub async fn plan<B: Objects>(
     // A partial clone's filter applies to what the commits reach, not to objects the
     // client names itself (its lazy fetches of what the filter left out).
     let filter = req.filter;
-    walk_trees(
-        b,
-        repo,
-        &roots,
-        &mut sent,
-        &have_objects,
-        Some(&mut order),
-        filter,
-    )
-    .await?;
+    let mut have_objects: HashSet<Oid> = HashSet::new();
+    if filter.is_none() {
+        // Only the paths where the trees to send differ from the boundary's are read:
+        // a fetch costs what is new, not the size of the tree.
+        let mut walk = Sparse {
+            sent: &mut sent,
+            order: &mut order,
+            have: &mut have_objects,
+        };
+        walk.run(b, repo, &roots, &boundary_trees).await?;
+    } else {
+        // Objects the client has: everything in the trees of the boundary commits.
+        walk_trees(
+            b,
+            repo,
+            &boundary_trees,
+            &mut have_objects,
+            &HashSet::new(),
+            None,
+            None,
+        )
+        .await?;
+        walk_trees(
+            b,
+            repo,
+            &roots,
+            &mut sent,
+            &have_objects,
+            Some(&mut order),
+            filter,
+        )
+        .await?;
+    }
+    have_objects.extend(uninteresting);
     let named: HashSet<Oid> = send_other.iter().copied().collect();
     for o in send_other {
         if have_objects.contains(&o) {
@@ -1132,6 +1142,120 @@ fn full_clone(state: &RepoState, req: &FetchRequest, common: &[Oid]) -> bool {
         .refs
         .values()
         .all(|t| parse_hex(t.as_bytes()).is_some_and(|t| wants.contains(&t)))
+}
+
+/// The trees and blobs that trees to send reach and the client lacks, given that it
+/// holds the boundary trees whole: both are walked together, path by path (git's
+/// sparse walk), and a path is read only where a tree to send differs from every
+/// boundary tree at that path. An object the client holds at another path only (a
+/// moved file) is sent again; nothing it lacks is left out.
+struct Sparse<'a> {
+    sent: &'a mut HashSet<Oid>,
+    order: &'a mut Vec<Oid>,
+    /// What the walk saw the client hold.
+    have: &'a mut HashSet<Oid>,
+}
+
+/// Trees to send and the boundary's trees, at one path.
+type AtPath = (Vec<Oid>, Vec<Oid>);
+
+impl Sparse<'_> {
+    async fn run<B: Objects>(
+        &mut self,
+        b: &B,
+        repo: &str,
+        roots: &[Oid],
+        boundary: &[Oid],
+    ) -> Result<(), UploadError> {
+        self.have.extend(boundary.iter().copied());
+        let mut level: Vec<AtPath> = vec![(roots.to_vec(), boundary.to_vec())];
+        while !level.is_empty() {
+            // The trees to send not seen yet, and for those paths the boundary's.
+            let mut paths = Vec::new();
+            for (want, have) in level {
+                let want: Vec<Oid> = want
+                    .into_iter()
+                    .filter(|t| !have.contains(t) && self.sent.insert(*t))
+                    .collect();
+                if want.is_empty() {
+                    continue;
+                }
+                self.order.extend(want.iter().copied());
+                paths.push((want, have));
+            }
+            let mut ids: Vec<Oid> = paths
+                .iter()
+                .flat_map(|(w, h)| w.iter().chain(h))
+                .copied()
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let mut trees: HashMap<Oid, Vec<u8>> = HashMap::with_capacity(ids.len());
+            for chunk in ids.chunks(READ_AHEAD) {
+                let read =
+                    futures_util::future::join_all(chunk.iter().map(|o| b.object(repo, o))).await;
+                for (o, r) in chunk.iter().zip(read) {
+                    let Some((_, content)) = r.map_err(be)? else {
+                        return Err(UploadError::Backend(format!("tree {} is missing", hex(o))));
+                    };
+                    trees.insert(*o, content);
+                }
+            }
+            level = Vec::new();
+            for (want, have) in &paths {
+                self.step(&trees, want, have, &mut level)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One path: the entries of its trees to send that no boundary tree has under the
+    /// same name; their subtrees make the next level.
+    fn step(
+        &mut self,
+        trees: &HashMap<Oid, Vec<u8>>,
+        want: &[Oid],
+        have: &[Oid],
+        next: &mut Vec<AtPath>,
+    ) -> Result<(), UploadError> {
+        let entries = |ids: &[Oid]| -> Result<Vec<super::objects::TreeEntry<'_>>, UploadError> {
+            let mut all = Vec::new();
+            for t in ids {
+                let content = trees.get(t).map_or(&[][..], Vec::as_slice);
+                all.extend(super::objects::tree_entries(content).map_err(proto)?);
+            }
+            Ok(all)
+        };
+        let mut held: HashMap<&[u8], Vec<(Oid, ObjectKind)>> = HashMap::new();
+        for (name, id, kind) in entries(have)? {
+            self.have.insert(id);
+            held.entry(name).or_default().push((id, kind));
+        }
+        let mut subtrees: std::collections::BTreeMap<&[u8], Vec<Oid>> =
+            std::collections::BTreeMap::new();
+        for (name, id, kind) in entries(want)? {
+            let there = held.get(name).map_or(&[][..], Vec::as_slice);
+            if there.iter().any(|(h, _)| *h == id) {
+                continue;
+            }
+            if kind == ObjectKind::Tree {
+                subtrees.entry(name).or_default().push(id);
+            } else if self.sent.insert(id) {
+                self.order.push(id);
+            }
+        }
+        for (name, want) in subtrees {
+            // Only trees are read at the next level (a path may have changed kind).
+            let have = held.get(name).map_or_else(Vec::new, |h| {
+                h.iter()
+                    .filter(|(_, k)| *k == ObjectKind::Tree)
+                    .map(|(id, _)| *id)
+                    .collect()
+            });
+            next.push((want, have));
+        }
+        Ok(())
+    }
 }
 
 /// Adds every object of tree `t` not in `skip` to `seen` (and `order`).
