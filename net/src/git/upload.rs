@@ -621,6 +621,32 @@ struct Commits {
     unshallow: Vec<Oid>,
 }
 
+/// Most objects [`prefetch`] reads ahead for one walk.
+const PREFETCH_MAX: usize = 4096;
+
+/// The objects `oids` names that the repository has (the first [`PREFETCH_MAX`]),
+/// read [`READ_AHEAD`] at a time; one that cannot be read is left to the walk, which
+/// reads it again and says why.
+async fn prefetch<'a, B: Objects>(
+    b: &B,
+    repo: &str,
+    oids: impl Iterator<Item = &'a Oid>,
+) -> HashMap<Oid, (ObjectKind, Vec<u8>)> {
+    let mut ids: Vec<Oid> = oids.take(PREFETCH_MAX).copied().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut out = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(READ_AHEAD) {
+        let read = futures_util::future::join_all(chunk.iter().map(|o| b.object(repo, o))).await;
+        for (o, r) in chunk.iter().zip(read) {
+            if let Ok(Some(object)) = r {
+                out.insert(*o, object);
+            }
+        }
+    }
+    out
+}
+
 /// Walks the commits of a fetch, newest first, from the wants and the `common` haves
 /// (uninteresting: the client has them), drawing the shallow boundary the request
 /// asks for (depth, relative depth, time, excluded refs) or keeping the client's.
@@ -689,6 +715,9 @@ async fn walk_commits<B: Objects>(
             uninteresting: true,
         });
     }
+    // Every have and want is read first (the walk takes them before any parent):
+    // read together, not one after another.
+    let mut prefetched = prefetch(b, repo, common.iter().chain(&req.wants)).await;
     while let Some(q) = heap.pop() {
         if !q.uninteresting {
             interesting -= 1;
@@ -702,7 +731,11 @@ async fn walk_commits<B: Objects>(
             _ => {}
         }
         seen.insert(q.oid, q.uninteresting);
-        let Some((kind, content)) = b.object(repo, &q.oid).await.map_err(be)? else {
+        let read = match prefetched.remove(&q.oid) {
+            Some(o) => Some(o),
+            None => b.object(repo, &q.oid).await.map_err(be)?,
+        };
+        let Some((kind, content)) = read else {
             if q.uninteresting {
                 continue;
             }
