@@ -621,32 +621,6 @@ struct Commits {
     unshallow: Vec<Oid>,
 }
 
-/// Most objects [`prefetch`] reads ahead for one walk.
-const PREFETCH_MAX: usize = 4096;
-
-/// The objects `oids` names that the repository has (the first [`PREFETCH_MAX`]),
-/// read [`READ_AHEAD`] at a time; one that cannot be read is left to the walk, which
-/// reads it again and says why.
-async fn prefetch<'a, B: Objects>(
-    b: &B,
-    repo: &str,
-    oids: impl Iterator<Item = &'a Oid>,
-) -> HashMap<Oid, (ObjectKind, Vec<u8>)> {
-    let mut ids: Vec<Oid> = oids.take(PREFETCH_MAX).copied().collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let mut out = HashMap::with_capacity(ids.len());
-    for chunk in ids.chunks(READ_AHEAD) {
-        let read = futures_util::future::join_all(chunk.iter().map(|o| b.object(repo, o))).await;
-        for (o, r) in chunk.iter().zip(read) {
-            if let Ok(Some(object)) = r {
-                out.insert(*o, object);
-            }
-        }
-    }
-    out
-}
-
 /// Walks the commits of a fetch, newest first, from the wants and the `common` haves
 /// (uninteresting: the client has them), drawing the shallow boundary the request
 /// asks for (depth, relative depth, time, excluded refs) or keeping the client's.
@@ -707,17 +681,19 @@ async fn walk_commits<B: Objects>(
     } else {
         &[]
     };
+    let common_set: HashSet<Oid> = common.iter().copied().collect();
+    // Shallow requests keep the walk as it is: their boundaries follow the haves.
+    let direct_edges = !req.deepens() && client_shallow.is_empty();
     for c in common.iter().chain(relative_from) {
         heap.push(Queued {
-            time: i64::MAX,
+            // After the wants: a want whose parents the client has then ends the walk
+            // before any other have is read.
+            time: if direct_edges { i64::MAX - 1 } else { i64::MAX },
             depth: want_depth,
             oid: *c,
             uninteresting: true,
         });
     }
-    // Every have and want is read first (the walk takes them before any parent):
-    // read together, not one after another.
-    let mut prefetched = prefetch(b, repo, common.iter().chain(&req.wants)).await;
     while let Some(q) = heap.pop() {
         if !q.uninteresting {
             interesting -= 1;
@@ -731,11 +707,7 @@ async fn walk_commits<B: Objects>(
             _ => {}
         }
         seen.insert(q.oid, q.uninteresting);
-        let read = match prefetched.remove(&q.oid) {
-            Some(o) => Some(o),
-            None => b.object(repo, &q.oid).await.map_err(be)?,
-        };
-        let Some((kind, content)) = read else {
+        let Some((kind, content)) = b.object(repo, &q.oid).await.map_err(be)? else {
             if q.uninteresting {
                 continue;
             }
@@ -790,6 +762,29 @@ async fn walk_commits<B: Objects>(
                     edge.extend(l.parents.iter().copied());
                 }
                 for p in l.parents {
+                    // A parent the client said it has: the edge, walked as the
+                    // client's side right away, so a fetch of what grew on the
+                    // client's tips reads no other have.
+                    if !uninteresting && direct_edges && common_set.contains(&p) {
+                        if seen.get(&p) != Some(&true) {
+                            seen.insert(p, true);
+                            if let Some((ObjectKind::Commit, c)) =
+                                b.object(repo, &p).await.map_err(be)?
+                            {
+                                let pl = links(ObjectKind::Commit, &c).map_err(proto)?;
+                                commit_tree.insert(p, pl.targets[0].0);
+                                for pp in pl.parents {
+                                    heap.push(Queued {
+                                        time: pl.commit_time,
+                                        depth: depth + 1,
+                                        oid: pp,
+                                        uninteresting: true,
+                                    });
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     interesting += usize::from(!uninteresting);
                     heap.push(Queued {
                         time: l.commit_time,
