@@ -93,3 +93,41 @@ mod tests {
         assert!(long.chars().all(|c| c.is_ascii_graphic() || c == ' '));
     }
 }
+
+/// How long each phase of a push or of a fetch's planning took, for the log.
+#[derive(Debug)]
+pub struct Phases {
+    last: std::time::Instant,
+    pub done: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Phases {
+    pub fn start() -> Phases {
+        Phases {
+            last: std::time::Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    pub fn mark(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.done.push((name, now - self.last));
+        self.last = now;
+    }
+}
+
+impl Default for Phases {
+    fn default() -> Self {
+        Phases::start()
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, d)) in self.done.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{name}={}ms", d.as_millis())?;
+        }
+        Ok(())
+    }
+}

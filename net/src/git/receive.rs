@@ -547,7 +547,7 @@ pub async fn receive<B: Pushes>(
     let commands = &req.commands;
     let atomic = req.caps.contains("atomic");
     let mut refusals = check_commands(commands, state);
-    let mut phases = Phases::start();
+    let mut phases = super::Phases::start();
     let mut failed = false;
     let needs_pack = commands.iter().any(|c| c.new != ZERO);
 
@@ -939,38 +939,6 @@ async fn connect<B: Objects>(
 /// ([`Pushes::remember`]): the node's cache holds 64 MiB, so more of a huge push
 /// would only evict what was just kept.
 const REMEMBER_BYTES_MAX: usize = 16 << 20;
-
-/// How long each phase of a push took, for the log.
-#[derive(Debug)]
-struct Phases {
-    last: std::time::Instant,
-    done: Vec<(&'static str, std::time::Duration)>,
-}
-
-impl Phases {
-    fn start() -> Phases {
-        Phases {
-            last: std::time::Instant::now(),
-            done: Vec::new(),
-        }
-    }
-
-    fn mark(&mut self, name: &'static str) {
-        let now = std::time::Instant::now();
-        self.done.push((name, now - self.last));
-        self.last = now;
-    }
-}
-
-impl std::fmt::Display for Phases {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, (name, d)) in self.done.iter().enumerate() {
-            let sep = if i == 0 { "" } else { " " };
-            write!(f, "{sep}{name}={}ms", d.as_millis())?;
-        }
-        Ok(())
-    }
-}
 
 /// What a push carries, as connectivity and history walks need it.
 struct Pushed<'a> {

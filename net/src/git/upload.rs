@@ -547,6 +547,8 @@ pub struct Plan {
     /// sent, the repository may be marked [`RepoState::only_reachable`] again
     /// ([`crate::backend::Backend::mark_reachable`]).
     pub proves_reachable: bool,
+    /// How long each step of planning took, for the log.
+    pub phases: super::Phases,
 }
 
 /// An entry of a [`Plan`]: its head, where planning read it, or only where it is
@@ -887,11 +889,13 @@ pub async fn plan<B: Objects>(
     // Every want must be reachable from a ref (allow-reachable-sha1-in-want): since
     // every stored object of a repository is reachable from its refs or was part of a
     // verified push, it is enough that the repository has it.
+    let mut phases = super::Phases::start();
     let has = b.has_many(repo, &req.wants);
     if let Some((o, _)) = req.wants.iter().zip(has).find(|(_, h)| !h) {
         return Err(UploadError::NotOurRef(hex(o)));
     }
     if let Some(all) = everything(b, repo, state, req, common) {
+        phases.mark("everything");
         progress(format!(
             "Counting objects: {} (every object the repository stores)",
             all.len()
@@ -905,6 +909,7 @@ pub async fn plan<B: Objects>(
             unshallow: Vec::new(),
             thin: 0,
             proves_reachable: false,
+            phases,
         });
     }
     let Commits {
@@ -916,6 +921,7 @@ pub async fn plan<B: Objects>(
         shallow,
         unshallow,
     } = walk_commits(b, repo, refs, req, common).await?;
+    phases.mark("commits");
     progress(format!(
         "Counting objects: {} commits to send",
         send_commits.len()
@@ -969,6 +975,7 @@ pub async fn plan<B: Objects>(
         .await?;
     }
     have_objects.extend(uninteresting);
+    phases.mark("trees");
     let named: HashSet<Oid> = send_other.iter().copied().collect();
     for o in send_other {
         if have_objects.contains(&o) {
@@ -999,6 +1006,7 @@ pub async fn plan<B: Objects>(
             }
         }
     }
+    phases.mark("others");
     // Read entries; bring in delta bases the client lacks; order bases first.
     let thin_ok = req.has("thin-pack");
     progress(format!("Counting objects: {} objects to send", order.len()));
@@ -1037,6 +1045,7 @@ pub async fn plan<B: Objects>(
         }
         glommio::yield_if_needed().await;
     }
+    phases.mark("heads");
     // Delta bases a partial clone left out are sent after all: the delta needs them.
     let mut bases: Vec<Oid> = raws.values().filter_map(|r| r.base).collect();
     while let Some(base) = bases.pop() {
@@ -1076,12 +1085,14 @@ pub async fn plan<B: Objects>(
     let proves_reachable = !state.only_reachable
         && full_clone(state, req, common)
         && b.stored_objects(repo).len() == out.len();
+    phases.mark("order");
     Ok(Plan {
         objects: out,
         shallow,
         unshallow,
         thin,
         proves_reachable,
+        phases,
     })
 }
 
@@ -1631,6 +1642,7 @@ mod tests {
             unshallow: Vec::new(),
             thin: 0,
             proves_reachable: false,
+            phases: super::super::Phases::start(),
         };
         for max in [None, Some(pktline::MAX_PKT), Some(1000)] {
             let mut out = BandWriter::new(1, max);

@@ -342,6 +342,7 @@ impl<B: Backend + 'static> Fetch<B> {
             repo = %repo,
             objects = plan.objects.len(),
             plan_ms = planned.as_millis() as u64,
+            plan = %plan.phases,
             total_ms = started.elapsed().as_millis() as u64,
             "served a pack"
         );
