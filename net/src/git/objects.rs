@@ -193,6 +193,41 @@ mod tests {
     }
 
     #[test]
+    fn tree_entries_keep_names_and_refuse_what_cannot_be_walked() {
+        let mut t = b"100644 a file\0".to_vec();
+        t.extend_from_slice(&[1; 20]);
+        t.extend_from_slice(b"40000 dir\0");
+        t.extend_from_slice(&[2; 20]);
+        let e = tree_entries(&t).expect("valid");
+        assert_eq!(
+            e,
+            vec![
+                (&b"a file"[..], [1; 20], ObjectKind::Blob),
+                (&b"dir"[..], [2; 20], ObjectKind::Tree)
+            ]
+        );
+        for bad in [
+            &b"100644 .\0aaaaaaaaaaaaaaaaaaaa"[..],
+            b"100644 ..\0aaaaaaaaaaaaaaaaaaaa",
+            b"100644 a/b\0aaaaaaaaaaaaaaaaaaaa",
+            b"100644 \0aaaaaaaaaaaaaaaaaaaa",
+            b"100644 no-nul-after-the-name",
+            b"100644",
+            b"100644 a\0",
+        ] {
+            assert!(
+                tree_entries(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // An entry repeated is returned twice (fsck judges duplicates, not the walk).
+        let mut twice = t.clone();
+        twice.extend_from_slice(&t);
+        assert_eq!(tree_entries(&twice).expect("walkable").len(), 4);
+    }
+
+    #[test]
     fn tree_entries_and_gitlinks() {
         let mut t = Vec::new();
         t.extend_from_slice(b"100644 a\0");
