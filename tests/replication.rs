@@ -526,10 +526,23 @@ fn a_join_killed_midway_can_be_retried() {
     // And node 3 is a voter: with node 1 gone, nodes 2 and 3 still take pushes.
     region.stop_at(1, libc::SIGKILL);
     let tip2 = commit(&region, &w, 1);
-    region.git_ok(
-        &w,
-        &["push", "-q", &region.repo_url_of(3, "test"), "master"],
-    );
+    // Once nodes 2 and 3 have elected a leader (a 503 until then: the client retries,
+    // as git's users do; on a loaded machine the election can outlast one push's
+    // replication timeout).
+    let url = region.repo_url_of(3, "test");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = region.git(Some("admin"), &w, &["push", "-q", &url, "master"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nodes 2 and 3 took no push in 60 s: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     assert!(refs_at(&region, 2, "test").contains(&tip2));
 }
 
