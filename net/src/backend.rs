@@ -75,6 +75,15 @@ pub trait Objects {
         repo: &str,
         oid: &Oid,
     ) -> Result<Option<(ObjectKind, Vec<u8>)>, BackendError>;
+    /// The contents of many objects of the repository, read together (their delta
+    /// chains a level at a time): `None` for each it lacks and for each past
+    /// `bytes_max` of contents in the order asked, which the caller reads alone.
+    async fn objects(
+        &self,
+        repo: &str,
+        oids: &[Oid],
+        bytes_max: u64,
+    ) -> Result<Vec<Option<(ObjectKind, Vec<u8>)>>, BackendError>;
     /// The stored pack entries of objects of the repository (`None` for each it
     /// lacks), read together: neighbouring entries come in one device read.
     async fn raws(

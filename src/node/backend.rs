@@ -22,6 +22,22 @@ impl<D: Dir> Objects for NodeBackend<D> {
             .map_err(|e| self.read_failed(e))
     }
 
+    async fn objects(
+        &self,
+        repo: &str,
+        oids: &[Oid],
+        bytes_max: u64,
+    ) -> Result<Vec<Option<(ObjectKind, Vec<u8>)>>, BackendError> {
+        let Some(ns) = self.ns_of(repo) else {
+            return Ok(vec![None; oids.len()]);
+        };
+        self.inner
+            .store
+            .read_objects(Namespace(ns), oids, bytes_max)
+            .await
+            .map_err(|e| self.read_failed(e))
+    }
+
     async fn raws(
         &self,
         repo: &str,

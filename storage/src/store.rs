@@ -1360,55 +1360,131 @@ impl<D: Dir> Store<D> {
         ns: Namespace,
         oid: &Oid,
     ) -> Result<Option<(ObjectKind, Vec<u8>)>> {
-        // Objects the namespace holds come from the cache without a read: a clone's
-        // planning reads every tree and commit, a device read each (thousands of
-        // 512-byte reads for a 100 MiB repository, each a request to the disk).
-        if self.contains(ns, oid) {
-            if let Some((kind, c)) = state(&self.inner.cache).get(ns, oid) {
-                return Ok(Some((kind, c.as_ref().clone())));
+        Ok(self
+            .read_objects(ns, std::slice::from_ref(oid), u64::MAX)
+            .await?
+            .pop()
+            .flatten())
+    }
+
+    /// [`Store::read_object`] of many objects: `None` for each `ns` lacks and for each
+    /// past `bytes_max` of contents (taken in the order asked; the caller reads those
+    /// alone). Their delta chains are read a level at a time, each level in one
+    /// batched read ([`Store::read_raws`]): `n` chains of depth `d` cost `d` rounds of
+    /// reads, not `n * d` one after another (a fetch's haves, read cold on a node that
+    /// stored them as deltas, cost milliseconds each that way). Objects the namespace
+    /// holds come from the cache without a read: a clone's planning reads every tree
+    /// and commit.
+    pub async fn read_objects(
+        &self,
+        ns: Namespace,
+        oids: &[Oid],
+        bytes_max: u64,
+    ) -> Result<Vec<Option<(ObjectKind, Vec<u8>)>>> {
+        let cached = |oid: &Oid| {
+            if self.contains(ns, oid) {
+                state(&self.inner.cache).get(ns, oid)
+            } else {
+                None
             }
-        }
-        let Some(top) = self.read_raw(ns, oid).await? else {
-            return Ok(None);
         };
-        let kind = top.kind;
-        let mut chain = Vec::new();
-        let mut cur = top;
-        let mut content: Rc<Vec<u8>> = loop {
-            if let Some((_, c)) = state(&self.inner.cache).get(ns, &cur.oid) {
-                break c;
+        // The entries of every chain down to a cached content or a whole object.
+        let mut raws: HashMap<Oid, StoredObject<Chunk>> = HashMap::new();
+        let mut level: Vec<Oid> = oids
+            .iter()
+            .filter(|o| cached(o).is_none())
+            .copied()
+            .collect();
+        level.sort_unstable();
+        level.dedup();
+        let mut depth = 0;
+        while !level.is_empty() && depth <= self.inner.opts.delta_chain_max {
+            let read = self.read_raws(ns, &level).await?;
+            let mut next = Vec::new();
+            for (oid, raw) in level.iter().zip(read) {
+                let Some(raw) = raw else { continue };
+                if let Some(base) = raw.base {
+                    if !raws.contains_key(&base) && cached(&base).is_none() {
+                        next.push(base);
+                    }
+                }
+                raws.insert(*oid, raw);
             }
-            match cur.base {
+            next.sort_unstable();
+            next.dedup();
+            next.retain(|o| !raws.contains_key(o));
+            level = next;
+            depth += 1;
+        }
+        let mut out = Vec::with_capacity(oids.len());
+        let mut budget = bytes_max;
+        for oid in oids {
+            let size = match (raws.get(oid), cached(oid)) {
+                (_, Some((_, c))) => c.len() as u64,
+                (Some(raw), None) => raw.object_size,
+                (None, None) => 0, // absent (or read again below)
+            };
+            if size > budget {
+                out.push(None);
+                continue;
+            }
+            budget -= size;
+            out.push(self.resolve_chain(ns, oid, &mut raws).await?);
+        }
+        Ok(out)
+    }
+
+    /// The content of `oid` from the cache or from its chain's entries in `raws`
+    /// ([`Store::read_objects`] read them; one the cache let go since is read again),
+    /// every content made on the way kept in the cache.
+    async fn resolve_chain(
+        &self,
+        ns: Namespace,
+        oid: &Oid,
+        raws: &mut HashMap<Oid, StoredObject<Chunk>>,
+    ) -> Result<Option<(ObjectKind, Vec<u8>)>> {
+        let max = self.inner.opts.delta_cache_bytes_max;
+        let mut chain: Vec<StoredObject<Chunk>> = Vec::new();
+        let mut cur = *oid;
+        let (kind, mut content) = loop {
+            if self.contains(ns, &cur) {
+                if let Some((kind, c)) = state(&self.inner.cache).get(ns, &cur) {
+                    break (kind, c);
+                }
+            }
+            if chain.len() > self.inner.opts.delta_chain_max {
+                return Err(Error::Content {
+                    oid: object::hex(oid),
+                    source: ContentError::Chain("delta chain too long (or a cycle)"),
+                });
+            }
+            let raw = match raws.get(&cur) {
+                Some(r) => r.clone(),
+                None => match self.read_raw(ns, &cur).await? {
+                    Some(r) => r,
+                    None if chain.is_empty() => return Ok(None),
+                    None => {
+                        return Err(Error::Content {
+                            oid: object::hex(&chain[chain.len() - 1].oid),
+                            source: ContentError::Chain("delta base is missing"),
+                        })
+                    }
+                },
+            };
+            match raw.base {
                 None => {
-                    let c = object::inflate(&cur.deflated, cur.entry_size).map_err(|e| {
+                    let c = object::inflate(&raw.deflated, raw.entry_size).map_err(|e| {
                         Error::Content {
-                            oid: object::hex(&cur.oid),
+                            oid: object::hex(&raw.oid),
                             source: e.into(),
                         }
                     })?;
-                    break state(&self.inner.cache).put(
-                        ns,
-                        cur.oid,
-                        kind,
-                        c,
-                        self.inner.opts.delta_cache_bytes_max,
-                    );
+                    let c = state(&self.inner.cache).put(ns, raw.oid, raw.kind, c, max);
+                    break (raw.kind, c);
                 }
                 Some(base) => {
-                    if chain.len() >= self.inner.opts.delta_chain_max {
-                        return Err(Error::Content {
-                            oid: object::hex(oid),
-                            source: ContentError::Chain("delta chain too long (or a cycle)"),
-                        });
-                    }
-                    let next = self
-                        .read_raw(ns, &base)
-                        .await?
-                        .ok_or_else(|| Error::Content {
-                            oid: object::hex(&cur.oid),
-                            source: ContentError::Chain("delta base is missing"),
-                        })?;
-                    chain.push(std::mem::replace(&mut cur, next));
+                    cur = base;
+                    chain.push(raw);
                 }
             }
         };
@@ -1417,20 +1493,14 @@ impl<D: Dir> Store<D> {
                 oid: object::hex(&d.oid),
                 source: e.into(),
             })?;
-            let out =
+            let made =
                 repospanner_object::delta::apply(&content, &delta, u64::MAX).map_err(|e| {
                     Error::Content {
                         oid: object::hex(&d.oid),
                         source: e.into(),
                     }
                 })?;
-            content = state(&self.inner.cache).put(
-                ns,
-                d.oid,
-                kind,
-                out,
-                self.inner.opts.delta_cache_bytes_max,
-            );
+            content = state(&self.inner.cache).put(ns, d.oid, kind, made, max);
             glommio::yield_if_needed().await;
         }
         Ok(Some((kind, content.as_ref().clone())))

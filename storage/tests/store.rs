@@ -81,6 +81,46 @@ async fn exercise<D: Dir>(store: &Store<D>) {
     let _ = (c3, d3);
 }
 
+/// `Store::read_objects`: many at once, and past a budget.
+async fn check_many<D: Dir>(
+    store: &Store<D>,
+    [blob, d1, d3]: [&repospanner_storage::StoredObject; 3],
+    c1: &[u8],
+    c3: &[u8],
+) {
+    let (c1, c3) = (c1.to_vec(), c3.to_vec());
+    // Many at once (a fetch's haves): chains sharing their bases, one asked twice,
+    // one absent, in the order asked.
+    let many = store
+        .read_objects(NS, &[d3.oid, [7u8; 20], d1.oid, blob.oid, d3.oid], u64::MAX)
+        .await
+        .expect("read");
+    assert_eq!(
+        many,
+        vec![
+            Some((ObjectKind::Blob, c3.clone())),
+            None,
+            Some((ObjectKind::Blob, c1.clone())),
+            Some((ObjectKind::Blob, b"hello\n".to_vec())),
+            Some((ObjectKind::Blob, c3.clone())),
+        ]
+    );
+    // Past the budget, what is left comes back unread (the caller reads it alone).
+    let budget = (c3.len() + 6) as u64;
+    let some = store
+        .read_objects(NS, &[d3.oid, blob.oid, d1.oid], budget)
+        .await
+        .expect("read");
+    assert_eq!(
+        some,
+        vec![
+            Some((ObjectKind::Blob, c3.clone())),
+            Some((ObjectKind::Blob, b"hello\n".to_vec())),
+            None,
+        ]
+    );
+}
+
 async fn check<D: Dir>(store: &Store<D>) {
     let blob = full(ObjectKind::Blob, b"hello\n");
     let base_content = vec![b'x'; 3000];
@@ -123,6 +163,7 @@ async fn check<D: Dir>(store: &Store<D>) {
         .await
         .expect("read head")
         .is_none());
+    check_many(store, [&blob, &d1, &d3], &c1, &c3).await;
     let (kind, content) = store
         .read_object(NS, &d3.oid)
         .await

@@ -524,8 +524,9 @@ pub fn parse_v2_fetch(
     Ok(req)
 }
 
-/// How many stored entries a fetch asks the store for at once.
-const READ_AHEAD: usize = 64;
+/// How many trees the tree walk asks the store for at once ([`Objects::objects`]
+/// reads their delta chains a level at a time, neighbouring entries together).
+const TREES_AT_ONCE: usize = 512;
 
 /// How many entry heads planning asks the store for at once: the more, the more of them
 /// the store finds side by side and reads together (a head is some 60 bytes; the store
@@ -601,6 +602,62 @@ pub fn common(b: &impl Objects, repo: &str, haves: &[Oid]) -> Vec<Oid> {
         .filter(|(_, k)| *k)
         .map(|(o, _)| *o)
         .collect()
+}
+
+/// Most haves [`Ahead`] reads in one batch, and most bytes of their contents.
+const AHEAD_OBJECTS: usize = 256;
+const AHEAD_BYTES: u64 = 16 << 20;
+
+/// The contents of the client's common haves, read ahead in batches
+/// ([`Objects::objects`]) as the commit walk reaches them: a fetch into a clone with
+/// many refs names hundreds of haves, and a node that stored them as deltas waits for
+/// a whole delta chain on each one read alone.
+struct Ahead<'a> {
+    /// The haves in the order batches take them; `next` is the first not taken.
+    haves: &'a [Oid],
+    next: usize,
+    read: HashMap<Oid, (ObjectKind, Vec<u8>)>,
+}
+
+impl Ahead<'_> {
+    /// The content of `oid`: read ahead, or with the next batch of haves when it is
+    /// one, or alone.
+    async fn object<B: Objects>(
+        &mut self,
+        b: &B,
+        repo: &str,
+        oid: &Oid,
+        is_have: bool,
+    ) -> Result<Option<(ObjectKind, Vec<u8>)>, UploadError> {
+        if let Some(o) = self.read.remove(oid) {
+            return Ok(Some(o));
+        }
+        if is_have && self.next < self.haves.len() {
+            let mut batch = vec![*oid];
+            while batch.len() < AHEAD_OBJECTS && self.next < self.haves.len() {
+                let h = self.haves[self.next];
+                self.next += 1;
+                if h != *oid {
+                    batch.push(h);
+                }
+            }
+            let got = b.objects(repo, &batch, AHEAD_BYTES).await.map_err(be)?;
+            for (h, content) in batch.into_iter().zip(got) {
+                if let Some(c) = content {
+                    self.read.insert(h, c);
+                }
+            }
+            if let Some(o) = self.read.remove(oid) {
+                return Ok(Some(o));
+            }
+        }
+        b.object(repo, oid).await.map_err(be)
+    }
+
+    /// `oid` will not be read (the walk has seen it): its content is let go.
+    fn forget(&mut self, oid: &Oid) {
+        self.read.remove(oid);
+    }
 }
 
 /// What the commit walk of a fetch found.
@@ -696,6 +753,11 @@ async fn walk_commits<B: Objects>(
             uninteresting: true,
         });
     }
+    let mut ahead = Ahead {
+        haves: common,
+        next: 0,
+        read: HashMap::new(),
+    };
     while let Some(q) = heap.pop() {
         if !q.uninteresting {
             interesting -= 1;
@@ -704,12 +766,16 @@ async fn walk_commits<B: Objects>(
             break;
         }
         match seen.get(&q.oid) {
-            Some(true) => continue,
+            Some(true) => {
+                ahead.forget(&q.oid);
+                continue;
+            }
             Some(false) if !q.uninteresting => continue,
             _ => {}
         }
         seen.insert(q.oid, q.uninteresting);
-        let Some((kind, content)) = b.object(repo, &q.oid).await.map_err(be)? else {
+        let is_have = q.uninteresting && common_set.contains(&q.oid);
+        let Some((kind, content)) = ahead.object(b, repo, &q.oid, is_have).await? else {
             if q.uninteresting {
                 continue;
             }
@@ -771,7 +837,7 @@ async fn walk_commits<B: Objects>(
                         if seen.get(&p) != Some(&true) {
                             seen.insert(p, true);
                             if let Some((ObjectKind::Commit, c)) =
-                                b.object(repo, &p).await.map_err(be)?
+                                ahead.object(b, repo, &p, true).await?
                             {
                                 let pl = links(ObjectKind::Commit, &c).map_err(proto)?;
                                 commit_tree.insert(p, pl.targets[0].0);
@@ -942,38 +1008,16 @@ pub async fn plan<B: Objects>(
     // client names itself (its lazy fetches of what the filter left out).
     let filter = req.filter;
     let mut have_objects: HashSet<Oid> = HashSet::new();
-    if filter.is_none() {
-        // Only the paths where the trees to send differ from the boundary's are read:
-        // a fetch costs what is new, not the size of the tree.
-        let mut walk = Sparse {
-            sent: &mut sent,
-            order: &mut order,
-            have: &mut have_objects,
-        };
-        walk.run(b, repo, &roots, &boundary_trees).await?;
-    } else {
-        // Objects the client has: everything in the trees of the boundary commits.
-        walk_trees(
-            b,
-            repo,
-            &boundary_trees,
-            &mut have_objects,
-            &HashSet::new(),
-            None,
-            None,
-        )
-        .await?;
-        walk_trees(
-            b,
-            repo,
-            &roots,
-            &mut sent,
-            &have_objects,
-            Some(&mut order),
-            filter,
-        )
-        .await?;
+    // Only the paths where the trees to send differ from the boundary's are read: a
+    // fetch costs what is new, not the size of the tree.
+    Sparse {
+        sent: &mut sent,
+        order: &mut order,
+        have: &mut have_objects,
+        filter,
     }
+    .run(b, repo, &roots, &boundary_trees)
+    .await?;
     have_objects.extend(uninteresting);
     phases.mark("trees");
     let named: HashSet<Oid> = send_other.iter().copied().collect();
@@ -982,15 +1026,14 @@ pub async fn plan<B: Objects>(
             continue;
         }
         if let Some((ObjectKind::Tree, _)) = b.object(repo, &o).await.map_err(be)? {
-            walk_trees(
-                b,
-                repo,
-                &[o],
-                &mut sent,
-                &have_objects,
-                Some(&mut order),
-                None,
-            )
+            // A tree the client names itself: all of it, but for what it has.
+            Sparse {
+                sent: &mut sent,
+                order: &mut order,
+                have: &mut have_objects,
+                filter: None,
+            }
+            .run(b, repo, &[o], &[])
             .await?;
         } else if sent.insert(o) {
             order.push(o);
@@ -1187,12 +1230,17 @@ fn full_clone(state: &RepoState, req: &FetchRequest, common: &[Oid]) -> bool {
 /// holds the boundary trees whole: both are walked together, path by path (git's
 /// sparse walk), and a path is read only where a tree to send differs from every
 /// boundary tree at that path. An object the client holds at another path only (a
-/// moved file) is sent again; nothing it lacks is left out.
+/// moved file, unless the walk saw it there first) is sent again; nothing it lacks is
+/// left out. With no boundary it is the whole walk of the trees to send (a clone).
 struct Sparse<'a> {
     sent: &'a mut HashSet<Oid>,
     order: &'a mut Vec<Oid>,
-    /// What the walk saw the client hold.
+    /// What the client holds: what the walk saw in the boundary, and what the caller
+    /// knew before.
     have: &'a mut HashSet<Oid>,
+    /// A partial clone's filter: its depth and `blob:none` are judged here, by path
+    /// depth (the root trees at 0); `blob:limit` needs sizes, which come with the heads.
+    filter: Option<Filter>,
 }
 
 /// Trees to send and the boundary's trees, at one path.
@@ -1207,14 +1255,20 @@ impl Sparse<'_> {
         boundary: &[Oid],
     ) -> Result<(), UploadError> {
         self.have.extend(boundary.iter().copied());
-        let mut level: Vec<AtPath> = vec![(roots.to_vec(), boundary.to_vec())];
+        let roots: Vec<Oid> = roots
+            .iter()
+            .filter(|_| !self.omits(ObjectKind::Tree, 0))
+            .copied()
+            .collect();
+        let mut level: Vec<AtPath> = vec![(roots, boundary.to_vec())];
+        let mut depth = 0;
         while !level.is_empty() {
             // The trees to send not seen yet, and for those paths the boundary's.
             let mut paths = Vec::new();
             for (want, have) in level {
                 let want: Vec<Oid> = want
                     .into_iter()
-                    .filter(|t| !have.contains(t) && self.sent.insert(*t))
+                    .filter(|t| !have.contains(t) && !self.have.contains(t) && self.sent.insert(*t))
                     .collect();
                 if want.is_empty() {
                     continue;
@@ -1230,31 +1284,38 @@ impl Sparse<'_> {
             ids.sort_unstable();
             ids.dedup();
             let mut trees: HashMap<Oid, Vec<u8>> = HashMap::with_capacity(ids.len());
-            for chunk in ids.chunks(READ_AHEAD) {
-                let read =
-                    futures_util::future::join_all(chunk.iter().map(|o| b.object(repo, o))).await;
+            for chunk in ids.chunks(TREES_AT_ONCE) {
+                let read = b.objects(repo, chunk, u64::MAX).await.map_err(be)?;
                 for (o, r) in chunk.iter().zip(read) {
-                    let Some((_, content)) = r.map_err(be)? else {
+                    let Some((_, content)) = r else {
                         return Err(UploadError::Backend(format!("tree {} is missing", hex(o))));
                     };
                     trees.insert(*o, content);
                 }
             }
             level = Vec::new();
+            depth += 1;
             for (want, have) in &paths {
-                self.step(&trees, want, have, &mut level)?;
+                self.step(&trees, want, have, depth, &mut level)?;
             }
         }
         Ok(())
     }
 
-    /// One path: the entries of its trees to send that no boundary tree has under the
-    /// same name; their subtrees make the next level.
+    /// Whether the filter leaves out an object of `kind` at `depth`.
+    fn omits(&self, kind: ObjectKind, depth: u32) -> bool {
+        self.filter
+            .is_some_and(|f| !matches!(f, Filter::BlobsBelow(_)) && f.omits(kind, 0, depth))
+    }
+
+    /// One path: the entries of its trees to send (at `depth` below the roots) that no
+    /// boundary tree has under the same name; their subtrees make the next level.
     fn step(
         &mut self,
         trees: &HashMap<Oid, Vec<u8>>,
         want: &[Oid],
         have: &[Oid],
+        depth: u32,
         next: &mut Vec<AtPath>,
     ) -> Result<(), UploadError> {
         let entries = |ids: &[Oid]| -> Result<Vec<super::objects::TreeEntry<'_>>, UploadError> {
@@ -1274,7 +1335,10 @@ impl Sparse<'_> {
             std::collections::BTreeMap::new();
         for (name, id, kind) in entries(want)? {
             let there = held.get(name).map_or(&[][..], Vec::as_slice);
-            if there.iter().any(|(h, _)| *h == id) {
+            if there.iter().any(|(h, _)| *h == id)
+                || self.omits(kind, depth)
+                || self.have.contains(&id)
+            {
                 continue;
             }
             if kind == ObjectKind::Tree {
@@ -1295,63 +1359,6 @@ impl Sparse<'_> {
         }
         Ok(())
     }
-}
-
-/// Adds every object of tree `t` not in `skip` to `seen` (and `order`).
-#[allow(clippy::too_many_arguments)] // each is a distinct input of the walk
-async fn walk_trees<B: Objects>(
-    b: &B,
-    repo: &str,
-    roots: &[Oid],
-    seen: &mut HashSet<Oid>,
-    skip: &HashSet<Oid>,
-    mut order: Option<&mut Vec<Oid>>,
-    filter: Option<Filter>,
-) -> Result<(), UploadError> {
-    // Only depth can be judged here (sizes come with the heads): `tree:<depth>` and
-    // `blob:none`; the rest of a filter is the caller's.
-    let omitted = |kind, depth| {
-        filter.is_some_and(|f| !matches!(f, Filter::BlobsBelow(_)) && f.omits(kind, 0, depth))
-    };
-    // Breadth first from all roots at once, each level's trees read concurrently.
-    let mut level = Vec::new();
-    let mut depth = 0u32;
-    for t in roots {
-        if omitted(ObjectKind::Tree, depth) || skip.contains(t) || !seen.insert(*t) {
-            continue;
-        }
-        if let Some(ord) = order.as_deref_mut() {
-            ord.push(*t);
-        }
-        level.push(*t);
-    }
-    while !level.is_empty() {
-        depth += 1;
-        let mut next = Vec::new();
-        for chunk in level.chunks(READ_AHEAD) {
-            let read =
-                futures_util::future::join_all(chunk.iter().map(|o| b.object(repo, o))).await;
-            for (o, r) in chunk.iter().zip(read) {
-                let Some((_, content)) = r.map_err(be)? else {
-                    return Err(UploadError::Backend(format!("tree {} is missing", hex(o))));
-                };
-                let l = links(ObjectKind::Tree, &content).map_err(proto)?;
-                for (child, kind) in l.targets {
-                    if omitted(kind, depth) || skip.contains(&child) || !seen.insert(child) {
-                        continue;
-                    }
-                    if let Some(ord) = order.as_deref_mut() {
-                        ord.push(child);
-                    }
-                    if kind == ObjectKind::Tree {
-                        next.push(child);
-                    }
-                }
-            }
-        }
-        level = next;
-    }
-    Ok(())
 }
 
 /// Stored entries read for the pack at a time: at most this many bytes (by their
