@@ -583,6 +583,8 @@ pub fn decode_snapshot_body(b: &[u8]) -> Result<(SnapshotHeader, Vec<u8>), Strin
 /// missing (this node was down or slow when the push happened) is fetched from the
 /// group's other members, retried until it arrives or the node stops.
 pub struct ObjectSync<D: Dir> {
+    /// Warmed with the history each push's new tips reach, once its objects are here.
+    pub(crate) commits: crate::node::Commits<D>,
     pub store: Store<D>,
     pub client: Rc<dyn Transport>,
     pub shard: usize,
@@ -625,6 +627,7 @@ impl<D: Dir> std::fmt::Debug for ObjectSync<D> {
 impl<D: Dir> Clone for ObjectSync<D> {
     fn clone(&self) -> Self {
         ObjectSync {
+            commits: self.commits.clone(),
             store: self.store.clone(),
             client: self.client.clone(),
             shard: self.shard,
@@ -828,13 +831,26 @@ impl<D: Dir> Hooks for ObjectSync<D> {
     ) -> LocalBoxFuture<'static, Result<(), io::Error>> {
         let this = self.clone();
         match cmd {
-            Command::UpdateRefs { id, objects, .. } => {
+            Command::UpdateRefs {
+                id,
+                objects,
+                changes,
+                ..
+            } => {
                 let ns = *id;
                 let oids: Vec<Oid> = objects
                     .iter()
                     .filter_map(|h| parse_hex(h.as_bytes()))
                     .collect();
-                Box::pin(async move { this.fetch_missing(ns, oids, &members).await })
+                let tips: Vec<Oid> = changes
+                    .iter()
+                    .filter_map(|c| c.new.as_deref().and_then(|h| parse_hex(h.as_bytes())))
+                    .collect();
+                Box::pin(async move {
+                    this.fetch_missing(ns, oids, &members).await?;
+                    this.commits.warm(ns, tips);
+                    Ok(())
+                })
             }
             Command::DeleteRepo { id, .. } => {
                 let ns = *id;

@@ -102,6 +102,46 @@ fn admin_at(region: &Region, k: usize, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The members received the last push's objects while it arrived, not after it; and
+/// every node keeps the headers of the history pushed (`w`'s master), warmed once each
+/// push applied there, for fetches' commit walks (nodestatus shows them).
+fn members_took_the_pushes(region: &Region, w: &Path) {
+    let streamed = (1..=3)
+        .filter(|k| {
+            region
+                .log_of(*k)
+                .contains("adopted the objects a peer's push streamed here while it arrived")
+        })
+        .count();
+    assert!(streamed >= 1, "no member adopted a streamed push");
+    let commits: u64 = region
+        .git_ok(w, &["rev-list", "--count", "master"])
+        .trim()
+        .parse()
+        .expect("count");
+    for k in 1..=3 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let status = admin_at(region, k, &["nodestatus", "--json"]);
+            let v: serde_json::Value = serde_json::from_str(&status).expect("json");
+            let kept: u64 = v["Shards"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s["CommitHeaders"]["Count"].as_u64())
+                .sum();
+            if kept >= commits {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {k} keeps {kept} of {commits} commit headers: {v}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
 #[test]
 fn three_nodes_push_to_any_clone_from_every() {
     let region = Region::start_n(3, "");
@@ -171,16 +211,7 @@ fn three_nodes_push_to_any_clone_from_every() {
         assert_eq!(refs_at(&region, k, "test"), expected, "node {k}");
     }
     clone_and_fsck(&region, 3, "test", "large3");
-    // The members received that push's objects while it arrived, not after it.
-    let streamed = (1..=3)
-        .filter(|k| {
-            region
-                .log_of(*k)
-                .contains("adopted the objects a peer's push streamed here while it arrived")
-        })
-        .count();
-    assert!(streamed >= 1, "no member adopted a streamed push");
-
+    members_took_the_pushes(&region, &w);
     // Admin operations on any node are visible on all.
     admin_at(&region, 2, &["repo", "create", "made-on-two"]);
     for k in 1..=3 {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::git::objects::CommitHeader;
 use crate::git::{ObjectKind, Oid};
 
 /// A repository as readers see it.
@@ -84,6 +85,14 @@ pub trait Objects {
         oids: &[Oid],
         bytes_max: u64,
     ) -> Result<Vec<Option<(ObjectKind, Vec<u8>)>>, BackendError>;
+    /// The headers of commits of the repository (`None` for each it lacks or that is
+    /// not a commit), from what the node keeps of them or read together: a fetch's
+    /// commit walk reads these, not the commits.
+    async fn commits(
+        &self,
+        repo: &str,
+        oids: &[Oid],
+    ) -> Result<Vec<Option<CommitHeader>>, BackendError>;
     /// The stored pack entries of objects of the repository (`None` for each it
     /// lacks), read together: neighbouring entries come in one device read.
     async fn raws(

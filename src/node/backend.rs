@@ -2,6 +2,7 @@
 
 use super::*;
 use repospanner_net::backend::{HookScript, Objects, Pushes};
+use repospanner_net::git::objects::CommitHeader;
 use repospanner_raft::types::{HookKind, Script};
 
 impl<D: Dir> Objects for NodeBackend<D> {
@@ -36,6 +37,24 @@ impl<D: Dir> Objects for NodeBackend<D> {
             .read_objects(Namespace(ns), oids, bytes_max)
             .await
             .map_err(|e| self.read_failed(e))
+    }
+
+    async fn commits(
+        &self,
+        repo: &str,
+        oids: &[Oid],
+    ) -> Result<Vec<Option<CommitHeader>>, BackendError> {
+        let Some(ns) = self.ns_of(repo) else {
+            return Ok(vec![None; oids.len()]);
+        };
+        self.inner
+            .commits
+            .headers(ns, oids)
+            .await
+            .map_err(|e| match e {
+                commits::HeaderError::Read(e) => self.read_failed(e),
+                e @ commits::HeaderError::Malformed(..) => BackendError(e.to_string()),
+            })
     }
 
     async fn raws(

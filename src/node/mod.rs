@@ -54,6 +54,7 @@ use crate::cluster::{
 };
 
 mod backend;
+pub(crate) mod commits;
 mod group;
 mod metrics;
 mod quarantine;
@@ -63,6 +64,7 @@ mod scrub;
 mod status;
 mod stream;
 
+pub(crate) use commits::Commits;
 pub use scrub::ScrubSummary;
 
 pub use group::JoinRequest;
@@ -111,6 +113,8 @@ struct Inner<D: Dir> {
     peer_asides: RefCell<HashMap<StreamKey, Aside>>,
     /// What the last scrub of this shard found and did.
     last_scrub: RefCell<Option<ScrubSummary>>,
+    /// The commit headers this shard keeps (see [`commits`]).
+    commits: commits::Commits<D>,
     /// Places of damaged records a read found, being repaired.
     repairing: RefCell<HashSet<(u64, u64)>>,
     /// Changes of the leader this node knows of (`metrics::count_leader_changes`).
@@ -191,7 +195,9 @@ impl<D: Dir> NodeBackend<D> {
     ) -> Result<Self, BackendError> {
         let cell = Rc::new(OnceCell::new());
         let activity = SyncActivity::default();
+        let commits = commits::Commits::new(store.clone());
         let hooks = ObjectSync {
+            commits: commits.clone(),
             store: store.clone(),
             client: client.clone(),
             shard,
@@ -241,6 +247,7 @@ impl<D: Dir> NodeBackend<D> {
                 out_streams: RefCell::new(HashMap::new()),
                 peer_asides: RefCell::new(HashMap::new()),
                 last_scrub: RefCell::new(None),
+                commits,
                 repairing: RefCell::new(HashSet::new()),
                 leader_changes,
             }),

@@ -75,6 +75,11 @@ impl<D: Dir> NodeBackend<D> {
             "Raft": self.raft_status(),
             "Repositories": self.inner.sm.with_state(|s| s.repos.len()),
             "Objects": self.inner.store.object_count(),
+            // The commit headers kept for fetches' walks, and the memory they cost.
+            "CommitHeaders": {
+                "Count": self.inner.commits.len_and_bytes().0,
+                "Bytes": self.inner.commits.len_and_bytes().1,
+            },
             "Storage": {
                 "NextLsn": self.inner.store.next_lsn(),
                 "Appends": s.appends,

@@ -15,6 +15,26 @@ pub struct Links {
     pub commit_time: i64,
 }
 
+/// What walking history needs of a commit: its tree, parents and committer time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitHeader {
+    pub tree: Oid,
+    pub parents: Vec<Oid>,
+    pub time: i64,
+}
+
+impl CommitHeader {
+    /// The header of a commit with `content`.
+    pub fn parse(content: &[u8]) -> Result<CommitHeader, Malformed> {
+        let l = commit_links(content)?;
+        Ok(CommitHeader {
+            tree: l.targets[0].0,
+            parents: l.parents,
+            time: l.commit_time,
+        })
+    }
+}
+
 /// Why an object is malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed {kind}: {reason}")]

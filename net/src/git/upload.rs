@@ -11,7 +11,7 @@ use std::collections::BinaryHeap;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
-use super::objects::links;
+use super::objects::{links, CommitHeader};
 use super::pack::{OutEntry, PackWriter};
 use super::pktline::{self, BandWriter, Pkt, Reader};
 use super::{excerpt, hex, parse_hex, ObjectKind, Oid, RequestLimits};
@@ -550,6 +550,27 @@ pub struct Plan {
     pub proves_reachable: bool,
     /// How long each step of planning took, for the log.
     pub phases: super::Phases,
+    /// What the commit walk read, for the log.
+    pub walked: Walked,
+}
+
+/// What a fetch's commit walk read: commit headers, the batches it asked for them
+/// in, and other objects (tags, and what a want names that is not a commit).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Walked {
+    pub commits: usize,
+    pub batches: usize,
+    pub others: usize,
+}
+
+impl std::fmt::Display for Walked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "commits={} batches={} others={}",
+            self.commits, self.batches, self.others
+        )
+    }
 }
 
 /// An entry of a [`Plan`]: its head, where planning read it, or only where it is
@@ -604,60 +625,72 @@ pub fn common(b: &impl Objects, repo: &str, haves: &[Oid]) -> Vec<Oid> {
         .collect()
 }
 
-/// Most haves [`Ahead`] reads in one batch, and most bytes of their contents.
+/// Most commits [`Ahead`] asks for in one batch.
 const AHEAD_OBJECTS: usize = 256;
-const AHEAD_BYTES: u64 = 16 << 20;
 
-/// The contents of the client's common haves, read ahead in batches
-/// ([`Objects::objects`]) as the commit walk reaches them: a fetch into a clone with
-/// many refs names hundreds of haves, and a node that stored them as deltas waits for
-/// a whole delta chain on each one read alone.
-struct Ahead<'a> {
-    /// The haves in the order batches take them; `next` is the first not taken.
-    haves: &'a [Oid],
-    next: usize,
-    read: HashMap<Oid, (ObjectKind, Vec<u8>)>,
+/// The headers of the commits the walk is about to reach, asked for in batches
+/// ([`Objects::commits`]): what the node does not keep is then read together, where
+/// one at a time would wait for each commit's delta chain in turn.
+#[derive(Default)]
+struct Ahead {
+    read: HashMap<Oid, CommitHeader>,
+    walked: Walked,
 }
 
-impl Ahead<'_> {
-    /// The content of `oid`: read ahead, or with the next batch of haves when it is
-    /// one, or alone.
-    async fn object<B: Objects>(
+/// What the walk read of an object.
+enum Read {
+    Commit(CommitHeader),
+    Other(ObjectKind, Vec<u8>),
+}
+
+impl Ahead {
+    /// The header of commit `oid` (`None`: not a commit, or not there): asked for
+    /// already, or now with what `next` says the walk reaches soon.
+    async fn commit<B: Objects>(
         &mut self,
         b: &B,
         repo: &str,
         oid: &Oid,
-        is_have: bool,
-    ) -> Result<Option<(ObjectKind, Vec<u8>)>, UploadError> {
-        if let Some(o) = self.read.remove(oid) {
-            return Ok(Some(o));
+        next: impl FnOnce() -> Vec<Oid>,
+    ) -> Result<Option<CommitHeader>, UploadError> {
+        self.walked.commits += 1;
+        if let Some(h) = self.read.remove(oid) {
+            return Ok(Some(h));
         }
-        if is_have && self.next < self.haves.len() {
-            let mut batch = vec![*oid];
-            while batch.len() < AHEAD_OBJECTS && self.next < self.haves.len() {
-                let h = self.haves[self.next];
-                self.next += 1;
-                if h != *oid {
-                    batch.push(h);
-                }
-            }
-            let got = b.objects(repo, &batch, AHEAD_BYTES).await.map_err(be)?;
-            for (h, content) in batch.into_iter().zip(got) {
-                if let Some(c) = content {
-                    self.read.insert(h, c);
-                }
-            }
-            if let Some(o) = self.read.remove(oid) {
-                return Ok(Some(o));
+        let mut batch = vec![*oid];
+        batch.extend(
+            next()
+                .into_iter()
+                .filter(|o| o != oid && !self.read.contains_key(o))
+                .take(AHEAD_OBJECTS - 1),
+        );
+        self.walked.batches += 1;
+        let mut got = b.commits(repo, &batch).await.map_err(be)?.into_iter();
+        let first = got.next().flatten();
+        for (o, h) in batch.into_iter().skip(1).zip(got) {
+            if let Some(h) = h {
+                self.read.insert(o, h);
             }
         }
-        b.object(repo, oid).await.map_err(be)
+        Ok(first)
     }
 
-    /// `oid` will not be read (the walk has seen it): its content is let go.
+    /// `oid` will not be read (the walk has seen it): its header is let go.
     fn forget(&mut self, oid: &Oid) {
         self.read.remove(oid);
     }
+}
+
+/// What the walk reaches next: the queued commits it has not seen, first in the
+/// queue's order, at most [`AHEAD_OBJECTS`].
+fn frontier(heap: &BinaryHeap<Queued>, seen: &HashMap<Oid, bool>) -> Vec<Oid> {
+    let mut next: Vec<&Queued> = heap.iter().filter(|q| !seen.contains_key(&q.oid)).collect();
+    if next.len() > AHEAD_OBJECTS {
+        next.select_nth_unstable_by(AHEAD_OBJECTS, |a, b| b.cmp(a));
+        next.truncate(AHEAD_OBJECTS);
+    }
+    next.sort_unstable_by(|a, b| b.cmp(a));
+    next.into_iter().map(|q| q.oid).collect()
 }
 
 /// What the commit walk of a fetch found.
@@ -678,6 +711,7 @@ struct Commits {
     shallow: Vec<Oid>,
     /// The client's shallow commits whose parents are now sent.
     unshallow: Vec<Oid>,
+    walked: Walked,
 }
 
 /// Walks the commits of a fetch, newest first, from the wants and the `common` haves
@@ -753,11 +787,7 @@ async fn walk_commits<B: Objects>(
             uninteresting: true,
         });
     }
-    let mut ahead = Ahead {
-        haves: common,
-        next: 0,
-        read: HashMap::new(),
-    };
+    let mut ahead = Ahead::default();
     while let Some(q) = heap.pop() {
         if !q.uninteresting {
             interesting -= 1;
@@ -770,12 +800,25 @@ async fn walk_commits<B: Objects>(
                 ahead.forget(&q.oid);
                 continue;
             }
-            Some(false) if !q.uninteresting => continue,
+            Some(false) if !q.uninteresting => {
+                ahead.forget(&q.oid);
+                continue;
+            }
             _ => {}
         }
         seen.insert(q.oid, q.uninteresting);
-        let is_have = q.uninteresting && common_set.contains(&q.oid);
-        let Some((kind, content)) = ahead.object(b, repo, &q.oid, is_have).await? else {
+        let read = match ahead
+            .commit(b, repo, &q.oid, || frontier(&heap, &seen))
+            .await?
+        {
+            Some(h) => Some(Read::Commit(h)),
+            None => {
+                ahead.walked.others += 1;
+                let o = b.object(repo, &q.oid).await.map_err(be)?;
+                o.map(|(kind, content)| Read::Other(kind, content))
+            }
+        };
+        let Some(read) = read else {
             if q.uninteresting {
                 continue;
             }
@@ -784,18 +827,16 @@ async fn walk_commits<B: Objects>(
                 hex(&q.oid)
             )));
         };
-        match kind {
-            ObjectKind::Commit => {
-                let l = links(kind, &content).map_err(proto)?;
+        match read {
+            Read::Commit(l) => {
                 if !q.uninteresting
-                    && (req.deepen_since.is_some_and(|t| l.commit_time < t)
+                    && (req.deepen_since.is_some_and(|t| l.time < t)
                         || excluded_by_ref.contains(&q.oid))
                 {
                     excluded.insert(q.oid);
                     continue;
                 }
-                let tree = l.targets[0].0;
-                commit_tree.insert(q.oid, tree);
+                commit_tree.insert(q.oid, l.tree);
                 if !q.uninteresting {
                     send_commits.push(q.oid);
                 }
@@ -836,14 +877,13 @@ async fn walk_commits<B: Objects>(
                     if !uninteresting && direct_edges && common_set.contains(&p) {
                         if seen.get(&p) != Some(&true) {
                             seen.insert(p, true);
-                            if let Some((ObjectKind::Commit, c)) =
-                                ahead.object(b, repo, &p, true).await?
+                            if let Some(pl) =
+                                ahead.commit(b, repo, &p, || frontier(&heap, &seen)).await?
                             {
-                                let pl = links(ObjectKind::Commit, &c).map_err(proto)?;
-                                commit_tree.insert(p, pl.targets[0].0);
+                                commit_tree.insert(p, pl.tree);
                                 for pp in pl.parents {
                                     heap.push(Queued {
-                                        time: pl.commit_time,
+                                        time: pl.time,
                                         depth: depth + 1,
                                         oid: pp,
                                         uninteresting: true,
@@ -855,14 +895,14 @@ async fn walk_commits<B: Objects>(
                     }
                     interesting += usize::from(!uninteresting);
                     heap.push(Queued {
-                        time: l.commit_time,
+                        time: l.time,
                         depth,
                         oid: p,
                         uninteresting,
                     });
                 }
             }
-            ObjectKind::Tag if !q.uninteresting => {
+            Read::Other(kind @ ObjectKind::Tag, content) if !q.uninteresting => {
                 send_other.push(q.oid);
                 let l = links(kind, &content).map_err(proto)?;
                 let (target, tkind) = l.targets[0];
@@ -878,8 +918,8 @@ async fn walk_commits<B: Objects>(
                     send_other.push(target);
                 }
             }
-            _ if !q.uninteresting => send_other.push(q.oid),
-            _ => {}
+            Read::Other(..) if !q.uninteresting => send_other.push(q.oid),
+            Read::Other(..) => {}
         }
         if seen.len().is_multiple_of(1024) {
             glommio::yield_if_needed().await;
@@ -924,6 +964,7 @@ async fn walk_commits<B: Objects>(
         other: send_other,
         shallow,
         unshallow,
+        walked: ahead.walked,
     })
 }
 
@@ -976,6 +1017,7 @@ pub async fn plan<B: Objects>(
             thin: 0,
             proves_reachable: false,
             phases,
+            walked: Walked::default(),
         });
     }
     let Commits {
@@ -986,6 +1028,7 @@ pub async fn plan<B: Objects>(
         other: send_other,
         shallow,
         unshallow,
+        walked,
     } = walk_commits(b, repo, refs, req, common).await?;
     phases.mark("commits");
     progress(format!(
@@ -1136,6 +1179,7 @@ pub async fn plan<B: Objects>(
         thin,
         proves_reachable,
         phases,
+        walked,
     })
 }
 
@@ -1183,14 +1227,19 @@ async fn commits_reachable<B: Objects>(
     mut stack: Vec<Oid>,
 ) -> Result<HashSet<Oid>, UploadError> {
     let mut seen = HashSet::new();
-    while let Some(c) = stack.pop() {
-        if !seen.insert(c) {
-            continue;
-        }
-        if let Some((ObjectKind::Commit, content)) = b.object(repo, &c).await.map_err(be)? {
-            stack.extend(links(ObjectKind::Commit, &content).map_err(proto)?.parents);
-        }
-        if seen.len().is_multiple_of(1024) {
+    while !stack.is_empty() {
+        // A generation at a time, its headers asked for together.
+        let round: Vec<Oid> = stack.drain(..).filter(|c| seen.insert(*c)).collect();
+        for chunk in round.chunks(AHEAD_OBJECTS) {
+            for h in b
+                .commits(repo, chunk)
+                .await
+                .map_err(be)?
+                .into_iter()
+                .flatten()
+            {
+                stack.extend(h.parents);
+            }
             glommio::yield_if_needed().await;
         }
     }
@@ -1558,13 +1607,13 @@ pub async fn ready<B: Objects>(b: &B, repo: &str, wants: &[Oid], common: &[Oid])
     if common.is_empty() {
         return false;
     }
-    let commit_time = |content: &[u8]| links(ObjectKind::Commit, content).ok();
     let mut oldest = i64::MAX;
-    for c in common {
-        if let Ok(Some((ObjectKind::Commit, content))) = b.object(repo, c).await {
-            if let Some(l) = commit_time(&content) {
-                oldest = oldest.min(l.commit_time);
-            }
+    for chunk in common.chunks(AHEAD_OBJECTS) {
+        let Ok(headers) = b.commits(repo, chunk).await else {
+            return false;
+        };
+        for h in headers.into_iter().flatten() {
+            oldest = oldest.min(h.time);
         }
     }
     let commons: HashSet<Oid> = common.iter().copied().collect();
@@ -1586,11 +1635,12 @@ pub async fn ready<B: Objects>(b: &B, repo: &str, wants: &[Oid], common: &[Oid])
             if visited > READY_WALK_MAX {
                 return false;
             }
-            match b.object(repo, &c).await {
-                Ok(Some((ObjectKind::Commit, content))) => match commit_time(&content) {
-                    Some(l) => heap.extend(l.parents.into_iter().map(|p| (l.commit_time, p))),
-                    None => return false,
-                },
+            match b
+                .commits(repo, &[c])
+                .await
+                .map(|h| h.into_iter().next().flatten())
+            {
+                Ok(Some(h)) => heap.extend(h.parents.into_iter().map(|p| (h.time, p))),
                 _ => return false,
             }
         }
@@ -1649,6 +1699,7 @@ mod tests {
             unshallow: Vec::new(),
             thin: 0,
             proves_reachable: false,
+            walked: Walked::default(),
             phases: super::super::Phases::start(),
         };
         for max in [None, Some(pktline::MAX_PKT), Some(1000)] {

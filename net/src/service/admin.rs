@@ -92,6 +92,7 @@ pub(super) async fn admin<B: Backend + 'static>(
                     if let Some(slot) = shards.get_mut(k) {
                         let mut e = v["Storage"].clone();
                         e["Raft"] = v["Raft"].clone();
+                        e["CommitHeaders"] = v["CommitHeaders"].clone();
                         *slot = e;
                     }
                 }

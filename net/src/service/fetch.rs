@@ -343,6 +343,7 @@ impl<B: Backend + 'static> Fetch<B> {
             objects = plan.objects.len(),
             plan_ms = planned.as_millis() as u64,
             plan = %plan.phases,
+            walked = %plan.walked,
             total_ms = started.elapsed().as_millis() as u64,
             "served a pack"
         );
