@@ -355,7 +355,31 @@ pub struct PackStream {
     /// `None`: the caller checks the trailer ([`PackStream::without_trailer`]).
     trailer: Option<Trailer>,
     scratch: Vec<u8>,
+    /// Ids and inspection left to the caller ([`PackStream::defer`]): the contents
+    /// to hash and inspect, their bytes, and the entries whose ids are still out.
+    deferred: bool,
+    jobs: Vec<Job>,
+    jobs_bytes: usize,
+    outstanding: std::collections::VecDeque<usize>,
 }
+
+/// An object whose id a deferring [`PackStream`] leaves to its caller: hash
+/// `content` as `kind` ([`object_id`]), inspect it unless it is a blob, and give the
+/// id back with [`PackStream::set_ids`].
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub index: usize,
+    pub kind: ObjectKind,
+    pub content: std::sync::Arc<[u8]>,
+}
+
+/// Most bytes of contents a deferring reader holds for its caller before it stops
+/// reading and lets the caller take them ([`PackStream::stalled`]).
+const JOBS_BYTES_MAX: usize = 4 << 20;
+
+/// Placeholder for an early delta's base id while the base's id is out with the
+/// caller; [`PackStream::set_ids`] fills it in with the delta's own.
+const PENDING: Oid = [0; 20];
 
 impl std::fmt::Debug for PackStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -457,6 +481,10 @@ impl PackStream {
             inflated: std::cell::Cell::new(0),
             trailer: Some(Trailer::new()),
             scratch: vec![0; 64 << 10],
+            deferred: false,
+            jobs: Vec::new(),
+            jobs_bytes: 0,
+            outstanding: Default::default(),
         }
     }
 
@@ -465,15 +493,79 @@ impl PackStream {
         self.entries.len()
     }
 
-    /// The objects among entries `from..` whose ids are known (whole objects, and
-    /// deltas resolved while the pack arrived).
+    /// The objects among entries `from..verified_upto()` whose ids are known (whole
+    /// objects, and deltas resolved while the pack arrived).
     pub fn resolved_since(&self, from: usize) -> Vec<Resolved> {
         self.entries
-            .get(from..self.entries.len().max(from))
+            .get(from..self.verified_upto().max(from))
             .unwrap_or_default()
             .iter()
             .filter_map(Entry::resolved)
             .collect()
+    }
+
+    /// Entries before this one have every id they will have while the pack arrives
+    /// (in a deferring reader, the first whose id is still out with the caller).
+    pub fn verified_upto(&self) -> usize {
+        self.outstanding
+            .front()
+            .copied()
+            .unwrap_or(self.entries.len())
+    }
+
+    /// From now on, the ids (and inspection) of the objects whose contents the reader
+    /// holds anyway are left to the caller, who can compute them beside the reader:
+    /// [`PackStream::take_jobs`] gives them, [`PackStream::set_ids`] takes the ids
+    /// back, in the order given. Whole objects too large to keep are still hashed
+    /// while they are inflated.
+    pub fn defer(&mut self) {
+        self.deferred = true;
+    }
+
+    /// The objects to hash and inspect since the last call (a deferring reader).
+    pub fn take_jobs(&mut self) -> Vec<Job> {
+        self.jobs_bytes = 0;
+        std::mem::take(&mut self.jobs)
+    }
+
+    /// Whether a deferring reader stopped because it holds as much for its caller as
+    /// it may: take its jobs and advance it again over the same bytes.
+    pub fn stalled(&self) -> bool {
+        self.jobs_bytes >= JOBS_BYTES_MAX
+    }
+
+    /// The ids the caller computed for jobs it took, in the order it took them. An
+    /// early delta's base id is filled in with its own (its base came first).
+    pub fn set_ids(&mut self, ids: &[(usize, Oid)]) -> Result<(), PackError> {
+        for &(index, oid) in ids {
+            if self.outstanding.pop_front() != Some(index) {
+                return Err(PackError::Header("ids given back out of order (a bug)"));
+            }
+            let base = match self.entries[index].kind {
+                EntryKind::OfsDelta { base_offset } => self
+                    .by_offset
+                    .get(&base_offset)
+                    .and_then(|b| self.entries[*b].oid),
+                _ => None,
+            };
+            let e = &mut self.entries[index];
+            if let Some(d) = e.delta.as_mut() {
+                d.base = base.ok_or(PackError::Header("a delta's base has no id (a bug)"))?;
+            }
+            e.oid = Some(oid);
+        }
+        Ok(())
+    }
+
+    /// Leaves `content` of entry `index` to the caller to hash and inspect.
+    fn push_job(&mut self, index: usize, kind: ObjectKind, content: std::sync::Arc<[u8]>) {
+        self.jobs_bytes += content.len();
+        self.outstanding.push_back(index);
+        self.jobs.push(Job {
+            index,
+            kind,
+            content,
+        });
     }
 
     /// A reader that leaves the trailer to its caller, who hashes the bytes where it
@@ -525,7 +617,7 @@ impl PackStream {
         let count = self.count.unwrap_or(0);
         loop {
             if self.current.is_none() {
-                if self.entries.len() as u32 == count || self.pos >= avail {
+                if self.entries.len() as u32 == count || self.pos >= avail || self.stalled() {
                     return Ok(());
                 }
                 let Some((kind, size, header_len)) =
@@ -536,20 +628,22 @@ impl PackStream {
                 if !self.charge(size) {
                     return Err(PackError::InflatesTooMuch(self.limits.inflated_bytes_max));
                 }
-                let oid = match kind {
-                    EntryKind::Full(k) => {
-                        let mut h = sha1dc::Hasher::new();
-                        h.update(format!("{} {}\0", k.name(), size).as_bytes());
-                        Hashing::Inline(Box::new(h))
-                    }
-                    _ => Hashing::None,
-                };
                 // Commits, trees and tags to inspect; small blobs as bases of deltas
                 // to come; OFS_DELTAs to resolve them at once.
                 let keep = match kind {
                     EntryKind::Full(ObjectKind::Blob) => size <= BASE_CACHE_OBJECT_MAX,
                     EntryKind::Full(_) | EntryKind::OfsDelta { .. } => true,
                     EntryKind::RefDelta { .. } => false,
+                };
+                let oid = match kind {
+                    // Kept whole: a deferring reader leaves its id to the caller.
+                    EntryKind::Full(_) if keep && self.deferred => Hashing::None,
+                    EntryKind::Full(k) => {
+                        let mut h = sha1dc::Hasher::new();
+                        h.update(format!("{} {}\0", k.name(), size).as_bytes());
+                        Hashing::Inline(Box::new(h))
+                    }
+                    _ => Hashing::None,
                 };
                 self.current = Some(Inflating {
                     offset: self.pos,
@@ -622,7 +716,12 @@ impl PackStream {
                 delta: None,
             };
             let kept = cur.kept;
-            match (entry.kind, kept, oid) {
+            // An entry begun before the reader deferred, hashed as it was inflated, is
+            // still the caller's to inspect.
+            if self.deferred && kept.is_some() {
+                entry.oid = None;
+            }
+            match (entry.kind, kept, entry.oid) {
                 (EntryKind::Full(kind), Some(content), Some(oid)) => {
                     if kind != ObjectKind::Blob {
                         inspect.inspect(&oid, kind, &content);
@@ -631,15 +730,31 @@ impl PackStream {
                         self.keep_base(index, content.into());
                     }
                 }
+                (EntryKind::Full(kind), Some(content), None) => {
+                    let content: std::sync::Arc<[u8]> = content.into();
+                    if cached_as_base(kind, entry.size) {
+                        self.keep_base(index, content.clone());
+                    }
+                    self.push_job(index, kind, content);
+                }
                 (EntryKind::OfsDelta { base_offset }, Some(delta), _) => {
-                    if let Some((d, oid, content)) = self.resolve_early(buf, base_offset, &delta)? {
-                        entry.oid = Some(oid);
+                    if let Some((d, content)) = self.resolve_early(buf, base_offset, &delta)? {
                         entry.delta = Some(d);
-                        if d.kind != ObjectKind::Blob {
-                            inspect.inspect(&oid, d.kind, &content);
-                        }
-                        if cached_as_base(d.kind, d.object_size) {
-                            self.keep_base(index, content.into());
+                        if self.deferred {
+                            let content: std::sync::Arc<[u8]> = content.into();
+                            if cached_as_base(d.kind, d.object_size) {
+                                self.keep_base(index, content.clone());
+                            }
+                            self.push_job(index, d.kind, content);
+                        } else {
+                            let oid = hash(d.kind, &content)?;
+                            entry.oid = Some(oid);
+                            if d.kind != ObjectKind::Blob {
+                                inspect.inspect(&oid, d.kind, &content);
+                            }
+                            if cached_as_base(d.kind, d.object_size) {
+                                self.keep_base(index, content.into());
+                            }
                         }
                     }
                 }
@@ -679,18 +794,18 @@ impl PackStream {
         buf: &[u8],
         index: usize,
         depth: usize,
-    ) -> Option<(ObjectKind, Oid, std::sync::Arc<[u8]>)> {
+    ) -> Option<(ObjectKind, std::sync::Arc<[u8]>)> {
         if depth > self.limits.delta_depth_max.min(EARLY_CHAIN_MAX) {
             return None;
         }
         let e = self.entries.get(index)?;
-        let (kind, oid, size) = match (e.kind, e.delta) {
-            (EntryKind::Full(k), _) => (k, e.oid?, e.size),
-            (EntryKind::OfsDelta { .. }, Some(d)) => (d.kind, e.oid?, d.object_size),
+        let (kind, size) = match (e.kind, e.delta) {
+            (EntryKind::Full(k), _) => (k, e.size),
+            (EntryKind::OfsDelta { .. }, Some(d)) => (d.kind, d.object_size),
             _ => return None,
         };
         if let Some(c) = self.bases.get(&index) {
-            return Some((kind, oid, c.clone()));
+            return Some((kind, c.clone()));
         }
         // Not cached: inflated again (with its chain) only while that stays cheap; a
         // large base would be inflated again for every delta on it. Left to `resolve`,
@@ -704,7 +819,7 @@ impl PackStream {
         let data = inflate_prefix(buf.get(e.data.clone())?, e.size)?.0;
         let content = match e.kind {
             EntryKind::OfsDelta { base_offset } => {
-                let (_, _, base) =
+                let (_, base) =
                     self.content_of(buf, *self.by_offset.get(&base_offset)?, depth + 1)?;
                 if !self.charge(size) {
                     return None;
@@ -713,7 +828,7 @@ impl PackStream {
             }
             _ => data,
         };
-        Some((kind, oid, content.into()))
+        Some((kind, content.into()))
     }
 
     /// Resolves an OFS_DELTA whose base came earlier, as soon as it is read, so that
@@ -725,12 +840,18 @@ impl PackStream {
         buf: &[u8],
         base_offset: usize,
         delta: &[u8],
-    ) -> Result<Option<(EarlyDelta, Oid, Vec<u8>)>, PackError> {
+    ) -> Result<Option<(EarlyDelta, Vec<u8>)>, PackError> {
         let Some(&base_index) = self.by_offset.get(&base_offset) else {
             return Ok(None);
         };
-        let Some((kind, base, content)) = self.content_of(buf, base_index, 1) else {
+        let Some((kind, content)) = self.content_of(buf, base_index, 1) else {
             return Ok(None);
+        };
+        // A base whose id is out with the caller gets it with the delta's own.
+        let base = match self.entries[base_index].oid {
+            Some(b) => b,
+            None if self.deferred => PENDING,
+            None => return Ok(None),
         };
         let Ok(out) = apply_delta(&content, delta, self.limits.object_bytes_max) else {
             return Ok(None);
@@ -738,14 +859,12 @@ impl PackStream {
         if !self.charge(out.len() as u64) {
             return Err(PackError::InflatesTooMuch(self.limits.inflated_bytes_max));
         }
-        let oid = hash(kind, &out)?;
         Ok(Some((
             EarlyDelta {
                 kind,
                 object_size: out.len() as u64,
                 base,
             },
-            oid,
             out,
         )))
     }
@@ -762,6 +881,9 @@ impl PackStream {
         }
         let body_end = buf.len() - 20;
         self.step(buf, body_end, inspect)?;
+        if !self.jobs.is_empty() || !self.outstanding.is_empty() {
+            return Err(PackError::Header("ids still out with the caller (a bug)"));
+        }
         let count = self.count.unwrap_or(0);
         if self.current.is_some() {
             return Err(PackError::BadZlib {
@@ -1595,6 +1717,106 @@ mod tests {
                 (t.oid, ObjectKind::Tree, tree2.clone())
             ]
         );
+    }
+
+    #[test]
+    fn a_deferring_reader_whose_caller_hashes_reads_as_one_that_hashes_itself() {
+        // A chain a -> b -> c of blobs, a tree with a delta on it, and enough blobs
+        // to stall the reader for its caller more than once.
+        let a = b"base text of some length".to_vec();
+        let b = [a.as_slice(), b" one"].concat();
+        let tree = b"100644 f\0aaaaaaaaaaaaaaaaaaaa".to_vec();
+        let fill: Vec<Vec<u8>> = (0..24u32)
+            .map(|i| (0..200_000u32).map(|b| (b * 31 + i) as u8).collect())
+            .collect();
+        let deltas = [
+            delta_append(&a, b" one"),
+            delta_append(&b, b" two"),
+            delta_append(&tree, b"-"),
+        ];
+        let (da, dtree) = (deflate(&a), deflate(&tree));
+        let dd: Vec<Vec<u8>> = deltas.iter().map(|d| deflate(d)).collect();
+        let df: Vec<Vec<u8>> = fill.iter().map(|f| deflate(f)).collect();
+        let mut out = vec![
+            full(ObjectKind::Blob, a.len(), &da),
+            ofs(0, deltas[0].len(), &dd[0]),
+            ofs(1, deltas[1].len(), &dd[1]),
+            full(ObjectKind::Tree, tree.len(), &dtree),
+            ofs(3, deltas[2].len(), &dd[2]),
+        ];
+        for (f, d) in fill.iter().zip(&df) {
+            out.push(full(ObjectKind::Blob, f.len(), d));
+        }
+        let pack = pack_of(&out);
+        let limits = Limits::default();
+        let mut seen = Seen::default();
+        let whole = read_entries(&pack, &limits, &mut seen).expect("whole");
+        // Deferring from the start, or from a point inside an entry (the reader
+        // inspected what came before itself, as a push's executor does before its
+        // reader thread takes over).
+        // Inside the tree's zlib stream, once the 20 bytes a reader holds back arrived.
+        let in_tree = whole[3].data.start + 20 + 8;
+        assert!(
+            whole[3].data.end > in_tree - 20 + 7,
+            "the cut is inside the tree"
+        );
+        for (chunk, lag, defer_from) in [
+            (7usize, false, 0),
+            (7, true, in_tree),
+            (4096, true, 0),
+            (1 << 20, true, 0),
+        ] {
+            let mut s = PackStream::new(limits);
+            let mut by_caller = Seen::default();
+            let mut late: Vec<(usize, Oid)> = Vec::new();
+            let mut got = Vec::new();
+            let mut stalls = 0;
+            for piece in pack.chunks(chunk) {
+                got.extend_from_slice(piece);
+                if got.len() <= defer_from {
+                    s.advance(&got, &mut by_caller).expect("advance");
+                    continue;
+                }
+                s.defer();
+                loop {
+                    s.advance(&got, &mut ()).expect("advance");
+                    let again = s.stalled();
+                    stalls += usize::from(again);
+                    // The caller's ids come back a step late when it lags.
+                    s.set_ids(&std::mem::take(&mut late)).expect("ids");
+                    for j in s.take_jobs() {
+                        let oid = object_id(j.kind, &j.content).expect("id");
+                        if j.kind != ObjectKind::Blob {
+                            by_caller.inspect(&oid, j.kind, &j.content);
+                        }
+                        late.push((j.index, oid));
+                    }
+                    if !lag {
+                        s.set_ids(&std::mem::take(&mut late)).expect("ids");
+                    }
+                    assert!(s.resolved_since(0).len() <= s.verified_upto());
+                    if !again {
+                        break;
+                    }
+                }
+            }
+            s.set_ids(&late).expect("ids");
+            assert!(
+                stalls > 0 || chunk < 1 << 20,
+                "chunks of {chunk}: never stalled"
+            );
+            assert_eq!(
+                s.finish(&got, &mut ()).expect("finish"),
+                whole,
+                "chunks of {chunk}"
+            );
+            assert_eq!(by_caller.0, seen.0, "chunks of {chunk}");
+        }
+        // Ids left out: finishing is refused, not wrong.
+        let mut s = PackStream::new(limits);
+        s.defer();
+        s.advance(&pack, &mut ()).expect("advance");
+        assert!(s.finish(&pack, &mut ()).is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A push's pack read while it arrives: on the executor while the body is small, then
-//! on a `pack-reader` thread of its own (any CPU), each commit, tree and tag inspected
-//! as it comes out (`git::receive::Inspected`).
+//! on a `pack-reader` thread of its own (any CPU), with a `pack-verifier` thread beside
+//! it that hashes what the reader inflated and inspects each commit, tree and tag
+//! (`git::receive::Inspected`).
 
 use super::*;
 
@@ -65,7 +66,7 @@ pub(super) const READ_STEP_BYTES: usize = 8 << 20;
 /// though it had caught up and could only read that piece. The rest is told at the end.
 pub(super) const NOTIFY_BYTES: usize = 1 << 20;
 
-/// Pack reader threads running in this process, and their most.
+/// Pack reader threads running in this process (each with its verifier), and their most.
 pub(super) static READERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 pub(super) const READERS_MAX: usize = 16;
 
@@ -87,6 +88,132 @@ impl ReaderSlot {
 impl Drop for ReaderSlot {
     fn drop(&mut self) {
         READERS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Ids and inspection of a push's objects on a `pack-verifier` thread of their own,
+/// beside its pack reader ([`crate::git::pack::PackStream::defer`]): SHA-1 with
+/// collision detection and git's fsck were half of a reader's time on a real
+/// history's pack. The reader hands over batches of contents it holds anyway (at most
+/// [`VERIFIER_BATCHES`] waiting) and takes the ids back in order.
+pub(super) struct Verifier {
+    jobs: Option<std::sync::mpsc::SyncSender<Vec<crate::git::pack::Job>>>,
+    ids: std::sync::mpsc::Receiver<
+        Result<Vec<(usize, crate::git::Oid)>, crate::git::pack::PackError>,
+    >,
+    thread: Option<std::thread::JoinHandle<Result<Inspected, crate::contain::Panicked>>>,
+}
+
+/// Batches of contents a pack reader may have waiting for its verifier.
+const VERIFIER_BATCHES: usize = 4;
+
+impl Verifier {
+    pub(super) fn start(mut inspected: Inspected) -> Verifier {
+        use crate::git::pack::Inspect;
+        let (jobs_tx, jobs_rx) =
+            std::sync::mpsc::sync_channel::<Vec<crate::git::pack::Job>>(VERIFIER_BATCHES);
+        let (ids_tx, ids) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("pack-verifier".into())
+            .spawn(move || {
+                crate::contain::run(move || {
+                    unpin_this_thread();
+                    while let Ok(jobs) = jobs_rx.recv() {
+                        let mut done = Vec::with_capacity(jobs.len());
+                        for j in jobs {
+                            match crate::git::pack::object_id(j.kind, &j.content) {
+                                Ok(oid) => {
+                                    if j.kind != crate::git::ObjectKind::Blob {
+                                        inspected.inspect(&oid, j.kind, &j.content);
+                                    }
+                                    done.push((j.index, oid));
+                                }
+                                Err(e) => {
+                                    let _ = ids_tx.send(Err(e));
+                                    return inspected;
+                                }
+                            }
+                        }
+                        if ids_tx.send(Ok(done)).is_err() {
+                            break;
+                        }
+                    }
+                    inspected
+                })
+            });
+        match thread {
+            Ok(t) => Verifier {
+                jobs: Some(jobs_tx),
+                ids,
+                thread: Some(t),
+            },
+            Err(e) => {
+                warn!(error = %e, "no thread for verifying a pack: the push fails");
+                Verifier {
+                    jobs: None,
+                    ids,
+                    thread: None,
+                }
+            }
+        }
+    }
+
+    /// Reads what `pack` (all that arrived) allows, handing contents over as the
+    /// reader stops for them, and takes back the ids ready.
+    pub(super) fn advance(
+        &self,
+        stream: &mut crate::git::pack::PackStream,
+        pack: &[u8],
+    ) -> Result<(), crate::git::pack::PackError> {
+        loop {
+            stream.advance(pack, &mut ())?;
+            let again = stream.stalled();
+            self.hand_over(stream)?;
+            while let Ok(ids) = self.ids.try_recv() {
+                stream.set_ids(&ids?)?;
+            }
+            if !again {
+                return Ok(());
+            }
+        }
+    }
+
+    fn hand_over(
+        &self,
+        stream: &mut crate::git::pack::PackStream,
+    ) -> Result<(), crate::git::pack::PackError> {
+        let jobs = stream.take_jobs();
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let stopped = crate::git::pack::PackError::Header("the pack verifier stopped");
+        let tx = self.jobs.as_ref().ok_or(stopped.clone())?;
+        tx.send(jobs).map_err(|_| stopped)
+    }
+
+    /// Everything has arrived in `pack`: reads the rest, waits for every id, and
+    /// finishes the stream with the inspection back.
+    pub(super) fn finish(
+        mut self,
+        mut stream: crate::git::pack::PackStream,
+        pack: &[u8],
+    ) -> PackRead {
+        use crate::git::pack::PackError;
+        self.advance(&mut stream, pack)?;
+        self.jobs = None;
+        for ids in self.ids.iter() {
+            stream.set_ids(&ids?)?;
+        }
+        let inspected = self
+            .thread
+            .take()
+            .ok_or(PackError::Header("no thread to verify the pack"))?
+            .join()
+            .map_err(|_| {
+                PackError::Header("the pack verifier failed (a bug, logged by the node)")
+            })??;
+        let mut inspected = inspected;
+        stream.finish(pack, &mut inspected).map(|e| (e, inspected))
     }
 }
 
@@ -138,7 +265,7 @@ impl PackReading {
     /// Moves reading to a thread of its own. Not the shard's blocking pool: a push that
     /// arrives slowly would hold it for as long, and other pushes verify there.
     pub(super) fn away(
-        (mut stream, mut inspected): (crate::git::pack::PackStream, Inspected),
+        (mut stream, inspected): (crate::git::pack::PackStream, Inspected),
         view: spool::SpoolView,
         at: usize,
         slot: ReaderSlot,
@@ -161,6 +288,8 @@ impl PackReading {
                 let _contained = crate::contain::run(move || {
                     let _slot = slot;
                     unpin_this_thread();
+                    let verifier = Verifier::start(inspected);
+                    stream.defer();
                     let mut last = at;
                     let mut error = None;
                     while let Ok(mut len) = rx.recv() {
@@ -180,12 +309,12 @@ impl PackReading {
                             upto = (upto + READ_STEP_BYTES).min(len);
                             view.populate(from..upto);
                             let r = match view.get(at..upto) {
-                                Some(b) => stream.advance(b, &mut inspected),
+                                Some(b) => verifier.advance(&mut stream, b),
                                 None => Err(PackError::Truncated),
                             };
                             error = r.err();
                             let found = stream.resolved_since(reported);
-                            reported = stream.entries();
+                            reported = stream.verified_upto();
                             if !found.is_empty() {
                                 let _ = ready_tx.send(found);
                             }
@@ -199,7 +328,7 @@ impl PackReading {
                     }
                     let r = match (error, view.get(at..last)) {
                         (Some(e), _) => Err(e),
-                        (None, Some(b)) => stream.finish(b, &mut inspected).map(|e| (e, inspected)),
+                        (None, Some(b)) => verifier.finish(stream, b),
                         (None, None) => Err(PackError::Truncated),
                     };
                     let _ = done_tx.send(r);
