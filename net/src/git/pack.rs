@@ -373,9 +373,14 @@ pub struct Job {
     pub content: std::sync::Arc<[u8]>,
 }
 
-/// Most bytes of contents a deferring reader holds for its caller before it stops
-/// reading and lets the caller take them ([`PackStream::stalled`]).
+/// Most bytes of jobs a deferring reader holds for its caller before it stops reading
+/// and lets the caller take them ([`PackStream::stalled`]; checked between entries, so
+/// one large object may pass it).
 const JOBS_BYTES_MAX: usize = 4 << 20;
+
+/// What a [`Job`] costs besides its content (a pack of empty blobs is many jobs of
+/// nothing).
+pub const JOB_BYTES: usize = 64;
 
 /// Placeholder for an early delta's base id while the base's id is out with the
 /// caller; [`PackStream::set_ids`] fills it in with the delta's own.
@@ -559,7 +564,7 @@ impl PackStream {
 
     /// Leaves `content` of entry `index` to the caller to hash and inspect.
     fn push_job(&mut self, index: usize, kind: ObjectKind, content: std::sync::Arc<[u8]>) {
-        self.jobs_bytes += content.len();
+        self.jobs_bytes += content.len() + JOB_BYTES;
         self.outstanding.push_back(index);
         self.jobs.push(Job {
             index,

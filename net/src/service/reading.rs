@@ -95,30 +95,98 @@ impl Drop for ReaderSlot {
 /// beside its pack reader ([`crate::git::pack::PackStream::defer`]): SHA-1 with
 /// collision detection and git's fsck were half of a reader's time on a real
 /// history's pack. The reader hands over batches of contents it holds anyway (at most
-/// [`VERIFIER_BATCHES`] waiting) and takes the ids back in order.
+/// [`VERIFIER_BYTES_MAX`] of them unverified, [`InFlight`]) and takes the ids back in
+/// order.
 pub(super) struct Verifier {
-    jobs: Option<std::sync::mpsc::SyncSender<Vec<crate::git::pack::Job>>>,
+    jobs: Option<std::sync::mpsc::Sender<Vec<crate::git::pack::Job>>>,
     ids: std::sync::mpsc::Receiver<
         Result<Vec<(usize, crate::git::Oid)>, crate::git::pack::PackError>,
     >,
+    in_flight: std::sync::Arc<InFlight>,
     thread: Option<std::thread::JoinHandle<Result<Inspected, crate::contain::Panicked>>>,
 }
 
-/// Batches of contents a pack reader may have waiting for its verifier.
-const VERIFIER_BATCHES: usize = 4;
+/// Most bytes of contents a pack reader may have handed to its verifier unverified
+/// (a batch larger than that, one large object, goes alone).
+const VERIFIER_BYTES_MAX: usize = 16 << 20;
+
+/// What a batch of jobs counts against [`VERIFIER_BYTES_MAX`].
+fn batch_bytes(jobs: &[crate::git::pack::Job]) -> usize {
+    jobs.iter()
+        .map(|j| j.content.len() + crate::git::pack::JOB_BYTES)
+        .sum()
+}
+
+/// Bytes handed to a verifier and not verified yet, and whether the verifier is gone:
+/// the reader waits while too much is out.
+#[derive(Default)]
+pub(super) struct InFlight {
+    state: std::sync::Mutex<(usize, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until `bytes` more may be out (any amount while none is); false once the
+    /// verifier is gone.
+    fn take(&self, bytes: usize) -> bool {
+        let mut s = self.lock();
+        loop {
+            if s.1 {
+                return false;
+            }
+            if s.0 == 0 || s.0 + bytes <= VERIFIER_BYTES_MAX {
+                s.0 += bytes;
+                return true;
+            }
+            s = self
+                .changed
+                .wait(s)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn give_back(&self, bytes: usize) {
+        let mut s = self.lock();
+        s.0 = s.0.saturating_sub(bytes);
+        self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        self.lock().1 = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Closes an [`InFlight`] when the verifier ends, however it ends.
+struct Closing(std::sync::Arc<InFlight>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
 
 impl Verifier {
     pub(super) fn start(mut inspected: Inspected) -> Verifier {
         use crate::git::pack::Inspect;
-        let (jobs_tx, jobs_rx) =
-            std::sync::mpsc::sync_channel::<Vec<crate::git::pack::Job>>(VERIFIER_BATCHES);
+        let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<Vec<crate::git::pack::Job>>();
         let (ids_tx, ids) = std::sync::mpsc::channel();
+        let in_flight = std::sync::Arc::new(InFlight::default());
+        let closing = Closing(in_flight.clone());
         let thread = std::thread::Builder::new()
             .name("pack-verifier".into())
             .spawn(move || {
                 crate::contain::run(move || {
+                    let closing = closing;
                     unpin_this_thread();
                     while let Ok(jobs) = jobs_rx.recv() {
+                        let bytes = batch_bytes(&jobs);
                         let mut done = Vec::with_capacity(jobs.len());
                         for j in jobs {
                             match crate::git::pack::object_id(j.kind, &j.content) {
@@ -134,6 +202,7 @@ impl Verifier {
                                 }
                             }
                         }
+                        closing.0.give_back(bytes);
                         if ids_tx.send(Ok(done)).is_err() {
                             break;
                         }
@@ -145,13 +214,16 @@ impl Verifier {
             Ok(t) => Verifier {
                 jobs: Some(jobs_tx),
                 ids,
+                in_flight,
                 thread: Some(t),
             },
             Err(e) => {
                 warn!(error = %e, "no thread for verifying a pack: the push fails");
+                in_flight.close();
                 Verifier {
                     jobs: None,
                     ids,
+                    in_flight,
                     thread: None,
                 }
             }
@@ -168,7 +240,13 @@ impl Verifier {
         loop {
             stream.advance(pack, &mut ())?;
             let again = stream.stalled();
-            self.hand_over(stream)?;
+            if let Err(e) = self.hand_over(stream) {
+                // Why the verifier stopped (a collision), if it said.
+                while let Ok(ids) = self.ids.try_recv() {
+                    ids?;
+                }
+                return Err(e);
+            }
             while let Ok(ids) = self.ids.try_recv() {
                 stream.set_ids(&ids?)?;
             }
@@ -188,6 +266,9 @@ impl Verifier {
         }
         let stopped = crate::git::pack::PackError::Header("the pack verifier stopped");
         let tx = self.jobs.as_ref().ok_or(stopped.clone())?;
+        if !self.in_flight.take(batch_bytes(&jobs)) {
+            return Err(stopped);
+        }
         tx.send(jobs).map_err(|_| stopped)
     }
 
@@ -435,5 +516,39 @@ impl PackReading {
         if let PackReading::Away { cancel, .. } = self {
             cancel.store(true, std::sync::atomic::Ordering::Release);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_waits_while_too_much_is_out_and_never_once_its_verifier_is_gone() {
+        let f = std::sync::Arc::new(InFlight::default());
+        assert!(f.take(VERIFIER_BYTES_MAX * 3), "one large batch goes alone");
+        let waiting = {
+            let f = f.clone();
+            std::thread::spawn(move || f.take(10))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiting.is_finished(), "it waits while too much is out");
+        f.give_back(VERIFIER_BYTES_MAX * 3);
+        assert!(
+            waiting.join().expect("thread"),
+            "and goes on once it is back"
+        );
+        assert!(f.take(VERIFIER_BYTES_MAX - 10), "up to the bound");
+        let waiting = {
+            let f = f.clone();
+            std::thread::spawn(move || f.take(100))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(Closing(f.clone()));
+        assert!(
+            !waiting.join().expect("thread"),
+            "a verifier gone never blocks it"
+        );
+        assert!(!f.take(1));
     }
 }
