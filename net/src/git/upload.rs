@@ -681,10 +681,17 @@ impl Ahead {
     }
 }
 
-/// What the walk reaches next: the queued commits it has not seen, first in the
-/// queue's order, at most [`AHEAD_OBJECTS`].
+/// What the walk reaches next: queued commits it has not seen, first in the queue's
+/// order, at most [`AHEAD_OBJECTS`]. Only the top levels of the heap are looked at
+/// (its first entries in memory, each no smaller than those below it): a request of a
+/// million haves queues a million, and scanning them all for every batch would cost
+/// the square of that.
 fn frontier(heap: &BinaryHeap<Queued>, seen: &HashMap<Oid, bool>) -> Vec<Oid> {
-    let mut next: Vec<&Queued> = heap.iter().filter(|q| !seen.contains_key(&q.oid)).collect();
+    let mut next: Vec<&Queued> = heap
+        .iter()
+        .take(4 * AHEAD_OBJECTS)
+        .filter(|q| !seen.contains_key(&q.oid))
+        .collect();
     if next.len() > AHEAD_OBJECTS {
         next.select_nth_unstable_by(AHEAD_OBJECTS, |a, b| b.cmp(a));
         next.truncate(AHEAD_OBJECTS);
