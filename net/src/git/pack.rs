@@ -726,44 +726,38 @@ impl PackStream {
             if self.deferred && kept.is_some() {
                 entry.oid = None;
             }
-            match (entry.kind, kept, entry.oid) {
-                (EntryKind::Full(kind), Some(content), Some(oid)) => {
+            // The content made: a whole object kept, or an OFS_DELTA resolved at once.
+            let made = match (entry.kind, kept) {
+                (EntryKind::Full(kind), Some(content)) => Some((kind, entry.size, content)),
+                (EntryKind::OfsDelta { base_offset }, Some(delta)) => self
+                    .resolve_early(buf, base_offset, &delta)?
+                    .map(|(d, content)| {
+                        entry.delta = Some(d);
+                        (d.kind, d.object_size, content)
+                    }),
+                _ => None,
+            };
+            if let Some((kind, size, content)) = made {
+                if !self.deferred {
+                    let oid = match entry.oid {
+                        Some(oid) => oid,
+                        None => hash(kind, &content)?,
+                    };
+                    entry.oid = Some(oid);
                     if kind != ObjectKind::Blob {
                         inspect.inspect(&oid, kind, &content);
                     }
-                    if cached_as_base(kind, entry.size) {
-                        self.keep_base(index, content.into());
-                    }
                 }
-                (EntryKind::Full(kind), Some(content), None) => {
+                let base = cached_as_base(kind, size);
+                if base || self.deferred {
                     let content: std::sync::Arc<[u8]> = content.into();
-                    if cached_as_base(kind, entry.size) {
+                    if base {
                         self.keep_base(index, content.clone());
                     }
-                    self.push_job(index, kind, content);
-                }
-                (EntryKind::OfsDelta { base_offset }, Some(delta), _) => {
-                    if let Some((d, content)) = self.resolve_early(buf, base_offset, &delta)? {
-                        entry.delta = Some(d);
-                        if self.deferred {
-                            let content: std::sync::Arc<[u8]> = content.into();
-                            if cached_as_base(d.kind, d.object_size) {
-                                self.keep_base(index, content.clone());
-                            }
-                            self.push_job(index, d.kind, content);
-                        } else {
-                            let oid = hash(d.kind, &content)?;
-                            entry.oid = Some(oid);
-                            if d.kind != ObjectKind::Blob {
-                                inspect.inspect(&oid, d.kind, &content);
-                            }
-                            if cached_as_base(d.kind, d.object_size) {
-                                self.keep_base(index, content.into());
-                            }
-                        }
+                    if self.deferred {
+                        self.push_job(index, kind, content);
                     }
                 }
-                _ => {}
             }
             self.entries.push(entry);
             self.by_offset.insert(cur.offset, index);
