@@ -342,7 +342,7 @@ pub struct PackStream {
     /// Entry index by offset: where entries start (an OFS_DELTA's base must be one).
     by_offset: HashMap<usize, usize>,
     /// Contents of recent whole objects and resolved deltas, by entry index.
-    bases: HashMap<usize, std::sync::Arc<[u8]>>,
+    bases: HashMap<usize, Content>,
     bases_order: std::collections::VecDeque<usize>,
     bases_bytes: usize,
     current: Option<Inflating>,
@@ -370,8 +370,12 @@ pub struct PackStream {
 pub struct Job {
     pub index: usize,
     pub kind: ObjectKind,
-    pub content: std::sync::Arc<[u8]>,
+    pub content: Content,
 }
+
+/// A content the reader shares between its base cache and a [`Job`]: the vector it
+/// was inflated or resolved into, never copied again.
+pub type Content = std::sync::Arc<Vec<u8>>;
 
 /// Most bytes of jobs a deferring reader holds for its caller before it stops reading
 /// and lets the caller take them ([`PackStream::stalled`]; checked between entries, so
@@ -563,7 +567,7 @@ impl PackStream {
     }
 
     /// Leaves `content` of entry `index` to the caller to hash and inspect.
-    fn push_job(&mut self, index: usize, kind: ObjectKind, content: std::sync::Arc<[u8]>) {
+    fn push_job(&mut self, index: usize, kind: ObjectKind, content: Content) {
         self.jobs_bytes += content.len() + JOB_BYTES;
         self.outstanding.push_back(index);
         self.jobs.push(Job {
@@ -662,7 +666,9 @@ impl PackStream {
                         }
                         None => flate2::Decompress::new(true),
                     },
-                    kept: keep.then(|| Vec::with_capacity((size as usize).min(1 << 20))),
+                    kept: keep.then(|| {
+                        Vec::with_capacity((size as usize).saturating_add(1).min(1 << 20))
+                    }),
                     oid,
                 });
             }
@@ -674,24 +680,36 @@ impl PackStream {
                     return Err(PackError::BadZlib { offset });
                 }
                 let before = (cur.z.total_in(), cur.z.total_out());
-                let status = cur
-                    .z
-                    .decompress(
-                        &buf[consumed..avail],
-                        &mut self.scratch,
-                        flate2::FlushDecompress::None,
-                    )
-                    .map_err(|_| PackError::BadZlib { offset })?;
-                let produced = (cur.z.total_out() - before.1) as usize;
+                let input = &buf[consumed..avail];
+                let none = flate2::FlushDecompress::None;
+                // A content kept is inflated where it stays; the rest through the
+                // scratch buffer, for its hash only.
+                let (status, out) = match cur.kept.as_mut() {
+                    Some(k) => {
+                        if k.len() == k.capacity() {
+                            // Doubling, up to the declared size and one spare byte to
+                            // notice a stream longer than declared.
+                            let to = (k.capacity() * 2)
+                                .max(1 << 20)
+                                .min((cur.size as usize).saturating_add(1));
+                            k.reserve_exact(to.saturating_sub(k.len()).max(1));
+                        }
+                        let start = k.len();
+                        let status = cur.z.decompress_vec(input, k, none);
+                        (status, &k[start..])
+                    }
+                    None => {
+                        let status = cur.z.decompress(input, &mut self.scratch, none);
+                        let produced = (cur.z.total_out() - before.1) as usize;
+                        (status, &self.scratch[..produced])
+                    }
+                };
+                let status = status.map_err(|_| PackError::BadZlib { offset })?;
                 if cur.z.total_out() > cur.size {
                     return Err(PackError::BadZlib { offset });
                 }
-                let out = &self.scratch[..produced];
                 if let Hashing::Inline(h) = &mut cur.oid {
                     h.update(out);
-                }
-                if let Some(k) = cur.kept.as_mut() {
-                    k.extend_from_slice(out);
                 }
                 if status == flate2::Status::StreamEnd {
                     break;
@@ -750,7 +768,7 @@ impl PackStream {
                 }
                 let base = cached_as_base(kind, size);
                 if base || self.deferred {
-                    let content: std::sync::Arc<[u8]> = content.into();
+                    let content = Content::new(content);
                     if base {
                         self.keep_base(index, content.clone());
                     }
@@ -772,7 +790,7 @@ impl PackStream {
         total <= self.limits.inflated_bytes_max
     }
 
-    fn keep_base(&mut self, index: usize, content: std::sync::Arc<[u8]>) {
+    fn keep_base(&mut self, index: usize, content: Content) {
         self.bases_bytes += content.len();
         self.bases.insert(index, content);
         self.bases_order.push_back(index);
@@ -788,12 +806,7 @@ impl PackStream {
 
     /// The kind, id and content of entry `index`, if it is a whole object or a delta
     /// resolved early (from the base cache, or inflated again from `buf`).
-    fn content_of(
-        &self,
-        buf: &[u8],
-        index: usize,
-        depth: usize,
-    ) -> Option<(ObjectKind, std::sync::Arc<[u8]>)> {
+    fn content_of(&self, buf: &[u8], index: usize, depth: usize) -> Option<(ObjectKind, Content)> {
         if depth > self.limits.delta_depth_max.min(EARLY_CHAIN_MAX) {
             return None;
         }
@@ -827,7 +840,7 @@ impl PackStream {
             }
             _ => data,
         };
-        Some((kind, content.into()))
+        Some((kind, Content::new(content)))
     }
 
     /// Resolves an OFS_DELTA whose base came earlier, as soon as it is read, so that

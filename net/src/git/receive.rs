@@ -379,6 +379,79 @@ impl Inspected {
     fn refuse(&mut self, why: String) {
         self.refused.get_or_insert(why);
     }
+
+    /// An empty inspection with the same fsck options (for another verifier thread).
+    pub fn fresh(&self) -> Inspected {
+        Inspected::new(self.opts.clone())
+    }
+
+    /// Whether some object was refused (the reason is the push's error).
+    pub fn refused(&self) -> bool {
+        self.refused.is_some()
+    }
+
+    /// Takes in what another inspector of the same pack saw (objects it was given,
+    /// which this one was not). This one's refusal, if any, stays the one reported:
+    /// merge in pack order of the refused objects.
+    pub fn merge(&mut self, other: Inspected) {
+        if let Some(why) = other.refused {
+            self.refuse(why);
+        }
+        self.checked.gitmodules.extend(other.checked.gitmodules);
+        self.checked
+            .gitattributes
+            .extend(other.checked.gitattributes);
+        let room = fsck::MAX_WARNINGS.saturating_sub(self.checked.warnings.len());
+        self.checked
+            .warnings
+            .extend(other.checked.warnings.into_iter().take(room));
+        self.named.reserve(other.named.len());
+        for (target, as_kind) in other.named {
+            self.name(target, as_kind);
+        }
+        self.parents.extend(other.parents);
+        for (oid, kind, content) in other.kept {
+            if self.kept_bytes + content.len() <= REMEMBER_BYTES_MAX {
+                self.kept_bytes += content.len();
+                self.kept.push((oid, kind, content));
+            }
+        }
+    }
+
+    /// What it saw, in an order of its own (for tests comparing inspections).
+    #[cfg(test)]
+    pub(crate) fn summary(&self) -> String {
+        let mut named: Vec<_> = self.named.iter().collect();
+        named.sort();
+        let mut parents: Vec<_> = self.parents.iter().collect();
+        parents.sort();
+        let mut modules: Vec<_> = self.checked.gitmodules.iter().collect();
+        modules.sort();
+        format!(
+            "refused {:?}\nnamed {named:?}\nparents {parents:?}\nmodules {modules:?}",
+            self.refused
+        )
+    }
+
+    /// Records that a pushed object names `target` as `as_kind`; refuses the push if
+    /// another names it as something else.
+    fn name(&mut self, target: Oid, as_kind: ObjectKind) {
+        match self.named.entry(target) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(as_kind);
+            }
+            std::collections::hash_map::Entry::Occupied(o) if *o.get() != as_kind => {
+                let first = *o.get();
+                self.refuse(format!(
+                    "object {} is named as a {} and as a {}",
+                    hex(&target),
+                    first.name(),
+                    as_kind.name()
+                ));
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {}
+        }
+    }
 }
 
 impl pack::Inspect for Inspected {
@@ -394,20 +467,9 @@ impl pack::Inspect for Inspected {
             Err(e) => return self.refuse(format!("object {}: {e}", hex(oid))),
         };
         for (target, as_kind) in l.targets {
-            match self.named.entry(target) {
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(as_kind);
-                }
-                std::collections::hash_map::Entry::Occupied(o) if *o.get() != as_kind => {
-                    let first = *o.get();
-                    return self.refuse(format!(
-                        "object {} is named as a {} and as a {}",
-                        hex(&target),
-                        first.name(),
-                        as_kind.name()
-                    ));
-                }
-                std::collections::hash_map::Entry::Occupied(_) => {}
+            self.name(target, as_kind);
+            if self.refused.is_some() {
+                return;
             }
         }
         if kind == ObjectKind::Commit {
