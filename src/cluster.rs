@@ -838,10 +838,7 @@ impl<D: Dir> Hooks for ObjectSync<D> {
                 ..
             } => {
                 let ns = *id;
-                let oids: Vec<Oid> = objects
-                    .iter()
-                    .filter_map(|h| parse_hex(h.as_bytes()))
-                    .collect();
+                let oids = objects.0.clone();
                 let tips: Vec<Oid> = changes
                     .iter()
                     .filter_map(|c| c.new.as_deref().and_then(|h| parse_hex(h.as_bytes())))

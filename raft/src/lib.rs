@@ -16,4 +16,4 @@ pub use log_store::LogStore;
 pub use openraft;
 pub use runtime::GlommioRuntime;
 pub use state_machine::{Hooks, NoHooks, State, StateMachine};
-pub use types::{Command, RefChange, Repo, Response, TypeConfig};
+pub use types::{Command, ObjectIds, RefChange, Repo, Response, TypeConfig};

@@ -544,7 +544,7 @@ mod tests {
                 })
                 .collect(),
             atomic,
-            objects: Vec::new(),
+            objects: crate::types::ObjectIds::default(),
             forward: true,
         }
     }

@@ -188,7 +188,7 @@ fn update(old: &str, new: &str) -> Command {
             new: Some(new.to_owned()),
         }],
         atomic: false,
-        objects: Vec::new(),
+        objects: repospanner_raft::ObjectIds::default(),
         forward: true,
     }
 }

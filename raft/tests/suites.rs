@@ -157,7 +157,7 @@ fn a_single_member_group_commits_on_real_files_and_keeps_its_log() {
                             new: Some(new.clone()),
                         }],
                         atomic: false,
-                        objects: Vec::new(),
+                        objects: repospanner_raft::ObjectIds::default(),
                         forward: true,
                     })
                     .await

@@ -213,7 +213,7 @@ impl<D: Dir> Pushes for NodeBackend<D> {
                 })
                 .collect(),
             atomic,
-            objects: objects.iter().map(hex).collect(),
+            objects: ObjectIds(objects.to_vec()),
             forward: updates.iter().all(|u| u.forward),
         };
         info!(repo, push = %push, refs = updates.len(), objects = objects.len(), "proposing a push");

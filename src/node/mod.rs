@@ -37,7 +37,7 @@ use repospanner_net::rpc::{Op, RpcError};
 use repospanner_raft::openraft::async_runtime::watch::WatchReceiver;
 use repospanner_raft::openraft::raft::ReadPolicy;
 use repospanner_raft::openraft::{self, BasicNode, ChangeMembers, ServerState};
-use repospanner_raft::{Command, LogStore, RefChange, Repo, Response, StateMachine};
+use repospanner_raft::{Command, LogStore, ObjectIds, RefChange, Repo, Response, StateMachine};
 use repospanner_storage::io::Dir;
 use repospanner_storage::{Namespace, Store, Write};
 use serde::{Deserialize, Serialize};

@@ -11,7 +11,9 @@
 //! `namespace u64 | oid [20] | kind u8 | has_base u8 | object_size u64 | entry_size u64
 //!  | base oid [20] (only if has_base) | deflated entry bytes`
 
-pub use repospanner_object::{hex, object_id, ObjectHead, ObjectKind, Oid, StoredObject};
+pub use repospanner_object::{
+    hex, object_id, parse_hex, ObjectHead, ObjectKind, Oid, StoredObject,
+};
 
 /// A repository's object namespace: objects are only visible within their namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
