@@ -331,6 +331,10 @@ pub enum Special {
     Gitattributes,
 }
 
+/// Slots of [`Inspected`]'s table of ids named last (a few dozen KiB, within a core's
+/// own cache).
+const RECENT: usize = 2048;
+
 /// The entries of a pack read while it arrived and what its objects told, or why it
 /// was refused.
 pub type PackRead = Result<(Vec<pack::Entry>, Inspected), pack::PackError>;
@@ -346,6 +350,11 @@ pub struct Inspected {
     refused: Option<String>,
     /// Every object a pushed commit, tree or tag names, with the kind it names it as.
     named: foldhash::HashMap<Oid, ObjectKind>,
+    /// The last id named in each of [`RECENT`] slots (by its first bytes) and its kind,
+    /// all in `named` already: the trees of one directory's history name the same
+    /// objects again and again, and this small table answers most of them without a
+    /// look-up in `named`, which outgrows the CPU's caches.
+    recent: Box<[(Oid, Option<ObjectKind>)]>,
     /// Each pushed commit's parents.
     parents: foldhash::HashMap<Oid, Box<[Oid]>>,
     /// Trees and commits for the node's cache ([`Pushes::remember`]), first come.
@@ -370,6 +379,7 @@ impl Inspected {
             checked: fsck::Checked::default(),
             refused: None,
             named: Default::default(),
+            recent: vec![([0; 20], None); RECENT].into_boxed_slice(),
             parents: Default::default(),
             kept: Vec::new(),
             kept_bytes: 0,
@@ -436,6 +446,11 @@ impl Inspected {
     /// Records that a pushed object names `target` as `as_kind`; refuses the push if
     /// another names it as something else.
     fn name(&mut self, target: Oid, as_kind: ObjectKind) {
+        let slot = usize::from(u16::from_le_bytes([target[0], target[1]])) % RECENT;
+        if self.recent[slot] == (target, Some(as_kind)) {
+            return;
+        }
+        self.recent[slot] = (target, Some(as_kind));
         match self.named.entry(target) {
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(as_kind);
@@ -1118,6 +1133,38 @@ const FORWARD_HINT_COMMITS_MAX: usize = 10_000;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_named_as_two_kinds_is_refused_however_often_and_wherever_it_was_named() {
+        use pack::Inspect;
+        let target = [7u8; 20];
+        let tree = |mode: &str, name: &str| {
+            let mut t = format!("{mode} {name}\0").into_bytes();
+            t.extend_from_slice(&target);
+            t
+        };
+        let (as_blob, as_tree) = (tree("100644", "f"), tree("40000", "d"));
+        let opts = std::sync::Arc::new(fsck::Options::default());
+        // Named as a blob many times over (answered by the table of recent names),
+        // then as a tree.
+        let mut one = Inspected::new(opts.clone());
+        for i in 0..10u8 {
+            one.inspect(&[i; 20], ObjectKind::Tree, &as_blob);
+        }
+        assert!(!one.refused());
+        one.inspect(&[99; 20], ObjectKind::Tree, &as_tree);
+        let why = one.refused.clone().unwrap_or_default();
+        assert!(why.contains("is named as a blob and as a tree"), "{why}");
+        // Each way by another verifier thread: found when they are merged.
+        let (mut a, mut b) = (Inspected::new(opts.clone()), Inspected::new(opts));
+        a.inspect(&[1; 20], ObjectKind::Tree, &as_blob);
+        a.inspect(&[2; 20], ObjectKind::Tree, &as_blob);
+        b.inspect(&[3; 20], ObjectKind::Tree, &as_tree);
+        assert!(!a.refused() && !b.refused());
+        a.merge(b);
+        let why = a.refused.clone().unwrap_or_default();
+        assert!(why.contains("is named as a blob and as a tree"), "{why}");
+    }
 
     fn cmd(old: &str, new: &str, name: &str) -> Vec<u8> {
         format!("{old} {new} {name}").into_bytes()
