@@ -17,7 +17,6 @@
 //! [`crate::node`].
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -115,7 +114,7 @@ pub struct StreamState {
     /// Bytes of batches queued and not yet answered.
     pub queued: Cell<usize>,
     /// Objects the member acknowledged holding durably aside.
-    pub acked: RefCell<HashSet<Oid>>,
+    pub acked: RefCell<foldhash::HashSet<Oid>>,
     /// The member failed a batch: nothing more is streamed to it.
     pub failed: Cell<bool>,
     /// Whether any batch reached the member (so that it may hold something to drop).
@@ -158,7 +157,7 @@ impl OutStream {
 pub fn split_acked<T>(
     objects: Vec<T>,
     id: impl Fn(&T) -> Oid,
-    acked: &HashSet<Oid>,
+    acked: &foldhash::HashSet<Oid>,
 ) -> (Vec<T>, Vec<T>) {
     objects.into_iter().partition(|o| acked.contains(&id(o)))
 }
@@ -198,7 +197,7 @@ mod tests {
 
     #[test]
     fn split_keeps_order_on_both_sides() {
-        let acked: HashSet<Oid> = [[2u8; 20], [4u8; 20]].into_iter().collect();
+        let acked: foldhash::HashSet<Oid> = [[2u8; 20], [4u8; 20]].into_iter().collect();
         let objs: Vec<Oid> = (1..=5u8).map(|i| [i; 20]).collect();
         let (held, rest) = split_acked(objs, |o| *o, &acked);
         assert_eq!(held, vec![[2u8; 20], [4u8; 20]]);

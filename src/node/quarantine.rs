@@ -9,7 +9,7 @@ use super::*;
 /// the namespace, the ids written there, and when it was last written.
 pub(super) struct Aside {
     pub(super) ns: Namespace,
-    pub(super) written: HashSet<Oid>,
+    pub(super) written: foldhash::HashSet<Oid>,
     pub(super) touched: Instant,
 }
 
@@ -92,7 +92,7 @@ impl<D: Dir> NodeBackend<D> {
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(Aside {
                     ns,
-                    written: HashSet::new(),
+                    written: foldhash::HashSet::default(),
                     touched: Instant::now(),
                 });
                 None
