@@ -222,6 +222,13 @@ mod tests {
         let o: Oid = std::array::from_fn(|i| (i * 13) as u8);
         assert_eq!(parse_hex(hex(&o).as_bytes()), Some(o));
         assert_eq!(parse_hex(hex(&o).to_uppercase().as_bytes()), Some(o));
+        for bad in ["g", "/", ":", "@", "G", "`", " ", "\u{e9}"] {
+            let mut h = hex(&o);
+            h.replace_range(38.., &format!("{bad:0>2}"));
+            assert_eq!(parse_hex(h.as_bytes()), None, "{h}");
+        }
+        assert_eq!(parse_hex(&[0xff; 40]), None);
+        assert_eq!(parse_hex(&hex(&o).as_bytes()[1..]), None);
         assert_eq!(parse_hex(b"xyz"), None);
         assert_eq!(parse_hex(&[b'g'; 40]), None);
     }

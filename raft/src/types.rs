@@ -100,19 +100,35 @@ impl<'de> Deserialize<'de> for ObjectIds {
                 self,
                 mut seq: A,
             ) -> Result<ObjectIds, A::Error> {
-                use serde::de::Error;
                 let mut ids = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
-                while let Some(h) = seq.next_element::<std::borrow::Cow<'de, str>>()? {
-                    let id =
-                        repospanner_storage::object::parse_hex(h.as_bytes()).ok_or_else(|| {
-                            A::Error::custom("an object id that is not 40 hex digits")
-                        })?;
+                while let Some(HexId(id)) = seq.next_element()? {
                     ids.push(id);
                 }
                 Ok(ObjectIds(ids))
             }
         }
         d.deserialize_seq(Ids)
+    }
+}
+
+/// One id of [`ObjectIds`], parsed from the string the reader holds (no copy of it).
+struct HexId(repospanner_storage::Oid);
+
+impl<'de> Deserialize<'de> for HexId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = HexId;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object id in hex")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HexId, E> {
+                repospanner_storage::object::parse_hex(v.as_bytes())
+                    .map(HexId)
+                    .ok_or_else(|| E::custom("an object id that is not 40 hex digits"))
+            }
+        }
+        d.deserialize_str(Hex)
     }
 }
 
