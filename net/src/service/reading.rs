@@ -66,7 +66,7 @@ pub(super) const READ_STEP_BYTES: usize = 8 << 20;
 /// though it had caught up and could only read that piece. The rest is told at the end.
 pub(super) const NOTIFY_BYTES: usize = 1 << 20;
 
-/// Pack reader threads running in this process (each with its verifier), and their most.
+/// Pack reader threads running in this process (each with its verifiers), and their most.
 pub(super) static READERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 pub(super) const READERS_MAX: usize = 16;
 
@@ -136,7 +136,7 @@ fn verifiers() -> usize {
         .clamp(1, VERIFIERS_MAX)
 }
 
-/// Most bytes of contents a pack reader may have handed to its verifier unverified
+/// Most bytes of contents a pack reader may have handed to its verifiers unverified
 /// (a batch larger than that, one large object, goes alone).
 const VERIFIER_BYTES_MAX: usize = 16 << 20;
 
@@ -147,7 +147,7 @@ fn batch_bytes(jobs: &[crate::git::pack::Job]) -> usize {
         .sum()
 }
 
-/// Bytes handed to a verifier and not verified yet, and whether the verifier is gone:
+/// Bytes handed to a verifier and not verified yet, and whether a verifier is gone (the push then fails):
 /// the reader waits while too much is out.
 #[derive(Default)]
 pub(super) struct InFlight {
@@ -193,7 +193,7 @@ impl InFlight {
     }
 }
 
-/// Closes an [`InFlight`] when the verifier ends, however it ends.
+/// Closes an [`InFlight`] when a verifier ends, however it ends.
 struct Closing(std::sync::Arc<InFlight>);
 
 impl Drop for Closing {
