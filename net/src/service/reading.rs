@@ -147,8 +147,8 @@ fn batch_bytes(jobs: &[crate::git::pack::Job]) -> usize {
         .sum()
 }
 
-/// Bytes handed to a verifier and not verified yet, and whether a verifier is gone (the push then fails):
-/// the reader waits while too much is out.
+/// Bytes handed to the verifiers and not verified yet, and whether one is gone (the
+/// push then fails): the reader waits while too much is out.
 #[derive(Default)]
 pub(super) struct InFlight {
     state: std::sync::Mutex<(usize, bool)>,
