@@ -63,13 +63,19 @@ impl ObjectKind {
 
 /// Lower-case hex of an id.
 pub fn hex(oid: &Oid) -> String {
+    hex_in(oid, &mut [0; 40]).to_owned()
+}
+
+/// Lower-case hex of an id, written in `buf` (no allocation: for ids written by the
+/// hundred thousand).
+pub fn hex_in<'a>(oid: &Oid, buf: &'a mut [u8; 40]) -> &'a str {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(40);
-    for b in oid {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
+    for (pair, b) in buf.chunks_exact_mut(2).zip(oid) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
     }
-    s
+    // Hex digits are ASCII.
+    std::str::from_utf8(buf).unwrap_or_default()
 }
 
 /// Parses 40 hex digits (either case).

@@ -73,16 +73,11 @@ pub struct ObjectIds(pub Vec<repospanner_storage::Oid>);
 
 impl Serialize for ObjectIds {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::{Error, SerializeSeq};
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        use serde::ser::SerializeSeq;
         let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        let mut hex = [0u8; 40];
+        let mut buf = [0u8; 40];
         for id in &self.0 {
-            for (pair, b) in hex.chunks_exact_mut(2).zip(id) {
-                pair[0] = DIGITS[usize::from(b >> 4)];
-                pair[1] = DIGITS[usize::from(b & 15)];
-            }
-            seq.serialize_element(std::str::from_utf8(&hex).map_err(S::Error::custom)?)?;
+            seq.serialize_element(repospanner_storage::object::hex_in(id, &mut buf))?;
         }
         seq.end()
     }

@@ -12,7 +12,7 @@
 //!  | base oid [20] (only if has_base) | deflated entry bytes`
 
 pub use repospanner_object::{
-    hex, object_id, parse_hex, ObjectHead, ObjectKind, Oid, StoredObject,
+    hex, hex_in, object_id, parse_hex, ObjectHead, ObjectKind, Oid, StoredObject,
 };
 
 /// A repository's object namespace: objects are only visible within their namespace.

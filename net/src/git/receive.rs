@@ -415,7 +415,6 @@ impl Inspected {
         self.checked
             .warnings
             .extend(other.checked.warnings.into_iter().take(room));
-        self.named.reserve(other.named.len());
         for (target, as_kind) in other.named {
             self.name(target, as_kind);
         }
