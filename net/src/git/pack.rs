@@ -1552,6 +1552,55 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_inflating_to_more_or_less_than_it_declares_is_refused() {
+        // A tree (kept, inflated where it stays), a small blob (kept as a base) and a
+        // large blob (hashed through the scratch buffer), each declared one byte short
+        // and one byte long, read whole and as it arrives 7 bytes at a time.
+        let tree = b"100644 f\0aaaaaaaaaaaaaaaaaaaa".repeat(40);
+        let small = b"small blob ".repeat(100);
+        let large: Vec<u8> = (0..(BASE_CACHE_OBJECT_MAX as u32 + 1000))
+            .map(|i| (i * 7) as u8)
+            .collect();
+        for (kind, content) in [
+            (ObjectKind::Tree, tree),
+            (ObjectKind::Blob, small),
+            (ObjectKind::Blob, large),
+        ] {
+            let d = deflate(&content);
+            for size in [content.len() - 1, content.len() + 1] {
+                let pack = pack_of(&[full(kind, size, &d)]);
+                let limits = Limits::default();
+                let whole = read_entries(&pack, &limits, &mut ());
+                assert!(
+                    matches!(whole, Err(PackError::BadZlib { .. })),
+                    "{kind:?} {size}: {whole:?}"
+                );
+                for defer in [false, true] {
+                    let mut s = PackStream::new(limits);
+                    if defer {
+                        s.defer();
+                    }
+                    let mut got = Vec::new();
+                    let mut r = Ok(());
+                    for piece in pack.chunks(7) {
+                        got.extend_from_slice(piece);
+                        r = s.advance(&got, &mut ());
+                        let _ = s.take_jobs();
+                        if r.is_err() {
+                            break;
+                        }
+                    }
+                    let r = r.and_then(|()| s.finish(&pack, &mut ()).map(|_| ()));
+                    assert!(
+                        matches!(r, Err(PackError::BadZlib { .. })),
+                        "{kind:?} {size} {defer}: {r:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn what_a_pack_inflates_to_is_bounded() {
         // A 1 MiB blob and 64 deltas on it that copy 64 KiB of it each: 5 MiB produced
         // from a pack of a few KiB.
